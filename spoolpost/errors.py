@@ -1,0 +1,64 @@
+"""The exceptions spoolpost raises: one base class, one subclass per situation."""
+
+from __future__ import annotations
+
+
+class SpoolpostError(Exception):
+    """Base class of every exception spoolpost raises on purpose."""
+
+
+class ConfigError(SpoolpostError, ValueError):
+    """Raised when a client, spool or CLI is given settings that cannot work."""
+
+
+class EncodingError(SpoolpostError, TypeError):
+    """Raised by ``capture()`` when a property value cannot be encoded as JSON.
+
+    ``path`` names the offending value, for example ``properties.cart[3].price``.
+    """
+
+    def __init__(self, message: str, path: str = "") -> None:
+        super().__init__(message)
+        self.path = path
+
+
+class EventTooLarge(SpoolpostError, ValueError):
+    """Raised by ``capture()`` when the encoded event exceeds ``max_event_bytes``.
+
+    ``size`` and ``limit`` are in bytes.
+    """
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(f"encoded event is {size} bytes, over max_event_bytes={limit}")
+        self.size = size
+        self.limit = limit
+
+
+class SpoolFull(SpoolpostError):
+    """Raised by ``capture()`` when the spool is at ``max_spool_bytes`` and
+    ``on_full`` is ``"raise"``, or ``"block"`` and the block timeout ran out."""
+
+
+class SpoolCorrupt(SpoolpostError):
+    """Raised when a spool file is not a usable SQLite database."""
+
+
+class SpoolLocked(SpoolpostError):
+    """Raised when the spool stays locked by another writer past ``busy_timeout``."""
+
+
+class SchemaTooNew(SpoolpostError):
+    """Raised when a spool was written by a newer spoolpost whose schema this one
+    does not know."""
+
+
+class UnsupportedFilesystem(ConfigError):
+    """Raised when the spool lies on a network filesystem, where SQLite WAL is unsafe."""
+
+
+class KeyMismatch(ConfigError):
+    """Raised when a spool created for one project API key is delivered with another."""
+
+
+class SpoolClosed(SpoolpostError):
+    """Raised when a closed spool or a shut-down client is asked to capture."""

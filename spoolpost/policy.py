@@ -1,0 +1,168 @@
+"""Delivery policy as data: what each response means, and how long to wait.
+
+- :data:`CLASSIFIER` maps an HTTP status to an :class:`Action` (DESIGN §5).
+  Adding a rule is one line.
+- :class:`RetryPolicy` builds backoff from tenacity's wait strategies
+  (exponential with jitter) and takes ``Retry-After`` as a lower bound.
+- :func:`parse_retry_after` reads ``Retry-After`` as delay-seconds or an
+  HTTP-date (RFC 9110 §10.2.3), in UTC whatever the local timezone.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import enum
+import math
+from dataclasses import dataclass
+from datetime import UTC
+
+import tenacity
+
+from spoolpost.errors import ConfigError
+
+
+class Action(enum.Enum):
+    """What a response means for the batch that got it."""
+
+    DELIVERED = "delivered"  # 2xx: delete the rows
+    RETRY = "retry"  # transient: reschedule with backoff, close the endpoint gate
+    SPLIT_TOO_LARGE = "too_large"  # 413: split in halves; a lone event is dead (too_large)
+    SPLIT_REJECTED = "rejected"  # 400, 422, other 4xx: split to isolate; a lone event is dead
+    PAUSE = "paused"  # 401, 403, 404, 3xx: configuration fault, keep everything, pause
+
+
+#: Status → action, from DESIGN §5. Statuses not listed fall to :func:`classify`'s ranges.
+CLASSIFIER: dict[int, Action] = {
+    408: Action.RETRY,
+    429: Action.RETRY,
+    500: Action.RETRY,
+    502: Action.RETRY,
+    503: Action.RETRY,
+    504: Action.RETRY,
+    413: Action.SPLIT_TOO_LARGE,
+    400: Action.SPLIT_REJECTED,
+    422: Action.SPLIT_REJECTED,
+    401: Action.PAUSE,
+    403: Action.PAUSE,
+    404: Action.PAUSE,
+}
+
+
+def classify(status: int) -> Action:
+    """The :class:`Action` for an HTTP ``status`` (None-free: every status has one).
+
+    Listed statuses first; then 2xx delivered, 3xx pause (redirects are never
+    followed for POST), other 4xx rejected, other 5xx (and anything odd) retried.
+    """
+    action = CLASSIFIER.get(status)
+    if action is not None:
+        return action
+    if 200 <= status < 300:
+        return Action.DELIVERED
+    if 300 <= status < 400:
+        return Action.PAUSE
+    if 400 <= status < 500:
+        return Action.SPLIT_REJECTED
+    return Action.RETRY
+
+
+def parse_retry_after(value: str | None, now: float) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header value, or None if absent/unparsable.
+
+    Accepts delay-seconds (``"120"``) or an HTTP-date
+    (``"Wed, 21 Oct 2015 07:28:00 GMT"``), per RFC 9110 §10.2.3. An HTTP-date is
+    compared with ``now`` (UTC seconds), so the local timezone plays no part; a
+    date in the past means 0. Garbage (``"soon"``), negative or non-finite values
+    give None, so the caller falls back to its backoff.
+    """
+    if value is None:
+        return None
+    text = value.strip()
+    if not text:
+        return None
+    if text.isdigit():
+        return float(int(text))
+    try:
+        seconds = float(text)
+    except ValueError:
+        pass
+    else:
+        return seconds if math.isfinite(seconds) and seconds >= 0 else None
+    try:
+        when = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if when.tzinfo is None:  # RFC 9110: HTTP-dates are always GMT
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, when.timestamp() - now)
+
+
+class _Attempt:
+    """The one attribute tenacity's wait strategies read from a RetryCallState."""
+
+    def __init__(self, attempt_number: int) -> None:
+        self.attempt_number = attempt_number
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Backoff and limits for failed deliveries.
+
+    ``initial_backoff`` and ``max_backoff`` in seconds (defaults 0.5 s and 30 s):
+    the n-th retry waits ``initial * 2**(n-1)`` plus up to ``initial`` of random
+    jitter, capped at ``max_backoff`` (tenacity ``wait_exponential`` +
+    ``wait_random``). ``max_retry_after`` (default 600 s) caps a server's
+    ``Retry-After``. ``max_attempts`` (default None: unlimited) and
+    ``max_event_age`` (seconds, default 7 days) end in the dead state.
+    Raises :class:`ConfigError` for values that cannot work.
+    """
+
+    initial_backoff: float = 0.5
+    max_backoff: float = 30.0
+    max_retry_after: float = 600.0
+    max_attempts: int | None = None
+    max_event_age: float | None = 7 * 24 * 3600.0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.initial_backoff <= self.max_backoff:
+            raise ConfigError("need 0 < initial_backoff <= max_backoff (seconds)")
+        if self.max_retry_after < 0:
+            raise ConfigError("max_retry_after must be >= 0 seconds")
+        if self.max_attempts is not None and self.max_attempts < 1:
+            raise ConfigError("max_attempts must be None or >= 1")
+        if self.max_event_age is not None and self.max_event_age <= 0:
+            raise ConfigError("max_event_age must be None or > 0 seconds")
+
+    @property
+    def _wait(self) -> tenacity.wait.wait_base:
+        return tenacity.wait_exponential(
+            multiplier=self.initial_backoff, max=self.max_backoff
+        ) + tenacity.wait_random(0, self.initial_backoff)
+
+    def backoff(self, attempt: int) -> float:
+        """Seconds to wait before retry number ``attempt`` (1 for the first retry)."""
+        wait = self._wait(_Attempt(max(1, attempt)))  # type: ignore[arg-type]
+        return min(float(wait), self.max_backoff)
+
+    def delay(self, attempt: int, retry_after: float | None) -> float:
+        """``max(backoff(attempt), Retry-After)``, Retry-After capped by ``max_retry_after``."""
+        wait = self.backoff(attempt)
+        if retry_after is not None:
+            wait = max(wait, min(retry_after, self.max_retry_after))
+        return wait
+
+
+@dataclass(frozen=True)
+class PausePolicy:
+    """How long delivery pauses on a configuration fault (401/403/404/3xx).
+
+    The n-th pause of one episode lasts ``initial * 2**(n-1)`` seconds, capped at
+    ``maximum`` (defaults 5 s and 300 s).
+    """
+
+    initial: float = 5.0
+    maximum: float = 300.0
+
+    def pause(self, episode_faults: int) -> float:
+        """Seconds to pause after the ``episode_faults``-th fault in a row."""
+        return float(min(self.maximum, self.initial * 2 ** max(0, episode_faults - 1)))

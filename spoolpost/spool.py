@@ -1,0 +1,924 @@
+"""The spool: one SQLite file (WAL) holding every captured event until it is
+delivered or dead-lettered.
+
+:class:`Spool` is the storage seam. Everything above it (client, dispatcher, CLI)
+talks only to its short surface:
+
+- :meth:`Spool.append` — write one event (group commit across threads);
+- :meth:`Spool.claim` — lease a batch of due events to one sender;
+- :meth:`Spool.ack`, :meth:`Spool.reschedule`, :meth:`Spool.dead_letter`,
+  :meth:`Spool.release` — settle a leased batch, by lease token;
+- :meth:`Spool.reclaim` — take back leases that expired or whose owner died;
+- :meth:`Spool.stats` and friends — counts derived from the rows themselves.
+
+Rules kept here: every write transaction starts with ``BEGIN IMMEDIATE`` and does
+no network I/O; a settle call carrying a stale lease token changes nothing;
+stored times are wall-clock UTC seconds passed in as ``now``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import secrets
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from spoolpost import migrations
+from spoolpost._process import Owner, current_owner, owner_alive
+from spoolpost.errors import (
+    ConfigError,
+    KeyMismatch,
+    SpoolClosed,
+    SpoolCorrupt,
+    SpoolFull,
+    SpoolLocked,
+    UnsupportedFilesystem,
+)
+
+log = logging.getLogger("spoolpost")
+
+Durability = Literal["process", "power"]
+Watermark = tuple[int, float]
+OnFull = Literal["drop_newest", "drop_oldest", "block", "raise"]
+DURABILITY_MODES: tuple[str, ...] = ("process", "power")
+ON_FULL_POLICIES: tuple[str, ...] = ("drop_newest", "drop_oldest", "block", "raise")
+
+DEFAULT_MAX_SPOOL_BYTES = 512 * 1024 * 1024
+DEFAULT_BUSY_TIMEOUT = 10.0
+#: WAL growth bound: SQLite truncates the -wal file to this after a checkpoint.
+JOURNAL_SIZE_LIMIT = 64 * 1024 * 1024
+_NETWORK_FS = frozenset(
+    {"nfs", "nfs4", "cifs", "smbfs", "smb3", "9p", "afs", "ceph", "glusterfs", "lustre", "gpfs"}
+    | {"fuse.sshfs", "fuse.glusterfs", "fuse.ceph", "davfs", "fuse.davfs2", "ncpfs", "coda"}
+)
+
+# Connections left behind in a forked child: never used and never closed there
+# (closing could disturb the parent's locks), kept referenced so that garbage
+# collection does not close them either.
+_ABANDONED: list[sqlite3.Connection] = []
+
+
+@dataclass(frozen=True)
+class Row:
+    """One leased event: spool ``id``, ``uuid``, encoded ``body``, prior ``attempts``."""
+
+    id: int
+    uuid: str
+    body: bytes
+    attempts: int
+    captured_at: float
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Events leased to one sender under ``token`` until ``expires_at`` (UTC seconds)."""
+
+    token: str
+    rows: tuple[Row, ...]
+    expires_at: float
+
+    @property
+    def ids(self) -> list[int]:
+        return [r.id for r in self.rows]
+
+    @property
+    def size(self) -> int:
+        """Sum of the encoded event sizes, in bytes."""
+        return sum(len(r.body) for r in self.rows)
+
+
+@dataclass(frozen=True)
+class SpoolStats:
+    """A snapshot of a spool, all derived from its rows and files.
+
+    ``counts``/``bytes`` are per state (pending, leased, dead); ages are seconds;
+    ``counters`` are the persisted totals (delivered, dead, dropped, …).
+    """
+
+    path: str
+    schema_version: int
+    counts: dict[str, int]
+    bytes: dict[str, int]
+    oldest_pending_age: float | None
+    next_attempt_in: float | None
+    dead_reasons: dict[str, int]
+    counters: dict[str, int]
+    file_bytes: int
+    wal_bytes: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "schema_version": self.schema_version,
+            "counts": self.counts,
+            "bytes": self.bytes,
+            "oldest_pending_age": self.oldest_pending_age,
+            "next_attempt_in": self.next_attempt_in,
+            "dead_reasons": self.dead_reasons,
+            "counters": self.counters,
+            "file_bytes": self.file_bytes,
+            "wal_bytes": self.wal_bytes,
+        }
+
+
+@dataclass
+class _Append:
+    uuid: str
+    body: bytes
+    now: float
+    done: bool = False
+    written: bool = False
+    error: BaseException | None = None
+
+
+@dataclass
+class _FullEpisode:
+    active: bool = False
+    dropped: int = 0
+
+
+@dataclass
+class _Space:
+    used: int = 0
+    unchecked: int = -1  # bytes written since `used` was read; -1: never read
+    episode: _FullEpisode = field(default_factory=_FullEpisode)
+
+
+def _ids_json(ids: Sequence[int]) -> str:
+    return "[" + ",".join(str(int(i)) for i in ids) + "]"
+
+
+_IN_IDS = "id IN (SELECT value FROM json_each(?))"
+
+
+def check_filesystem(path: Path) -> None:
+    """Raise :class:`UnsupportedFilesystem` if ``path`` lies on a network filesystem.
+
+    SQLite's WAL mode needs shared memory between processes on one host and
+    does not work over NFS/SMB and the like (https://sqlite.org/wal.html).
+    Reads ``/proc/mounts``; does nothing where that is missing.
+    """
+    try:
+        with open("/proc/mounts", encoding="utf-8", errors="replace") as f:
+            mounts = [line.split() for line in f]
+    except OSError:
+        return
+    target = str(path.resolve())
+    best, fstype = "", ""
+    for fields in mounts:
+        if len(fields) < 3:
+            continue
+        mount = fields[1].replace("\\040", " ")
+        inside = target == mount or target.startswith(mount.rstrip("/") + "/")
+        if inside and len(mount) >= len(best):
+            best, fstype = mount, fields[2]
+    if fstype in _NETWORK_FS or fstype.startswith("nfs"):
+        raise UnsupportedFilesystem(
+            f"spool {path} is on a {fstype} filesystem mounted at {best}; SQLite WAL "
+            "does not work on network filesystems. Put the spool on a local disk."
+        )
+
+
+class Spool:
+    """One spool file. Thread-safe; one instance per process and path is enough.
+
+    ``path``: the SQLite file (created ``0600``, its folder ``0700``).
+    ``durability``: ``"process"`` (WAL + ``synchronous=NORMAL``: survives a crash
+    of the process) or ``"power"`` (``synchronous=FULL``: survives power loss).
+    ``max_spool_bytes``: bound on the file's used pages (default 512 MiB).
+    ``on_full``: ``drop_newest`` (default), ``drop_oldest``, ``block`` (up to
+    ``block_timeout`` seconds, then :class:`SpoolFull`) or ``raise``.
+    ``busy_timeout``: seconds a writer waits for another process's write lock.
+
+    Raises :class:`ConfigError` for bad settings, :class:`UnsupportedFilesystem`
+    on a network filesystem, :class:`SchemaTooNew` for a spool from a newer
+    spoolpost. A file that is not a usable database is moved aside to
+    ``<path>.corrupt-<timestamp>`` and a new spool is started (logged at ERROR).
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        durability: Durability = "process",
+        max_spool_bytes: int = DEFAULT_MAX_SPOOL_BYTES,
+        on_full: OnFull = "drop_newest",
+        block_timeout: float = 5.0,
+        busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
+        allow_network_fs: bool = False,
+    ) -> None:
+        if durability not in DURABILITY_MODES:
+            raise ConfigError(f"durability must be one of {DURABILITY_MODES}, not {durability!r}")
+        if on_full not in ON_FULL_POLICIES:
+            raise ConfigError(f"on_full must be one of {ON_FULL_POLICIES}, not {on_full!r}")
+        if max_spool_bytes <= 0:
+            raise ConfigError(f"max_spool_bytes must be positive, not {max_spool_bytes!r}")
+        if busy_timeout < 0 or block_timeout < 0:
+            raise ConfigError("busy_timeout and block_timeout must be >= 0 seconds")
+        self.path = Path(path).expanduser()
+        self.durability: Durability = durability
+        self.max_spool_bytes = max_spool_bytes
+        self.on_full: OnFull = on_full
+        self.block_timeout = block_timeout
+        self.busy_timeout = busy_timeout
+        self.allow_network_fs = allow_network_fs
+        self._closed = False
+        self._cursor = 0
+        self._space = _Space()
+        self._reset_locks()
+        self._writer_conn: sqlite3.Connection | None = None
+        self._reader_conn: sqlite3.Connection | None = None
+        self._pid = os.getpid()
+        self._open()
+        os.register_at_fork(after_in_child=self._after_fork_in_child)
+
+    # -- opening ---------------------------------------------------------------
+
+    def _reset_locks(self) -> None:
+        self._wlock = threading.Lock()
+        self._rlock = threading.Lock()
+        self._gc_cond = threading.Condition(threading.Lock())
+        self._gc_queue: list[_Append] = []
+        self._gc_leader = False
+        self._space_freed = threading.Condition(threading.Lock())
+
+    def _after_fork_in_child(self) -> None:
+        # A connection never crosses a fork: the child reopens lazily.
+        for conn in (self._writer_conn, self._reader_conn):
+            if conn is not None:
+                _ABANDONED.append(conn)
+        self._writer_conn = self._reader_conn = None
+        self._pid = os.getpid()
+        self._cursor = 0
+        self._reset_locks()
+
+    def _open(self) -> None:
+        folder = self.path.parent
+        if not folder.exists():
+            folder.mkdir(parents=True, mode=0o700, exist_ok=True)
+        if not self.allow_network_fs:
+            check_filesystem(folder)
+        try:
+            self._connect_and_migrate()
+        except sqlite3.DatabaseError as exc:
+            if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
+                raise SpoolLocked(f"spool {self.path} is locked: {exc}") from exc
+            self._move_aside(exc)
+            self._connect_and_migrate()
+
+    def _connect_and_migrate(self) -> None:
+        # Create the file 0600 before SQLite does; SQLite gives -wal and -shm the
+        # same mode. Events carry personal data.
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        os.close(fd)
+        conn = self._connect()
+        try:
+            migrations.migrate(conn)
+        except BaseException:
+            conn.close()
+            raise
+        self._writer_conn = conn
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(
+            self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False
+        )
+        try:
+            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise SpoolCorrupt(f"spool {self.path} could not be put in WAL mode (got {mode})")
+            conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout * 1000)}")
+            sync = "FULL" if self.durability == "power" else "NORMAL"
+            conn.execute(f"PRAGMA synchronous={sync}")
+            conn.execute("PRAGMA foreign_keys=ON")
+            conn.execute(f"PRAGMA journal_size_limit={JOURNAL_SIZE_LIMIT}")
+            # Touch the schema so a non-database file fails here, not later.
+            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _move_aside(self, exc: BaseException) -> None:
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        aside = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
+        os.replace(self.path, aside)
+        for suffix in ("-wal", "-shm"):
+            side = Path(str(self.path) + suffix)
+            if side.exists():
+                os.replace(side, Path(str(aside) + suffix))
+        log.error(
+            "spool %s is corrupt (%s); moved it aside to %s and started a new spool",
+            self.path,
+            exc,
+            aside,
+        )
+
+    def _writer(self) -> sqlite3.Connection:
+        if self._closed:
+            raise SpoolClosed(f"spool {self.path} is closed")
+        if self._writer_conn is None:
+            self._writer_conn = self._connect()
+        return self._writer_conn
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One short write transaction: ``BEGIN IMMEDIATE`` … ``COMMIT``."""
+        with self._wlock:
+            conn = self._writer()
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:
+                raise SpoolLocked(f"spool {self.path} stayed locked: {exc}") from exc
+            try:
+                yield conn
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    @contextlib.contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        with self._rlock:
+            if self._closed:
+                raise SpoolClosed(f"spool {self.path} is closed")
+            if self._reader_conn is None:
+                self._reader_conn = self._connect()
+            yield self._reader_conn
+
+    def close(self) -> None:
+        """Close the connections (a last ``PASSIVE`` checkpoint first). Idempotent."""
+        if self._closed:
+            return
+        with self._gc_cond, self._wlock, self._rlock:
+            self._closed = True
+            for conn in (self._writer_conn, self._reader_conn):
+                if conn is not None:
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.close()
+            self._writer_conn = self._reader_conn = None
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    # -- meta ------------------------------------------------------------------
+
+    def bind_key(self, fingerprint: str, *, force: bool = False) -> None:
+        """Record the project-key ``fingerprint`` this spool belongs to, or check it.
+
+        Raises :class:`KeyMismatch` if the spool belongs to another key, unless
+        ``force`` (then the spool is re-bound to the new key, logged at WARNING).
+        """
+        with self._write() as conn:
+            row = conn.execute("SELECT value FROM meta WHERE key='key_fingerprint'").fetchone()
+            if row is not None and row[0] != fingerprint:
+                if not force:
+                    raise KeyMismatch(
+                        f"spool {self.path} holds events for another project API key "
+                        f"(fingerprint {row[0]}, this key {fingerprint}); refusing to deliver "
+                        "them with this key. Use another spool, or force=True / --force-key."
+                    )
+                log.warning("spool %s re-bound to key fingerprint %s", self.path, fingerprint)
+            if row is None or row[0] != fingerprint:
+                conn.execute(
+                    "INSERT INTO meta (key, value) VALUES ('key_fingerprint', ?) "
+                    "ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+                    (fingerprint,),
+                )
+                conn.execute(
+                    "INSERT OR IGNORE INTO meta (key, value) VALUES ('host', ?)",
+                    (current_owner().host,),
+                )
+
+    def add_counter(self, name: str, n: int = 1) -> None:
+        """Add ``n`` to the persisted counter ``name`` (one short write)."""
+        with self._write() as conn:
+            self._count(conn, name, n)
+
+    def meta(self) -> dict[str, str]:
+        """The spool's meta table as a dict (host, key_fingerprint, …)."""
+        with self._read() as conn:
+            return dict(conn.execute("SELECT key, value FROM meta").fetchall())
+
+    # -- append (group commit) -----------------------------------------------
+
+    def append(self, uuid: str, body: bytes, now: float) -> bool:
+        """Write one encoded event; return once it is committed.
+
+        Concurrent callers share transactions (group commit): one of them writes
+        every waiting event in one ``BEGIN IMMEDIATE`` … ``COMMIT`` while the
+        others wait for it.
+
+        Returns True if the event is in the spool, False if ``on_full`` dropped
+        it. Raises :class:`SpoolFull` (``raise``, or ``block`` past its timeout),
+        :class:`SpoolLocked`, :class:`SpoolClosed`.
+        """
+        deadline = None
+        while True:
+            item = _Append(uuid, body, now)
+            self._group_commit(item)
+            if item.error is None:
+                return item.written
+            if not (isinstance(item.error, _Full) and self.on_full == "block"):
+                raise item.error.as_public() if isinstance(item.error, _Full) else item.error
+            if deadline is None:
+                deadline = time.monotonic() + self.block_timeout
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise item.error.as_public()
+            with self._space_freed:
+                self._space_freed.wait(min(remaining, 0.5))
+            self._space.unchecked = -1
+
+    def _group_commit(self, item: _Append) -> None:
+        cond = self._gc_cond
+        with cond:
+            self._gc_queue.append(item)
+            while not item.done:
+                if self._gc_leader:
+                    cond.wait()
+                    continue
+                self._gc_leader = True
+                batch, self._gc_queue = self._gc_queue, []
+                cond.release()
+                try:
+                    self._write_appends(batch)
+                except BaseException as exc:
+                    for it in batch:
+                        if not it.done:
+                            it.error, it.done = exc, True
+                finally:
+                    cond.acquire()
+                    self._gc_leader = False
+                    cond.notify_all()
+
+    def _write_appends(self, batch: list[_Append]) -> None:
+        incoming = sum(len(it.body) for it in batch)
+        with self._write() as conn:
+            keep = self._make_room(conn, batch, incoming)
+            if keep:
+                conn.executemany(
+                    "INSERT INTO events (uuid, body, size, captured_at, next_attempt_at)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    [(it.uuid, it.body, len(it.body), it.now, it.now) for it in keep],
+                )
+        for it in keep:
+            it.written, it.done = True, True
+
+    def _used_bytes(self, conn: sqlite3.Connection) -> int:
+        page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+        pages = conn.execute("PRAGMA page_count").fetchone()[0]
+        free = conn.execute("PRAGMA freelist_count").fetchone()[0]
+        return int((pages - free) * page_size)
+
+    def _make_room(
+        self, conn: sqlite3.Connection, batch: list[_Append], incoming: int
+    ) -> list[_Append]:
+        """Apply ``max_spool_bytes`` and ``on_full`` to a group of appends.
+
+        The used size is read from the file's page counts, and read again once
+        the bytes written since the last reading could matter.
+        """
+        space = self._space
+        headroom = self.max_spool_bytes - space.used - space.unchecked
+        if space.unchecked < 0 or incoming * 4 >= headroom:
+            space.used, space.unchecked = self._used_bytes(conn), 0
+        # Each event costs its body plus index entries and row overhead (~2x).
+        need = space.used + 2 * incoming - self.max_spool_bytes
+        if need <= 0:
+            space.unchecked += 2 * incoming
+            self._end_full_episode()
+            return batch
+        if self.on_full == "drop_oldest":
+            freed = self._drop_oldest(conn, need, batch[0].now)
+            if freed >= need:
+                space.unchecked = -1
+                return batch
+        full = _Full(self.path, self.max_spool_bytes, self.on_full)
+        if self.on_full == "drop_newest" or self.on_full == "drop_oldest":
+            self._count(conn, "dropped", len(batch))
+            self._note_drop(len(batch))
+            for it in batch:
+                it.done = True
+            return []
+        for it in batch:
+            it.error, it.done = full, True
+        return []
+
+    def _drop_oldest(self, conn: sqlite3.Connection, need: int, now: float) -> int:
+        freed, ids = 0, []
+        rows = conn.execute(
+            "SELECT id, size FROM events WHERE state = 'pending' ORDER BY id LIMIT 10000"
+        )
+        for row_id, size in rows:
+            ids.append(row_id)
+            freed += 2 * size
+            if freed >= need:
+                break
+        if ids:
+            conn.execute(f"DELETE FROM events WHERE {_IN_IDS}", (_ids_json(ids),))
+            self._count(conn, "dropped", len(ids))
+            self._note_drop(len(ids))
+        return freed
+
+    def _note_drop(self, n: int) -> None:
+        episode = self._space.episode
+        episode.dropped += n
+        if not episode.active:
+            episode.active = True
+            log.warning(
+                "spool %s is full (max_spool_bytes=%d); on_full=%s is dropping events "
+                "(counted as 'dropped'; logged once until there is room again)",
+                self.path,
+                self.max_spool_bytes,
+                self.on_full,
+            )
+
+    def _end_full_episode(self) -> None:
+        episode = self._space.episode
+        if episode.active:
+            log.warning(
+                "spool %s has room again; %d events were dropped while it was full",
+                self.path,
+                episode.dropped,
+            )
+            self._space.episode = _FullEpisode()
+
+    def _signal_space(self) -> None:
+        if self.on_full == "block":
+            with self._space_freed:
+                self._space_freed.notify_all()
+
+    @staticmethod
+    def _count(conn: sqlite3.Connection, name: str, n: int) -> None:
+        if n:
+            conn.execute(
+                "INSERT INTO counters (name, value) VALUES (?, ?) "
+                "ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
+                (name, n),
+            )
+
+    # -- claim and settle -------------------------------------------------------
+
+    def _due_rows(
+        self, conn: sqlite3.Connection, now: float, limit: int, columns: str
+    ) -> list[Any]:
+        """Due pending rows, retries (oldest schedule first) before fresh rows
+        (capture order). Fresh rows are found from an in-memory cursor, so rows
+        already leased are not scanned again; the cursor restarts from the
+        beginning when it finds nothing (ids are reused once the spool empties)."""
+        rows = conn.execute(
+            f"SELECT {columns} FROM events WHERE attempts > 0 AND state = 'pending'"
+            " AND next_attempt_at <= ? ORDER BY next_attempt_at LIMIT ?",
+            (now, limit),
+        ).fetchall()
+        if len(rows) < limit:
+            fresh_sql = (
+                f"SELECT {columns} FROM events WHERE id > ? AND attempts = 0"
+                " AND state = 'pending' ORDER BY id LIMIT ?"
+            )
+            fresh = conn.execute(fresh_sql, (self._cursor, limit - len(rows))).fetchall()
+            if not fresh and self._cursor:
+                self._cursor = 0
+                fresh = conn.execute(fresh_sql, (0, limit - len(rows))).fetchall()
+            rows += fresh
+        return rows
+
+    def rewind(self) -> None:
+        """Forget where the fresh-row cursor stands (rows were given back)."""
+        self._cursor = 0
+
+    def claim(
+        self,
+        now: float,
+        *,
+        max_events: int,
+        max_bytes: int,
+        lease_ttl: float,
+        max_event_age: float | None = None,
+        owner: Owner | None = None,
+    ) -> Batch | None:
+        """Lease due pending events to one sender: retries whose backoff is over
+        first, then fresh events in capture order.
+
+        At most ``max_events`` events and ``max_bytes`` bytes of bodies (always at
+        least one event). The lease lasts ``lease_ttl`` seconds. Due events older
+        than ``max_event_age`` seconds are dead-lettered (``expired``) instead.
+        Returns None when nothing is due.
+        """
+        owner = owner or current_owner()
+        with self._write() as conn:
+            rows = self._due_rows(
+                conn, now, max_events, "id, uuid, body, attempts, captured_at, state"
+            )
+            if not rows:
+                return None
+            taken: list[Row] = []
+            expired: list[int] = []
+            total = 0
+            for row_id, uuid, body, attempts, captured_at, _ in rows:
+                if max_event_age is not None and captured_at < now - max_event_age:
+                    expired.append(row_id)
+                    continue
+                if taken and total + len(body) > max_bytes:
+                    break
+                total += len(body)
+                taken.append(Row(row_id, uuid, bytes(body), attempts, captured_at))
+            if expired:
+                self._kill(conn, expired, None, now, "expired", None, "older than max_event_age")
+            fresh = [r.id for r in taken if r.attempts == 0]
+            if fresh:
+                self._cursor = max(self._cursor, max(fresh))
+            if not taken:
+                return None
+            token = secrets.token_hex(16)
+            expires_at = now + lease_ttl
+            conn.execute(
+                "INSERT INTO leases (token, host, pid, pid_start, created_at, expires_at)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (token, owner.host, owner.pid, owner.start, now, expires_at),
+            )
+            conn.execute(
+                f"UPDATE events SET state = 'leased', lease_token = ?, lease_expires_at = ?"
+                f" WHERE {_IN_IDS}",
+                (token, expires_at, _ids_json([r.id for r in taken])),
+            )
+        return Batch(token, tuple(taken), expires_at)
+
+    def _forget_lease(self, conn: sqlite3.Connection, token: str) -> None:
+        conn.execute(
+            "DELETE FROM leases WHERE token = ?"
+            " AND NOT EXISTS (SELECT 1 FROM events WHERE lease_token = ?)",
+            (token, token),
+        )
+
+    def ack(self, token: str, ids: Sequence[int]) -> int:
+        """Delivered: delete these rows if ``token`` still holds their lease.
+
+        Returns the number deleted (0 for a stale token: the rows were re-leased).
+        """
+        with self._write() as conn:
+            n = conn.execute(
+                f"DELETE FROM events WHERE {_IN_IDS} AND lease_token = ?",
+                (_ids_json(ids), token),
+            ).rowcount
+            self._count(conn, "delivered", n)
+            self._forget_lease(conn, token)
+        self._signal_space()
+        return n
+
+    def reschedule(
+        self,
+        token: str,
+        ids: Sequence[int],
+        now: float,
+        next_attempt_at: float,
+        error: str,
+        max_attempts: int | None = None,
+    ) -> tuple[int, int]:
+        """A failed attempt: back to pending, ``attempts += 1``, due at ``next_attempt_at``.
+
+        Rows reaching ``max_attempts`` are dead-lettered (``max_attempts``)
+        instead. Returns (rescheduled, dead); (0, 0) for a stale token.
+        """
+        with self._write() as conn:
+            updated = conn.execute(
+                "UPDATE events SET state = 'pending', lease_token = NULL,"
+                " lease_expires_at = NULL, attempts = attempts + 1, next_attempt_at = ?,"
+                " last_error = ?, first_failed_at = coalesce(first_failed_at, ?),"
+                f" last_failed_at = ? WHERE {_IN_IDS} AND lease_token = ?"
+                " RETURNING id, attempts",
+                (next_attempt_at, error[:1000], now, now, _ids_json(ids), token),
+            ).fetchall()
+            dead_ids = []
+            if max_attempts is not None:
+                dead_ids = [row_id for row_id, attempts in updated if attempts >= max_attempts]
+                self._kill(conn, dead_ids, None, now, "max_attempts", None, error)
+            self._forget_lease(conn, token)
+        return len(updated) - len(dead_ids), len(dead_ids)
+
+    def release(self, token: str, ids: Sequence[int] | None = None) -> int:
+        """Give leased rows back, due now, without counting an attempt.
+
+        ``ids`` None releases the whole lease. Returns the number released.
+        """
+        with self._write() as conn:
+            n = self._release(conn, token, ids)
+            self._forget_lease(conn, token)
+        return n
+
+    def _release(self, conn: sqlite3.Connection, token: str, ids: Sequence[int] | None) -> int:
+        where = "lease_token = ?" if ids is None else f"{_IN_IDS} AND lease_token = ?"
+        params: tuple[Any, ...] = (token,) if ids is None else (_ids_json(ids), token)
+        n = int(
+            conn.execute(
+                f"UPDATE events SET state = 'pending', lease_token = NULL,"
+                f" lease_expires_at = NULL WHERE {where}",
+                params,
+            ).rowcount
+        )
+        if n:
+            self._cursor = 0
+        return n
+
+    def dead_letter(
+        self,
+        token: str,
+        ids: Sequence[int],
+        now: float,
+        reason: str,
+        status: int | None = None,
+        detail: str = "",
+    ) -> int:
+        """Move leased rows to the dead letters with a ``reason`` (``too_large``,
+        ``rejected``, …), the HTTP ``status`` if any and a ``detail`` (a body
+        excerpt). Returns the number dead-lettered (0 for a stale token)."""
+        with self._write() as conn:
+            n = self._kill(conn, ids, token, now, reason, status, detail)
+            self._forget_lease(conn, token)
+        return n
+
+    def _kill(
+        self,
+        conn: sqlite3.Connection,
+        ids: Sequence[int],
+        token: str | None,
+        now: float,
+        reason: str,
+        status: int | None,
+        detail: str,
+    ) -> int:
+        """Move rows ``ids`` (held by ``token``, or unleased when None) to dead_events."""
+        if not ids:
+            return 0
+        params: tuple[str, ...]
+        if token is None:
+            where, params = f"{_IN_IDS} AND lease_token IS NULL", (_ids_json(ids),)
+        else:
+            where, params = f"{_IN_IDS} AND lease_token = ?", (_ids_json(ids), token)
+        n = int(
+            conn.execute(
+                "INSERT INTO dead_events (event_id, uuid, body, size, captured_at, attempts,"
+                " reason, status, detail, first_failed_at, last_failed_at, dead_at)"
+                " SELECT id, uuid, body, size, captured_at, attempts, ?, ?, ?,"
+                f" coalesce(first_failed_at, ?), ?, ? FROM events WHERE {where}",
+                (reason, status, detail[:1000], now, now, now, *params),
+            ).rowcount
+        )
+        conn.execute(f"DELETE FROM events WHERE {where}", params)
+        self._count(conn, "dead", n)
+        if n:
+            log.warning("dead-lettered %d event(s): %s %s", n, reason, status or "")
+        return n
+
+    def extend(self, token: str, expires_at: float) -> bool:
+        """Extend a lease to ``expires_at``; False if the token no longer holds it."""
+        with self._write() as conn:
+            n = conn.execute(
+                "UPDATE leases SET expires_at = ? WHERE token = ?", (expires_at, token)
+            ).rowcount
+            conn.execute(
+                "UPDATE events SET lease_expires_at = ? WHERE lease_token = ?",
+                (expires_at, token),
+            )
+        return n > 0
+
+    def reclaim(self, now: float) -> int:
+        """Take back leases that expired, or whose owner process on this host is gone.
+
+        A live owner's lease is never taken before it expires. Returns the number
+        of events made pending again.
+        """
+        with self._read() as conn:
+            leases = conn.execute(
+                "SELECT token, host, pid, pid_start, expires_at FROM leases"
+            ).fetchall()
+        stale = [
+            token
+            for token, host, pid, start, expires_at in leases
+            if expires_at <= now or not owner_alive(Owner(host, pid, start))
+        ]
+        if not stale:
+            return 0
+        n = 0
+        with self._write() as conn:
+            for token in stale:
+                n += self._release(conn, token, None)
+                conn.execute("DELETE FROM leases WHERE token = ?", (token,))
+        if n:
+            log.info("reclaimed %d event(s) from %d abandoned lease(s)", n, len(stale))
+        return n
+
+    # -- reading -----------------------------------------------------------------
+
+    def watermark(self, now: float) -> Watermark:
+        """A flush barrier: (newest event id, ``now``). The events "captured before"
+        it are those with ``id <= wm[0]`` and ``captured_at <= wm[1]`` (ids are
+        reused once the spool empties; the time tells those apart)."""
+        with self._read() as conn:
+            row = conn.execute("SELECT max(id) FROM events").fetchone()
+        return (int(row[0] or 0), now)
+
+    def states_through(self, watermark: Watermark) -> dict[str, int]:
+        """Counts by state (pending, leased, dead) of the events inside ``watermark``."""
+        last_id, at = watermark
+        with self._read() as conn:
+            found = dict(
+                conn.execute(
+                    "SELECT state, count(*) FROM events WHERE id <= ? AND captured_at <= ?"
+                    " GROUP BY state",
+                    (last_id, at),
+                ).fetchall()
+            )
+            found["dead"] = conn.execute(
+                "SELECT count(*) FROM dead_events WHERE event_id <= ? AND captured_at <= ?",
+                (last_id, at),
+            ).fetchone()[0]
+        return {state: int(found.get(state, 0)) for state in ("pending", "leased", "dead")}
+
+    def due(self, now: float, limit: int) -> tuple[int, float | None, int]:
+        """For the dispatcher: (how many pending events are due, up to ``limit``;
+        when the first of them became due; the most attempts among them)."""
+        with self._read() as conn:
+            rows = self._due_rows(conn, now, limit, "next_attempt_at, attempts")
+        if not rows:
+            return 0, None, 0
+        return len(rows), min(float(r[0]) for r in rows), max(int(r[1]) for r in rows)
+
+    def next_due_at(self) -> float | None:
+        """When the earliest retry becomes due (UTC seconds), or None.
+        (Fresh events are due as soon as they are captured.)"""
+        with self._read() as conn:
+            row = conn.execute(
+                "SELECT min(next_attempt_at) FROM events WHERE attempts > 0 AND state = 'pending'"
+            ).fetchone()
+        return None if row[0] is None else float(row[0])
+
+    def counters(self) -> dict[str, int]:
+        """The persisted totals: delivered, dead, dropped, … (0 when never counted)."""
+        with self._read() as conn:
+            found = dict(conn.execute("SELECT name, value FROM counters").fetchall())
+        base = dict.fromkeys(("delivered", "dead", "dropped", "filtered"), 0)
+        return base | {str(k): int(v) for k, v in found.items()}
+
+    def stats(self, now: float) -> SpoolStats:
+        """A :class:`SpoolStats` snapshot (one scan of the events table)."""
+        with self._read() as conn:
+            counts = {"pending": 0, "leased": 0, "dead": 0}
+            sizes = dict.fromkeys(counts, 0)
+            for state, n, size in conn.execute(
+                "SELECT state, count(*), coalesce(sum(size), 0) FROM events GROUP BY state"
+                " UNION ALL SELECT 'dead', count(*), coalesce(sum(size), 0) FROM dead_events"
+            ):
+                counts[state], sizes[state] = int(n), int(size)
+            oldest, next_at = conn.execute(
+                "SELECT min(captured_at), min(next_attempt_at) FROM events WHERE state = 'pending'"
+            ).fetchone()
+            reasons = dict(
+                conn.execute("SELECT reason, count(*) FROM dead_events GROUP BY reason").fetchall()
+            )
+            version = migrations.schema_version(conn)
+        wal = Path(str(self.path) + "-wal")
+        return SpoolStats(
+            path=str(self.path),
+            schema_version=version,
+            counts=counts,
+            bytes=sizes,
+            oldest_pending_age=None if oldest is None else max(0.0, now - oldest),
+            next_attempt_in=None if next_at is None else max(0.0, next_at - now),
+            dead_reasons={str(k): int(v) for k, v in reasons.items()},
+            counters=self.counters(),
+            file_bytes=self.path.stat().st_size if self.path.exists() else 0,
+            wal_bytes=wal.stat().st_size if wal.exists() else 0,
+        )
+
+    def checkpoint(self) -> None:
+        """``PRAGMA wal_checkpoint(TRUNCATE)``: fold the WAL back and truncate it.
+
+        Call when idle; a busy reader makes it a partial (harmless) checkpoint.
+        """
+        with self._wlock:
+            self._writer().execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+
+
+class _Full(Exception):
+    """Internal: a group of appends found the spool full (on_full raise/block)."""
+
+    def __init__(self, path: Path, limit: int, policy: str) -> None:
+        super().__init__(path, limit, policy)
+        self.message = (
+            f"spool {path} is full (max_spool_bytes={limit}, on_full={policy}); "
+            "the event was not written"
+        )
+
+    def as_public(self) -> SpoolFull:
+        return SpoolFull(self.message)

@@ -1,0 +1,163 @@
+"""Getting a batch of stored events onto the wire.
+
+A :class:`WireFormat` knows one ingestion API: its path, its headers and how to
+assemble a request body from the stored event bytes (never decoding and
+re-encoding them). :class:`PostHogV0` is PostHog's ``/batch/`` endpoint.
+:class:`HttpTransport` POSTs with one ``requests.Session`` per thread
+(keep-alive), TLS verification on, connect and read timeouts, and no redirects
+followed. It never raises for I/O trouble: it returns a :class:`Reply`.
+"""
+
+from __future__ import annotations
+
+import gzip as gzip_module
+import json
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+from urllib.parse import urlsplit
+
+import requests
+
+from spoolpost._version import __version__
+from spoolpost.encoding import format_timestamp
+from spoolpost.errors import ConfigError
+
+USER_AGENT = f"spoolpost/{__version__}"
+DEFAULT_HOST = "https://us.i.posthog.com"
+
+
+class WireFormat(Protocol):
+    """One ingestion API: where to POST, with which headers, and the body."""
+
+    path: str
+
+    def headers(self) -> dict[str, str]:
+        """Extra request headers (``Content-Type`` and the like)."""
+        ...
+
+    def body(self, api_key: str, events: Sequence[bytes], sent_at: str) -> bytes:
+        """The request body for ``events`` (stored JSON bytes), stamped ``sent_at``."""
+        ...
+
+
+class PostHogV0:
+    """PostHog's batch endpoint: ``POST {host}/batch/`` with
+    ``{"api_key", "historical_migration", "sent_at", "batch": [event, …]}``
+    (PostHog API docs, "Capture: batch events")."""
+
+    path = "/batch/"
+
+    def __init__(self, historical_migration: bool = False) -> None:
+        self.historical_migration = historical_migration
+
+    def headers(self) -> dict[str, str]:
+        return {"Content-Type": "application/json"}
+
+    def body(self, api_key: str, events: Sequence[bytes], sent_at: str) -> bytes:
+        flag = "true" if self.historical_migration else "false"
+        head = (
+            f'{{"api_key":{json.dumps(api_key)},"historical_migration":{flag},'
+            f'"sent_at":"{sent_at}","batch":['
+        ).encode()
+        return head + b",".join(events) + b"]}"
+
+
+@dataclass(frozen=True)
+class Reply:
+    """What one POST came to.
+
+    ``status`` is the HTTP status, or None when no response arrived (connection
+    refused or dropped, timeout, DNS failure), with ``error`` saying why.
+    ``retry_after`` is the raw ``Retry-After`` header; ``excerpt`` the first
+    bytes of the response body, decoded leniently.
+    """
+
+    status: int | None
+    retry_after: str | None = None
+    excerpt: str = ""
+    error: str = ""
+
+    def describe(self) -> str:
+        """A short human description, for ``last_error`` and logs."""
+        if self.status is None:
+            return f"transport error: {self.error}"
+        return f"HTTP {self.status}" + (f": {self.excerpt}" if self.excerpt else "")
+
+
+EXCERPT_BYTES = 300
+
+
+def check_host(host: str) -> str:
+    """Validate an endpoint base URL (``http(s)://host[:port][/prefix]``); return it
+    without a trailing slash. Raises :class:`ConfigError`."""
+    parts = urlsplit(host)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ConfigError(f"host must be an http(s) URL like {DEFAULT_HOST}, not {host!r}")
+    return host.rstrip("/")
+
+
+class HttpTransport:
+    """POSTs batches to ``host`` + ``wire.path``.
+
+    ``timeout`` is (connect, read) in seconds (default 5, 30); ``gzip`` sends
+    ``Content-Encoding: gzip``; ``verify`` is passed to requests (TLS on by
+    default). One ``requests.Session`` per calling thread.
+    """
+
+    def __init__(
+        self,
+        host: str,
+        api_key: str,
+        *,
+        wire: WireFormat | None = None,
+        gzip: bool = False,
+        timeout: tuple[float, float] = (5.0, 30.0),
+        verify: bool | str = True,
+    ) -> None:
+        if not isinstance(api_key, str) or not api_key.strip():
+            raise ConfigError("api_key must be a non-empty string (the project API key)")
+        self.host = check_host(host)
+        self.api_key = api_key
+        self.wire: WireFormat = wire or PostHogV0()
+        self.url = self.host + self.wire.path
+        self.gzip = gzip
+        self.timeout = timeout
+        self.verify = verify
+        self._local = threading.local()
+
+    def _session(self) -> requests.Session:
+        session: requests.Session | None = getattr(self._local, "session", None)
+        if session is None:
+            session = requests.Session()
+            session.headers["User-Agent"] = USER_AGENT
+            self._local.session = session
+        return session
+
+    def reset(self) -> None:
+        """Forget this thread's session (after a fork, a session must not be shared)."""
+        self._local = threading.local()
+
+    def post(self, events: Sequence[bytes], now: float) -> Reply:
+        """POST ``events`` (stored JSON bytes) with ``sent_at`` stamped from ``now``
+        (UTC seconds): a new stamp for every attempt. Never raises for I/O errors."""
+        body = self.wire.body(self.api_key, events, format_timestamp(None, now))
+        headers = self.wire.headers()
+        if self.gzip:
+            body = gzip_module.compress(body, compresslevel=5)
+            headers["Content-Encoding"] = "gzip"
+        try:
+            response = self._session().post(
+                self.url,
+                data=body,
+                headers=headers,
+                timeout=self.timeout,
+                allow_redirects=False,
+                verify=self.verify,
+            )
+        except requests.RequestException as exc:
+            return Reply(None, error=f"{type(exc).__name__}: {exc}"[:500])
+        with response:
+            excerpt = response.content[:EXCERPT_BYTES].decode("utf-8", "replace")
+            return Reply(response.status_code, response.headers.get("Retry-After"), excerpt)
