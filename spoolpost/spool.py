@@ -354,6 +354,16 @@ class Spool:
                 self._reader_conn = self._connect()
             yield self._reader_conn
 
+    def transaction(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
+        """A short write transaction (``BEGIN IMMEDIATE`` … ``COMMIT``, rolled back on
+        error) on the spool's writer connection, for spoolpost's operator tools
+        (replay, purge, import). No network I/O inside. Raises :class:`SpoolLocked`."""
+        return self._write()
+
+    def reader(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
+        """The spool's read connection (WAL: never blocks writers), for operator tools."""
+        return self._read()
+
     def close(self) -> None:
         """Close the connections (a last ``PASSIVE`` checkpoint first). Idempotent."""
         if self._closed:

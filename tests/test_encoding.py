@@ -267,7 +267,7 @@ ERROR_CASES: list[tuple[str, Callable[[], dict[str, Any]], str, str]] = [
     ("enum-value", lambda: {"e": BadEnum.X}, "properties.e", "Opaque"),
     ("recursive-list", lambda: {"l": _recursive_list()}, "properties.l[1]", "circular reference"),
     ("recursive-dict", lambda: {"d": _recursive_dict()}, "properties.d.self", "circular reference"),
-    ("too-deep", lambda: {"x": _deep_with_nan(600)}, "properties.x" + "[0]" * 255, "256 levels"),
+    ("too-deep", lambda: {"x": _deep_with_nan(600)}, "properties.x" + "[0]" * 254, "256 levels"),
 ]
 
 
