@@ -694,11 +694,13 @@ class Spool:
         next_attempt_at: float,
         error: str,
         max_attempts: int | None = None,
+        status: int | None = None,
     ) -> tuple[int, int]:
         """A failed attempt: back to pending, ``attempts += 1``, due at ``next_attempt_at``.
 
         Rows reaching ``max_attempts`` are dead-lettered (``max_attempts``)
-        instead. Returns (rescheduled, dead); (0, 0) for a stale token.
+        instead, keeping the HTTP ``status`` of the last attempt (None: no
+        response) and ``error``. Returns (rescheduled, dead); (0, 0) for a stale token.
         """
         with self._write() as conn:
             updated = conn.execute(
@@ -712,7 +714,7 @@ class Spool:
             dead_ids = []
             if max_attempts is not None:
                 dead_ids = [row_id for row_id, attempts in updated if attempts >= max_attempts]
-                self._kill(conn, dead_ids, None, now, "max_attempts", None, error)
+                self._kill(conn, dead_ids, None, now, "max_attempts", status, error)
             self._forget_lease(conn, token)
         return len(updated) - len(dead_ids), len(dead_ids)
 
