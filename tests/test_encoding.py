@@ -213,14 +213,22 @@ def test_unsortable_set_keeps_iteration_order() -> None:
 
 
 def test_caller_event_is_not_modified() -> None:
-    properties = {"s": "\ud800", "n": [math.nan]}
+    properties: dict[str, Any] = {"s": "\ud800", "n": [math.nan]}
     encode_event({"properties": properties})
     assert properties["s"] == "\ud800"
     assert math.isnan(properties["n"][0])
 
 
 class Opaque:
-    pass
+    def __repr__(self) -> str:
+        return "Opaque()"
+
+
+class Touchy:
+    """Orders by raising something other than TypeError."""
+
+    def __lt__(self, other: object) -> bool:
+        raise RuntimeError("no ordering today")
 
 
 def _recursive_list() -> list[Any]:
@@ -263,6 +271,19 @@ ERROR_CASES: list[tuple[str, Callable[[], dict[str, Any]], str, str]] = [
     ("dollar-key", lambda: {"$set": {"x": Opaque()}}, "properties.$set.x", "Opaque"),
     ("int-key", lambda: {"d": {7: Opaque()}}, 'properties.d["7"]', "Opaque"),
     ("tuple-key", lambda: {"d": {(1, 2): 1}}, "properties.d[(1, 2)]", "key of type tuple"),
+    ("object-key", lambda: {"d": {Opaque(): 1}}, "properties.d[Opaque()]", "key of type"),
+    (
+        "datetime-out-of-range",
+        lambda: {"t": datetime(1, 1, 1, tzinfo=IST)},
+        "properties.t",
+        "out of range in UTC",
+    ),
+    (
+        "failing-conversion",
+        lambda: {"s": {Touchy(), Touchy()}},
+        "properties.s",
+        "no ordering today",
+    ),
     ("dataclass-field", lambda: {"h": Holder(Opaque())}, "properties.h.owner", "Opaque"),
     ("enum-value", lambda: {"e": BadEnum.X}, "properties.e", "Opaque"),
     ("recursive-list", lambda: {"l": _recursive_list()}, "properties.l[1]", "circular reference"),
