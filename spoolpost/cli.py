@@ -1,37 +1,97 @@
-"""The ``spoolpost`` command line (click). Each command parses its flags, calls one
-library function and formats the result: human text by default, ``--json`` for
-machines. Errors print ``Error: …`` and exit non-zero; the API key is never
-printed.
+"""The ``spoolpost`` command line (click).
+
+Each command parses its flags, calls one library function (mostly in
+:mod:`spoolpost.admin`) and formats the result: human text by default, ``--json``
+for machines. Mistakes (a missing spool, a bad setting, a locked or foreign file)
+print ``Error: …`` and exit 1, without a traceback; click's own usage errors exit
+2. The API key is never printed. Every command takes its spool from the SPOOL
+argument or ``$SPOOLPOST_SPOOL`` and its endpoint from ``--host``/``--api-key`` or
+``$SPOOLPOST_HOST``/``$SPOOLPOST_API_KEY``.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import sqlite3
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import IO, Any, TypeVar
+from uuid import UUID
 
 import click
 
+from spoolpost import admin
 from spoolpost._version import __version__
-from spoolpost.client import key_fingerprint
-from spoolpost.dispatcher import DeliveryConfig, Dispatcher, FlushResult
+from spoolpost.admin import (
+    EXIT_DEAD,
+    EXIT_EMPTY,
+    EXIT_OUTAGE,
+    EXIT_PAUSED,
+    EXIT_REMAIN,
+    Filter,
+    SpooledEvent,
+    drain_exit_code,
+    drain_spool,
+)
 from spoolpost.errors import SpoolpostError
-from spoolpost.policy import RetryPolicy
 from spoolpost.spool import Spool
 from spoolpost.transport import DEFAULT_HOST, HttpTransport
 
+__all__ = [
+    "EXIT_DEAD",
+    "EXIT_EMPTY",
+    "EXIT_OUTAGE",
+    "EXIT_PAUSED",
+    "EXIT_REMAIN",
+    "cli",
+    "drain_exit_code",
+    "drain_spool",
+    "main",
+]
+
 F = TypeVar("F", bound=Callable[..., Any])
 
-#: ``spoolpost drain`` exit codes, for cron.
-EXIT_EMPTY = 0
-EXIT_REMAIN = 3
-EXIT_OUTAGE = 4
-EXIT_PAUSED = 5
-EXIT_DEAD = 6
+
+class _Cli(click.Group):
+    """Turns the errors a user can cause into ``Error: …`` and exit 1."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except BrokenPipeError:
+            raise  # click's main() exits quietly when stdout is closed (`| head`)
+        except (SpoolpostError, OSError) as exc:
+            raise click.ClickException(str(exc)) from exc
+        except sqlite3.Error as exc:
+            raise click.ClickException(f"spool error: {exc}") from exc
+
+
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Logs to whatever ``sys.stderr`` is when a record is written."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stderr
+        super().emit(record)
+
+
+def _setup_logging(verbose: int) -> None:
+    logger = logging.getLogger("spoolpost")
+    logger.setLevel((logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)])
+    if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("spoolpost: %(levelname)s %(message)s"))
+        logger.addHandler(handler)
+    if verbose >= 2:  # requests' connection log too (URLs only: the key is in bodies)
+        urllib3 = logging.getLogger("urllib3")
+        urllib3.setLevel(logging.DEBUG)
+        if not any(isinstance(h, _StderrHandler) for h in urllib3.handlers):
+            urllib3.addHandler(next(h for h in logger.handlers if isinstance(h, _StderrHandler)))
+
+
+# -- shared arguments and options --------------------------------------------------
 
 
 def spool_argument(func: F) -> F:
@@ -39,18 +99,39 @@ def spool_argument(func: F) -> F:
     return click.argument(
         "spool",
         envvar="SPOOLPOST_SPOOL",
+        required=False,
         type=click.Path(dir_okay=False, path_type=Path),
     )(func)
 
 
-def endpoint_options(func: F) -> F:
-    """``--host`` and ``--api-key`` (also ``SPOOLPOST_HOST``, ``SPOOLPOST_API_KEY``)."""
-    func = click.option(
+def _spool_path(spool: Path | None) -> Path:
+    if spool is None:
+        raise click.ClickException("no spool given: pass SPOOL or set SPOOLPOST_SPOOL")
+    return spool
+
+
+def _open(spool: Path | None, *, create: bool = False) -> Spool:
+    return admin.open_spool(_spool_path(spool), create=create)
+
+
+def api_key_option(func: F) -> F:
+    """``--api-key`` (also ``$SPOOLPOST_API_KEY``); never shown, never printed."""
+    return click.option(
         "--api-key",
         envvar="SPOOLPOST_API_KEY",
-        required=True,
+        default=None,
         help="Project API key [env SPOOLPOST_API_KEY]. Never printed.",
     )(func)
+
+
+def _api_key(api_key: str | None) -> str:
+    if not api_key or not api_key.strip():
+        raise click.ClickException("no API key: pass --api-key or set SPOOLPOST_API_KEY")
+    return api_key
+
+
+def host_option(func: F) -> F:
+    """``--host`` (also ``$SPOOLPOST_HOST``)."""
     return click.option(
         "--host",
         envvar="SPOOLPOST_HOST",
@@ -60,16 +141,66 @@ def endpoint_options(func: F) -> F:
     )(func)
 
 
-def _open(path: Path, *, must_exist: bool = True) -> Spool:
-    if must_exist and not path.exists():
-        raise click.ClickException(f"no spool at {path}")
+def json_option(func: F) -> F:
+    """``--json``: machine-readable output."""
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON.")(func)
+
+
+def _uuids(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> tuple[str, ...]:
     try:
-        return Spool(path)
-    except SpoolpostError as exc:
-        raise click.ClickException(str(exc)) from exc
+        return tuple(str(UUID(v)) for v in values)
+    except ValueError:
+        raise click.BadParameter(f"not a UUID in {list(values)}") from None
 
 
-def _emit(data: dict[str, Any], as_json: bool, human: Callable[[], None]) -> None:
+def _duration(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        return admin.parse_duration(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def filter_options(
+    *, states: bool = False, uuids: bool = False, age: bool = False
+) -> Callable[[F], F]:
+    """``--event``, ``--reason`` and, as asked, ``--state``, ``--uuid``, ``--older-than``."""
+
+    def decorate(func: F) -> F:
+        if age:
+            func = click.option(
+                "--older-than",
+                callback=_duration,
+                metavar="AGE",
+                help="Only dead letters dead-lettered at least AGE ago (30m, 12h, 7d, 2w).",
+            )(func)
+        if uuids:
+            func = click.option(
+                "--uuid",
+                "uuids",
+                multiple=True,
+                callback=_uuids,
+                help="Only this uuid (repeatable).",
+            )(func)
+        func = click.option(
+            "--reason", help="Only dead letters with this reason (rejected, too_large, …)."
+        )(func)
+        func = click.option("--event", help="Only events with this name.")(func)
+        if states:
+            func = click.option(
+                "--state",
+                "states",
+                multiple=True,
+                type=click.Choice(admin.STATES),
+                help="Only events in this state (repeatable).",
+            )(func)
+        return func
+
+    return decorate
+
+
+def _emit(data: Any, as_json: bool, human: Callable[[], None]) -> None:
     if as_json:
         click.echo(json.dumps(data, sort_keys=True))
     else:
@@ -88,24 +219,30 @@ def _age(seconds: float | None) -> str:
     return f"{seconds / 86400:.1f}d"
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def _plural(n: int, word: str = "event") -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
+# -- the commands --------------------------------------------------------------------
+
+
+@click.group(cls=_Cli, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="spoolpost")
 @click.option("-v", "--verbose", count=True, help="Log more (-v info, -vv debug) to stderr.")
 def cli(verbose: int) -> None:
-    """spoolpost: crash-safe analytics capture. Inspect and deliver spools.
+    """spoolpost: crash-safe analytics capture. Inspect, repair and deliver spools.
 
-    Every command takes its spool path and endpoint settings from flags or
-    SPOOLPOST_* environment variables, and is safe to run while apps use the
-    same spool.
+    Every command takes its spool path from SPOOL or $SPOOLPOST_SPOOL and its
+    endpoint from --host/--api-key or $SPOOLPOST_HOST/$SPOOLPOST_API_KEY, never
+    prints the API key, and is safe to run while apps use the same spool.
     """
-    level = (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
-    logging.basicConfig(level=level, format="spoolpost: %(levelname)s %(message)s")
+    _setup_logging(verbose)
 
 
 @cli.command()
 @spool_argument
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def inspect(spool: Path, as_json: bool) -> None:
+@json_option
+def inspect(spool: Path | None, as_json: bool) -> None:
     """Show counts and bytes by state, ages, dead reasons and counters of SPOOL."""
     s = _open(spool)
     try:
@@ -115,7 +252,7 @@ def inspect(spool: Path, as_json: bool) -> None:
 
     def human() -> None:
         click.echo(f"spool           {stats.path} (schema v{stats.schema_version})")
-        for state in ("pending", "leased", "dead"):
+        for state in admin.STATES:
             click.echo(f"{state:<15} {stats.counts[state]:>10} events {stats.bytes[state]:>12} B")
         click.echo(f"oldest pending  {_age(stats.oldest_pending_age)}")
         click.echo(f"next attempt in {_age(stats.next_attempt_in)}")
@@ -129,13 +266,300 @@ def inspect(spool: Path, as_json: bool) -> None:
     _emit(stats.as_dict(), as_json, human)
 
 
+def _tail_line(e: SpooledEvent) -> str:
+    name = str(e.event.get("event", "?"))
+    who = str(e.event.get("distinct_id", "?"))
+    line = f"{admin.format_time(e.recent_at)}  {e.state:<7}  {e.uuid}  {name}  {who}"
+    if e.attempts:
+        line += f"  attempts={e.attempts}"
+    if e.state == "dead":
+        status = f" {e.status}" if e.status is not None else ""
+        line += f"  {e.reason}{status}: {e.detail or ''}"
+    elif e.last_error:
+        line += f"  last error: {e.last_error}"
+    return line
+
+
 @cli.command()
 @spool_argument
-@endpoint_options
+@filter_options(states=True)
+@click.option(
+    "-n", "limit", type=click.IntRange(min=1), default=20, show_default=True, help="How many."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON Lines (as export does).")
+def tail(
+    spool: Path | None,
+    states: tuple[str, ...],
+    event: str | None,
+    reason: str | None,
+    limit: int,
+    as_json: bool,
+) -> None:
+    """Show the newest events of SPOOL first, filtered by state, event or reason.
+
+    Pending and leased events are ordered by capture time, dead letters by the
+    time they were dead-lettered.
+    """
+    where = Filter(states=frozenset(states), event=event, reason=reason)
+    s = _open(spool)
+    try:
+        found = admin.tail(s, where, limit)
+    finally:
+        s.close()
+    for e in found:
+        click.echo(e.json_line() if as_json else _tail_line(e))
+
+
+@cli.command()
+@spool_argument
+@filter_options(uuids=True, age=True)
+@click.option("--dry-run", is_flag=True, help="Count what would be replayed; change nothing.")
+@json_option
+def replay(
+    spool: Path | None,
+    event: str | None,
+    reason: str | None,
+    uuids: tuple[str, ...],
+    older_than: float | None,
+    dry_run: bool,
+    as_json: bool,
+) -> None:
+    """Move dead letters of SPOOL back to pending, attempts reset, due now.
+
+    Without filters every dead letter is replayed. Fix the cause first (a 400 that
+    will be rejected again is dead-lettered again).
+    """
+    where = Filter(event=event, reason=reason, uuids=uuids, older_than=older_than)
+    s = _open(spool)
+    try:
+        n = admin.replay(s, where, dry_run=dry_run)
+    finally:
+        s.close()
+    verb = "would replay" if dry_run else "replayed"
+    _emit(
+        {"replayed": n, "dry_run": dry_run},
+        as_json,
+        lambda: click.echo(f"{verb} {_plural(n, 'dead letter')}"),
+    )
+
+
+@cli.command()
+@spool_argument
+@filter_options(uuids=True, age=True)
+@click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation.")
+@json_option
+def purge(
+    spool: Path | None,
+    event: str | None,
+    reason: str | None,
+    uuids: tuple[str, ...],
+    older_than: float | None,
+    yes: bool,
+    as_json: bool,
+) -> None:
+    """Delete dead letters from SPOOL for good (all of them without filters).
+
+    Asks for confirmation unless --yes; with no answer to read (stdin closed or
+    empty) it refuses and deletes nothing.
+    """
+    where = Filter(event=event, reason=reason, uuids=uuids, older_than=older_than)
+    s = _open(spool)
+    try:
+        matching = admin.count_dead(s, where)
+        if matching and not yes:
+            _confirm(f"Delete {_plural(matching, 'dead letter')} from {s.path} for good?")
+        n = admin.purge(s, where) if matching else 0
+    finally:
+        s.close()
+    _emit({"purged": n}, as_json, lambda: click.echo(f"purged {_plural(n, 'dead letter')}"))
+
+
+def _confirm(question: str) -> None:
+    try:
+        answer = click.confirm(question, default=False, err=True)
+    except click.Abort:  # end of input: nobody to ask
+        raise click.ClickException(
+            "no confirmation could be read (stdin is closed or empty); nothing was "
+            "deleted. Pass --yes to purge without asking."
+        ) from None
+    if not answer:
+        raise click.ClickException("not confirmed; nothing was deleted")
+
+
+@cli.command()
+@spool_argument
+@filter_options(states=True)
+@click.option(
+    "-o",
+    "--output",
+    type=click.File("w", encoding="utf-8", lazy=True),
+    default="-",
+    help="Write to this file instead of stdout.",
+)
+def export(
+    spool: Path | None,
+    states: tuple[str, ...],
+    event: str | None,
+    reason: str | None,
+    output: IO[str],
+) -> None:
+    """Write the events of SPOOL as JSON Lines: pending and leased ones in capture
+    order, then dead letters.
+
+    Each line is the PostHog event as stored, plus a "spoolpost" object with its
+    state, attempts, times and (for dead letters) reason, status and detail.
+    `spoolpost import` reads these lines back.
+    """
+    where = Filter(states=frozenset(states), event=event, reason=reason)
+    s = _open(spool)
+    try:
+        for e in admin.select_events(s, where):
+            output.write(e.json_line() + "\n")
+    finally:
+        s.close()
+
+
+@cli.command("import")
+@spool_argument
+@click.option(
+    "-i",
+    "--input",
+    "source",
+    type=click.File("rb"),
+    default="-",
+    help="Read from this file instead of stdin.",
+)
+@json_option
+def import_(spool: Path | None, source: IO[bytes], as_json: bool) -> None:
+    """Add JSON Lines of PostHog events to SPOOL as pending events (creating it).
+
+    Each line is an object with "event" and "distinct_id", and optionally
+    "properties", "timestamp" and "uuid" (a missing uuid gets a new one). Every
+    line is checked first: one bad line and nothing is written (the error names
+    each bad line's number). Events whose uuid is already pending are skipped.
+    """
+    lines = list(source)
+    s = _open(spool, create=True)
+    try:
+        result = admin.import_events(s, lines)
+    finally:
+        s.close()
+    _emit(
+        {"imported": result.imported, "skipped": result.skipped},
+        as_json,
+        lambda: click.echo(
+            f"imported {_plural(result.imported)}"
+            + (f", skipped {result.skipped} already in the spool" if result.skipped else "")
+        ),
+    )
+
+
+def _property(
+    ctx: click.Context, param: click.Parameter, values: tuple[str, ...]
+) -> dict[str, str]:
+    found: dict[str, str] = {}
+    for item in values:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{item!r} is not KEY=VALUE")
+        found[key] = value
+    return found
+
+
+def _properties_json(
+    ctx: click.Context, param: click.Parameter, value: str | None
+) -> dict[str, Any]:
+    if value is None:
+        return {}
+    try:
+        data = json.loads(value)
+    except ValueError as exc:
+        raise click.BadParameter(f"not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise click.BadParameter("must be a JSON object")
+    return data
+
+
+@cli.command()
+@click.argument("event")
+@spool_argument
+@click.option("--distinct-id", required=True, help="Who did it.")
+@click.option(
+    "-p",
+    "--property",
+    "properties",
+    multiple=True,
+    callback=_property,
+    metavar="KEY=VALUE",
+    help="A string property (repeatable; overrides --properties-json).",
+)
+@click.option(
+    "--properties-json", callback=_properties_json, metavar="JSON", help="Properties as an object."
+)
+@click.option("--timestamp", help="ISO 8601 time of the event (default: now).")
+@click.option("--uuid", help="The event's uuid (default: a new UUIDv7).")
+@api_key_option
+def capture(
+    event: str,
+    spool: Path | None,
+    distinct_id: str,
+    properties: dict[str, str],
+    properties_json: dict[str, Any],
+    timestamp: str | None,
+    uuid: str | None,
+    api_key: str | None,
+) -> None:
+    """Capture one EVENT into SPOOL (created if missing) and print its uuid.
+
+    Nothing is sent: `spoolpost drain` (from cron, say) delivers it. The API key
+    only ties the spool to its project, so that a drain with another key refuses.
+    """
+    path = _spool_path(spool)
+    key = _api_key(api_key)
+    try:
+        captured = admin.capture_one(
+            path,
+            key,
+            event,
+            distinct_id,
+            {**properties_json, **properties},
+            timestamp=timestamp,
+            uuid=uuid,
+        )
+    except ValueError as exc:  # a bad name, id, timestamp or uuid (and ConfigError)
+        raise click.ClickException(str(exc)) from exc
+    click.echo(captured)
+
+
+class _Progress:
+    """A progress bar on stderr, made once the total is known."""
+
+    def __init__(self) -> None:
+        self.bar: Any = None
+        self.done = 0
+
+    def __call__(self, total: int, pending: int) -> None:
+        if self.bar is None:
+            self.bar = click.progressbar(length=total, label="draining", file=sys.stderr)
+            self.bar.__enter__()
+        settled = max(self.done, total - pending)
+        self.bar.update(settled - self.done)
+        self.done = settled
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(None, None, None)
+
+
+@cli.command()
+@spool_argument
+@host_option
+@api_key_option
 @click.option(
     "--budget",
     type=click.FloatRange(min=0),
     default=None,
+    metavar="SECONDS",
     help="Stop after this many seconds (default: no limit).",
 )
 @click.option(
@@ -145,43 +569,60 @@ def inspect(spool: Path, as_json: bool) -> None:
     show_default=True,
     help="Stop after this many transient failures in a row (an outage).",
 )
+@click.option(
+    "--grace",
+    type=click.FloatRange(min=0),
+    default=5.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="At the end, wait this long for requests in flight.",
+)
 @click.option("--gzip", is_flag=True, help="Send gzip-compressed request bodies.")
 @click.option("--force-key", is_flag=True, help="Deliver a spool created for another API key.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
 def drain(
-    spool: Path,
+    spool: Path | None,
     host: str,
-    api_key: str,
+    api_key: str | None,
     budget: float | None,
     outage_after: int,
+    grace: float,
     gzip: bool,
     force_key: bool,
     as_json: bool,
 ) -> None:
     """Deliver SPOOL until it is empty, the budget runs out, or the endpoint is down.
 
+    Delivers what was in the spool when it started; events captured meanwhile
+    are left to their app or the next run. A progress bar shows on a terminal.
+
     \b
     Exit codes (for cron):
       0  nothing left to deliver, nothing dead-lettered by this run
-      3  events remain (the budget ran out)
+      3  events remain: the budget ran out
       4  events remain: the endpoint is down (an outage)
       5  events remain: delivery paused by a configuration fault (401/403/404/3xx)
-      6  nothing left, but this run dead-lettered events (see inspect)
-      1  an error (bad spool, bad settings)
+      6  nothing left, but this run dead-lettered events (see tail --state dead)
+      1  an error (no spool, no API key, a bad host URL, a spool of another key)
+      2  a usage error (unknown option, bad value)
     """
-    s = _open(spool)
+    path = _spool_path(spool)
+    transport = HttpTransport(host, _api_key(api_key), gzip=gzip)
+    s = _open(path)
+    progress = _Progress() if sys.stderr.isatty() and not as_json else None
     try:
         result = drain_spool(
             s,
-            HttpTransport(host, api_key, gzip=gzip),
+            transport,
             budget=budget,
             outage_after=outage_after,
             force_key=force_key,
-            progress=sys.stderr.isatty() and not as_json,
+            grace=grace,
+            progress=progress,
         )
-    except SpoolpostError as exc:
-        raise click.ClickException(str(exc)) from exc
     finally:
+        if progress is not None:
+            progress.close()
         s.close()
     code = drain_exit_code(result)
     summary = {
@@ -201,72 +642,34 @@ def drain(
             line += f"; paused: {result.paused}"
         if result.outage:
             line += f"; endpoint down: {result.outage}"
+        elif code == EXIT_REMAIN:
+            line += "; the budget ran out"
         click.echo(line)
 
     _emit(summary, as_json, human)
-    sys.exit(code)
-
-
-def drain_exit_code(result: FlushResult) -> int:
-    """The documented ``spoolpost drain`` exit code for a drain's result."""
-    if result.pending:
-        if result.paused:
-            return EXIT_PAUSED
-        return EXIT_OUTAGE if result.outage else EXIT_REMAIN
-    return EXIT_DEAD if result.dead else EXIT_EMPTY
-
-
-def drain_spool(
-    spool: Spool,
-    transport: HttpTransport,
-    *,
-    budget: float | None = None,
-    outage_after: int = 3,
-    force_key: bool = False,
-    config: DeliveryConfig | None = None,
-    retry: RetryPolicy | None = None,
-    progress: bool = False,
-) -> FlushResult:
-    """Deliver everything in ``spool`` now; stop at ``budget`` seconds (None: no
-    limit), after ``outage_after`` transient failures in a row, or on a pause.
-
-    Raises :class:`~spoolpost.errors.KeyMismatch` if the spool belongs to
-    another API key (unless ``force_key``).
-    """
-    spool.bind_key(key_fingerprint(transport.api_key), force=force_key)
-    dispatcher = Dispatcher(
-        spool, transport, config=config or DeliveryConfig(flush_interval=0.0), retry=retry
-    )
-    dispatcher.start()
-    try:
-        watermark = spool.watermark(time.time())
-        timeout = float("inf") if budget is None else budget
-        if not progress:
-            return dispatcher.flush(watermark, timeout, outage_after=outage_after)
-        states = spool.states_through(watermark)
-        total = states.get("pending", 0) + states.get("leased", 0)
-        with click.progressbar(length=total, label="draining", file=sys.stderr) as bar:
-            done = [0]
-
-            def advance(pending: int) -> None:
-                bar.update(max(0, total - pending - done[0]))
-                done[0] = max(done[0], total - pending)
-
-            return dispatcher.flush(
-                watermark, timeout, states, outage_after=outage_after, progress=advance
-            )
-    finally:
-        dispatcher.stop(5.0)
+    click.get_current_context().exit(code)
 
 
 @cli.command()
-@click.option("--events", type=click.IntRange(min=100), default=20_000, show_default=True)
-@click.option("--threads", type=click.IntRange(min=1, max=64), default=4, show_default=True)
+@click.option(
+    "--events",
+    type=click.IntRange(min=100),
+    default=20_000,
+    show_default=True,
+    help="Events to try to capture.",
+)
+@click.option(
+    "--threads",
+    type=click.IntRange(min=1, max=64),
+    default=4,
+    show_default=True,
+    help="Capturing threads.",
+)
 @click.option(
     "--spool",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
-    help="Spool file to use (default: a new one in a temporary folder).",
+    help="A new spool file to use and keep (default: a temporary one, deleted).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
 def demo(events: int, threads: int, spool: Path | None, as_json: bool) -> None:
@@ -282,8 +685,8 @@ def demo(events: int, threads: int, spool: Path | None, as_json: bool) -> None:
 
     report = run_demo(events=events, threads=threads, spool=spool)
     _emit(report.as_dict(), as_json, lambda: click.echo(report.text()))
-    if report.lost:
-        sys.exit(1)
+    if not report.ok:
+        click.get_current_context().exit(1)
 
 
 def main() -> None:

@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from spoolpost.errors import ConfigError, SpoolpostError
 from spoolpost.testing import LocalEndpoint
 
 DEMO_API_KEY = "phc_spoolpost_demo"
@@ -34,25 +35,42 @@ DEMO_API_KEY = "phc_spoolpost_demo"
 @dataclass(frozen=True)
 class DemoReport:
     """The demo's findings. ``captured``: events whose ``capture()`` returned
-    before the kill; ``lost``: those the endpoint never acknowledged."""
+    before the kill; ``lost``: those the endpoint never acknowledged;
+    ``remaining``: events the drain left in the spool (-1 if it reported none);
+    ``spool``: the spool file kept, or None for a temporary one (deleted)."""
 
     events_planned: int
     threads: int
     captured: int
+    killed: bool
     delivered_before_kill: int
     delivered_after_restart: int
     unique_delivered: int
     duplicates: int
     lost: int
+    remaining: int
     drain_exit_code: int
     seconds: float
-    spool: str
+    spool: str | None
+
+    @property
+    def ok(self) -> bool:
+        """The demo showed what it should: a kill mid-stream, nothing lost."""
+        return self.killed and self.captured > 0 and self.lost == 0
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return asdict(self) | {"ok": self.ok}
 
     def text(self) -> str:
-        verdict = "OK: nothing lost" if self.lost == 0 else f"FAILED: {self.lost} events lost"
+        if self.ok:
+            verdict = "OK: nothing lost"
+        elif not self.killed:
+            verdict = "FAILED: the capturing child ended before it could be killed"
+        elif self.lost:
+            verdict = f"FAILED: {self.lost} events lost"
+        else:
+            verdict = "FAILED: nothing was captured"
+        where = "a temporary spool, now deleted" if self.spool is None else f"spool {self.spool}"
         return "\n".join(
             [
                 f"spoolpost demo: {self.threads} threads capturing up to {self.events_planned} "
@@ -62,8 +80,9 @@ class DemoReport:
                 f"  delivered after the restart {self.delivered_after_restart:>8}",
                 f"  unique events delivered     {self.unique_delivered:>8}",
                 f"  duplicates (at-least-once)  {self.duplicates:>8}",
+                f"  left in the spool           {self.remaining:>8}",
                 f"  lost                        {self.lost:>8}",
-                f"  {verdict} ({self.seconds:.1f}s, spool {self.spool})",
+                f"  {verdict} ({self.seconds:.1f}s, {where})",
             ]
         )
 
@@ -87,9 +106,18 @@ def run_demo(
     threads: int = 4,
     spool: Path | None = None,
     kill_after: float = 0.5,
+    timeout: float = 120.0,
 ) -> DemoReport:
     """Run the demo; ``kill_after`` is the fraction of ``events`` captured before
-    the SIGKILL. Returns a :class:`DemoReport`."""
+    the SIGKILL. ``spool``: a new spool file to use and keep (default: a temporary
+    one). Returns a :class:`DemoReport`.
+
+    Raises :class:`~spoolpost.errors.ConfigError` if ``spool`` already exists, and
+    :class:`~spoolpost.errors.SpoolpostError` if the capturing child fails or does
+    not get to the kill within ``timeout`` seconds.
+    """
+    if spool is not None and spool.exists():
+        raise ConfigError(f"{spool} already exists; the demo needs a new spool file")
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="spoolpost-demo-") as tmp:
         spool_path = spool or Path(tmp) / "demo.spool"
@@ -104,12 +132,25 @@ def run_demo(
                 env=env,
             )
             target = int(events * kill_after)
+            deadline = started + timeout
             # The demo watches a child process; polling its progress is the point.
             while child.poll() is None and _count_acks(acks) < target:
+                if time.monotonic() > deadline:
+                    child.kill()
+                    child.wait()
+                    raise SpoolpostError(
+                        f"demo: the capturing child did not capture {target} events "
+                        f"within {timeout:.0f}s"
+                    )
                 time.sleep(0.005)
-            if child.poll() is None:
+            killed = child.poll() is None
+            if killed:
                 os.kill(child.pid, signal.SIGKILL)
             child.wait()
+            if not killed and child.returncode != 0:
+                raise SpoolpostError(
+                    f"demo: the capturing child failed with exit code {child.returncode}"
+                )
             captured = _read_acks(acks)
             before = len(endpoint.delivered_uuids())
             drain = subprocess.run(
@@ -118,6 +159,7 @@ def run_demo(
                     *("--host", endpoint.url, "--json"),
                 ],
                 env=env,
+                stdin=subprocess.DEVNULL,
                 capture_output=True,
                 text=True,
                 check=False,
@@ -130,15 +172,24 @@ def run_demo(
             events_planned=events,
             threads=threads,
             captured=len(captured),
+            killed=killed,
             delivered_before_kill=before,
             delivered_after_restart=len(delivered) - before,
             unique_delivered=len(unique),
             duplicates=len(delivered) - len(unique),
             lost=len(set(captured) - unique),
+            remaining=_remaining(drain.stdout),
             drain_exit_code=drain.returncode,
             seconds=time.monotonic() - started,
-            spool=str(spool_path),
+            spool=None if spool is None else str(spool),
         )
+
+
+def _remaining(drain_json: str) -> int:
+    try:
+        return int(json.loads(drain_json)["remaining"])
+    except (ValueError, KeyError, TypeError):
+        return -1
 
 
 def _child(spool: str, host: str, events: int, threads: int, acks: str) -> None:

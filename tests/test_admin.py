@@ -1,0 +1,528 @@
+"""admin: the operator functions behind the CLI, on real spool files."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import pytest
+
+from spoolpost import admin
+from spoolpost.admin import Filter, ImportRejected
+from spoolpost.dispatcher import DeliveryConfig, Dispatcher, FlushResult
+from spoolpost.encoding import encode_event
+from spoolpost.errors import ConfigError, KeyMismatch, SpoolFull
+from spoolpost.events import capture_event
+from spoolpost.spool import Spool
+from spoolpost.testing import LocalEndpoint, Response, reject_uuids
+from spoolpost.transport import HttpTransport
+
+API_KEY = "phc_admin_test_key"
+T0 = 1_700_000_000.0  # 2023-11-14T22:13:20Z
+DAY = 86_400.0
+
+
+# -- helpers (also used by test_cli.py) ------------------------------------------------
+
+
+def add_events(
+    spool: Spool, names: Sequence[str], *, at: float = T0, distinct_id: str = "u1"
+) -> list[str]:
+    """Append one event per name, captured at ``at``, ``at + 1``, …; return uuids."""
+    uuids = []
+    for n, name in enumerate(names):
+        event = capture_event(name, distinct_id, {"n": n}, now=at + n)
+        assert spool.append(event["uuid"], encode_event(event), at + n)
+        uuids.append(event["uuid"])
+    return uuids
+
+
+def kill(
+    spool: Spool,
+    uuids: Sequence[str],
+    *,
+    at: float = T0,
+    reason: str = "rejected",
+    status: int | None = 400,
+    detail: str = '{"error":"bad event"}',
+) -> None:
+    """Dead-letter the pending events ``uuids`` at time ``at`` (the rest stay pending)."""
+    batch = spool.claim(at, max_events=10_000, max_bytes=1 << 30, lease_ttl=60)
+    assert batch is not None
+    doomed = [r.id for r in batch.rows if r.uuid in set(uuids)]
+    assert len(doomed) == len(uuids)
+    assert spool.dead_letter(batch.token, doomed, at, reason, status, detail) == len(doomed)
+    spool.release(batch.token)
+
+
+def states(spool: Spool) -> dict[str, list[str]]:
+    """uuids by state, in the order select_events gives them."""
+    found: dict[str, list[str]] = {s: [] for s in admin.STATES}
+    for e in admin.select_events(spool):
+        found[e.state].append(e.uuid)
+    return found
+
+
+@pytest.fixture
+def spool(spool_path: Path) -> Iterator[Spool]:
+    s = Spool(spool_path)
+    yield s
+    s.close()
+
+
+# -- open_spool ---------------------------------------------------------------------------
+
+
+def test_open_spool_refuses_a_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no spool at"):
+        admin.open_spool(tmp_path / "missing.spool")
+    assert not (tmp_path / "missing.spool").exists()
+
+
+def test_open_spool_creates_when_asked(tmp_path: Path) -> None:
+    admin.open_spool(tmp_path / "new.spool", create=True).close()
+    assert (tmp_path / "new.spool").read_bytes().startswith(b"SQLite format 3\x00")
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b'{"event": "x"}\n', "not a spoolpost spool"),
+        (b"\x00" * 200, "not a spoolpost spool"),
+    ],
+)
+def test_open_spool_leaves_other_files_untouched(
+    tmp_path: Path, content: bytes, message: str
+) -> None:
+    path = tmp_path / "events.jsonl"
+    path.write_bytes(content)
+    with pytest.raises(ConfigError, match=message):
+        admin.open_spool(path)
+    assert path.read_bytes() == content
+    assert [p.name for p in tmp_path.iterdir()] == ["events.jsonl"]  # nothing moved aside
+
+
+def test_open_spool_refuses_another_applications_database(tmp_path: Path) -> None:
+    path = tmp_path / "app.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE users (id INTEGER PRIMARY KEY)")
+    conn.close()
+    with pytest.raises(ConfigError, match="SQLite database, but not a spoolpost spool"):
+        admin.open_spool(path)
+    with sqlite3.connect(path) as conn:
+        tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+    conn.close()
+    assert tables == ["users"]
+
+
+def test_open_spool_refuses_a_folder(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="is a folder"):
+        admin.open_spool(tmp_path)
+
+
+def test_open_spool_accepts_an_empty_file(tmp_path: Path) -> None:
+    path = tmp_path / "empty.spool"
+    path.touch()
+    admin.open_spool(path).close()
+    assert path.stat().st_size > 0
+
+
+# -- Filter, select_events, tail -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"states": frozenset({"gone"})}, "unknown state"),
+        ({"older_than": -1.0}, "older_than must be >= 0"),
+    ],
+)
+def test_filter_refuses_bad_values(kwargs: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        Filter(**kwargs)  # type: ignore[arg-type]
+
+
+def test_select_events_lists_live_events_in_capture_order_then_dead(spool: Spool) -> None:
+    a, b, c = add_events(spool, ["a", "b", "c"])
+    kill(spool, [a], at=T0 + 10)
+    events = list(admin.select_events(spool))
+    assert [(e.state, e.uuid) for e in events] == [("pending", b), ("pending", c), ("dead", a)]
+    dead = events[2]
+    assert dead.event["event"] == "a"
+    assert (dead.reason, dead.status, dead.detail) == ("rejected", 400, '{"error":"bad event"}')
+    assert dead.dead_at == T0 + 10
+    assert dead.captured_at == T0
+
+
+def test_tail_is_newest_first_by_capture_or_dead_time(spool: Spool) -> None:
+    a, b, c = add_events(spool, ["a", "b", "c"])  # captured at T0, T0+1, T0+2
+    kill(spool, [a], at=T0 + 5)
+    assert [e.uuid for e in admin.tail(spool, limit=10)] == [a, c, b]
+    assert [e.uuid for e in admin.tail(spool, limit=2)] == [a, c]
+
+
+@pytest.mark.parametrize(
+    ("where", "expected"),
+    [
+        (Filter(states=frozenset({"dead"})), ["x1"]),
+        (Filter(states=frozenset({"pending"})), ["y", "x2"]),
+        (Filter(states=frozenset({"leased"})), []),
+        (Filter(event="x"), ["x1", "x2"]),
+        (Filter(reason="rejected"), ["x1"]),
+        (Filter(reason="expired"), []),
+        (Filter(event="y", states=frozenset({"dead"})), []),
+    ],
+)
+def test_tail_filters(spool: Spool, where: Filter, expected: list[str]) -> None:
+    x1, x2, y = add_events(spool, ["x", "x", "y"])
+    kill(spool, [x1], at=T0 + 1.5)
+    names = {x1: "x1", x2: "x2", y: "y"}
+    assert [names[e.uuid] for e in admin.tail(spool, where, limit=10)] == expected
+
+
+def test_tail_shows_leased_events(spool: Spool) -> None:
+    (a,) = add_events(spool, ["a"])
+    spool.claim(T0, max_events=10, max_bytes=1 << 20, lease_ttl=60)
+    assert [(e.state, e.uuid) for e in admin.tail(spool)] == [("leased", a)]
+
+
+def test_spooled_event_json_line_adds_the_spool_metadata(spool: Spool) -> None:
+    (a,) = add_events(spool, ["a"])
+    kill(spool, [a], at=T0 + 3)
+    (line,) = [json.loads(e.json_line()) for e in admin.select_events(spool)]
+    meta = line.pop("spoolpost")
+    assert line["uuid"] == a and line["event"] == "a"
+    assert meta == {
+        "state": "dead",
+        "id": 1,
+        "attempts": 0,
+        "captured_at": T0,
+        "reason": "rejected",
+        "status": 400,
+        "detail": '{"error":"bad event"}',
+        "dead_at": T0 + 3,
+    }
+
+
+# -- replay and purge ------------------------------------------------------------------------
+
+
+def test_replay_moves_dead_letters_back_to_pending_with_a_fresh_start(spool: Spool) -> None:
+    a, b = add_events(spool, ["a", "b"])
+    kill(spool, [a, b], at=T0 + 1, reason="expired", status=None)
+    now = T0 + 30 * DAY
+    assert admin.replay(spool, now=now) == 2
+    found = list(admin.select_events(spool))
+    assert [(e.state, e.uuid, e.attempts) for e in found] == [("pending", a, 0), ("pending", b, 0)]
+    assert all(e.captured_at == now and e.next_attempt_at == now for e in found)
+    assert all(e.last_error is None for e in found)
+    assert spool.counters()["replayed"] == 2
+
+
+@pytest.mark.parametrize(
+    ("where", "replayed"),
+    [
+        (Filter(reason="too_large"), ["big"]),
+        (Filter(event="bad"), ["bad"]),
+        (Filter(reason="rejected", event="big"), []),
+        (Filter(states=frozenset({"pending"})), []),
+        (Filter(older_than=2.5 * DAY), ["bad"]),
+    ],
+)
+def test_replay_filters(spool: Spool, where: Filter, replayed: list[str]) -> None:
+    bad, big, ok = add_events(spool, ["bad", "big", "ok"])
+    kill(spool, [bad], at=T0, reason="rejected", status=400)
+    kill(spool, [big], at=T0 + DAY, reason="too_large", status=413)
+    names = {bad: "bad", big: "big", ok: "ok"}
+    assert admin.replay(spool, where, now=T0 + 3 * DAY) == len(replayed)
+    pending = states(spool)["pending"]
+    assert sorted(names[u] for u in pending) == sorted(["ok", *replayed])
+
+
+def test_replay_by_uuid(spool: Spool) -> None:
+    a, b = add_events(spool, ["a", "b"])
+    kill(spool, [a, b])
+    assert admin.replay(spool, Filter(uuids=(b,))) == 1
+    assert states(spool) == {"pending": [b], "leased": [], "dead": [a]}
+
+
+def test_replay_dry_run_changes_nothing(spool: Spool) -> None:
+    a, b = add_events(spool, ["a", "b"])
+    kill(spool, [a])
+    assert admin.replay(spool, dry_run=True) == 1
+    assert states(spool) == {"pending": [b], "leased": [], "dead": [a]}
+    assert spool.counters().get("replayed", 0) == 0
+
+
+def test_replayed_events_are_delivered(spool: Spool, endpoint: LocalEndpoint) -> None:
+    a, b = add_events(spool, ["a", "b"])
+    kill(spool, [a, b])
+    admin.replay(spool)
+    dispatcher = Dispatcher(
+        spool, HttpTransport(endpoint.url, API_KEY), config=DeliveryConfig(flush_interval=0.0)
+    )
+    step = dispatcher.step(time.time())
+    assert step.batches == 1
+    assert endpoint.delivered_uuids() == [a, b]
+    assert states(spool) == {"pending": [], "leased": [], "dead": []}
+
+
+def test_purge_deletes_matching_dead_letters_only(spool: Spool) -> None:
+    old, new, live = add_events(spool, ["old", "new", "live"])
+    kill(spool, [old], at=T0)
+    kill(spool, [new], at=T0 + 6 * DAY)
+    assert admin.count_dead(spool, Filter(older_than=7 * DAY), now=T0 + 8 * DAY) == 1
+    assert admin.purge(spool, Filter(older_than=7 * DAY), now=T0 + 8 * DAY) == 1
+    assert states(spool) == {"pending": [live], "leased": [], "dead": [new]}
+    assert admin.purge(spool, Filter(event="nothing-like-it")) == 0
+    assert admin.purge(spool) == 1
+    assert states(spool) == {"pending": [live], "leased": [], "dead": []}
+    assert spool.counters()["purged"] == 2
+
+
+def test_purge_never_touches_live_events(spool: Spool) -> None:
+    (a,) = add_events(spool, ["a"])
+    assert admin.purge(spool, Filter(uuids=(a,))) == 0
+    assert states(spool)["pending"] == [a]
+
+
+# -- import -------------------------------------------------------------------------------------
+
+
+def line(**event: object) -> str:
+    return json.dumps(event)
+
+
+GOOD_UUID = "0194e0f7-0000-7000-8000-000000000001"
+
+
+def test_import_adds_pending_events_normalized(spool: Spool) -> None:
+    lines = [
+        line(
+            event="signed_up",
+            distinct_id=42,
+            uuid=GOOD_UUID.upper(),
+            timestamp="2025-01-02T08:34:05+05:30",
+            properties={"$lib": "posthog-python", "plan": "pro"},
+            type="capture",
+        ),
+        "",
+        line(event="b", distinct_id="u2"),
+    ]
+    result = admin.import_events(spool, lines, now=T0)
+    assert result == admin.ImportResult(imported=2, skipped=0)
+    first, second = admin.select_events(spool)
+    assert first.event == {
+        "uuid": GOOD_UUID,
+        "event": "signed_up",
+        "distinct_id": "42",
+        "properties": {"$lib": "posthog-python", "plan": "pro"},
+        "timestamp": "2025-01-02T03:04:05Z",
+        "type": "capture",
+    }
+    assert (first.state, first.captured_at, first.attempts) == ("pending", T0, 0)
+    assert second.event["timestamp"] == "2023-11-14T22:13:20Z"  # default: now
+    assert second.event["properties"] == {}
+    assert len(second.uuid) == 36
+    assert spool.counters()["imported"] == 2
+
+
+def test_import_skips_uuids_already_pending_or_repeated(spool: Spool) -> None:
+    (a,) = add_events(spool, ["a"])
+    lines = [
+        line(event="a", distinct_id="u", uuid=a),
+        line(event="n", distinct_id="u", uuid=GOOD_UUID),
+    ]
+    result = admin.import_events(spool, [*lines, lines[1]])
+    assert result == admin.ImportResult(imported=1, skipped=2)
+    assert states(spool)["pending"] == [a, GOOD_UUID]
+
+
+def test_export_then_import_reproduces_the_stored_bytes(spool: Spool, tmp_path: Path) -> None:
+    uuids = add_events(spool, ["a", "b", "c"])
+    kill(spool, [uuids[1]])
+    exported = [e.json_line() for e in admin.select_events(spool)]
+    with spool.reader() as conn:
+        before = dict(
+            conn.execute(
+                "SELECT uuid, body FROM events UNION ALL SELECT uuid, body FROM dead_events"
+            )
+        )
+    other = Spool(tmp_path / "other.spool")
+    try:
+        assert admin.import_events(other, exported).imported == 3
+        with other.reader() as conn:
+            after = dict(conn.execute("SELECT uuid, body FROM events"))
+    finally:
+        other.close()
+    assert after == before
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        ("{not json", "not valid JSON"),
+        (b"\xff\xfe{}", "not UTF-8"),
+        ("[1, 2]", "expected a JSON object (a PostHog event), got list"),
+        (line(distinct_id="u"), 'missing "event"'),
+        (line(event="e"), 'missing "distinct_id"'),
+        (line(event="", distinct_id="u"), "event must be a non-empty str"),
+        (line(event="e", distinct_id=1.5), "distinct_id must be a non-empty str, int or UUID"),
+        (line(event="e", distinct_id=True), "distinct_id must be"),
+        (line(event="e", distinct_id="u", properties=[1]), '"properties" must be an object'),
+        (line(event="e", distinct_id="u", timestamp=5), '"timestamp" must be an ISO 8601 string'),
+        (line(event="e", distinct_id="u", timestamp="yesterday"), "invalid timestamp"),
+        (line(event="e", distinct_id="u", uuid="nope"), "uuid must be a UUID"),
+        (
+            line(event="e", distinct_id="u", properties={"x": "y" * 1000}),
+            "over max_event_bytes=500",
+        ),
+    ],
+)
+def test_import_rejects_a_bad_line_and_writes_nothing(
+    spool: Spool, bad: str | bytes, message: str
+) -> None:
+    good = line(event="fine", distinct_id="u")
+    with pytest.raises(ImportRejected) as caught:
+        admin.import_events(spool, [good, good, bad, good], max_event_bytes=500)
+    assert caught.value.errors == [(3, caught.value.errors[0][1])]
+    assert message in caught.value.errors[0][1]
+    assert "line 3: " in str(caught.value) and "nothing was imported" in str(caught.value)
+    assert states(spool) == {"pending": [], "leased": [], "dead": []}
+    assert spool.counters().get("imported", 0) == 0
+
+
+def test_import_reports_every_bad_line_up_to_a_limit(spool: Spool) -> None:
+    lines = ["nope"] * 30
+    with pytest.raises(ImportRejected) as caught:
+        admin.import_events(spool, lines)
+    assert caught.value.total == 30
+    assert [n for n, _ in caught.value.errors] == list(range(1, 21))
+    assert "and 10 more bad line(s)" in str(caught.value)
+
+
+# -- capture_one -----------------------------------------------------------------------------
+
+
+def test_capture_one_commits_a_capture_only_event(spool_path: Path) -> None:
+    uuid = admin.capture_one(spool_path, API_KEY, "signed_up", "u1", {"plan": "pro"})
+    s = Spool(spool_path)
+    try:
+        (e,) = admin.select_events(s)
+        assert s.meta()["key_fingerprint"]
+    finally:
+        s.close()
+    assert (e.uuid, e.state, e.event["event"], e.event["distinct_id"]) == (
+        uuid,
+        "pending",
+        "signed_up",
+        "u1",
+    )
+    assert e.event["properties"]["plan"] == "pro"
+
+
+def test_capture_one_refuses_a_spool_of_another_key(spool_path: Path) -> None:
+    admin.capture_one(spool_path, API_KEY, "a", "u1")
+    with pytest.raises(KeyMismatch, match="another project API key"):
+        admin.capture_one(spool_path, "phc_other", "b", "u1")
+
+
+def test_capture_one_reports_a_dropped_event(spool_path: Path) -> None:
+    with pytest.raises(SpoolFull, match="the event was dropped"):
+        admin.capture_one(spool_path, API_KEY, "a", "u1", max_spool_bytes=1)
+
+
+def test_capture_one_refuses_a_file_that_is_not_a_spool(tmp_path: Path) -> None:
+    path = tmp_path / "notes.txt"
+    path.write_text("keep me")
+    with pytest.raises(ConfigError, match="not a spoolpost spool"):
+        admin.capture_one(path, API_KEY, "a", "u1")
+    assert path.read_text() == "keep me"
+
+
+# -- drain ------------------------------------------------------------------------------------
+
+
+def test_drain_spool_delivers_and_reports_progress(spool: Spool, endpoint: LocalEndpoint) -> None:
+    uuids = add_events(spool, ["a"] * 250, at=time.time() - 1000)
+    seen: list[tuple[int, int]] = []
+    result = admin.drain_spool(
+        spool,
+        HttpTransport(endpoint.url, API_KEY),
+        config=DeliveryConfig(flush_interval=0.0, max_batch_size=100),
+        progress=lambda total, pending: seen.append((total, pending)),
+    )
+    assert result == FlushResult(delivered=250, dead=0, pending=0)
+    assert sorted(endpoint.delivered_uuids()) == sorted(uuids)
+    assert seen[0][0] == 250 and seen[-1] == (250, 0)
+    assert admin.drain_exit_code(result) == admin.EXIT_EMPTY
+
+
+def test_drain_spool_of_an_empty_spool_sends_nothing(spool: Spool, endpoint: LocalEndpoint) -> None:
+    result = admin.drain_spool(spool, HttpTransport(endpoint.url, API_KEY))
+    assert result == FlushResult()
+    assert endpoint.requests == []
+
+
+def test_drain_spool_dead_letters_the_rejected_event_only(
+    spool: Spool, endpoint: LocalEndpoint
+) -> None:
+    uuids = add_events(spool, ["a"] * 4, at=time.time() - 1000)
+    endpoint.set_handler(reject_uuids([uuids[2]]))
+    result = admin.drain_spool(spool, HttpTransport(endpoint.url, API_KEY))
+    assert (result.delivered, result.dead, result.pending) == (3, 1, 0)
+    assert admin.drain_exit_code(result) == admin.EXIT_DEAD
+    assert states(spool)["dead"] == [uuids[2]]
+
+
+def test_drain_spool_stops_on_an_outage(spool: Spool, endpoint: LocalEndpoint) -> None:
+    add_events(spool, ["a"] * 3, at=time.time() - 1000)
+    endpoint.default = Response(503)
+    result = admin.drain_spool(spool, HttpTransport(endpoint.url, API_KEY), outage_after=1)
+    assert result.pending == 3 and result.outage is not None and "503" in result.outage
+    assert admin.drain_exit_code(result) == admin.EXIT_OUTAGE
+
+
+def test_drain_spool_refuses_another_key(spool: Spool, endpoint: LocalEndpoint) -> None:
+    add_events(spool, ["a"], at=time.time() - 1000)
+    spool.bind_key("0123456789abcdef")
+    with pytest.raises(KeyMismatch):
+        admin.drain_spool(spool, HttpTransport(endpoint.url, API_KEY))
+    assert endpoint.requests == []
+
+
+@pytest.mark.parametrize(
+    ("result", "code"),
+    [
+        (FlushResult(), 0),
+        (FlushResult(delivered=5), 0),
+        (FlushResult(delivered=5, dead=1), 6),
+        (FlushResult(pending=2, timed_out=True), 3),
+        (FlushResult(pending=2, outage="HTTP 503"), 4),
+        (FlushResult(pending=2, paused="HTTP 401"), 5),
+        (FlushResult(pending=2, dead=1, paused="HTTP 401"), 5),
+        (FlushResult(pending=2, dead=1, timed_out=True), 3),
+    ],
+)
+def test_drain_exit_code(result: FlushResult, code: int) -> None:
+    assert admin.drain_exit_code(result) == code
+
+
+# -- parsers -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("30s", 30), ("30m", 1800), ("12h", 43200), ("7d", 604800), ("2w", 1209600), ("1.5H", 5400)],
+)
+def test_parse_duration(text: str, seconds: float) -> None:
+    assert admin.parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "7", "d", "-1d", "7 days", "1e3s", "7dd"])
+def test_parse_duration_refuses(text: str) -> None:
+    with pytest.raises(ValueError, match="is not a duration like 30m, 12h, 7d or 2w"):
+        admin.parse_duration(text)
