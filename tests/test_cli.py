@@ -1,0 +1,670 @@
+"""The ``spoolpost`` command line, through click's CliRunner and real subprocesses."""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import re
+import select
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import click
+import pytest
+from click.testing import CliRunner, Result
+from test_admin import add_events, kill, states
+
+from spoolpost import admin
+from spoolpost.cli import cli
+from spoolpost.client import key_fingerprint
+from spoolpost.spool import Spool
+from spoolpost.testing import LocalEndpoint, Response, reject_uuids
+
+ROOT = Path(__file__).resolve().parent.parent
+SECRET = "phc_SECRET_never_print_3f9a"
+ENV_VARS = ("SPOOLPOST_SPOOL", "SPOOLPOST_HOST", "SPOOLPOST_API_KEY")
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ENV_VARS:
+        monkeypatch.delenv(name, raising=False)
+
+
+def run(
+    *args: str | Path, input: str | bytes | None = None, env: dict[str, str] | None = None
+) -> Result:
+    """Invoke the CLI in-process; every run checks the API key was not printed."""
+    result = CliRunner().invoke(cli, [str(a) for a in args], input=input, env=env)
+    assert SECRET not in result.stdout and SECRET not in result.stderr
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result
+
+
+@pytest.fixture
+def spool(spool_path: Path) -> Iterator[Spool]:
+    """A spool with three events, captured long ago: a and b pending, c dead."""
+    s = Spool(spool_path)
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def filled(spool: Spool) -> list[str]:
+    a, b, c = add_events(spool, ["a", "b", "c"], at=time.time() - 100)
+    kill(spool, [c], at=time.time() - 50)
+    return [a, b, c]
+
+
+# -- documentation and help ---------------------------------------------------------------
+
+
+def test_every_command_is_documented_in_the_readme_and_has_help() -> None:
+    readme = (ROOT / "README.md").read_text()
+    assert set(cli.commands) == {
+        "inspect",
+        "tail",
+        "replay",
+        "drain",
+        "purge",
+        "export",
+        "import",
+        "capture",
+        "demo",
+    }
+    for name, command in cli.commands.items():
+        assert f"spoolpost {name}" in readme, f"README does not show `spoolpost {name}`"
+        assert command.help and len(command.help) > 20, f"{name} has no help text"
+        for param in command.params:
+            if isinstance(param, click.Option):
+                assert param.help, f"{name} {param.opts} has no help text"
+        result = run(name, "--help")
+        assert result.exit_code == 0
+        assert command.help.splitlines()[0] in result.stdout
+
+
+def test_readme_test_command_is_the_one_ci_runs() -> None:
+    readme = (ROOT / "README.md").read_text()
+    ci = (ROOT / ".ci" / "run").read_text()
+    one_liners = re.findall(r"^python3 -m venv .*$", readme, flags=re.M)
+    assert len(one_liners) == 2, one_liners
+    demo_line, test_line = one_liners
+    assert demo_line.endswith("spoolpost demo")
+    test_command = test_line.rsplit("&& ", 1)[1]
+    assert test_command == "python -m pytest"
+    assert re.search(rf"^\s*{re.escape(test_command)}\b", ci, flags=re.M)
+    assert "pip install -e '.[dev]'" in test_line and "pip install -e '.[dev]'" in ci
+
+
+def test_version() -> None:
+    result = run("--version")
+    assert result.exit_code == 0 and "spoolpost, version" in result.stdout
+
+
+# -- spool errors shared by every command ---------------------------------------------------
+
+SPOOL_COMMANDS = [
+    ["inspect"],
+    ["tail"],
+    ["replay"],
+    ["purge", "--yes"],
+    ["export"],
+    ["drain", "--api-key", SECRET],
+]
+
+
+@pytest.mark.parametrize("command", SPOOL_COMMANDS, ids=lambda c: c[0])
+def test_a_missing_spool_is_an_error(command: list[str], tmp_path: Path) -> None:
+    result = run(*command, tmp_path / "nope.spool")
+    assert result.exit_code == 1
+    assert f"Error: no spool at {tmp_path / 'nope.spool'}" in result.stderr
+    assert not (tmp_path / "nope.spool").exists()
+
+
+@pytest.mark.parametrize(
+    "command",
+    [*SPOOL_COMMANDS, ["import"], ["capture", "e", "--distinct-id", "u"]],
+    ids=lambda c: c[0],
+)
+def test_no_spool_given_is_an_error(command: list[str]) -> None:
+    result = run(*command, env={"SPOOLPOST_API_KEY": SECRET}, input="")
+    assert result.exit_code == 1
+    assert "Error: no spool given: pass SPOOL or set SPOOLPOST_SPOOL" in result.stderr
+
+
+@pytest.mark.parametrize("command", SPOOL_COMMANDS, ids=lambda c: c[0])
+def test_a_file_that_is_not_a_spool_is_refused_untouched(
+    command: list[str], tmp_path: Path
+) -> None:
+    path = tmp_path / "events.jsonl"
+    path.write_text('{"event": "x"}\n')
+    result = run(*command, path)
+    assert result.exit_code == 1
+    assert "is not a spoolpost spool (not an SQLite database)" in result.stderr
+    assert path.read_text() == '{"event": "x"}\n'
+    assert "Traceback" not in result.output
+
+
+def test_the_spool_comes_from_the_environment(spool_path: Path, filled: list[str]) -> None:
+    result = run("inspect", "--json", env={"SPOOLPOST_SPOOL": str(spool_path)})
+    assert result.exit_code == 0
+    assert json.loads(result.stdout)["counts"] == {"pending": 2, "leased": 0, "dead": 1}
+
+
+# -- inspect, tail, export --------------------------------------------------------------------
+
+
+def test_inspect(spool_path: Path, filled: list[str]) -> None:
+    human = run("inspect", spool_path)
+    assert human.exit_code == 0
+    assert re.search(r"^pending\s+2 events", human.stdout, flags=re.M)
+    assert re.search(r"^dead\s+1 events", human.stdout, flags=re.M)
+    assert "dead reasons    rejected=1" in human.stdout
+    data = json.loads(run("inspect", spool_path, "--json").stdout)
+    assert data["dead_reasons"] == {"rejected": 1}
+    assert data["schema_version"] == 1
+
+
+def test_tail_human_and_json_lines(spool_path: Path, filled: list[str]) -> None:
+    a, b, c = filled
+    human = run("tail", spool_path).stdout.splitlines()
+    assert [line.split()[2] for line in human] == [c, b, a]
+    assert human[0].split()[1] == "dead" and 'rejected 400: {"error":"bad event"}' in human[0]
+    lines = [
+        json.loads(x) for x in run("tail", spool_path, "--json", "-n", "2").stdout.splitlines()
+    ]
+    assert [(x["uuid"], x["spoolpost"]["state"]) for x in lines] == [(c, "dead"), (b, "pending")]
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        (["--state", "pending"], [1, 0]),
+        (["--state", "dead", "--state", "pending"], [2, 1, 0]),
+        (["--event", "b"], [1]),
+        (["--reason", "rejected"], [2]),
+        (["--reason", "expired"], []),
+    ],
+)
+def test_tail_filters(
+    spool_path: Path, filled: list[str], flags: list[str], expected: list[int]
+) -> None:
+    result = run("tail", spool_path, "--json", *flags)
+    assert result.exit_code == 0
+    assert [json.loads(x)["uuid"] for x in result.stdout.splitlines()] == [
+        filled[i] for i in expected
+    ]
+
+
+def test_tail_refuses_an_unknown_state(spool_path: Path, filled: list[str]) -> None:
+    result = run("tail", spool_path, "--state", "gone")
+    assert result.exit_code == 2 and "Invalid value for '--state'" in result.stderr
+
+
+def test_export_to_stdout_and_to_a_file(
+    spool_path: Path, filled: list[str], tmp_path: Path
+) -> None:
+    out = run("export", spool_path)
+    assert [json.loads(x)["uuid"] for x in out.stdout.splitlines()] == filled
+    target = tmp_path / "out.jsonl"
+    assert run("export", spool_path, "--state", "dead", "-o", target).stdout == ""
+    (only,) = [json.loads(x) for x in target.read_text().splitlines()]
+    assert only["uuid"] == filled[2] and only["spoolpost"]["reason"] == "rejected"
+
+
+# -- import ------------------------------------------------------------------------------------
+
+
+def test_import_round_trip_from_stdin_and_file(
+    spool_path: Path, filled: list[str], tmp_path: Path
+) -> None:
+    exported = run("export", spool_path).stdout
+    other = tmp_path / "other.spool"
+    result = run("import", other, input=exported)
+    assert result.exit_code == 0 and result.stdout == "imported 3 events\n"
+    dump = tmp_path / "dump.jsonl"
+    dump.write_text(exported)
+    again = run("import", other, "--input", dump, "--json")
+    assert json.loads(again.stdout) == {"imported": 0, "skipped": 3}
+    s = Spool(other)
+    try:
+        assert states(s)["pending"] == filled
+    finally:
+        s.close()
+
+
+def test_import_of_a_bad_line_names_it_and_writes_nothing(tmp_path: Path) -> None:
+    good = '{"event": "e", "distinct_id": "u"}'
+    target = tmp_path / "new.spool"
+    result = run("import", target, input=f"{good}\n{good}\n{{oops\n")
+    assert result.exit_code == 1
+    assert "Error: 1 bad input line(s); nothing was imported:" in result.stderr
+    assert "line 3: not valid JSON" in result.stderr
+    s = Spool(target)
+    try:
+        assert states(s) == {"pending": [], "leased": [], "dead": []}
+    finally:
+        s.close()
+
+
+def test_import_refuses_a_missing_input_file(spool_path: Path, tmp_path: Path) -> None:
+    result = run("import", spool_path, "-i", tmp_path / "missing.jsonl")
+    assert result.exit_code == 2 and "Invalid value for '-i' / '--input'" in result.stderr
+
+
+# -- replay and purge --------------------------------------------------------------------------
+
+
+def test_replay(spool_path: Path, spool: Spool, filled: list[str]) -> None:
+    dry = run("replay", spool_path, "--dry-run")
+    assert dry.exit_code == 0 and dry.stdout == "would replay 1 dead letter\n"
+    assert states(spool)["dead"] == [filled[2]]
+    result = run("replay", spool_path, "--reason", "rejected", "--json")
+    assert json.loads(result.stdout) == {"replayed": 1, "dry_run": False}
+    assert states(spool) == {"pending": filled, "leased": [], "dead": []}
+
+
+def test_replay_by_uuid_and_event(spool_path: Path, spool: Spool) -> None:
+    a, b, c = add_events(spool, ["a", "b", "b"], at=time.time() - 100)
+    kill(spool, [a, b, c])
+    assert run("replay", spool_path, "--uuid", a.upper()).stdout == "replayed 1 dead letter\n"
+    assert run("replay", spool_path, "--event", "b").stdout == "replayed 2 dead letters\n"
+    assert states(spool)["dead"] == []
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--uuid", "nope"], "Invalid value for '--uuid': not a UUID"),
+        (
+            ["--older-than", "7 days"],
+            "Invalid value for '--older-than': '7 days' is not a duration",
+        ),
+    ],
+)
+def test_replay_refuses_bad_filters(
+    spool_path: Path, filled: list[str], flags: list[str], message: str
+) -> None:
+    result = run("replay", spool_path, *flags)
+    assert result.exit_code == 2 and message in result.stderr
+
+
+def test_purge_with_yes(spool_path: Path, spool: Spool, filled: list[str]) -> None:
+    result = run("purge", spool_path, "--yes")
+    assert result.exit_code == 0 and result.stdout == "purged 1 dead letter\n"
+    assert states(spool)["dead"] == []
+
+
+@pytest.mark.parametrize(
+    ("answer", "code", "left", "message"),
+    [
+        ("y\n", 0, [], ""),
+        ("n\n", 1, [2], "Error: not confirmed; nothing was deleted"),
+        ("", 1, [2], "Error: no confirmation could be read (stdin is closed or empty)"),
+    ],
+)
+def test_purge_asks_first(
+    spool_path: Path,
+    spool: Spool,
+    filled: list[str],
+    answer: str,
+    code: int,
+    left: list[int],
+    message: str,
+) -> None:
+    result = run("purge", spool_path, input=answer)
+    assert result.exit_code == code
+    assert f"Delete 1 dead letter from {spool_path} for good? [y/N]" in result.stderr
+    assert message in result.stderr
+    assert states(spool)["dead"] == [filled[i] for i in left]
+
+
+def test_purge_older_than(spool_path: Path, spool: Spool) -> None:
+    old, new = add_events(spool, ["old", "new"], at=time.time() - 10 * 86400)
+    kill(spool, [old], at=time.time() - 8 * 86400)
+    kill(spool, [new], at=time.time() - 3600)
+    assert run("purge", spool_path, "--older-than", "7d", "-y").stdout == "purged 1 dead letter\n"
+    assert states(spool)["dead"] == [new]
+
+
+def test_purge_with_nothing_to_delete_does_not_ask(spool_path: Path, filled: list[str]) -> None:
+    result = run("purge", spool_path, "--event", "a")
+    assert result.exit_code == 0 and result.stdout == "purged 0 dead letters\n"
+    assert "[y/N]" not in result.stderr
+
+
+def test_purge_without_stdin_refuses_instead_of_hanging(
+    spool_path: Path, filled: list[str]
+) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "spoolpost", "purge", str(spool_path)],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 1
+    assert "Error: no confirmation could be read" in proc.stderr
+
+
+# -- capture -----------------------------------------------------------------------------------
+
+
+def test_capture_prints_the_uuid_and_spools_the_event(spool_path: Path) -> None:
+    result = run(
+        "capture",
+        "signed_up",
+        spool_path,
+        "--distinct-id",
+        "u1",
+        "-p",
+        "plan=pro",
+        "--property",
+        "note=a=b",
+        "--properties-json",
+        '{"plan": "free", "seats": 3}',
+        "--api-key",
+        SECRET,
+    )
+    assert result.exit_code == 0
+    uuid = result.stdout.strip()
+    s = Spool(spool_path)
+    try:
+        (e,) = admin.select_events(s)
+        assert s.meta()["key_fingerprint"] == key_fingerprint(SECRET)
+    finally:
+        s.close()
+    assert e.uuid == uuid and e.event["event"] == "signed_up"
+    assert {k: e.event["properties"][k] for k in ("plan", "note", "seats")} == {
+        "plan": "pro",
+        "note": "a=b",
+        "seats": 3,
+    }
+
+
+def test_capture_takes_spool_and_key_from_the_environment(spool_path: Path) -> None:
+    env = {"SPOOLPOST_SPOOL": str(spool_path), "SPOOLPOST_API_KEY": SECRET}
+    result = run(
+        "capture",
+        "e",
+        "--distinct-id",
+        "u",
+        "--uuid",
+        "0194E0F7-0000-7000-8000-000000000001",
+        env=env,
+    )
+    assert result.exit_code == 0 and result.stdout == "0194e0f7-0000-7000-8000-000000000001\n"
+
+
+@pytest.mark.parametrize(
+    ("flags", "code", "message"),
+    [
+        (["-p", "novalue"], 2, "'novalue' is not KEY=VALUE"),
+        (["-p", "=v"], 2, "'=v' is not KEY=VALUE"),
+        (["--properties-json", "{bad"], 2, "not valid JSON"),
+        (["--properties-json", "[1]"], 2, "must be a JSON object"),
+        (["--timestamp", "yesterday"], 1, "Error: invalid timestamp 'yesterday'"),
+        (["--uuid", "nope"], 1, "Error: uuid must be a UUID"),
+    ],
+)
+def test_capture_refuses_bad_input(
+    spool_path: Path, flags: list[str], code: int, message: str
+) -> None:
+    result = run("capture", "e", spool_path, "--distinct-id", "u", "--api-key", SECRET, *flags)
+    assert result.exit_code == code
+    assert message in result.stderr
+    assert not spool_path.exists() or states_of(spool_path)["pending"] == []
+
+
+def states_of(path: Path) -> dict[str, list[str]]:
+    s = Spool(path)
+    try:
+        return states(s)
+    finally:
+        s.close()
+
+
+def test_capture_needs_an_api_key_and_a_distinct_id(spool_path: Path) -> None:
+    no_key = run("capture", "e", spool_path, "--distinct-id", "u")
+    assert no_key.exit_code == 1
+    assert "Error: no API key: pass --api-key or set SPOOLPOST_API_KEY" in no_key.stderr
+    no_id = run("capture", "e", spool_path, "--api-key", SECRET)
+    assert no_id.exit_code == 2 and "Missing option '--distinct-id'" in no_id.stderr
+
+
+def test_capture_refuses_a_spool_of_another_key(spool_path: Path) -> None:
+    assert (
+        run("capture", "e", spool_path, "--distinct-id", "u", "--api-key", "phc_a").exit_code == 0
+    )
+    result = run("capture", "e", spool_path, "--distinct-id", "u", "--api-key", SECRET)
+    assert result.exit_code == 1 and "holds events for another project API key" in result.stderr
+
+
+# -- drain -------------------------------------------------------------------------------------
+
+
+def drain(spool_path: Path, endpoint: LocalEndpoint, *flags: str) -> Result:
+    return run("drain", spool_path, "--host", endpoint.url, "--api-key", SECRET, *flags)
+
+
+def test_drain_of_an_empty_spool_exits_0(
+    spool_path: Path, spool: Spool, endpoint: LocalEndpoint
+) -> None:
+    result = drain(spool_path, endpoint)
+    assert result.exit_code == 0
+    assert result.stdout == "delivered 0, dead-lettered 0, remaining 0\n"
+    assert endpoint.requests == []
+
+
+def test_drain_delivers_everything_and_exits_0(
+    spool_path: Path, spool: Spool, endpoint: LocalEndpoint
+) -> None:
+    uuids = add_events(spool, ["e"] * 5, at=time.time() - 100)
+    result = drain(spool_path, endpoint, "--json")
+    assert result.exit_code == 0
+    assert json.loads(result.stdout) == {
+        "delivered": 5,
+        "dead": 0,
+        "remaining": 0,
+        "paused": None,
+        "outage": None,
+        "exit_code": 0,
+    }
+    assert sorted(endpoint.delivered_uuids()) == sorted(uuids)
+    assert endpoint.requests[0].json["api_key"] == SECRET  # the key goes on the wire only
+    assert "draining" not in result.stderr  # no progress bar off a terminal
+
+
+@pytest.mark.parametrize("status", [503, 429])
+def test_drain_stops_on_an_outage_with_exit_4(
+    spool_path: Path, spool: Spool, endpoint: LocalEndpoint, status: int
+) -> None:
+    add_events(spool, ["e"] * 3, at=time.time() - 100)
+    endpoint.default = Response(status)
+    result = drain(spool_path, endpoint, "--outage-after", "1")
+    assert result.exit_code == 4
+    assert f"remaining 3; endpoint down: HTTP {status}" in result.stdout
+    assert states(spool)["pending"]
+
+
+def test_drain_with_the_endpoint_refusing_connections_exits_4(
+    spool_path: Path, spool: Spool
+) -> None:
+    add_events(spool, ["e"] * 2, at=time.time() - 100)
+    closed = LocalEndpoint()  # the port is reserved but nothing listens
+    try:
+        result = run(
+            "drain",
+            spool_path,
+            "--host",
+            closed.url,
+            "--api-key",
+            SECRET,
+            "--outage-after",
+            "2",
+            "--json",
+        )
+    finally:
+        closed.stop()
+    assert result.exit_code == 4
+    summary = json.loads(result.stdout)
+    assert summary["remaining"] == 2 and "transport error" in summary["outage"]
+
+
+@pytest.mark.parametrize("status", [401, 403, 404])
+def test_drain_paused_by_a_configuration_fault_exits_5(
+    spool_path: Path, spool: Spool, endpoint: LocalEndpoint, status: int
+) -> None:
+    add_events(spool, ["e"] * 3, at=time.time() - 100)
+    endpoint.default = Response(status, body=b'{"error":"invalid key"}')
+    result = drain(spool_path, endpoint, "--json")
+    assert result.exit_code == 5
+    summary = json.loads(result.stdout)
+    assert summary["remaining"] == 3 and f"HTTP {status}" in summary["paused"]
+    assert len(states(spool)["pending"]) == 3
+
+
+def test_drain_that_dead_letters_an_event_exits_6(
+    spool_path: Path, spool: Spool, endpoint: LocalEndpoint
+) -> None:
+    uuids = add_events(spool, ["e"] * 4, at=time.time() - 100)
+    endpoint.set_handler(reject_uuids([uuids[1]]))
+    result = drain(spool_path, endpoint)
+    assert result.exit_code == 6
+    assert result.stdout == "delivered 3, dead-lettered 1, remaining 0\n"
+    assert states(spool)["dead"] == [uuids[1]]
+
+
+def test_drain_budget_runs_out_exits_3_from_a_real_process(
+    spool_path: Path, spool: Spool, endpoint: LocalEndpoint
+) -> None:
+    add_events(spool, ["e"] * 3, at=time.time() - 100)
+    spool.close()
+    endpoint.default = Response(hang=True)
+    env = {k: v for k, v in os.environ.items() if k not in ENV_VARS}
+    env |= {"SPOOLPOST_API_KEY": SECRET, "SPOOLPOST_HOST": endpoint.url}
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "spoolpost",
+            "drain",
+            str(spool_path),
+            "--budget",
+            "0.3",
+            "--grace",
+            "0",
+            "--json",
+        ],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert SECRET not in proc.stdout + proc.stderr
+    assert proc.returncode == 3, proc.stderr
+    summary = json.loads(proc.stdout)
+    assert (summary["remaining"], summary["outage"], summary["paused"]) == (3, None, None)
+    assert endpoint.wait_for_requests(1)
+
+
+def test_drain_shows_a_progress_bar_on_a_terminal(
+    spool_path: Path, spool: Spool, endpoint: LocalEndpoint
+) -> None:
+    add_events(spool, ["e"] * 3, at=time.time() - 100)
+    spool.close()
+    leader, follower = pty.openpty()
+    env = {k: v for k, v in os.environ.items() if k not in ENV_VARS} | {"SPOOLPOST_API_KEY": SECRET}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "spoolpost", "drain", str(spool_path), "--host", endpoint.url],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=follower,
+    )
+    os.close(follower)
+    seen = b""
+    while True:  # read the terminal until the child closes it
+        ready, _, _ = select.select([leader], [], [], 60)
+        if not ready:
+            break
+        try:
+            chunk = os.read(leader, 4096)
+        except OSError:  # EIO: the child side is closed
+            break
+        if not chunk:
+            break
+        seen += chunk
+    os.close(leader)
+    stdout, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0
+    assert b"draining" in seen
+    assert SECRET.encode() not in seen + stdout
+    assert stdout == b"delivered 3, dead-lettered 0, remaining 0\n"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["--host", "http://127.0.0.1:9"],
+            "Error: no API key: pass --api-key or set SPOOLPOST_API_KEY",
+        ),
+        (["--host", "http://127.0.0.1:9", "--api-key", " "], "Error: no API key"),
+        (
+            ["--host", "ftp://example.invalid", "--api-key", SECRET],
+            "Error: host must be an http(s) URL",
+        ),
+        (["--host", "not a url", "--api-key", SECRET], "Error: host must be an http(s) URL"),
+    ],
+)
+def test_drain_settings_errors_exit_1(
+    spool_path: Path, spool: Spool, args: list[str], message: str
+) -> None:
+    add_events(spool, ["e"], at=time.time() - 100)
+    result = run("drain", spool_path, *args)
+    assert result.exit_code == 1
+    assert message in result.stderr
+    assert len(states(spool)["pending"]) == 1
+
+
+def test_drain_refuses_a_spool_of_another_key_unless_forced(
+    spool_path: Path, spool: Spool, endpoint: LocalEndpoint
+) -> None:
+    (uuid,) = add_events(spool, ["e"], at=time.time() - 100)
+    spool.bind_key(key_fingerprint("phc_other_project"))
+    refused = drain(spool_path, endpoint)
+    assert refused.exit_code == 1
+    assert "holds events for another project API key" in refused.stderr
+    assert "--force-key" in refused.stderr
+    assert endpoint.requests == []
+    forced = drain(spool_path, endpoint, "--force-key")
+    assert forced.exit_code == 0
+    assert endpoint.delivered_uuids() == [uuid]
+
+
+def test_drain_env_settings(spool_path: Path, spool: Spool, endpoint: LocalEndpoint) -> None:
+    (uuid,) = add_events(spool, ["e"], at=time.time() - 100)
+    env = {
+        "SPOOLPOST_SPOOL": str(spool_path),
+        "SPOOLPOST_HOST": endpoint.url,
+        "SPOOLPOST_API_KEY": SECRET,
+    }
+    result = run("drain", env=env)
+    assert result.exit_code == 0 and endpoint.delivered_uuids() == [uuid]
+
+
+def test_verbose_logs_never_show_the_key(
+    spool_path: Path, spool: Spool, endpoint: LocalEndpoint
+) -> None:
+    add_events(spool, ["e"] * 2, at=time.time() - 100)
+    endpoint.respond(Response(503))
+    result = run("-vv", "drain", spool_path, "--host", endpoint.url, "--api-key", SECRET)
+    assert result.exit_code == 0
+    assert "HTTP 503" in result.stderr  # the logs were there, and run() found no key in them
