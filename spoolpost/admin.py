@@ -25,6 +25,7 @@ the all-or-nothing import transaction early.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import re
 import sqlite3
@@ -58,6 +59,7 @@ EXIT_OUTAGE = 4
 EXIT_PAUSED = 5
 EXIT_DEAD = 6
 
+_COMPACT = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 _SQLITE_HEADER = b"SQLite format 3\x00"
 _IN_IDS = "id IN (SELECT value FROM json_each(?))"
 _EVENT_NAME = "json_extract(CAST(body AS TEXT), '$.event') = ?"
@@ -191,14 +193,14 @@ class Filter:
 @dataclass(frozen=True)
 class SpooledEvent:
     """One event in a spool. ``state``: pending, leased or dead; ``id``: its id in
-    ``events`` (capture order); ``event``: the stored event, decoded; times are
+    ``events`` (capture order); ``body``: the stored event JSON; times are
     wall-clock UTC seconds. ``reason``/``status``/``detail``/``dead_at`` are set
     for dead letters, ``next_attempt_at``/``last_error`` for live events."""
 
     state: str
     id: int
     uuid: str
-    event: dict[str, Any]
+    body: bytes
     captured_at: float
     attempts: int
     next_attempt_at: float | None = None
@@ -207,6 +209,18 @@ class SpooledEvent:
     status: int | None = None
     detail: str | None = None
     dead_at: float | None = None
+
+    @functools.cached_property
+    def event(self) -> dict[str, Any]:
+        """The stored event, decoded. Raises :class:`SpoolpostError` if it is not
+        a JSON object (a damaged row)."""
+        try:
+            event = json.loads(self.body)
+        except ValueError as exc:
+            raise SpoolpostError(f"event {self.uuid} holds a body that is not JSON: {exc}") from exc
+        if not isinstance(event, dict):
+            raise SpoolpostError(f"event {self.uuid} holds a body that is not a JSON object")
+        return event
 
     @property
     def recent_at(self) -> float:
@@ -230,7 +244,12 @@ class SpooledEvent:
         return {k: v for k, v in fields.items() if v is not None}
 
     def json_line(self) -> str:
-        """The event as one JSON line: the PostHog event plus ``"spoolpost": meta``."""
+        """The event as one JSON line: the stored PostHog event plus
+        ``"spoolpost": meta``. The stored bytes are spliced, not re-encoded."""
+        meta = _COMPACT.encode(self.meta())
+        text = self.body.decode("utf-8", "replace")
+        if text.startswith("{") and text.endswith("}") and text[1:-1].strip():
+            return f'{text[:-1]},"{META_KEY}":{meta}}}'
         return json.dumps({**self.event, META_KEY: self.meta()}, ensure_ascii=False)
 
 
@@ -246,16 +265,12 @@ _DEAD_COLUMNS = (
 
 def _event_from_row(row: tuple[Any, ...]) -> SpooledEvent:
     state, row_id, uuid, body, captured_at, attempts, *rest = row
-    try:
-        event = json.loads(bytes(body))
-    except ValueError as exc:
-        raise SpoolpostError(f"event {uuid} holds a body that is not JSON: {exc}") from exc
     next_at, last_error, reason, status, detail, dead_at = rest
     return SpooledEvent(
         state=str(state),
         id=int(row_id),
         uuid=str(uuid),
-        event=event if isinstance(event, dict) else {"value": event},
+        body=bytes(body),
         captured_at=float(captured_at),
         attempts=int(attempts),
         next_attempt_at=None if next_at is None else float(next_at),
