@@ -77,18 +77,24 @@ class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
         super().emit(record)
 
 
-def _setup_logging(verbose: int) -> None:
-    logger = logging.getLogger("spoolpost")
-    logger.setLevel((logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)])
-    if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
-        handler = _StderrHandler()
-        handler.setFormatter(logging.Formatter("spoolpost: %(levelname)s %(message)s"))
+def _setup_logging(ctx: click.Context, verbose: int) -> None:
+    """Log WARNING and up (-v INFO, -vv DEBUG, with urllib3's connection log) to
+    stderr for this invocation; the loggers are restored when it ends."""
+    handler = _StderrHandler()
+    handler.setFormatter(logging.Formatter("spoolpost: %(levelname)s %(message)s"))
+    names = ["spoolpost", "urllib3"] if verbose >= 2 else ["spoolpost"]
+    loggers = [logging.getLogger(name) for name in names]
+    saved = [(logger, logger.level) for logger in loggers]
+    for logger in loggers:
         logger.addHandler(handler)
-    if verbose >= 2:  # requests' connection log too (URLs only: the key is in bodies)
-        urllib3 = logging.getLogger("urllib3")
-        urllib3.setLevel(logging.DEBUG)
-        if not any(isinstance(h, _StderrHandler) for h in urllib3.handlers):
-            urllib3.addHandler(next(h for h in logger.handlers if isinstance(h, _StderrHandler)))
+        logger.setLevel((logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)])
+
+    def restore() -> None:
+        for logger, level in saved:
+            logger.removeHandler(handler)
+            logger.setLevel(level)
+
+    ctx.call_on_close(restore)
 
 
 # -- shared arguments and options --------------------------------------------------
@@ -229,14 +235,15 @@ def _plural(n: int, word: str = "event") -> str:
 @click.group(cls=_Cli, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="spoolpost")
 @click.option("-v", "--verbose", count=True, help="Log more (-v info, -vv debug) to stderr.")
-def cli(verbose: int) -> None:
+@click.pass_context
+def cli(ctx: click.Context, verbose: int) -> None:
     """spoolpost: crash-safe analytics capture. Inspect, repair and deliver spools.
 
     Every command takes its spool path from SPOOL or $SPOOLPOST_SPOOL and its
     endpoint from --host/--api-key or $SPOOLPOST_HOST/$SPOOLPOST_API_KEY, never
     prints the API key, and is safe to run while apps use the same spool.
     """
-    _setup_logging(verbose)
+    _setup_logging(ctx, verbose)
 
 
 @cli.command()
@@ -438,8 +445,10 @@ def import_(spool: Path | None, source: IO[bytes], as_json: bool) -> None:
     line is checked first: one bad line and nothing is written (the error names
     each bad line's number). Events whose uuid is already pending are skipped.
     """
+    path = _spool_path(spool)
+    admin.check_spool_file(path)  # before waiting for input
     lines = list(source)
-    s = _open(spool, create=True)
+    s = admin.open_spool(path, create=True)
     try:
         result = admin.import_events(s, lines)
     finally:
@@ -594,7 +603,9 @@ def drain(
     """Deliver SPOOL until it is empty, the budget runs out, or the endpoint is down.
 
     Delivers what was in the spool when it started; events captured meanwhile
-    are left to their app or the next run. A progress bar shows on a terminal.
+    are left to their app or the next run. Backoff and Retry-After set by
+    earlier failures are honoured (within the budget). A progress bar shows on
+    a terminal.
 
     \b
     Exit codes (for cron):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import pty
 import re
@@ -137,7 +138,11 @@ def test_no_spool_given_is_an_error(command: list[str]) -> None:
     assert "Error: no spool given: pass SPOOL or set SPOOLPOST_SPOOL" in result.stderr
 
 
-@pytest.mark.parametrize("command", SPOOL_COMMANDS, ids=lambda c: c[0])
+@pytest.mark.parametrize(
+    "command",
+    [*SPOOL_COMMANDS, ["import"], ["capture", "e", "--distinct-id", "u", "--api-key", SECRET]],
+    ids=lambda c: c[0],
+)
 def test_a_file_that_is_not_a_spool_is_refused_untouched(
     command: list[str], tmp_path: Path
 ) -> None:
@@ -147,6 +152,7 @@ def test_a_file_that_is_not_a_spool_is_refused_untouched(
     assert result.exit_code == 1
     assert "is not a spoolpost spool (not an SQLite database)" in result.stderr
     assert path.read_text() == '{"event": "x"}\n'
+    assert [p.name for p in tmp_path.iterdir()] == ["events.jsonl"]  # nothing moved aside
     assert "Traceback" not in result.output
 
 
@@ -668,3 +674,10 @@ def test_verbose_logs_never_show_the_key(
     result = run("-vv", "drain", spool_path, "--host", endpoint.url, "--api-key", SECRET)
     assert result.exit_code == 0
     assert "HTTP 503" in result.stderr  # the logs were there, and run() found no key in them
+
+
+def test_a_run_leaves_the_loggers_as_it_found_them(spool_path: Path, filled: list[str]) -> None:
+    loggers = [logging.getLogger("spoolpost"), logging.getLogger("urllib3")]
+    before = [(lg.level, list(lg.handlers)) for lg in loggers]
+    assert run("-vv", "inspect", spool_path).exit_code == 0
+    assert [(lg.level, list(lg.handlers)) for lg in loggers] == before
