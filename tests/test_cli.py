@@ -13,6 +13,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import click
 import pytest
@@ -681,3 +682,18 @@ def test_a_run_leaves_the_loggers_as_it_found_them(spool_path: Path, filled: lis
     before = [(lg.level, list(lg.handlers)) for lg in loggers]
     assert run("-vv", "inspect", spool_path).exit_code == 0
     assert [(lg.level, list(lg.handlers)) for lg in loggers] == before
+
+
+def test_replay_beside_a_running_app_gets_the_events_delivered(
+    make_client: Any, spool_path: Path, endpoint: LocalEndpoint
+) -> None:
+    client = make_client(flush_interval=0.0)
+    endpoint.respond(Response(400, body=b'{"error":"schema"}'))
+    uuid = client.capture("e", "u1")
+    assert client.flush(10).dead == 1
+    assert run("tail", spool_path, "--state", "dead", "--json").stdout.count(uuid) == 1
+    result = run("replay", spool_path, "--reason", "rejected")
+    assert result.stdout == "replayed 1 dead letter\n"
+    flushed = client.flush(10)  # the app's next flush takes the replayed event along
+    assert (flushed.delivered, flushed.pending) == (1, 0)
+    assert endpoint.delivered_uuids() == [uuid]
