@@ -40,7 +40,7 @@ from spoolpost import events as ev
 from spoolpost.client import DEFAULT_MAX_EVENT_BYTES, Client, key_fingerprint
 from spoolpost.dispatcher import DeliveryConfig, Dispatcher, FlushResult
 from spoolpost.encoding import encode_event, format_timestamp
-from spoolpost.errors import ConfigError, SpoolFull, SpoolpostError
+from spoolpost.errors import ConfigError, ImportRejected, SpoolFull, SpoolpostError
 from spoolpost.policy import RetryPolicy
 from spoolpost.spool import Spool
 from spoolpost.transport import HttpTransport
@@ -63,19 +63,6 @@ _COMPACT = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 _SQLITE_HEADER = b"SQLite format 3\x00"
 _IN_IDS = "id IN (SELECT value FROM json_each(?))"
 _EVENT_NAME = "json_extract(CAST(body AS TEXT), '$.event') = ?"
-
-
-class ImportRejected(SpoolpostError, ValueError):
-    """Raised by :func:`import_events` when input lines are not valid events;
-    nothing was written. ``errors`` holds ``(line number, message)`` pairs."""
-
-    def __init__(self, errors: list[tuple[int, str]], total: int) -> None:
-        shown = "\n".join(f"  line {n}: {message}" for n, message in errors)
-        more = total - len(errors)
-        tail = f"\n  … and {more} more bad line(s)" if more > 0 else ""
-        super().__init__(f"{total} bad input line(s); nothing was imported:\n{shown}{tail}")
-        self.errors = errors
-        self.total = total
 
 
 # -- opening ---------------------------------------------------------------------

@@ -60,5 +60,18 @@ class KeyMismatch(ConfigError):
     """Raised when a spool created for one project API key is delivered with another."""
 
 
+class ImportRejected(SpoolpostError, ValueError):
+    """Raised by :func:`import_events` when input lines are not valid events;
+    nothing was written. ``errors`` holds ``(line number, message)`` pairs."""
+
+    def __init__(self, errors: list[tuple[int, str]], total: int) -> None:
+        shown = "\n".join(f"  line {n}: {message}" for n, message in errors)
+        more = total - len(errors)
+        tail = f"\n  … and {more} more bad line(s)" if more > 0 else ""
+        super().__init__(f"{total} bad input line(s); nothing was imported:\n{shown}{tail}")
+        self.errors = errors
+        self.total = total
+
+
 class SpoolClosed(SpoolpostError):
     """Raised when a closed spool or a shut-down client is asked to capture."""
