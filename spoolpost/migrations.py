@@ -17,6 +17,7 @@ from importlib import resources
 from importlib.resources.abc import Traversable
 from pathlib import Path
 
+from spoolpost._version import __version__
 from spoolpost.errors import SchemaTooNew, SpoolCorrupt
 
 _NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
@@ -66,16 +67,21 @@ LATEST_VERSION = len(load_migrations())
 
 
 def _statements(sql: str) -> list[str]:
-    """Split a SQL script into complete statements (sqlite3.complete_statement)."""
+    """Split a SQL script into complete statements, at the ``;`` that ends each
+    (``sqlite3.complete_statement`` decides, so a ``;`` inside a string literal,
+    a comment or a trigger body does not split). Comments after the last
+    statement are dropped."""
     statements: list[str] = []
-    pending = ""
-    for line in sql.splitlines(keepends=True):
-        pending += line
-        if sqlite3.complete_statement(pending):
-            statements.append(pending.strip())
-            pending = ""
-    if pending.strip() and not pending.strip().startswith("--"):
-        statements.append(pending.strip())
+    start = 0
+    for end, char in enumerate(sql):
+        if char == ";" and sqlite3.complete_statement(sql[start : end + 1]):
+            statements.append(sql[start : end + 1].strip())
+            start = end + 1
+    rest = "\n".join(
+        line for line in sql[start:].splitlines() if not line.strip().startswith("--")
+    ).strip()
+    if rest:
+        statements.append(rest)
     return statements
 
 
@@ -84,29 +90,51 @@ def schema_version(conn: sqlite3.Connection) -> int:
     return int(conn.execute("PRAGMA user_version").fetchone()[0])
 
 
-def migrate(conn: sqlite3.Connection) -> int:
+def _too_new(version: int, where: str) -> SchemaTooNew:
+    return SchemaTooNew(
+        f"{where or 'the spool'} has schema version {version}, newer than this spoolpost "
+        f"{__version__} knows (up to {LATEST_VERSION}); upgrade spoolpost to open it, "
+        "or point it at another spool file"
+    )
+
+
+def migrate(conn: sqlite3.Connection, where: str = "") -> int:
     """Bring the schema of ``conn`` (autocommit mode) up to :data:`LATEST_VERSION`.
 
-    Safe when several processes open the same new spool at once: the version is
-    read again after ``BEGIN IMMEDIATE``. Returns the schema version.
-    Raises :class:`SchemaTooNew` if the spool was written by a newer spoolpost.
+    Every missing migration is applied in one ``BEGIN IMMEDIATE`` transaction
+    and recorded in ``schema_migrations``. Safe when several processes open the
+    same new spool at once: the version is read again after ``BEGIN IMMEDIATE``,
+    so each migration is applied once. ``where`` names the spool in errors.
+    Returns the schema version.
+
+    Raises :class:`SchemaTooNew` if the spool was written by a newer spoolpost,
+    :class:`SpoolCorrupt` if the file is a SQLite database that is not a spool
+    (it is left untouched), ``sqlite3.Error`` from SQLite itself.
     """
     version = schema_version(conn)
     if version > LATEST_VERSION:
-        raise SchemaTooNew(
-            f"spool schema version {version} is newer than this spoolpost knows "
-            f"({LATEST_VERSION}); upgrade spoolpost to open it"
-        )
+        raise _too_new(version, where)
     if version == LATEST_VERSION:
         return version
     conn.execute("BEGIN IMMEDIATE")
     try:
         version = schema_version(conn)
         if version > LATEST_VERSION:
-            raise SchemaTooNew(f"spool schema version {version} is newer than {LATEST_VERSION}")
+            raise _too_new(version, where)
         if version == 0:
+            foreign = [
+                name
+                for (name,) in conn.execute(
+                    "SELECT name FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'"
+                )
+            ]
+            if foreign:
+                raise SpoolCorrupt(
+                    f"{where or 'the file'} is a SQLite database but not a spoolpost spool "
+                    f"(it holds {', '.join(sorted(foreign)[:5])}); refusing to change it"
+                )
             conn.execute(
-                "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                "CREATE TABLE schema_migrations ("
                 " version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at REAL NOT NULL)"
             )
         for migration in load_migrations()[version:]:

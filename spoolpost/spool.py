@@ -21,10 +21,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import secrets
 import sqlite3
 import threading
 import time
+import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,15 +56,21 @@ DEFAULT_MAX_SPOOL_BYTES = 512 * 1024 * 1024
 DEFAULT_BUSY_TIMEOUT = 10.0
 #: WAL growth bound: SQLite truncates the -wal file to this after a checkpoint.
 JOURNAL_SIZE_LIMIT = 64 * 1024 * 1024
+#: Seconds a checkpoint may wait for other connections; it runs under the writer
+#: lock, so it must never hold captures up for a whole ``busy_timeout``.
+CHECKPOINT_BUSY_TIMEOUT = 0.1
 _NETWORK_FS = frozenset(
     {"nfs", "nfs4", "cifs", "smbfs", "smb3", "9p", "afs", "ceph", "glusterfs", "lustre", "gpfs"}
     | {"fuse.sshfs", "fuse.glusterfs", "fuse.ceph", "davfs", "fuse.davfs2", "ncpfs", "coda"}
+    | {"fuse.s3fs", "fuse.rclone", "fuse.gcsfuse", "fuse.juicefs", "fuse.goofys"}
 )
-
-# Connections left behind in a forked child: never used and never closed there
-# (closing could disturb the parent's locks), kept referenced so that garbage
-# collection does not close them either.
-_ABANDONED: list[sqlite3.Connection] = []
+_CORRUPT_CODES = frozenset({sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB})
+_BUSY_CODES = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
+_INSERT = (
+    "INSERT INTO events (uuid, body, size, captured_at, next_attempt_at) VALUES (?, ?, ?, ?, ?)"
+)
+#: Rows a claim may dead-letter as ``expired`` in one transaction, per ``max_events``.
+_EXPIRE_ROUNDS = 8
 
 
 @dataclass(frozen=True)
@@ -128,7 +136,7 @@ class SpoolStats:
         }
 
 
-@dataclass
+@dataclass(slots=True)
 class _Append:
     uuid: str
     body: bytes
@@ -158,32 +166,84 @@ def _ids_json(ids: Sequence[int]) -> str:
 _IN_IDS = "id IN (SELECT value FROM json_each(?))"
 
 
-def check_filesystem(path: Path) -> None:
+_OCTAL_ESCAPE = re.compile(r"\\([0-7]{3})")
+
+
+def _unescape_mount(field: str) -> str:
+    """Undo the octal escapes of /proc/mounts (``\\040`` space, ``\\011`` tab, …)."""
+    return _OCTAL_ESCAPE.sub(lambda m: chr(int(m[1], 8)), field)
+
+
+def mount_of(target: str, mounts: str) -> tuple[str, str]:
+    """(mount point, filesystem type) of the mount holding the absolute path
+    ``target``, given the text of ``/proc/mounts``; ("", "") if none matches.
+    The last of equally long matches wins (it is mounted over the others)."""
+    best, fstype = "", ""
+    for line in mounts.splitlines():
+        fields = line.split()
+        if len(fields) < 3:
+            continue
+        mount = _unescape_mount(fields[1])
+        inside = target == mount or target.startswith(mount.rstrip("/") + "/")
+        if inside and len(mount) >= len(best):
+            best, fstype = mount, fields[2]
+    return best, fstype
+
+
+def is_network_fs(fstype: str) -> bool:
+    """True for a filesystem type on which SQLite WAL is unsafe (NFS, SMB, FUSE
+    network mounts, …)."""
+    return fstype in _NETWORK_FS or fstype.startswith("nfs")
+
+
+def check_filesystem(path: Path, mounts: str | None = None) -> None:
     """Raise :class:`UnsupportedFilesystem` if ``path`` lies on a network filesystem.
 
     SQLite's WAL mode needs shared memory between processes on one host and
     does not work over NFS/SMB and the like (https://sqlite.org/wal.html).
-    Reads ``/proc/mounts``; does nothing where that is missing.
+    ``mounts`` is the text of ``/proc/mounts`` (default: read it; where it is
+    missing nothing is checked).
     """
-    try:
-        with open("/proc/mounts", encoding="utf-8", errors="replace") as f:
-            mounts = [line.split() for line in f]
-    except OSError:
-        return
-    target = str(path.resolve())
-    best, fstype = "", ""
-    for fields in mounts:
-        if len(fields) < 3:
-            continue
-        mount = fields[1].replace("\\040", " ")
-        inside = target == mount or target.startswith(mount.rstrip("/") + "/")
-        if inside and len(mount) >= len(best):
-            best, fstype = mount, fields[2]
-    if fstype in _NETWORK_FS or fstype.startswith("nfs"):
+    if mounts is None:
+        try:
+            with open("/proc/mounts", encoding="utf-8", errors="replace") as f:
+                mounts = f.read()
+        except OSError:
+            return
+    mount, fstype = mount_of(str(path.resolve()), mounts)
+    if is_network_fs(fstype):
         raise UnsupportedFilesystem(
-            f"spool {path} is on a {fstype} filesystem mounted at {best}; SQLite WAL "
-            "does not work on network filesystems. Put the spool on a local disk."
+            f"spool {path} is on a {fstype} filesystem mounted at {mount}; SQLite WAL "
+            "does not work on network filesystems. Put the spool on a local disk "
+            "(or pass allow_network_fs=True if you know better)."
         )
+
+
+# Every open Spool, so that one set of fork hooks serves them all without
+# keeping any of them alive.
+_LIVE: weakref.WeakSet[Spool] = weakref.WeakSet()
+
+
+def _before_fork() -> None:
+    for spool in list(_LIVE):
+        spool._hold_for_fork()
+
+
+def _after_fork_in_parent() -> None:
+    for spool in list(_LIVE):
+        spool._release_after_fork()
+
+
+def _after_fork_in_child() -> None:
+    for spool in list(_LIVE):
+        spool._after_fork_in_child()
+
+
+os.register_at_fork(
+    before=_before_fork,
+    after_in_parent=_after_fork_in_parent,
+    after_in_child=_after_fork_in_child,
+)
 
 
 class Spool:
@@ -197,10 +257,17 @@ class Spool:
     ``block_timeout`` seconds, then :class:`SpoolFull`) or ``raise``.
     ``busy_timeout``: seconds a writer waits for another process's write lock.
 
-    Raises :class:`ConfigError` for bad settings, :class:`UnsupportedFilesystem`
-    on a network filesystem, :class:`SchemaTooNew` for a spool from a newer
-    spoolpost. A file that is not a usable database is moved aside to
-    ``<path>.corrupt-<timestamp>`` and a new spool is started (logged at ERROR).
+    Raises :class:`ConfigError` for bad settings or a file that cannot be opened
+    (permissions, I/O), :class:`UnsupportedFilesystem` on a network filesystem,
+    :class:`SchemaTooNew` for a spool from a newer spoolpost, :class:`SpoolCorrupt`
+    for a SQLite database that is not a spool (left untouched),
+    :class:`SpoolLocked` when another process holds the file locked past
+    ``busy_timeout``. A file SQLite finds corrupt (or not a database at all) is
+    moved aside to ``<path>.corrupt-<timestamp>`` and a new spool is started
+    (logged at ERROR, naming both files).
+
+    Fork: a child process never uses the parent's connections; it closes its
+    copies and reopens the spool on first use.
     """
 
     def __init__(
@@ -233,11 +300,12 @@ class Spool:
         self._cursor = 0
         self._space = _Space()
         self._reset_locks()
+        self._fork_held: list[threading.Lock] = []
         self._writer_conn: sqlite3.Connection | None = None
         self._reader_conn: sqlite3.Connection | None = None
-        self._pid = os.getpid()
+        self._file_id: tuple[int, int] | None = None
         self._open()
-        os.register_at_fork(after_in_child=self._after_fork_in_child)
+        _LIVE.add(self)
 
     # -- opening ---------------------------------------------------------------
 
@@ -247,16 +315,40 @@ class Spool:
         self._gc_cond = threading.Condition(threading.Lock())
         self._gc_queue: list[_Append] = []
         self._gc_leader = False
+        self._gc_waiting = 0
         self._space_freed = threading.Condition(threading.Lock())
+        self._freed = 0  # bumped when an ack frees room (on_full='block')
+
+    def _hold_for_fork(self) -> None:
+        # No transaction of ours may be open when the process forks, or the
+        # child would inherit SQLite's view of locks it does not hold.
+        # Bounded, so that a fork from inside transaction() cannot deadlock.
+        for lock in (self._wlock, self._rlock):
+            if lock.acquire(timeout=self.busy_timeout + 1.0):
+                self._fork_held.append(lock)
+            else:
+                log.warning("spool %s: forking while a transaction is open", self.path)
+
+    def _release_after_fork(self) -> None:
+        held, self._fork_held = self._fork_held, []
+        for lock in held:
+            lock.release()
 
     def _after_fork_in_child(self) -> None:
-        # A connection never crosses a fork: the child reopens lazily.
+        # A connection never crosses a fork. The child closes its copies: SQLite
+        # keeps per-process lock state for each file, and a copy left open would
+        # make the child's new connections believe they hold locks that belong to
+        # the parent, so the parent could checkpoint and delete the WAL under the
+        # child's writes. Closing a copy cannot release the parent's locks (POSIX
+        # locks belong to the process that took them).
         for conn in (self._writer_conn, self._reader_conn):
             if conn is not None:
-                _ABANDONED.append(conn)
+                with contextlib.suppress(sqlite3.Error):
+                    conn.close()
         self._writer_conn = self._reader_conn = None
-        self._pid = os.getpid()
+        self._fork_held = []
         self._cursor = 0
+        self._space = _Space()
         self._reset_locks()
 
     def _open(self) -> None:
@@ -264,23 +356,32 @@ class Spool:
         if not folder.exists():
             folder.mkdir(parents=True, mode=0o700, exist_ok=True)
         if not self.allow_network_fs:
-            check_filesystem(folder)
+            check_filesystem(self.path)
         try:
             self._connect_and_migrate()
         except sqlite3.DatabaseError as exc:
-            if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
+            if exc.sqlite_errorcode in _BUSY_CODES:
                 raise SpoolLocked(f"spool {self.path} is locked: {exc}") from exc
+            if exc.sqlite_errorcode not in _CORRUPT_CODES:
+                raise ConfigError(f"cannot open spool {self.path}: {exc}") from exc
             self._move_aside(exc)
             self._connect_and_migrate()
 
     def _connect_and_migrate(self) -> None:
         # Create the file 0600 before SQLite does; SQLite gives -wal and -shm the
         # same mode. Events carry personal data.
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-        os.close(fd)
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise ConfigError(f"cannot open spool {self.path}: {exc}") from exc
+        try:
+            st = os.fstat(fd)
+            self._file_id = (st.st_dev, st.st_ino)
+        finally:
+            os.close(fd)
         conn = self._connect()
         try:
-            migrations.migrate(conn)
+            migrations.migrate(conn, f"spool {self.path}")
         except BaseException:
             conn.close()
             raise
@@ -299,6 +400,7 @@ class Spool:
             conn.execute(f"PRAGMA synchronous={sync}")
             conn.execute("PRAGMA foreign_keys=ON")
             conn.execute(f"PRAGMA journal_size_limit={JOURNAL_SIZE_LIMIT}")
+            conn.execute("PRAGMA wal_autocheckpoint=1000")
             # Touch the schema so a non-database file fails here, not later.
             conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
         except BaseException:
@@ -307,12 +409,27 @@ class Spool:
         return conn
 
     def _move_aside(self, exc: BaseException) -> None:
+        """Move the corrupt file (and its -wal, -shm) to ``<path>.corrupt-<UTC time>``.
+
+        If the file at ``path`` is no longer the one that failed (another process
+        moved it aside first and started a new spool), leave the new one alone.
+        """
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return
+        if self._file_id is not None and (st.st_dev, st.st_ino) != self._file_id:
+            return
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
         aside = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
+        n = 1
+        while aside.exists():
+            aside = self.path.with_name(f"{self.path.name}.corrupt-{stamp}-{n}")
+            n += 1
         os.replace(self.path, aside)
         for suffix in ("-wal", "-shm"):
             side = Path(str(self.path) + suffix)
-            if side.exists():
+            with contextlib.suppress(FileNotFoundError):
                 os.replace(side, Path(str(aside) + suffix))
         log.error(
             "spool %s is corrupt (%s); moved it aside to %s and started a new spool",
@@ -328,31 +445,59 @@ class Spool:
             self._writer_conn = self._connect()
         return self._writer_conn
 
+    def _begin(self, conn: sqlite3.Connection) -> None:
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode in _BUSY_CODES:
+                raise SpoolLocked(f"spool {self.path} stayed locked: {exc}") from exc
+            raise
+
+    def _abort(self, conn: sqlite3.Connection) -> None:
+        """Roll back after a failed statement or COMMIT; a connection that cannot
+        even roll back is dropped (reopened on next use), never left mid-transaction."""
+        if not conn.in_transaction:
+            return
+        try:
+            conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            log.exception("spool %s: ROLLBACK failed; reopening the connection", self.path)
+            with contextlib.suppress(sqlite3.Error):
+                conn.close()
+            if self._writer_conn is conn:
+                self._writer_conn = None
+
     @contextlib.contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
         """One short write transaction: ``BEGIN IMMEDIATE`` … ``COMMIT``."""
         with self._wlock:
             conn = self._writer()
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-            except sqlite3.OperationalError as exc:
-                raise SpoolLocked(f"spool {self.path} stayed locked: {exc}") from exc
+            self._begin(conn)
             try:
                 yield conn
+                conn.execute("COMMIT")
             except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
+                self._abort(conn)
                 raise
-            conn.execute("COMMIT")
 
     @contextlib.contextmanager
-    def _read(self) -> Iterator[sqlite3.Connection]:
+    def _read(self, snapshot: bool = False) -> Iterator[sqlite3.Connection]:
+        """The read connection; ``snapshot``: inside one read transaction, so that
+        several statements see one state of the spool."""
         with self._rlock:
             if self._closed:
                 raise SpoolClosed(f"spool {self.path} is closed")
             if self._reader_conn is None:
                 self._reader_conn = self._connect()
-            yield self._reader_conn
+            conn = self._reader_conn
+            if not snapshot:
+                yield conn
+                return
+            conn.execute("BEGIN")
+            try:
+                yield conn
+            finally:
+                conn.execute("COMMIT")
 
     def transaction(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
         """A short write transaction (``BEGIN IMMEDIATE`` … ``COMMIT``, rolled back on
@@ -365,7 +510,8 @@ class Spool:
         return self._read()
 
     def close(self) -> None:
-        """Close the connections (a last ``PASSIVE`` checkpoint first). Idempotent."""
+        """Close the connections. Idempotent. SQLite checkpoints the WAL into the
+        file when the last connection to it (in any process) closes."""
         if self._closed:
             return
         with self._gc_cond, self._wlock, self._rlock:
@@ -375,9 +521,11 @@ class Spool:
                     with contextlib.suppress(sqlite3.Error):
                         conn.close()
             self._writer_conn = self._reader_conn = None
+        _LIVE.discard(self)
 
     @property
     def closed(self) -> bool:
+        """True once :meth:`close` was called."""
         return self._closed
 
     # -- meta ------------------------------------------------------------------
@@ -422,18 +570,21 @@ class Spool:
     # -- append (group commit) -----------------------------------------------
 
     def append(self, uuid: str, body: bytes, now: float) -> bool:
-        """Write one encoded event; return once it is committed.
+        """Write one encoded event (``now``: its capture time, UTC seconds); return
+        once it is committed.
 
         Concurrent callers share transactions (group commit): one of them writes
         every waiting event in one ``BEGIN IMMEDIATE`` … ``COMMIT`` while the
         others wait for it.
 
         Returns True if the event is in the spool, False if ``on_full`` dropped
-        it. Raises :class:`SpoolFull` (``raise``, or ``block`` past its timeout),
-        :class:`SpoolLocked`, :class:`SpoolClosed`.
+        it (counted as ``dropped``). Raises :class:`SpoolFull` (``raise``, or
+        ``block`` past ``block_timeout`` seconds), :class:`SpoolLocked`,
+        :class:`SpoolClosed`.
         """
         deadline = None
         while True:
+            freed = self._freed
             item = _Append(uuid, body, now)
             self._group_commit(item)
             if item.error is None:
@@ -446,43 +597,56 @@ class Spool:
             if remaining <= 0:
                 raise item.error.as_public()
             with self._space_freed:
-                self._space_freed.wait(min(remaining, 0.5))
+                # Woken by an ack in this process; polled for frees by others.
+                if self._freed == freed:
+                    self._space_freed.wait(min(remaining, 0.5))
             self._space.unchecked = -1
 
     def _group_commit(self, item: _Append) -> None:
         cond = self._gc_cond
         with cond:
             self._gc_queue.append(item)
-            while not item.done:
-                if self._gc_leader:
-                    cond.wait()
-                    continue
-                self._gc_leader = True
-                batch, self._gc_queue = self._gc_queue, []
-                cond.release()
-                try:
-                    self._write_appends(batch)
-                except BaseException as exc:
-                    for it in batch:
-                        if not it.done:
-                            it.error, it.done = exc, True
-                finally:
-                    cond.acquire()
-                    self._gc_leader = False
+            while self._gc_leader:
+                self._gc_waiting += 1
+                cond.wait()
+                self._gc_waiting -= 1
+                if item.done:
+                    return
+            self._gc_leader = True
+            batch, self._gc_queue = self._gc_queue, []
+        try:
+            self._write_appends(batch)
+        except BaseException as exc:
+            for it in batch:
+                if not it.done:
+                    it.error, it.done = exc, True
+        finally:
+            with cond:
+                self._gc_leader = False
+                if self._gc_waiting:
                     cond.notify_all()
 
     def _write_appends(self, batch: list[_Append]) -> None:
-        incoming = sum(len(it.body) for it in batch)
-        with self._write() as conn:
-            keep = self._make_room(conn, batch, incoming)
-            if keep:
-                conn.executemany(
-                    "INSERT INTO events (uuid, body, size, captured_at, next_attempt_at)"
-                    " VALUES (?, ?, ?, ?, ?)",
-                    [(it.uuid, it.body, len(it.body), it.now, it.now) for it in keep],
-                )
+        # The capture path: the transaction of _write(), spelled out to spare
+        # the generator's overhead on every event.
+        with self._wlock:
+            conn = self._writer()
+            self._begin(conn)
+            try:
+                keep = self._make_room(conn, batch)
+                if len(keep) == 1:
+                    it = keep[0]
+                    conn.execute(_INSERT, (it.uuid, it.body, len(it.body), it.now, it.now))
+                elif keep:
+                    conn.executemany(
+                        _INSERT, [(it.uuid, it.body, len(it.body), it.now, it.now) for it in keep]
+                    )
+                conn.execute("COMMIT")
+            except BaseException:
+                self._abort(conn)
+                raise
         for it in keep:
-            it.written, it.done = True, True
+            it.written = it.done = True
 
     def _used_bytes(self, conn: sqlite3.Connection) -> int:
         page_size = conn.execute("PRAGMA page_size").fetchone()[0]
@@ -490,41 +654,49 @@ class Spool:
         free = conn.execute("PRAGMA freelist_count").fetchone()[0]
         return int((pages - free) * page_size)
 
-    def _make_room(
-        self, conn: sqlite3.Connection, batch: list[_Append], incoming: int
-    ) -> list[_Append]:
-        """Apply ``max_spool_bytes`` and ``on_full`` to a group of appends.
+    def _make_room(self, conn: sqlite3.Connection, batch: list[_Append]) -> list[_Append]:
+        """Apply ``max_spool_bytes`` and ``on_full`` to a group of appends; return
+        the appends to write.
 
         The used size is read from the file's page counts, and read again once
-        the bytes written since the last reading could matter.
+        the bytes written since could matter, or after 1/64 of the bound was
+        written (so that other processes' writes and deletes are seen too).
         """
+        incoming = len(batch[0].body) if len(batch) == 1 else sum(len(it.body) for it in batch)
         space = self._space
         headroom = self.max_spool_bytes - space.used - space.unchecked
-        if space.unchecked < 0 or incoming * 4 >= headroom:
+        if (
+            space.unchecked < 0
+            or incoming * 4 >= headroom
+            or space.unchecked * 64 >= self.max_spool_bytes
+        ):
             space.used, space.unchecked = self._used_bytes(conn), 0
         # Each event costs its body plus index entries and row overhead (~2x).
-        need = space.used + 2 * incoming - self.max_spool_bytes
+        need = space.used + space.unchecked + 2 * incoming - self.max_spool_bytes
         if need <= 0:
             space.unchecked += 2 * incoming
-            self._end_full_episode()
+            if space.episode.active:
+                self._end_full_episode()
             return batch
         if self.on_full == "drop_oldest":
-            freed = self._drop_oldest(conn, need, batch[0].now)
+            freed = self._drop_oldest(conn, need)
+            space.unchecked = -1
             if freed >= need:
-                space.unchecked = -1
                 return batch
-        full = _Full(self.path, self.max_spool_bytes, self.on_full)
+        self._note_full(len(batch))
         if self.on_full == "drop_newest" or self.on_full == "drop_oldest":
             self._count(conn, "dropped", len(batch))
-            self._note_drop(len(batch))
             for it in batch:
                 it.done = True
             return []
+        full = _Full(self.path, self.max_spool_bytes, self.on_full)
         for it in batch:
             it.error, it.done = full, True
         return []
 
-    def _drop_oldest(self, conn: sqlite3.Connection, need: int, now: float) -> int:
+    def _drop_oldest(self, conn: sqlite3.Connection, need: int) -> int:
+        """Delete the oldest pending events until about ``need`` bytes are free
+        (at most 10 000 at a time); count them as dropped. Returns the estimate freed."""
         freed, ids = 0, []
         rows = conn.execute(
             "SELECT id, size FROM events WHERE state = 'pending' ORDER BY id LIMIT 10000"
@@ -537,35 +709,44 @@ class Spool:
         if ids:
             conn.execute(f"DELETE FROM events WHERE {_IN_IDS}", (_ids_json(ids),))
             self._count(conn, "dropped", len(ids))
-            self._note_drop(len(ids))
+            self._note_full(len(ids))
         return freed
 
-    def _note_drop(self, n: int) -> None:
+    def _note_full(self, dropped: int) -> None:
+        """One WARNING per full episode, whatever the policy; counts what it dropped."""
         episode = self._space.episode
-        episode.dropped += n
+        if self.on_full in ("drop_newest", "drop_oldest"):
+            episode.dropped += dropped
         if not episode.active:
             episode.active = True
+            doing = {
+                "drop_newest": "dropping new events",
+                "drop_oldest": "dropping the oldest pending events",
+                "block": "blocking capture until there is room",
+                "raise": "refusing new events (SpoolFull)",
+            }[self.on_full]
             log.warning(
-                "spool %s is full (max_spool_bytes=%d); on_full=%s is dropping events "
-                "(counted as 'dropped'; logged once until there is room again)",
+                "spool %s is full (max_spool_bytes=%d); on_full=%s is %s "
+                "(drops are counted as 'dropped'; logged once until there is room again)",
                 self.path,
                 self.max_spool_bytes,
                 self.on_full,
+                doing,
             )
 
     def _end_full_episode(self) -> None:
         episode = self._space.episode
-        if episode.active:
-            log.warning(
-                "spool %s has room again; %d events were dropped while it was full",
-                self.path,
-                episode.dropped,
-            )
-            self._space.episode = _FullEpisode()
+        log.info(
+            "spool %s has room again; %d event(s) were dropped while it was full",
+            self.path,
+            episode.dropped,
+        )
+        self._space.episode = _FullEpisode()
 
     def _signal_space(self) -> None:
         if self.on_full == "block":
             with self._space_freed:
+                self._freed += 1
                 self._space_freed.notify_all()
 
     @staticmethod
@@ -623,33 +804,40 @@ class Spool:
         At most ``max_events`` events and ``max_bytes`` bytes of bodies (always at
         least one event). The lease lasts ``lease_ttl`` seconds. Due events older
         than ``max_event_age`` seconds are dead-lettered (``expired``) instead.
-        Returns None when nothing is due.
+        Returns None when nothing is due. Expired events do not end a claim: it
+        looks further (up to a bound per transaction) for events to lease.
+        ``owner`` (default: this process) is recorded with the lease.
         """
         owner = owner or current_owner()
         with self._write() as conn:
-            rows = self._due_rows(
-                conn, now, max_events, "id, uuid, body, attempts, captured_at, state"
-            )
-            if not rows:
-                return None
-            taken: list[Row] = []
-            expired: list[int] = []
-            total = 0
-            for row_id, uuid, body, attempts, captured_at, _ in rows:
-                if max_event_age is not None and captured_at < now - max_event_age:
-                    expired.append(row_id)
-                    continue
-                if taken and total + len(body) > max_bytes:
+            for _ in range(_EXPIRE_ROUNDS):
+                rows = self._due_rows(
+                    conn, now, max_events, "id, uuid, body, attempts, captured_at"
+                )
+                if not rows:
+                    return None
+                taken: list[Row] = []
+                expired: list[int] = []
+                total = 0
+                for row_id, uuid, body, attempts, captured_at in rows:
+                    if max_event_age is not None and captured_at < now - max_event_age:
+                        expired.append(row_id)
+                        continue
+                    if taken and total + len(body) > max_bytes:
+                        break
+                    total += len(body)
+                    taken.append(Row(row_id, uuid, bytes(body), attempts, captured_at))
+                if expired:
+                    self._kill(
+                        conn, expired, None, now, "expired", None, "older than max_event_age"
+                    )
+                if taken:
                     break
-                total += len(body)
-                taken.append(Row(row_id, uuid, bytes(body), attempts, captured_at))
-            if expired:
-                self._kill(conn, expired, None, now, "expired", None, "older than max_event_age")
+            else:
+                return None
             fresh = [r.id for r in taken if r.attempts == 0]
             if fresh:
                 self._cursor = max(self._cursor, max(fresh))
-            if not taken:
-                return None
             token = secrets.token_hex(16)
             expires_at = now + lease_ttl
             conn.execute(
@@ -805,29 +993,46 @@ class Spool:
         return n > 0
 
     def reclaim(self, now: float) -> int:
-        """Take back leases that expired, or whose owner process on this host is gone.
+        """Take back leases that expired by ``now`` (UTC seconds), or whose owner
+        process on this host is gone (at once, whatever their expiry).
 
-        A live owner's lease is never taken before it expires. Returns the number
-        of events made pending again.
+        A live owner's lease is never taken before it expires; a lease extended
+        or settled while this runs is left alone. Leased rows whose lease record
+        is missing are taken back once their expiry passed. Returns the number of
+        events made pending again.
         """
         with self._read() as conn:
             leases = conn.execute(
                 "SELECT token, host, pid, pid_start, expires_at FROM leases"
             ).fetchall()
-        stale = [
+            orphans = conn.execute(
+                "SELECT DISTINCT lease_token FROM events WHERE lease_token IS NOT NULL"
+                " AND lease_expires_at <= ? AND lease_token NOT IN (SELECT token FROM leases)",
+                (now,),
+            ).fetchall()
+        # Owner checks read /proc: done before the write transaction, not in it.
+        owner_gone = {
             token
             for token, host, pid, start, expires_at in leases
-            if expires_at <= now or not owner_alive(Owner(host, pid, start))
-        ]
-        if not stale:
+            if expires_at > now and not owner_alive(Owner(host, pid, start))
+        }
+        candidates = [token for token, *_, expires_at in leases if expires_at <= now]
+        candidates += [*owner_gone, *(token for (token,) in orphans)]
+        if not candidates:
             return 0
-        n = 0
+        n = taken = 0
         with self._write() as conn:
-            for token in stale:
+            for token in candidates:
+                row = conn.execute(
+                    "SELECT expires_at FROM leases WHERE token = ?", (token,)
+                ).fetchone()
+                if row is not None and row[0] > now and token not in owner_gone:
+                    continue  # extended since it was read: its owner is still at work
                 n += self._release(conn, token, None)
                 conn.execute("DELETE FROM leases WHERE token = ?", (token,))
+                taken += 1
         if n:
-            log.info("reclaimed %d event(s) from %d abandoned lease(s)", n, len(stale))
+            log.info("reclaimed %d event(s) from %d abandoned lease(s)", n, taken)
         return n
 
     # -- reading -----------------------------------------------------------------
@@ -843,7 +1048,7 @@ class Spool:
     def states_through(self, watermark: Watermark) -> dict[str, int]:
         """Counts by state (pending, leased, dead) of the events inside ``watermark``."""
         last_id, at = watermark
-        with self._read() as conn:
+        with self._read(snapshot=True) as conn:
             found = dict(
                 conn.execute(
                     "SELECT state, count(*) FROM events WHERE id <= ? AND captured_at <= ?"
@@ -878,13 +1083,18 @@ class Spool:
     def counters(self) -> dict[str, int]:
         """The persisted totals: delivered, dead, dropped, … (0 when never counted)."""
         with self._read() as conn:
-            found = dict(conn.execute("SELECT name, value FROM counters").fetchall())
+            return self._counters(conn)
+
+    @staticmethod
+    def _counters(conn: sqlite3.Connection) -> dict[str, int]:
+        found = dict(conn.execute("SELECT name, value FROM counters").fetchall())
         base = dict.fromkeys(("delivered", "dead", "dropped", "filtered"), 0)
         return base | {str(k): int(v) for k, v in found.items()}
 
     def stats(self, now: float) -> SpoolStats:
-        """A :class:`SpoolStats` snapshot (one scan of the events table)."""
-        with self._read() as conn:
+        """A :class:`SpoolStats` snapshot at ``now`` (UTC seconds): one read
+        transaction, one scan of the events table."""
+        with self._read(snapshot=True) as conn:
             counts = {"pending": 0, "leased": 0, "dead": 0}
             sizes = dict.fromkeys(counts, 0)
             for state, n, size in conn.execute(
@@ -899,6 +1109,7 @@ class Spool:
                 conn.execute("SELECT reason, count(*) FROM dead_events GROUP BY reason").fetchall()
             )
             version = migrations.schema_version(conn)
+            counters = self._counters(conn)
         wal = Path(str(self.path) + "-wal")
         return SpoolStats(
             path=str(self.path),
@@ -908,18 +1119,27 @@ class Spool:
             oldest_pending_age=None if oldest is None else max(0.0, now - oldest),
             next_attempt_in=None if next_at is None else max(0.0, next_at - now),
             dead_reasons={str(k): int(v) for k, v in reasons.items()},
-            counters=self.counters(),
+            counters=counters,
             file_bytes=self.path.stat().st_size if self.path.exists() else 0,
             wal_bytes=wal.stat().st_size if wal.exists() else 0,
         )
 
-    def checkpoint(self) -> None:
+    def checkpoint(self) -> bool:
         """``PRAGMA wal_checkpoint(TRUNCATE)``: fold the WAL back and truncate it.
 
-        Call when idle; a busy reader makes it a partial (harmless) checkpoint.
+        Call when idle. It waits at most :data:`CHECKPOINT_BUSY_TIMEOUT` seconds
+        for other connections (it holds this spool's writer lock meanwhile); a
+        busy reader or writer makes it a partial, harmless checkpoint. Returns
+        True if the whole WAL was folded back.
         """
         with self._wlock:
-            self._writer().execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+            conn = self._writer()
+            conn.execute(f"PRAGMA busy_timeout={int(CHECKPOINT_BUSY_TIMEOUT * 1000)}")
+            try:
+                busy, _, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            finally:
+                conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout * 1000)}")
+        return not busy
 
 
 class _Full(Exception):
