@@ -11,22 +11,25 @@ posthog-python's module API works::
     spoolpost.api_key = "phc_..."
     spoolpost.host = "https://eu.i.posthog.com"
     spoolpost.capture("signed_up", distinct_id="user-1", properties={"plan": "pro"})
+    spoolpost.flush()
 
 The default client is created on first use from the module attributes below
-(``api_key``, ``host``, ``spool``, ``disabled``, ``send``, ``client_options``),
-or explicitly with :func:`configure`.
+(``api_key`` or ``project_api_key``, ``host``, ``spool``, ``disabled``, ``send``,
+``before_send``, ``disable_geoip``, and any other :class:`Client` argument in
+``client_options``), or explicitly with :func:`configure`. Without an API key (and
+not ``disabled``) the first capture raises :class:`ConfigError`.
 """
 
 from __future__ import annotations
 
+import inspect
 import os
 import threading
-from collections.abc import Mapping
-from typing import Any
-from uuid import UUID
+from collections.abc import Callable, Mapping
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from spoolpost._version import __version__
-from spoolpost.client import Client, Timestamp
+from spoolpost.client import BeforeSend, Client
 from spoolpost.dispatcher import FlushResult
 from spoolpost.errors import (
     ConfigError,
@@ -76,10 +79,13 @@ __all__ = [
 
 #: Settings of the module-level default client (read when it is first created).
 api_key: str | None = os.environ.get("SPOOLPOST_API_KEY")
+project_api_key: str | None = None  # posthog-python's other name for api_key
 host: str = os.environ.get("SPOOLPOST_HOST", DEFAULT_HOST)
 spool: str | None = None
 disabled: bool = False
 send: bool = True
+before_send: BeforeSend | None = None
+disable_geoip: bool = True
 client_options: dict[str, Any] = {}
 
 default_client: Client | None = None
@@ -90,19 +96,30 @@ def configure(api_key: str | None = None, host: str | None = None, **options: An
     """Create (or replace) the module-level default client and return it.
 
     Arguments are those of :class:`Client`; ``api_key`` and ``host`` default to
-    the module attributes. A previous default client is shut down first.
+    the module attributes, other options to the module attributes and
+    ``client_options``. A previous default client is shut down first. Raises
+    :class:`ConfigError` when there is no API key (unless ``disabled``) and
+    whatever :class:`Client` raises.
     """
     global default_client
     with _default_lock:
         if default_client is not None:
             default_client.shutdown()
+            default_client = None
         default_client = _make_client(api_key, host, options)
         return default_client
 
 
 def _make_client(key: str | None, base: str | None, options: Mapping[str, Any]) -> Client:
-    key = key or api_key
-    settings: dict[str, Any] = {"disabled": disabled, "send": send, **client_options, **options}
+    key = (key or api_key or project_api_key or "").strip()
+    settings: dict[str, Any] = {
+        "disabled": disabled,
+        "send": send,
+        "before_send": before_send,
+        "disable_geoip": disable_geoip,
+        **client_options,
+        **options,
+    }
     if spool is not None:
         settings.setdefault("spool", spool)
     if not key:
@@ -116,87 +133,61 @@ def _make_client(key: str | None, base: str | None, options: Mapping[str, Any]) 
 
 
 def _client() -> Client:
-    global default_client
     client = default_client
     if client is None:
         with _default_lock:
-            if default_client is None:
-                default_client = _make_client(None, None, {})
-            client = default_client
+            client = _default_or_new()
     return client
 
 
-def capture(
-    event: str,
-    distinct_id: Any,
-    properties: Mapping[str, Any] | None = None,
-    timestamp: Timestamp = None,
-    uuid: UUID | str | None = None,
-    groups: Mapping[str, Any] | None = None,
-) -> str | None:
-    """:meth:`Client.capture` on the default client."""
-    return _client().capture(event, distinct_id, properties, timestamp, uuid, groups)
+def _default_or_new() -> Client:
+    global default_client
+    if default_client is None:
+        default_client = _make_client(None, None, {})
+    return default_client
 
 
-def identify(
-    distinct_id: Any,
-    properties: Mapping[str, Any] | None = None,
-    timestamp: Timestamp = None,
-    uuid: UUID | str | None = None,
-) -> str | None:
-    """:meth:`Client.identify` on the default client."""
-    return _client().identify(distinct_id, properties, timestamp, uuid)
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
 
 
-def set(
-    distinct_id: Any,
-    properties: Mapping[str, Any],
-    timestamp: Timestamp = None,
-    uuid: UUID | str | None = None,
-) -> str | None:
-    """:meth:`Client.set` on the default client."""
-    return _client().set(distinct_id, properties, timestamp, uuid)
+def _on_default_client(method: Callable[Concatenate[Client, _P], _R]) -> Callable[_P, _R]:
+    """The module-level twin of a :class:`Client` capture method: the same
+    arguments, called on the default client (created on first use)."""
+
+    def call(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        return method(_client(), *args, **kwargs)
+
+    name = method.__name__
+    call.__name__ = call.__qualname__ = name
+    call.__doc__ = (
+        f":meth:`Client.{name}` on the module-level default client, which is created "
+        "on first use from the module settings (:class:`ConfigError` without an API key)."
+    )
+    signature = inspect.signature(method)
+    setattr(  # noqa: B010 (help() and IDEs show the arguments of the method)
+        call, "__signature__", signature.replace(parameters=list(signature.parameters.values())[1:])
+    )
+    return call
 
 
-def set_once(
-    distinct_id: Any,
-    properties: Mapping[str, Any],
-    timestamp: Timestamp = None,
-    uuid: UUID | str | None = None,
-) -> str | None:
-    """:meth:`Client.set_once` on the default client."""
-    return _client().set_once(distinct_id, properties, timestamp, uuid)
-
-
-def alias(
-    previous_id: Any,
-    distinct_id: Any,
-    timestamp: Timestamp = None,
-    uuid: UUID | str | None = None,
-) -> str | None:
-    """:meth:`Client.alias` on the default client."""
-    return _client().alias(previous_id, distinct_id, timestamp, uuid)
-
-
-def group_identify(
-    group_type: str,
-    group_key: Any,
-    properties: Mapping[str, Any] | None = None,
-    timestamp: Timestamp = None,
-    uuid: UUID | str | None = None,
-    distinct_id: Any = None,
-) -> str | None:
-    """:meth:`Client.group_identify` on the default client."""
-    return _client().group_identify(group_type, group_key, properties, timestamp, uuid, distinct_id)
+capture = _on_default_client(Client.capture)
+identify = _on_default_client(Client.identify)
+set = _on_default_client(Client.set)  # shadows the builtin here, as in posthog-python
+set_once = _on_default_client(Client.set_once)
+alias = _on_default_client(Client.alias)
+group_identify = _on_default_client(Client.group_identify)
 
 
 def flush(timeout: float = 30.0) -> FlushResult:
-    """:meth:`Client.flush` on the default client (nothing to do if there is none)."""
-    return default_client.flush(timeout) if default_client is not None else FlushResult()
+    """:meth:`Client.flush` on the default client; an empty result if there is none."""
+    client = default_client
+    return client.flush(timeout) if client is not None else FlushResult()
 
 
 def shutdown(timeout: float = 5.0) -> FlushResult:
-    """Shut the default client down and forget it (a later capture makes a new one)."""
+    """Shut the default client down and forget it (a later capture makes a new one);
+    an empty result if there is none."""
     global default_client
     with _default_lock:
         client, default_client = default_client, None

@@ -6,6 +6,14 @@ caller's thread and returns its uuid only once the row is committed. A
 threads) delivers it. ``flush()`` is a barrier over everything captured before
 the call; ``shutdown()`` flushes within a deadline and stops, leaving whatever is
 not delivered in the spool for the next start or a cron ``spoolpost drain``.
+
+The capture methods take posthog-python's arguments (``capture(event,
+distinct_id=…, properties=…, timestamp=…, uuid=…, groups=…, disable_geoip=…)``
+and the like) so that existing calls keep working. Two posthog-python options
+have no meaning here and are refused with ``TypeError`` when they ask for
+something (a false value is accepted): ``send_feature_flags`` and ``flags``,
+because spoolpost does not evaluate feature flags, and a flag value looked up
+at send time, maybe days later from the spool, would be wrong.
 """
 
 from __future__ import annotations
@@ -17,7 +25,6 @@ import os
 import threading
 import weakref
 from collections.abc import Callable, Mapping
-from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -25,17 +32,28 @@ from uuid import UUID
 from spoolpost import events as ev
 from spoolpost.clock import SYSTEM_CLOCK, Clock
 from spoolpost.dispatcher import DeliveryConfig, Dispatcher, FlushResult
-from spoolpost.encoding import encode_event
+from spoolpost.encoding import Timestamp, encode_event
 from spoolpost.errors import ConfigError, EventTooLarge, SpoolClosed
 from spoolpost.policy import PausePolicy, RetryPolicy
 from spoolpost.spool import DEFAULT_MAX_SPOOL_BYTES, Durability, OnFull, Spool
 from spoolpost.transport import DEFAULT_HOST, HttpTransport, PostHogV0
 
+__all__ = [
+    "DEFAULT_MAX_EVENT_BYTES",
+    "BeforeSend",
+    "Client",
+    "default_spool_path",
+    "key_fingerprint",
+]
+
 log = logging.getLogger("spoolpost")
 
 DEFAULT_MAX_EVENT_BYTES = 900 * 1024
-BeforeSend = Callable[[dict[str, Any]], "dict[str, Any] | None"]
-Timestamp = datetime | date | str | None
+BeforeSend = Callable[[dict[str, Any]], "Mapping[str, Any] | None"]
+EventUuid = UUID | str | None
+
+#: Seconds between writes of the ``filtered`` counter while ``before_send`` drops events.
+FILTERED_COUNT_EVERY = 1.0
 
 
 def key_fingerprint(api_key: str) -> str:
@@ -53,28 +71,57 @@ def default_spool_path(api_key: str) -> Path:
     return Path(state).expanduser() / "spoolpost" / f"{key_fingerprint(api_key)}.spool"
 
 
+def _no_feature_flags(send_feature_flags: object, flags: object) -> None:
+    if send_feature_flags:
+        raise TypeError(
+            "capture(send_feature_flags=...) is not supported: spoolpost does not evaluate "
+            "feature flags. Put the flag values you branched on in properties, e.g. "
+            '{"$feature/my-flag": "variant"}.'
+        )
+    if flags is not None:
+        raise TypeError(
+            "capture(flags=...) is not supported: spoolpost does not evaluate feature "
+            'flags. Put the flag values in properties, e.g. {"$feature/my-flag": "variant"}.'
+        )
+
+
 class Client:
     """A spoolpost client: PostHog-shaped capture into a crash-safe spool.
 
     ``api_key``: the project API key (applied at send time, never stored per
     event). ``host``: the ingestion base URL (default ``https://us.i.posthog.com``).
     ``spool``: the spool file (default :func:`default_spool_path`).
-    ``send``: False makes a capture-only client that starts no threads (for
-    short-lived scripts; deliver with ``spoolpost drain`` from cron).
+    ``send``: False makes a capture-only client that starts no threads at all (for
+    short-lived scripts and serverless handlers; deliver with ``spoolpost drain``
+    from cron).
     ``durability``: ``"process"`` or ``"power"``; ``max_spool_bytes`` (default
     512 MiB) and ``on_full`` bound the spool. ``flush_at`` (100),
     ``flush_interval`` (5.0 s), ``max_batch_size`` (500), ``max_batch_bytes``
-    (5 MiB), ``senders`` (``min(cpu, 4)``) shape delivery; ``retry`` sets backoff
-    and limits (:class:`~spoolpost.policy.RetryPolicy`). ``max_event_bytes``
-    (900 KiB) bounds one encoded event. ``before_send(event) -> event | None``
-    runs at capture, before the event reaches disk. ``disabled=True`` captures
-    nothing and raises nothing. ``historical_migration`` is sent with every batch.
-    ``gzip`` compresses request bodies. ``timeout``: (connect, read) seconds.
-    ``shutdown_timeout``: seconds the ``atexit`` shutdown may take (5).
-    ``force_key``: deliver a spool created for another API key.
+    (5 MiB), ``senders`` (``min(cpu, 4)``), ``lease_ttl`` (120 s) shape delivery;
+    ``retry`` sets backoff and limits (:class:`~spoolpost.policy.RetryPolicy`),
+    ``pause`` the pause after a configuration fault. ``max_event_bytes``
+    (900 KiB) bounds one encoded event.
+    ``before_send(event) -> event | None`` runs at capture, in the caller's
+    thread, before the event reaches disk: it gets a copy of the event dict (and
+    of its ``properties`` dict; deeper values are shared) and returns the event to
+    write, or None to drop it (counted as ``filtered`` in the spool's counters);
+    if it raises, or returns something that is not an event with a valid
+    ``uuid``, that is logged and the event is written unmodified.
+    ``disabled=True`` captures nothing and raises nothing (every capture method
+    returns None, ``flush``/``shutdown`` an empty result); no spool is opened.
+    ``disable_geoip`` (default True, as in posthog-python) adds
+    ``"$geoip_disable": true`` to every event unless a call says otherwise, so
+    PostHog does not locate people from the server's IP address.
+    ``historical_migration`` is sent with every batch (PostHog's flag for
+    back-filled data). ``gzip`` compresses request bodies. ``timeout``:
+    (connect, read) seconds. ``shutdown_timeout``: seconds the ``atexit``
+    shutdown and the ``with`` block exit may take (5). ``force_key``: deliver a
+    spool created for another API key (re-binds it). ``clock``: time source (tests).
 
     Raises :class:`~spoolpost.errors.ConfigError` for settings that cannot work,
-    including :class:`~spoolpost.errors.KeyMismatch`.
+    including :class:`~spoolpost.errors.KeyMismatch` for a spool created with
+    another key (unless ``force_key``), and the spool's own errors
+    (:class:`~spoolpost.errors.SchemaTooNew`, …).
     """
 
     def __init__(
@@ -98,6 +145,7 @@ class Client:
         max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
         before_send: BeforeSend | None = None,
         disabled: bool = False,
+        disable_geoip: bool = True,
         historical_migration: bool = False,
         gzip: bool = False,
         timeout: tuple[float, float] = (5.0, 30.0),
@@ -106,14 +154,21 @@ class Client:
         clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.disabled = disabled
+        self.send = send
         self.clock = clock
         self.before_send = before_send
+        self.disable_geoip = disable_geoip
         self.max_event_bytes = max_event_bytes
         self.shutdown_timeout = shutdown_timeout
         self._shut = False
-        self._lock = threading.Lock()
+        self._delivering = False
+        self._reset_locks()
         if disabled:
             return
+        if max_event_bytes < 1:
+            raise ConfigError(f"max_event_bytes must be >= 1, not {max_event_bytes!r}")
+        if shutdown_timeout < 0:
+            raise ConfigError(f"shutdown_timeout must be >= 0 seconds, not {shutdown_timeout!r}")
         self.transport = HttpTransport(
             host,
             api_key,
@@ -121,8 +176,14 @@ class Client:
             gzip=gzip,
             timeout=timeout,
         )
-        if max_event_bytes < 1:
-            raise ConfigError("max_event_bytes must be >= 1")
+        config = DeliveryConfig(
+            flush_at=flush_at,
+            flush_interval=flush_interval,
+            max_batch_size=max_batch_size,
+            max_batch_bytes=max_batch_bytes,
+            lease_ttl=lease_ttl,
+            senders=senders,
+        )
         self.spool = Spool(
             spool if spool is not None else default_spool_path(api_key),
             durability=durability,
@@ -132,197 +193,315 @@ class Client:
         try:
             self.spool.bind_key(key_fingerprint(api_key), force=force_key)
             self.dispatcher = Dispatcher(
-                self.spool,
-                self.transport,
-                config=DeliveryConfig(
-                    flush_at=flush_at,
-                    flush_interval=flush_interval,
-                    max_batch_size=max_batch_size,
-                    max_batch_bytes=max_batch_bytes,
-                    lease_ttl=lease_ttl,
-                    senders=senders,
-                ),
-                retry=retry,
-                pause=pause,
-                clock=clock,
+                self.spool, self.transport, config=config, retry=retry, pause=pause, clock=clock
             )
         except BaseException:
             self.spool.close()
             raise
-        self.send = send
         if send:
-            self.dispatcher.start()
-        _register_atexit(self)
+            self._start_delivery()
+        _register(self)
+
+    def _reset_locks(self) -> None:
+        """(Re)create the locks; also in a forked child, where another thread of the
+        parent may have held one at the time of the fork."""
+        self._lock = threading.Lock()  # serializes shutdown()
+        self._start_lock = threading.Lock()
+        self._filtered_lock = threading.Lock()
+        self._filtered = 0  # before_send drops not yet added to the spool's counter
+        self._filtered_due = 0.0  # monotonic time of the next counter write
+
+    def _after_fork_in_child(self) -> None:
+        # The parent's threads do not exist here; the spool reopens its connections
+        # lazily (its own fork hook) and the next capture or flush starts delivery.
+        self._reset_locks()
+        self._delivering = False
 
     # -- capture -------------------------------------------------------------------
 
     def capture(
         self,
         event: str,
-        distinct_id: Any,
+        distinct_id: ev.DistinctId,
         properties: Mapping[str, Any] | None = None,
         timestamp: Timestamp = None,
-        uuid: UUID | str | None = None,
+        uuid: EventUuid = None,
         groups: Mapping[str, Any] | None = None,
+        *,
+        disable_geoip: bool | None = None,
+        send_feature_flags: object = False,
+        flags: object = None,
     ) -> str | None:
-        """Capture ``event`` for ``distinct_id``; return its uuid once it is committed
-        to the spool, or None if ``before_send`` or ``on_full`` dropped it (or the
-        client is disabled).
+        """Capture ``event`` (a non-empty str) for ``distinct_id``; return its uuid once
+        it is committed to the spool, or None if ``before_send`` or ``on_full`` dropped
+        it (or the client is disabled).
 
-        ``timestamp`` (datetime, date or ISO 8601 string; default now) is sent as
-        RFC 3339 UTC. ``uuid`` defaults to a new UUIDv7; capturing the same uuid
-        twice stores one event. ``groups`` maps group type → key.
-        Raises ``ValueError`` for a bad event name or distinct_id,
+        ``distinct_id`` is a non-empty str, an int or a UUID (sent as a str); it is
+        required: posthog-python's personless events (no distinct_id) are not supported.
+        ``properties`` is copied, never mutated; values are encoded here, in the
+        caller's thread (see :func:`~spoolpost.encoding.encode_event`).
+        ``timestamp`` (aware or naive-local datetime, date, or ISO 8601 string; default
+        now) is sent as RFC 3339 UTC. ``uuid`` defaults to a new UUIDv7; a given
+        one is normalized (canonical lowercase) and kept, and an event captured twice
+        with the same uuid is stored and sent twice (PostHog deduplicates by uuid).
+        ``groups`` maps group type → key.
+        ``disable_geoip`` overrides the client's setting for this event.
+        ``send_feature_flags`` and ``flags`` are accepted for posthog-python
+        compatibility only when false/None.
+
+        Raises ``ValueError`` for a bad event name, distinct_id, uuid or timestamp,
+        or properties/groups that are not mappings; ``TypeError`` for
+        ``send_feature_flags``/``flags``;
         :class:`~spoolpost.errors.EncodingError` naming the property path that
-        cannot be encoded, :class:`~spoolpost.errors.EventTooLarge`,
-        :class:`~spoolpost.errors.SpoolFull` (``on_full`` ``raise``/``block``),
-        :class:`~spoolpost.errors.SpoolClosed` after :meth:`shutdown`.
+        cannot be encoded; :class:`~spoolpost.errors.EventTooLarge` over
+        ``max_event_bytes``; :class:`~spoolpost.errors.SpoolFull` (``on_full``
+        ``raise``/``block``); :class:`~spoolpost.errors.SpoolClosed` after
+        :meth:`shutdown`. Nothing is written when it raises.
         """
         if self.disabled:
             return None
+        if send_feature_flags or flags is not None:
+            _no_feature_flags(send_feature_flags, flags)
         now = self.clock.now()
-        return self._write(
-            ev.capture_event(event, distinct_id, properties, timestamp, uuid, groups, now=now),
-            now,
+        geoip = self.disable_geoip if disable_geoip is None else disable_geoip
+        built = ev.capture_event(
+            event, distinct_id, properties, timestamp, uuid, groups, now=now, disable_geoip=geoip
         )
+        return self._write(built, now)
 
     def identify(
         self,
-        distinct_id: Any,
+        distinct_id: ev.DistinctId,
         properties: Mapping[str, Any] | None = None,
         timestamp: Timestamp = None,
-        uuid: UUID | str | None = None,
+        uuid: EventUuid = None,
+        *,
+        disable_geoip: bool | None = None,
     ) -> str | None:
-        """``$identify``: set person ``properties`` on ``distinct_id``. As :meth:`capture`."""
+        """``$identify``: set person ``properties`` on ``distinct_id`` (sent as
+        ``properties.$set``). Returns and raises as :meth:`capture`."""
         if self.disabled:
             return None
         now = self.clock.now()
-        return self._write(
-            ev.identify_event(distinct_id, properties, timestamp, uuid, now=now), now
+        geoip = self.disable_geoip if disable_geoip is None else disable_geoip
+        built = ev.identify_event(
+            distinct_id, properties, timestamp, uuid, now=now, disable_geoip=geoip
         )
+        return self._write(built, now)
 
     def set(
         self,
-        distinct_id: Any,
+        distinct_id: ev.DistinctId,
         properties: Mapping[str, Any],
         timestamp: Timestamp = None,
-        uuid: UUID | str | None = None,
+        uuid: EventUuid = None,
+        *,
+        disable_geoip: bool | None = None,
     ) -> str | None:
-        """``$set`` person ``properties`` on ``distinct_id``. As :meth:`capture`."""
+        """``$set`` person ``properties`` (a mapping, required) on ``distinct_id``,
+        overwriting earlier values. Returns and raises as :meth:`capture`."""
         if self.disabled:
             return None
         now = self.clock.now()
-        return self._write(ev.set_event(distinct_id, properties, timestamp, uuid, now=now), now)
+        geoip = self.disable_geoip if disable_geoip is None else disable_geoip
+        built = ev.set_event(distinct_id, properties, timestamp, uuid, now=now, disable_geoip=geoip)
+        return self._write(built, now)
 
     def set_once(
         self,
-        distinct_id: Any,
+        distinct_id: ev.DistinctId,
         properties: Mapping[str, Any],
         timestamp: Timestamp = None,
-        uuid: UUID | str | None = None,
+        uuid: EventUuid = None,
+        *,
+        disable_geoip: bool | None = None,
     ) -> str | None:
-        """``$set_once`` person ``properties`` (only where unset). As :meth:`capture`."""
+        """``$set_once`` person ``properties`` (a mapping, required) on
+        ``distinct_id``, only where not set yet. Returns and raises as :meth:`capture`."""
         if self.disabled:
             return None
         now = self.clock.now()
-        return self._write(
-            ev.set_once_event(distinct_id, properties, timestamp, uuid, now=now), now
+        geoip = self.disable_geoip if disable_geoip is None else disable_geoip
+        built = ev.set_once_event(
+            distinct_id, properties, timestamp, uuid, now=now, disable_geoip=geoip
         )
+        return self._write(built, now)
 
     def alias(
         self,
-        previous_id: Any,
-        distinct_id: Any,
+        previous_id: ev.DistinctId,
+        distinct_id: ev.DistinctId,
         timestamp: Timestamp = None,
-        uuid: UUID | str | None = None,
+        uuid: EventUuid = None,
+        disable_geoip: bool | None = None,
     ) -> str | None:
-        """``$create_alias``: link ``previous_id`` to ``distinct_id``. As :meth:`capture`."""
+        """``$create_alias``: make ``distinct_id`` an alias of ``previous_id`` (sent
+        by ``previous_id``, properties ``{"distinct_id": previous_id, "alias":
+        distinct_id}``). Arguments in posthog-python's order. Returns and raises as
+        :meth:`capture`."""
         if self.disabled:
             return None
         now = self.clock.now()
-        return self._write(ev.alias_event(previous_id, distinct_id, timestamp, uuid, now=now), now)
+        geoip = self.disable_geoip if disable_geoip is None else disable_geoip
+        built = ev.alias_event(
+            previous_id, distinct_id, timestamp, uuid, now=now, disable_geoip=geoip
+        )
+        return self._write(built, now)
 
     def group_identify(
         self,
         group_type: str,
-        group_key: Any,
+        group_key: ev.DistinctId,
         properties: Mapping[str, Any] | None = None,
         timestamp: Timestamp = None,
-        uuid: UUID | str | None = None,
-        distinct_id: Any = None,
+        uuid: EventUuid = None,
+        disable_geoip: bool | None = None,
+        distinct_id: ev.DistinctId | None = None,
     ) -> str | None:
-        """``$groupidentify``: set ``properties`` on a group. As :meth:`capture`."""
+        """``$groupidentify``: set ``properties`` on the group ``group_type``/
+        ``group_key`` (properties ``$group_type``, ``$group_key``, ``$group_set``),
+        sent by ``distinct_id`` (default ``"$<group_type>_<group_key>"``).
+        Arguments in posthog-python's order. Returns and raises as :meth:`capture`."""
         if self.disabled:
             return None
         now = self.clock.now()
-        return self._write(
-            ev.group_identify_event(
-                group_type, group_key, properties, timestamp, uuid, distinct_id, now=now
-            ),
-            now,
+        geoip = self.disable_geoip if disable_geoip is None else disable_geoip
+        built = ev.group_identify_event(
+            group_type,
+            group_key,
+            properties,
+            timestamp,
+            uuid,
+            distinct_id,
+            now=now,
+            disable_geoip=geoip,
         )
+        return self._write(built, now)
 
     def _write(self, event: dict[str, Any], now: float) -> str | None:
+        """Filter, encode and commit one built event (the capture hot path)."""
         if self._shut:
             raise SpoolClosed("this client was shut down; create a new Client to capture")
         if self.before_send is not None:
-            try:
-                changed = self.before_send(event)
-            except Exception:
-                log.exception("before_send raised; the event is kept unmodified")
-            else:
-                if changed is None:
-                    self.spool.add_counter("filtered", 1)
-                    return None
-                event = changed
+            kept = self._run_before_send(event)
+            if kept is None:
+                self._count_filtered()
+                return None
+            event = kept
         body = encode_event(event)
         if len(body) > self.max_event_bytes:
             raise EventTooLarge(len(body), self.max_event_bytes)
-        uuid = str(event["uuid"])
+        uuid: str = event["uuid"]
         if not self.spool.append(uuid, body, now):
             return None
         if self.send:
-            if not self.dispatcher.running and not self._shut:
-                self.dispatcher.start()  # a forked child restarts delivery lazily
+            if not self._delivering:
+                self._start_delivery()  # a forked child starts its own threads
             self.dispatcher.notify_captured()
         return uuid
 
-    # -- flush and shutdown -----------------------------------------------------------
+    def _run_before_send(self, event: dict[str, Any]) -> dict[str, Any] | None:
+        """The hook's verdict on ``event``: the event to write, or None to drop it."""
+        assert self.before_send is not None
+        copy = dict(event)
+        copy["properties"] = dict(event["properties"])
+        try:
+            changed: object = self.before_send(copy)
+        except Exception:
+            log.exception("before_send raised; the event %s is kept unmodified", event["uuid"])
+            return event
+        if changed is None:
+            return None
+        if not isinstance(changed, Mapping):
+            log.error(
+                "before_send returned a %s instead of an event dict or None; the event %s "
+                "is kept unmodified",
+                type(changed).__name__,
+                event["uuid"],
+            )
+            return event
+        kept = dict(changed)
+        given = kept.get("uuid")
+        try:
+            kept["uuid"] = event["uuid"] if given is None else ev.normalize_uuid(given)
+        except ValueError as exc:
+            log.error(
+                "before_send returned an event with a bad uuid (%s); the event %s is kept "
+                "unmodified",
+                exc,
+                event["uuid"],
+            )
+            return event
+        return kept
+
+    def _count_filtered(self) -> None:
+        """Count a ``before_send`` drop; the spool's counter is written at most once
+        per :data:`FILTERED_COUNT_EVERY` seconds, and by flush and shutdown."""
+        with self._filtered_lock:
+            self._filtered += 1
+            due = self.clock.monotonic() >= self._filtered_due
+        if due:
+            self._save_filtered()
+
+    def _save_filtered(self) -> None:
+        with self._filtered_lock:
+            n, self._filtered = self._filtered, 0
+            self._filtered_due = self.clock.monotonic() + FILTERED_COUNT_EVERY
+        if n:
+            self.spool.add_counter("filtered", n)
+
+    # -- delivery, flush and shutdown -------------------------------------------------
+
+    def _start_delivery(self) -> None:
+        """Start the dispatcher and sender threads (once per process)."""
+        with self._start_lock:
+            if not self._delivering:
+                self.dispatcher.start()
+                self._delivering = True
 
     def flush(self, timeout: float = 30.0) -> FlushResult:
         """Deliver everything captured before this call; wait up to ``timeout`` seconds.
 
         Returns when every such event is delivered or dead, when delivery is paused
-        by a configuration fault, or at the timeout, with a :class:`FlushResult`.
-        Backoff and ``Retry-After`` are honoured. A capture-only client sends
-        nothing and reports what is pending. Never raises for delivery trouble.
+        by a configuration fault, or at the timeout, with a :class:`FlushResult`
+        (``delivered``, ``dead``, ``pending`` counts). Events captured after the
+        call, by any thread, are not waited for. Backoff and ``Retry-After`` are
+        honoured. A capture-only client (``send=False``) sends nothing and reports
+        what is pending. Never raises for delivery trouble; returns an empty
+        result on a disabled or shut-down client.
         """
         if self.disabled or self._shut:
             return FlushResult()
+        self._save_filtered()
         watermark = self.spool.watermark(self.clock.now())
         before = self.spool.states_through(watermark)
-        if self.send and not self.dispatcher.running:
-            self.dispatcher.start()
         if not self.send:
-            return FlushResult(pending=before.get("pending", 0) + before.get("leased", 0))
+            return FlushResult(pending=before["pending"] + before["leased"])
+        if not self._delivering:
+            self._start_delivery()  # a forked child that has not captured yet
         return self.dispatcher.flush(watermark, timeout, before)
 
     def shutdown(self, timeout: float = 5.0) -> FlushResult:
-        """Flush within ``timeout`` seconds, then stop the threads and close the spool.
+        """Flush within ``timeout`` seconds, then stop the threads and close the spool;
+        return the flush's :class:`FlushResult`.
 
-        Idempotent. Whatever is not delivered by then stays in the spool for the
-        next start or a cron drain: nothing is dropped at the deadline.
+        Idempotent (a second call returns an empty result). Whatever is not
+        delivered by then stays in the spool for the next start or a cron drain:
+        nothing is dropped at the deadline. Capturing afterwards raises
+        :class:`~spoolpost.errors.SpoolClosed`.
         """
         with self._lock:
             if self.disabled or self._shut:
                 return FlushResult()
             start = self.clock.monotonic()
-            result = self.flush(timeout) if self.send else FlushResult()
+            result = self.flush(timeout)
             self._shut = True
-        if self.send:
+        _live.discard(self)
+        if self._delivering:
             self.dispatcher.stop(max(0.0, timeout - (self.clock.monotonic() - start)))
+        self._save_filtered()
         pending = self.spool.states_through(self.spool.watermark(self.clock.now()))
-        left = pending.get("pending", 0) + pending.get("leased", 0)
+        left = pending["pending"] + pending["leased"]
         if left:
             log.info("shutdown: %d event(s) stay in the spool %s for later", left, self.spool.path)
         self.spool.close()
@@ -337,21 +516,36 @@ class Client:
         self.shutdown(self.shutdown_timeout)
 
 
+# -- process-wide: atexit and fork --------------------------------------------------
+
 _live: weakref.WeakSet[Client] = weakref.WeakSet()
 _atexit_registered = False
+_registry_lock = threading.Lock()
 
 
-def _register_atexit(client: Client) -> None:
+def _register(client: Client) -> None:
     global _atexit_registered
-    _live.add(client)
-    if not _atexit_registered:
-        atexit.register(_shutdown_all)
-        _atexit_registered = True
+    with _registry_lock:
+        _live.add(client)
+        if not _atexit_registered:
+            atexit.register(_shutdown_all)
+            _atexit_registered = True
 
 
 def _shutdown_all() -> None:
+    """At interpreter exit: shut every live client down within its shutdown_timeout."""
     for client in list(_live):
         try:
             client.shutdown(client.shutdown_timeout)
         except Exception:
             log.exception("shutdown at exit failed")
+
+
+def _after_fork_in_child() -> None:
+    global _registry_lock
+    _registry_lock = threading.Lock()
+    for client in list(_live):
+        client._after_fork_in_child()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -14,6 +14,10 @@ difference: posthog-python puts ``$set``/``$set_once`` beside ``properties``, wh
 PostHog's ingestion merges them into ``properties``; here they are inside
 ``properties`` already, so every event has the same five keys.
 
+Every builder takes ``disable_geoip``: True adds ``"$geoip_disable": true`` to the
+properties, as posthog-python does, so PostHog does not locate the person from the IP
+address of the server that sent the event.
+
 The caller's mappings are copied, never mutated. Bad arguments raise ``ValueError``
 whose message names the argument; ``now`` (wall-clock seconds, ``time.time()``) is
 passed by the client so that the default timestamp and the UUIDv7 agree with its clock.
@@ -21,6 +25,8 @@ passed by the client so that the default timestamp and the UUIDv7 agree with its
 
 from __future__ import annotations
 
+import numbers
+import operator
 from collections.abc import Mapping
 from typing import Any, TypeAlias
 from uuid import UUID
@@ -34,12 +40,15 @@ __all__ = [
     "capture_event",
     "group_identify_event",
     "identify_event",
+    "normalize_uuid",
     "set_event",
     "set_once_event",
 ]
 
 DistinctId: TypeAlias = str | int | UUID
-"""What a distinct id (or group key) may be; ints and UUIDs are sent as strings."""
+"""What a distinct id (or group key) may be; ints (any ``numbers.Integral``, such as a
+NumPy integer, but not ``bool``) and UUIDs are sent as strings. Floats are refused:
+``1e16 + 1`` would silently become another person."""
 
 EventUuid: TypeAlias = UUID | str | None
 
@@ -58,6 +67,8 @@ def _id(name: str, value: object) -> str:
         text = str(value)
     elif isinstance(value, int) and not isinstance(value, bool):
         text = int.__repr__(value)  # IntEnum members too: their number, not their name
+    elif not isinstance(value, bool) and isinstance(value, numbers.Integral):
+        text = int.__repr__(operator.index(value))  # NumPy integers and the like
     else:
         raise ValueError(f"{name} must be a non-empty str, int or UUID, got {_type_name(value)}")
     if not text:
@@ -88,6 +99,12 @@ def _event_uuid(value: object, now: float) -> str:
     """The event's uuid in canonical lowercase form; a new UUIDv7 when ``value`` is None."""
     if value is None:
         return uuid7_str(now)
+    return normalize_uuid(value)
+
+
+def normalize_uuid(value: object) -> str:
+    """``value`` (a UUID, or a str holding one in any form ``uuid.UUID`` reads) as a
+    canonical lowercase UUID string. Raises ``ValueError`` for anything else."""
     if isinstance(value, UUID):
         return str(value)
     if isinstance(value, str):
@@ -105,10 +122,13 @@ def _build(
     timestamp: Timestamp,
     uuid: EventUuid,
     now: float,
+    disable_geoip: bool,
 ) -> dict[str, Any]:
     """The one place an event dict is assembled; ``properties`` is owned (a copy)."""
     properties["$lib"] = LIB
     properties["$lib_version"] = __version__
+    if disable_geoip:
+        properties["$geoip_disable"] = True
     return {
         "uuid": _event_uuid(uuid, now),
         "event": event,
@@ -127,6 +147,7 @@ def capture_event(
     groups: Mapping[str, Any] | None = None,
     *,
     now: float,
+    disable_geoip: bool = False,
 ) -> dict[str, Any]:
     """Return the PostHog event ``event`` by ``distinct_id``.
 
@@ -147,7 +168,7 @@ def capture_event(
     group_map = _mapping("groups", groups)
     if group_map:
         props["$groups"] = group_map
-    return _build(name, person, props, timestamp, uuid, now)
+    return _build(name, person, props, timestamp, uuid, now, disable_geoip)
 
 
 def identify_event(
@@ -157,13 +178,14 @@ def identify_event(
     uuid: EventUuid = None,
     *,
     now: float,
+    disable_geoip: bool = False,
 ) -> dict[str, Any]:
     """Return an ``$identify`` event setting person ``properties`` on ``distinct_id``:
     ``properties`` becomes ``{"$set": properties}``. Raises ``ValueError`` as
     :func:`capture_event` does."""
     person = _id("distinct_id", distinct_id)
     person_props = _mapping("properties", properties)
-    return _build("$identify", person, {"$set": person_props}, timestamp, uuid, now)
+    return _build("$identify", person, {"$set": person_props}, timestamp, uuid, now, disable_geoip)
 
 
 def _person_update(
@@ -173,10 +195,12 @@ def _person_update(
     timestamp: Timestamp,
     uuid: EventUuid,
     now: float,
+    disable_geoip: bool,
 ) -> dict[str, Any]:
     person = _id("distinct_id", distinct_id)
     person_props = _mapping("properties", properties, optional=False)
-    return _build(operation, person, {operation: person_props}, timestamp, uuid, now)
+    props = {operation: person_props}
+    return _build(operation, person, props, timestamp, uuid, now, disable_geoip)
 
 
 def set_event(
@@ -186,11 +210,12 @@ def set_event(
     uuid: EventUuid = None,
     *,
     now: float,
+    disable_geoip: bool = False,
 ) -> dict[str, Any]:
     """Return a ``$set`` event that sets person ``properties`` on ``distinct_id``,
     overwriting earlier values: event ``$set``, properties ``{"$set": properties}``.
     Raises ``ValueError`` as :func:`capture_event` does (``properties`` is required)."""
-    return _person_update("$set", distinct_id, properties, timestamp, uuid, now)
+    return _person_update("$set", distinct_id, properties, timestamp, uuid, now, disable_geoip)
 
 
 def set_once_event(
@@ -200,12 +225,13 @@ def set_once_event(
     uuid: EventUuid = None,
     *,
     now: float,
+    disable_geoip: bool = False,
 ) -> dict[str, Any]:
     """Return a ``$set_once`` event that sets person ``properties`` on ``distinct_id``
     only where they are not set yet: event ``$set_once`` (posthog-python's name),
     properties ``{"$set_once": properties}``. Raises ``ValueError`` as
     :func:`set_event` does."""
-    return _person_update("$set_once", distinct_id, properties, timestamp, uuid, now)
+    return _person_update("$set_once", distinct_id, properties, timestamp, uuid, now, disable_geoip)
 
 
 def alias_event(
@@ -215,6 +241,7 @@ def alias_event(
     uuid: EventUuid = None,
     *,
     now: float,
+    disable_geoip: bool = False,
 ) -> dict[str, Any]:
     """Return a ``$create_alias`` event making ``distinct_id`` an alias of
     ``previous_id``, as posthog-python sends it: sent by ``previous_id``, with
@@ -224,7 +251,7 @@ def alias_event(
     previous = _id("previous_id", previous_id)
     alias = _id("distinct_id", distinct_id)
     props = {"distinct_id": previous, "alias": alias}
-    return _build("$create_alias", previous, props, timestamp, uuid, now)
+    return _build("$create_alias", previous, props, timestamp, uuid, now, disable_geoip)
 
 
 def group_identify_event(
@@ -236,6 +263,7 @@ def group_identify_event(
     distinct_id: DistinctId | None = None,
     *,
     now: float,
+    disable_geoip: bool = False,
 ) -> dict[str, Any]:
     """Return a ``$groupidentify`` event setting ``properties`` on the group
     ``group_type``/``group_key``: properties ``{"$group_type", "$group_key",
@@ -249,4 +277,4 @@ def group_identify_event(
     person = f"${kind}_{key}" if distinct_id is None else _id("distinct_id", distinct_id)
     group_props = _mapping("properties", properties)
     props = {"$group_type": kind, "$group_key": key, "$group_set": group_props}
-    return _build("$groupidentify", person, props, timestamp, uuid, now)
+    return _build("$groupidentify", person, props, timestamp, uuid, now, disable_geoip)
