@@ -154,8 +154,9 @@ class _FullEpisode:
 
 @dataclass
 class _Space:
-    used: int = 0
-    unchecked: int = -1  # bytes written since `used` was read; -1: never read
+    # Bytes (estimated) that appends may still write before the used size is
+    # read again from the file; 0: read it on the next append.
+    budget: int = 0
     episode: _FullEpisode = field(default_factory=_FullEpisode)
 
 
@@ -312,7 +313,8 @@ class Spool:
     def _reset_locks(self) -> None:
         self._wlock = threading.Lock()
         self._rlock = threading.Lock()
-        self._gc_cond = threading.Condition(threading.Lock())
+        self._gc_lock = threading.Lock()
+        self._gc_cond = threading.Condition(self._gc_lock)
         self._gc_queue: list[_Append] = []
         self._gc_leader = False
         self._gc_waiting = 0
@@ -600,15 +602,16 @@ class Spool:
                 # Woken by an ack in this process; polled for frees by others.
                 if self._freed == freed:
                     self._space_freed.wait(min(remaining, 0.5))
-            self._space.unchecked = -1
+            self._space.budget = 0
 
     def _group_commit(self, item: _Append) -> None:
-        cond = self._gc_cond
-        with cond:
+        # The bare lock, not the Condition's Python-level context manager: this
+        # runs on every capture.
+        with self._gc_lock:
             self._gc_queue.append(item)
             while self._gc_leader:
                 self._gc_waiting += 1
-                cond.wait()
+                self._gc_cond.wait()
                 self._gc_waiting -= 1
                 if item.done:
                     return
@@ -621,19 +624,25 @@ class Spool:
                 if not it.done:
                     it.error, it.done = exc, True
         finally:
-            with cond:
+            with self._gc_lock:
                 self._gc_leader = False
                 if self._gc_waiting:
-                    cond.notify_all()
+                    self._gc_cond.notify_all()
 
     def _write_appends(self, batch: list[_Append]) -> None:
         # The capture path: the transaction of _write(), spelled out to spare
         # the generator's overhead on every event.
+        cost = 2 * (len(batch[0].body) if len(batch) == 1 else sum(len(it.body) for it in batch))
         with self._wlock:
-            conn = self._writer()
+            conn = self._writer_conn or self._writer()
             self._begin(conn)
             try:
-                keep = self._make_room(conn, batch)
+                space = self._space
+                if cost < space.budget:
+                    space.budget -= cost
+                    keep = batch
+                else:
+                    keep = self._make_room(conn, batch, cost)
                 if len(keep) == 1:
                     it = keep[0]
                     conn.execute(_INSERT, (it.uuid, it.body, len(it.body), it.now, it.now))
@@ -654,35 +663,28 @@ class Spool:
         free = conn.execute("PRAGMA freelist_count").fetchone()[0]
         return int((pages - free) * page_size)
 
-    def _make_room(self, conn: sqlite3.Connection, batch: list[_Append]) -> list[_Append]:
-        """Apply ``max_spool_bytes`` and ``on_full`` to a group of appends; return
-        the appends to write.
+    def _make_room(
+        self, conn: sqlite3.Connection, batch: list[_Append], cost: int
+    ) -> list[_Append]:
+        """Apply ``max_spool_bytes`` and ``on_full`` to a group of appends that
+        will take about ``cost`` bytes (each event costs its body plus index
+        entries and row overhead: ~2x); return the appends to write.
 
-        The used size is read from the file's page counts, and read again once
-        the bytes written since could matter, or after 1/64 of the bound was
-        written (so that other processes' writes and deletes are seen too).
+        The used size is read from the file's page counts. It is read again
+        once appends wrote half the headroom left, or 1/64 of the bound (so
+        that other processes' writes and deletes are seen too).
         """
-        incoming = len(batch[0].body) if len(batch) == 1 else sum(len(it.body) for it in batch)
         space = self._space
-        headroom = self.max_spool_bytes - space.used - space.unchecked
-        if (
-            space.unchecked < 0
-            or incoming * 4 >= headroom
-            or space.unchecked * 64 >= self.max_spool_bytes
-        ):
-            space.used, space.unchecked = self._used_bytes(conn), 0
-        # Each event costs its body plus index entries and row overhead (~2x).
-        need = space.used + space.unchecked + 2 * incoming - self.max_spool_bytes
-        if need <= 0:
-            space.unchecked += 2 * incoming
+        headroom = self.max_spool_bytes - self._used_bytes(conn)
+        if cost <= headroom:
+            space.budget = min(self.max_spool_bytes // 64, (headroom - cost) // 2)
             if space.episode.active:
                 self._end_full_episode()
             return batch
-        if self.on_full == "drop_oldest":
-            freed = self._drop_oldest(conn, need)
-            space.unchecked = -1
-            if freed >= need:
-                return batch
+        need = cost - headroom
+        space.budget = 0
+        if self.on_full == "drop_oldest" and self._drop_oldest(conn, need) >= need:
+            return batch
         self._note_full(len(batch))
         if self.on_full == "drop_newest" or self.on_full == "drop_oldest":
             self._count(conn, "dropped", len(batch))
