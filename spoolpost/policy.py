@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import email.utils
 import enum
-import math
+import re
 from dataclasses import dataclass
 from datetime import UTC
 
@@ -66,35 +66,39 @@ def classify(status: int) -> Action:
     return Action.RETRY
 
 
+_DELAY_SECONDS = re.compile(r"[0-9]+(?:\.[0-9]+)?", re.ASCII)
+#: Longest delay :func:`parse_retry_after` returns (about 31,700 years): an
+#: absurd header stays a finite number; :meth:`RetryPolicy.delay` caps it anyway.
+RETRY_AFTER_CEILING = 1e12
+
+
 def parse_retry_after(value: str | None, now: float) -> float | None:
     """Seconds to wait from a ``Retry-After`` header value, or None if absent/unparsable.
 
-    Accepts delay-seconds (``"120"``) or an HTTP-date
-    (``"Wed, 21 Oct 2015 07:28:00 GMT"``), per RFC 9110 §10.2.3. An HTTP-date is
-    compared with ``now`` (UTC seconds), so the local timezone plays no part; a
-    date in the past means 0. Garbage (``"soon"``), negative or non-finite values
-    give None, so the caller falls back to its backoff.
+    Accepts delay-seconds (``"120"``; a fraction such as ``"1.5"`` is tolerated) or
+    an HTTP-date (``"Wed, 21 Oct 2015 07:28:00 GMT"``, also the obsolete RFC 850
+    and asctime forms), per RFC 9110 §10.2.3. An HTTP-date is compared with
+    ``now`` (UTC seconds), so the local timezone plays no part; a date in the past
+    gives 0.0. Anything else (``"soon"``, ``"-1"``, ``"+3"``, ``"1e3"``, a date
+    that does not exist) gives None, so the caller falls back to its backoff.
+    The result is at most :data:`RETRY_AFTER_CEILING`; the caller applies its own
+    cap (``max_retry_after``). Never raises.
     """
     if value is None:
         return None
     text = value.strip()
     if not text:
         return None
-    if text.isdigit():
-        return float(int(text))
-    try:
-        seconds = float(text)
-    except ValueError:
-        pass
-    else:
-        return seconds if math.isfinite(seconds) and seconds >= 0 else None
+    if _DELAY_SECONDS.fullmatch(text):
+        return min(float(text), RETRY_AFTER_CEILING)  # float() of digits never raises
     try:
         when = email.utils.parsedate_to_datetime(text)
+        if when.tzinfo is None:  # RFC 9110: HTTP-dates are always GMT
+            when = when.replace(tzinfo=UTC)
+        seconds = when.timestamp() - now
     except (TypeError, ValueError, IndexError, OverflowError):
         return None
-    if when.tzinfo is None:  # RFC 9110: HTTP-dates are always GMT
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, when.timestamp() - now)
+    return min(max(0.0, seconds), RETRY_AFTER_CEILING)
 
 
 class _Attempt:
@@ -157,12 +161,18 @@ class PausePolicy:
     """How long delivery pauses on a configuration fault (401/403/404/3xx).
 
     The n-th pause of one episode lasts ``initial * 2**(n-1)`` seconds, capped at
-    ``maximum`` (defaults 5 s and 300 s).
+    ``maximum`` (defaults 5 s and 300 s). Raises :class:`ConfigError` unless
+    ``0 < initial <= maximum``.
     """
 
     initial: float = 5.0
     maximum: float = 300.0
 
+    def __post_init__(self) -> None:
+        if not 0 < self.initial <= self.maximum:
+            raise ConfigError("need 0 < initial <= maximum (seconds) for a pause")
+
     def pause(self, episode_faults: int) -> float:
-        """Seconds to pause after the ``episode_faults``-th fault in a row."""
-        return float(min(self.maximum, self.initial * 2 ** max(0, episode_faults - 1)))
+        """Seconds to pause after the ``episode_faults``-th fault in a row (1 for the first)."""
+        doublings = min(max(0, episode_faults - 1), 64)  # 2**64 * initial is past any maximum
+        return float(min(self.maximum, self.initial * 2.0**doublings))
