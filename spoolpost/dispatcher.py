@@ -9,14 +9,30 @@
 - :meth:`Dispatcher.start` runs ``step`` in a dispatcher thread and hands the
   batches to ``senders`` sender threads through a ``queue.Queue``. Without
   :meth:`start`, ``step`` sends inline, which is how the cron drain and the
-  deterministic tests drive it.
+  deterministic tests drive it (:meth:`Dispatcher.run_until_idle` steps until
+  nothing more can be sent at one ``now``).
 
-Outcomes follow DESIGN §5 through :mod:`spoolpost.policy`: delivered → delete;
-transient → reschedule (``attempts += 1``, due after backoff/``Retry-After``)
-and close the endpoint gate until one probe batch gets through; 413/4xx →
-split to isolate, a lone event is dead-lettered; 401/403/404/3xx → release
-everything and pause. Backoff never parks a sender thread: a rescheduled row
-simply becomes due later.
+Outcomes follow DESIGN §5 through :mod:`spoolpost.policy`:
+
+- 2xx → delete the rows.
+- Transient (408/429/5xx, no response) → reschedule in the spool
+  (``attempts += 1``, due after ``max(backoff, Retry-After)``; ``max_attempts``
+  ends in the dead state) and close the endpoint gate: nothing is sent until
+  the backoff is over, then one probe batch at a time until a request gets
+  through. An outage costs about one request per backoff interval.
+- 413/other 4xx → split in halves, recursively; a lone event is dead-lettered
+  (``too_large``/``rejected``) with the status and a body excerpt.
+- 401/403/404/3xx → give everything back and pause (growing pause, one ERROR
+  per episode); :meth:`Dispatcher.flush` returns at once while paused.
+- Poison: a batch holding events that failed twice, failing again while other
+  requests get through, is halved until the event that makes the server fail
+  is alone (two requests per halving; when both halves fail, it is an outage
+  after all: three requests, then the gate).
+
+Backoff never parks a sender thread: a rescheduled row simply becomes due
+later. No exception ends a thread: it is logged, the batch is rescheduled, and
+the thread goes on. :meth:`Dispatcher.stop` returns by its deadline whatever a
+sender is blocked in.
 """
 
 from __future__ import annotations
@@ -30,7 +46,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from spoolpost.clock import SYSTEM_CLOCK, Clock
-from spoolpost.errors import ConfigError
+from spoolpost.errors import ConfigError, SpoolClosed
 from spoolpost.policy import Action, PausePolicy, RetryPolicy, classify, parse_retry_after
 from spoolpost.spool import Batch, Row, Spool, Watermark
 from spoolpost.transport import HttpTransport, Reply
@@ -117,6 +133,34 @@ RECLAIM_EVERY = 5.0
 CHECKPOINT_EVERY = 60.0
 
 
+IDLE_POLL = 0.05
+#: Failed attempts after which an event is suspected of making the server fail, when
+#: other requests get through (DESIGN §5, poison batches).
+POISON_AFTER = 2
+#: Failed attempts after which a batch that is probed alone is probed by halves.
+STUCK_AFTER = 5  # seconds an inline flush waits when a step has nothing better to say
+
+
+@dataclass(frozen=True)
+class _Try:
+    """One POST: the ``reply``, what it means (``action``), when it came (``at``,
+    UTC seconds) and the gate ``epoch`` the request was sent in."""
+
+    reply: Reply
+    action: Action
+    at: float
+    epoch: int
+
+
+def _halves(rows: Sequence[Row]) -> tuple[Sequence[Row], Sequence[Row]]:
+    half = len(rows) // 2
+    return rows[:half], rows[half:]
+
+
+def _ids(rows: Sequence[Row]) -> list[int]:
+    return [r.id for r in rows]
+
+
 class Dispatcher:
     """Delivery for one spool and one endpoint. See the module docstring.
 
@@ -124,6 +168,10 @@ class Dispatcher:
     Thread-safe. :meth:`stop` releases batches not yet sent and joins the threads
     within its deadline; a request in flight past it is abandoned (its lease
     stays in the spool and expires, or is reclaimed once this process is gone).
+
+    The endpoint gate, the pause and the poison detection are state of this
+    object, i.e. of this process: a new dispatcher (a new client, a cron drain)
+    sends at once. The per-event retry schedule lives in the spool and is shared.
     """
 
     def __init__(
@@ -144,9 +192,14 @@ class Dispatcher:
         self.clock = clock
         self._cond = threading.Condition()
         self._inflight = 0
+        # The endpoint gate: closed until _gate_until after a transient failure;
+        # then one probe batch at a time (_probing) until a request gets through.
         self._gate_until = 0.0
         self._gate_failures = 0
         self._probing = False
+        # Bumped whenever the gate closes or a pause begins: a success of a request
+        # sent before that proves nothing about the endpoint now.
+        self._epoch = 0
         self._pause_until = 0.0
         self._pause_faults = 0
         self._paused_reason: str | None = None
@@ -157,8 +210,7 @@ class Dispatcher:
         self._next_checkpoint = 0.0
         self._captured_hint = 0
         self._wake = threading.Event()
-        self._stopping = threading.Event()
-        self._halted = threading.Event()  # past the stop deadline: send nothing more
+        self._stopping = threading.Event()  # set by halt(): send nothing more
         self._queue: queue.Queue[Batch | None] = queue.Queue()
         self._threads: list[threading.Thread] = []
         self._pid = os.getpid()
@@ -167,13 +219,35 @@ class Dispatcher:
 
     @property
     def paused_reason(self) -> str | None:
-        """Why delivery is paused (a configuration fault), or None."""
+        """Why delivery is paused by a configuration fault (401/403/404/3xx), or None.
+
+        Set from the first fault of an episode until a request gets through; the
+        pause itself lasts until :attr:`paused_until`, then one probe batch is sent.
+        """
         with self._cond:
             return self._paused_reason
 
     @property
+    def paused_until(self) -> float:
+        """When the current pause ends (UTC seconds); in the past when not paused."""
+        with self._cond:
+            return self._pause_until
+
+    @property
+    def gate_until(self) -> float:
+        """When the endpoint gate opens for the next probe (UTC seconds); in the
+        past when it is open."""
+        with self._cond:
+            return self._gate_until
+
+    @property
     def running(self) -> bool:
         return bool(self._threads) and self._pid == os.getpid()
+
+    @property
+    def stopping(self) -> bool:
+        """True once :meth:`halt` (or :meth:`stop`) was called, until :meth:`start`."""
+        return self._stopping.is_set()
 
     def notify_captured(self) -> None:
         """A hint from capture: wake the dispatcher once ``flush_at`` events arrived."""
@@ -206,38 +280,45 @@ class Dispatcher:
         """Send every event inside ``watermark`` (:meth:`Spool.watermark`) now; wait
         up to ``timeout`` seconds.
 
-        Returns when each is delivered or dead, when delivery is paused, when
-        ``outage_after`` transient failures in a row suggest an outage (for the
-        cron drain), or at the timeout. ``progress(pending)`` is called on each
-        check. ``before`` is
-        ``spool.states_through(watermark)`` as it was when the caller's flush began.
-        Backoff and ``Retry-After`` are honoured throughout.
+        Returns when each is delivered or dead, when delivery is paused by a
+        configuration fault (at once if a pause is in effect: ``paused`` says
+        why), when ``outage_after`` transient failures in a row suggest an outage
+        (for the cron drain), or at the timeout. ``progress(pending)`` is called
+        on each check. ``before`` is ``spool.states_through(watermark)`` as it was
+        when the caller's flush began. Backoff and ``Retry-After`` are honoured
+        throughout. Without started threads the sending happens inline, in this
+        thread, driven by ``clock``.
         """
         if before is None:
             before = self.spool.states_through(watermark)
         deadline = self.clock.monotonic() + max(0.0, timeout)
         outage: str | None = None
+        timed_out = False
         self.begin_flush(watermark)
         try:
             while True:
                 states = self.spool.states_through(watermark)
                 pending = states.get("pending", 0) + states.get("leased", 0)
+                now = self.clock.now()
                 with self._cond:
-                    paused = self._paused_reason
+                    paused = self._paused_reason if now < self._pause_until else None
                     if outage_after is not None and self._gate_failures >= outage_after:
                         outage = self._last_failure
                 if progress is not None:
                     progress(pending)
                 remaining = deadline - self.clock.monotonic()
-                if pending == 0 or paused is not None or outage or remaining <= 0:
+                if pending == 0 or paused is not None or outage:
+                    break
+                if remaining <= 0:
+                    timed_out = True
                     break
                 if self.running:
                     with self._cond:
                         self._cond.wait(min(remaining, 1.0))
                 else:
-                    step = self.step(self.clock.now())
-                    if step.batches == 0 and step.wait:
-                        self.clock.sleep(min(step.wait, remaining))
+                    step = self.step(now)
+                    if step.batches == 0:
+                        self.clock.sleep(min(step.wait or IDLE_POLL, remaining))
         finally:
             self.end_flush(watermark)
         dead = states.get("dead", 0) - before.get("dead", 0)
@@ -246,8 +327,8 @@ class Dispatcher:
             delivered=max(0, unsettled - pending - dead),
             dead=dead,
             pending=pending,
-            paused=paused,
-            timed_out=pending > 0 and paused is None and outage is None,
+            paused=self.paused_reason if pending else None,
+            timed_out=timed_out,
             outage=outage,
         )
 
@@ -256,8 +337,9 @@ class Dispatcher:
     def step(self, now: float) -> Step:
         """One unit of dispatch work at wall-clock ``now`` (UTC seconds).
 
-        Without started threads the claimed batches are sent inline before this
-        returns, so a test or the cron drain can drive delivery step by step.
+        Without started threads one claimed batch is sent inline and settled
+        before this returns, so a test or the cron drain can drive delivery step
+        by step (see also :meth:`run_until_idle`).
         """
         reclaimed = 0
         if now >= self._next_reclaim:
@@ -305,6 +387,22 @@ class Dispatcher:
                 break
         return Step(batches=batches, reclaimed=reclaimed, wait=0.0 if batches else None)
 
+    def run_until_idle(self, now: float, max_steps: int = 100_000) -> int:
+        """Inline only: :meth:`step` at ``now`` until a step sends nothing (all due
+        events settled, or the gate or a pause blocks); return the batches sent.
+
+        Raises ``RuntimeError`` while the threads run (they own the sending).
+        """
+        if self.running:
+            raise RuntimeError("run_until_idle() drives an unstarted dispatcher; stop() first")
+        sent = 0
+        for _ in range(max_steps):
+            done = self.step(now).batches
+            if not done:
+                break
+            sent += done
+        return sent
+
     def _cap_wait(self, wait: float | None, now: float) -> float:
         nxt = self._next_reclaim - now
         return max(0.0, nxt if wait is None else min(wait, nxt))
@@ -320,102 +418,274 @@ class Dispatcher:
     # -- sending and settling -----------------------------------------------------
 
     def deliver(self, batch: Batch) -> None:
-        """Send one leased batch and settle every row of it (in this thread)."""
-        if self._halted.is_set():
-            self.spool.release(batch.token)
-            return
-        self._send(batch.token, list(batch.rows))
+        """Send one leased batch and settle every row of it, in this thread.
 
-    def _send(self, token: str, rows: Sequence[Row]) -> None:
-        reply = self.transport.post([r.body for r in rows], self.clock.now())
-        now = self.clock.now()
-        action = Action.RETRY if reply.status is None else classify(reply.status)
-        ids = [r.id for r in rows]
-        if action is Action.DELIVERED:
-            self.spool.ack(token, ids)
-            self._on_success(now)
-        elif action is Action.PAUSE:
-            self.spool.release(token, ids)
-            self._on_config_fault(now, reply)
-        elif action is Action.RETRY:
-            if len(rows) > 1 and self._looks_poisoned(rows, now):
-                self._split(token, rows, now)
+        Never raises: an unexpected error is logged and the rows still held by the
+        lease are rescheduled with backoff (an attempt is counted, so a batch that
+        always breaks something here ends at ``max_attempts``/``max_event_age``
+        instead of spinning). A batch handed out before :meth:`halt`, a pause or
+        the closing of the endpoint gate goes back to the spool unsent.
+        """
+        try:
+            now = self.clock.now()
+            with self._cond:
+                hold = now < self._pause_until or now < self._gate_until
+                probing = self._probing
+            if self._stopping.is_set() or hold:
+                self.spool.release(batch.token)
                 return
-            retry_after = parse_retry_after(reply.retry_after, now)
-            attempt = max(r.attempts for r in rows) + 1
+            rows = self._probe_rows(batch.rows) if probing else batch.rows
+            if len(rows) < len(batch.rows):
+                sent = {r.id for r in rows}
+                self.spool.release(batch.token, [i for i in batch.ids if i not in sent])
+            self._send(batch.token, rows)
+        except SpoolClosed:
+            log.info(
+                "spool closed with %d event(s) in flight; they stay leased in the spool "
+                "and are sent again once the lease ends",
+                len(batch.rows),
+            )
+        except Exception as exc:
+            log.exception(
+                "delivering a batch of %d event(s) failed unexpectedly; they are "
+                "rescheduled and delivery goes on",
+                len(batch.rows),
+            )
+            self._reschedule_after_crash(batch, exc)
+
+    def _reschedule_after_crash(self, batch: Batch, exc: Exception) -> None:
+        now = self.clock.now()
+        attempt = max(r.attempts for r in batch.rows) + 1
+        try:
             self.spool.reschedule(
-                token,
-                ids,
+                batch.token,
+                batch.ids,
                 now,
-                now + self.retry.delay(attempt, retry_after),
-                reply.describe(),
+                now + self.retry.backoff(attempt),
+                f"internal error: {type(exc).__name__}: {exc}",
                 self.retry.max_attempts,
             )
-            self._on_transient(now, retry_after, reply)
-        elif len(rows) > 1:
-            self._split(token, rows, now)
-        else:
-            self.spool.dead_letter(
-                token, ids, now, action.value, reply.status, reply.excerpt or reply.describe()
+        except Exception:
+            log.exception(
+                "could not reschedule lease %s; its events are sent again once it expires",
+                batch.token[:8],
             )
-            self._on_success(now)  # the endpoint answered: it is up
+
+    def _post(self, rows: Sequence[Row]) -> _Try:
+        with self._cond:
+            epoch = self._epoch
+        reply = self.transport.post([r.body for r in rows], self.clock.now())
+        action = Action.RETRY if reply.status is None else classify(reply.status)
+        return _Try(reply, action, self.clock.now(), epoch)
+
+    def _send(self, token: str, rows: Sequence[Row]) -> Action:
+        """POST ``rows`` (held by ``token``) and settle them; return what the reply meant."""
+        attempt = self._post(rows)
+        self._settle(token, rows, attempt)
+        return attempt.action
+
+    def _settle(self, token: str, rows: Sequence[Row], t: _Try) -> None:
+        """Apply DESIGN §5 to ``rows`` for the reply ``t``."""
+        ids = _ids(rows)
+        if t.action is Action.DELIVERED:
+            self.spool.ack(token, ids)
+            self._on_success(t)
+        elif t.action is Action.PAUSE:
+            self.spool.release(token, ids)
+            self._on_config_fault(t)
+        elif t.action is Action.RETRY:
+            poisoned = self._looks_poisoned(rows, t.at)
+            if poisoned and len(rows) > 1:
+                self._isolate(token, rows, t)
+                return
+            self._retry_later(token, rows, t)
+            if not poisoned:  # a lone event failing while others get through: not an outage
+                self._on_transient(t)
+        elif len(rows) > 1:
+            self._split(token, rows, t.at)
+        else:
+            detail = t.reply.excerpt or t.reply.describe()
+            self.spool.dead_letter(token, ids, t.at, t.action.value, t.reply.status, detail)
+            self._on_success(t)  # the endpoint answered: it is up
+
+    def _retry_later(self, token: str, rows: Sequence[Row], t: _Try) -> None:
+        """Reschedule ``rows`` after ``max(backoff, Retry-After)``; those reaching
+        ``max_attempts`` die (reason ``max_attempts``, with the status)."""
+        retry_after = parse_retry_after(t.reply.retry_after, t.at)
+        attempt = max(r.attempts for r in rows) + 1
+        self.spool.reschedule(
+            token,
+            _ids(rows),
+            t.at,
+            t.at + self.retry.delay(attempt, retry_after),
+            t.reply.describe(),
+            self.retry.max_attempts,
+            status=t.reply.status,
+        )
 
     def _split(self, token: str, rows: Sequence[Row], now: float) -> None:
+        """413/4xx for several events: send each half (recursively, so a bad event
+        is isolated in about 2·log2(n) requests). Once a half meets endpoint
+        trouble (a retry or a pause), or :meth:`halt` was called, the rest goes
+        back to the spool unsent."""
         self.spool.extend(token, now + self.config.lease_ttl)
-        half = len(rows) // 2
-        for part in (rows[:half], rows[half:]):
-            if self._halted.is_set():
-                self.spool.release(token, [r.id for r in part])
-            else:
-                self._send(token, part)
+        first, second = _halves(rows)
+        if self._stopping.is_set():
+            self.spool.release(token, _ids(rows))
+            return
+        outcome = self._send(token, first)
+        if outcome in (Action.RETRY, Action.PAUSE) or self._stopping.is_set():
+            self.spool.release(token, _ids(second))
+            return
+        self._send(token, second)
+
+    def _isolate(self, token: str, rows: Sequence[Row], t: _Try) -> None:
+        """``rows`` failed transiently again (``t``) while other batches get through:
+        find the event(s) that make the endpoint fail, so they cannot hold the
+        rest back.
+
+        Each round sends both halves (2 requests) and settles the half that
+        passes; a half that fails is halved again. When both halves fail, the
+        endpoint itself is in trouble: both are rescheduled and the gate closes
+        (3 requests in all). A single event left failing is rescheduled on its
+        own backoff, and logged.
+        """
+        while len(rows) > 1 and not self._stopping.is_set():
+            self.spool.extend(token, t.at + self.config.lease_ttl)
+            first, second = _halves(rows)
+            a = self._post(first)
+            if a.action is not Action.RETRY:
+                self._settle(token, first, a)
+                if a.action is Action.PAUSE or self._stopping.is_set():
+                    self.spool.release(token, _ids(second))
+                    return
+                b = self._post(second)
+                if b.action is not Action.RETRY:
+                    self._settle(token, second, b)  # the failure went away
+                    return
+                rows, t = second, b
+                continue
+            if self._stopping.is_set():
+                self._retry_later(token, first, a)
+                self.spool.release(token, _ids(second))
+                return
+            b = self._post(second)
+            if b.action is Action.RETRY:
+                self._retry_later(token, first, a)
+                self._retry_later(token, second, b)
+                self._on_transient(b)
+                return
+            self._settle(token, second, b)
+            if b.action is Action.PAUSE:
+                self._retry_later(token, first, a)
+                return
+            rows, t = first, a
+        self._retry_later(token, rows, t)
+        if len(rows) == 1:
+            log.warning(
+                "event %s makes %s fail (%s) while other events get through; it is "
+                "retried on its own schedule",
+                rows[0].uuid,
+                self.transport.url,
+                t.reply.describe(),
+            )
+
+    @staticmethod
+    def _probe_rows(rows: Sequence[Row]) -> Sequence[Row]:
+        """The part of a claimed batch that probes a closed gate; the rest goes back
+        to the spool unsent, so a probe is still one request.
+
+        - Events that failed fewer than :data:`POISON_AFTER` times go first when
+          the batch mixes them with events that did (retries are claimed first: a
+          poison event would otherwise be in every probe, and no probe could
+          succeed).
+        - A batch made only of events that failed :data:`STUCK_AFTER` times or
+          more is probed by its first half, so a poison event in a batch that
+          nothing else ever joins cannot hold the others back. Costs one request
+          more after a long outage.
+        """
+        fresher = [r for r in rows if r.attempts < POISON_AFTER]
+        if 0 < len(fresher) < len(rows):
+            return fresher
+        if len(rows) > 1 and min(r.attempts for r in rows) >= STUCK_AFTER:
+            return _halves(rows)[0]
+        return rows
 
     def _looks_poisoned(self, rows: Sequence[Row], now: float) -> bool:
-        """A batch failing transiently again while other batches get through."""
-        recent = self._last_success_at is not None and (
-            now - self._last_success_at <= 2 * self.retry.max_backoff
-        )
-        return recent and min(r.attempts for r in rows) >= 2
-
-    def _on_success(self, now: float) -> None:
+        """Rows of which one failed transiently at least twice before, while other
+        requests got through lately (within ``2 * max_backoff``)."""
         with self._cond:
-            self._last_success_at = now
+            last = self._last_success_at
+        recent = last is not None and now - last <= 2 * self.retry.max_backoff
+        return recent and max(r.attempts for r in rows) >= POISON_AFTER
+
+    def _on_success(self, t: _Try) -> None:
+        resumed = recovered = False
+        with self._cond:
+            self._last_success_at = t.at
+            if t.epoch != self._epoch:
+                return  # sent before the latest failure: says nothing about now
+            recovered = self._gate_failures > 0
+            resumed = self._paused_reason is not None
             self._probing = False
             self._gate_failures = 0
-            if self._paused_reason is not None:
-                log.warning("delivery resumed after a configuration fault")
-                self._paused_reason = None
-                self._pause_faults = 0
+            self._paused_reason = None
+            self._pause_faults = 0
+        if resumed:
+            log.warning("delivery to %s resumed after a configuration fault", self.transport.url)
+        elif recovered:
+            log.info("delivery to %s recovered", self.transport.url)
 
-    def _on_transient(self, now: float, retry_after: float | None, reply: Reply) -> None:
+    def _on_transient(self, t: _Try) -> None:
+        """Close the endpoint gate for ``max(backoff, Retry-After)``; a failure of
+        a request sent while it was already closed only extends it to the
+        ``Retry-After`` it carries."""
+        retry_after = parse_retry_after(t.reply.retry_after, t.at)
         with self._cond:
-            if self._probing or now >= self._gate_until:
-                self._gate_failures += 1
-                self._last_failure = reply.describe()
-                wait = self.retry.delay(self._gate_failures, retry_after)
-                self._gate_until = now + wait
-                self._probing = True
-                log.warning(
-                    "delivery to %s failed (%s); retrying in %.1fs",
-                    self.transport.url,
-                    reply.describe(),
-                    wait,
-                )
-
-    def _on_config_fault(self, now: float, reply: Reply) -> None:
-        with self._cond:
-            self._pause_faults += 1
-            pause = self.pause_policy.pause(self._pause_faults)
-            self._pause_until = now + pause
+            self._last_failure = t.reply.describe()
+            if t.at < self._gate_until:
+                if retry_after is not None:
+                    capped = min(retry_after, self.retry.max_retry_after)
+                    self._gate_until = max(self._gate_until, t.at + capped)
+                return
+            self._gate_failures += 1
+            self._epoch += 1
+            failures = self._gate_failures
+            wait = self.retry.delay(failures, retry_after)
+            self._gate_until = t.at + wait
             self._probing = True
-            if self._paused_reason is None:
-                log.error(
-                    "delivery to %s paused: %s — a configuration fault (check host and "
-                    "api_key); events are kept in the spool and retried every %.0fs or more",
-                    self.transport.url,
-                    reply.describe(),
-                    pause,
-                )
-            self._paused_reason = f"{reply.describe()} from {self.transport.url}"
+        log.log(
+            logging.WARNING if failures == 1 else logging.DEBUG,
+            "delivery to %s failed (%s, %d in a row); next attempt in %.1fs",
+            self.transport.url,
+            t.reply.describe(),
+            failures,
+            wait,
+        )
+
+    def _on_config_fault(self, t: _Try) -> None:
+        """Pause delivery (growing pause); ERROR once per episode."""
+        with self._cond:
+            self._last_failure = t.reply.describe()
+            if t.at < self._pause_until:
+                return  # a request sent before the pause began
+            self._pause_faults += 1
+            self._epoch += 1
+            pause = self.pause_policy.pause(self._pause_faults)
+            self._pause_until = t.at + pause
+            self._probing = True
+            first = self._paused_reason is None
+            self._paused_reason = f"{t.reply.describe()} from {self.transport.url}"
+        if first:
+            log.error(
+                "delivery to %s paused: %s — a configuration fault (check host and "
+                "api_key); events are kept in the spool and retried every %.0fs or more",
+                self.transport.url,
+                t.reply.describe(),
+                pause,
+            )
+        else:
+            log.debug("delivery still paused (%s); next probe in %.0fs", t.reply.describe(), pause)
 
     # -- threads -------------------------------------------------------------------
 
@@ -426,14 +696,13 @@ class Dispatcher:
         if self._pid != os.getpid():  # a forked child: nothing from the parent is ours
             self._after_fork()
         self._stopping.clear()
-        self._halted.clear()
+        self._queue = queue.Queue()  # senders abandoned by an earlier stop() keep the old one
         names = ["spoolpost-dispatcher"] + [
             f"spoolpost-sender-{i}" for i in range(self.config.sender_count)
         ]
-        targets = [self._run] + [self._sender] * self.config.sender_count
-        self._threads = [
-            threading.Thread(target=t, name=n, daemon=True)
-            for t, n in zip(targets, names, strict=True)
+        self._threads = [threading.Thread(target=self._run, name=names[0], daemon=True)] + [
+            threading.Thread(target=self._sender, args=(self._queue,), name=name, daemon=True)
+            for name in names[1:]
         ]
         for thread in self._threads:
             thread.start()
@@ -442,7 +711,6 @@ class Dispatcher:
         self._cond = threading.Condition()
         self._wake = threading.Event()
         self._stopping = threading.Event()
-        self._halted = threading.Event()
         self._queue = queue.Queue()
         self._threads = []
         self._inflight = 0
@@ -456,70 +724,79 @@ class Dispatcher:
             wait: float | None = 1.0
             try:
                 wait = self.step(self.clock.now()).wait
+            except SpoolClosed:
+                return
             except Exception:
                 log.exception("dispatcher step failed; going on")
             if wait == 0.0:
                 continue
             self.clock.wait(self._wake, 5.0 if wait is None else min(wait, 5.0))
 
-    def _sender(self) -> None:
+    def _sender(self, jobs: queue.Queue[Batch | None]) -> None:
         while True:
-            batch = self._queue.get()
+            batch = jobs.get()
             if batch is None:
                 return
             try:
-                if self._stopping.is_set() and self._halted.is_set():
-                    self.spool.release(batch.token)
-                else:
-                    self.deliver(batch)
-            except Exception:
-                log.exception("sender failed on a batch of %d event(s); going on", len(batch.rows))
-                self._release_quietly(batch.token)
+                self.deliver(batch)  # never raises
             finally:
                 with self._cond:
                     self._inflight -= 1
                     self._cond.notify_all()
                 self._wake.set()
 
-    def _release_quietly(self, token: str) -> None:
-        try:
-            self.spool.release(token)
-        except Exception:
-            log.exception("could not release lease %s; it will expire", token[:8])
+    def halt(self) -> None:
+        """Send nothing more: from now on no request is started (a request in
+        flight is still settled); batches handed out go back to the spool.
+        :meth:`stop` begins with this; :meth:`start` undoes it."""
+        self._stopping.set()
+        self._wake.set()
 
     def stop(self, timeout: float) -> None:
         """Stop the threads within ``timeout`` seconds: batches not yet sent go back
-        to the spool; a request still in flight at the deadline is abandoned."""
+        to the spool; a request still in flight at the deadline is abandoned (its
+        sender thread settles it if it ever returns, or the lease expires).
+        Returns by the deadline whatever the senders are blocked in (a hung
+        server, a hung name resolution)."""
         if not self.running:
             return
         deadline = self.clock.monotonic() + max(0.0, timeout)
-        self._stopping.set()
-        self._halted.set()
-        self._wake.set()
-        self._drain_queue()
+        self.halt()
+        jobs = self._queue
+        self._release_queued(jobs)
         for _ in range(self.config.sender_count):
-            self._queue.put(None)
+            jobs.put(None)
         for thread in self._threads:
             thread.join(max(0.0, deadline - self.clock.monotonic()))
         alive = [t.name for t in self._threads if t.is_alive()]
         if alive:
             log.warning(
-                "shutdown deadline reached with %d request(s) in flight; their events "
-                "stay in the spool and are sent again later",
+                "shutdown deadline reached with %d thread(s) busy (%s); the events they "
+                "hold stay in the spool and are sent again later",
                 len(alive),
+                ", ".join(alive),
             )
-        self._drain_queue()
+        self._release_queued(jobs)  # one the dispatcher thread queued as it stopped
         self._threads = []
         with self._cond:
             self._cond.notify_all()
 
-    def _drain_queue(self) -> None:
+    def _release_queued(self, jobs: queue.Queue[Batch | None]) -> None:
+        """Give back every batch waiting in ``jobs``; the stop sentinels stay."""
+        sentinels = 0
         while True:
             try:
-                batch = self._queue.get_nowait()
+                batch = jobs.get_nowait()
             except queue.Empty:
-                return
-            if batch is not None:
-                self._release_quietly(batch.token)
-                with self._cond:
-                    self._inflight -= 1
+                break
+            if batch is None:
+                sentinels += 1
+                continue
+            try:
+                self.spool.release(batch.token)
+            except Exception:
+                log.exception("could not release lease %s; it will expire", batch.token[:8])
+            with self._cond:
+                self._inflight -= 1
+        for _ in range(sentinels):
+            jobs.put(None)

@@ -1,0 +1,142 @@
+"""Shared rig for the failure-policy tests (test_failures, test_shutdown): no tests here.
+
+A :class:`Rig` is a real spool file, a real :class:`HttpTransport` to the real loopback
+endpoint and a :class:`Dispatcher` that is never started: the test drives it with
+``step(now)`` on a :class:`ManualClock`, so backoff is simulated time and never slept.
+Request times are read from the ``sent_at`` each request carries (stamped from the
+injected clock).
+"""
+
+from __future__ import annotations
+
+import itertools
+import sqlite3
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from spoolpost.clock import ManualClock
+from spoolpost.dispatcher import DeliveryConfig, Dispatcher, Step
+from spoolpost.encoding import encode_event
+from spoolpost.events import capture_event
+from spoolpost.policy import PausePolicy, RetryPolicy
+from spoolpost.spool import Spool
+from spoolpost.testing import LocalEndpoint, RecordedRequest
+from spoolpost.transport import HttpTransport, WireFormat
+
+API_KEY = "phc_test_key"
+#: A whole second, so that an HTTP-date (whole seconds) lands exactly where computed.
+START = 1_700_000_000.0
+#: Every pending event goes out at once, in batches of up to 500.
+INLINE = DeliveryConfig(flush_at=1, flush_interval=0.0)
+
+
+def sent_at(request: RecordedRequest) -> float:
+    """The ``sent_at`` stamp of a request, as UTC seconds."""
+    stamp = request.json["sent_at"]
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+
+
+def gaps(requests: Sequence[RecordedRequest]) -> list[float]:
+    """Seconds between consecutive requests, by their ``sent_at``."""
+    times = [sent_at(r) for r in requests]
+    return [b - a for a, b in itertools.pairwise(times)]
+
+
+def make_event(
+    now: float, index: int = 0, pad: int = 0, name: str = "test event"
+) -> tuple[str, bytes]:
+    """An encoded PostHog event (uuid, body) built the way ``Client.capture`` builds it."""
+    event = capture_event(name, "user-1", {"i": index, "pad": "x" * pad}, now=now)
+    return str(event["uuid"]), encode_event(event)
+
+
+@dataclass
+class Rig:
+    """A spool + transport + unstarted dispatcher on a manual clock."""
+
+    path: Path
+    endpoint: LocalEndpoint
+    clock: ManualClock
+    spool: Spool
+    dispatcher: Dispatcher
+    spools: list[Spool] = field(default_factory=list)
+
+    @classmethod
+    def build(
+        cls,
+        path: Path,
+        endpoint: LocalEndpoint,
+        *,
+        config: DeliveryConfig = INLINE,
+        retry: RetryPolicy | None = None,
+        pause: PausePolicy | None = None,
+        gzip: bool = False,
+        wire: WireFormat | None = None,
+        timeout: tuple[float, float] = (2.0, 5.0),
+        clock: ManualClock | None = None,
+    ) -> Rig:
+        clock = clock or ManualClock(start=START)
+        spool = Spool(path)
+        transport = HttpTransport(endpoint.url, API_KEY, gzip=gzip, wire=wire, timeout=timeout)
+        dispatcher = Dispatcher(
+            spool, transport, config=config, retry=retry, pause=pause, clock=clock
+        )
+        return cls(path, endpoint, clock, spool, dispatcher, [spool])
+
+    def restart(self, **options: Any) -> Rig:
+        """A new spool object and dispatcher on the same file and clock: a new process."""
+        self.dispatcher.stop(1.0)
+        self.spool.close()
+        fresh = Rig.build(self.path, self.endpoint, clock=self.clock, **options)
+        fresh.spools = [*self.spools, fresh.spool]
+        return fresh
+
+    def close(self) -> None:
+        self.dispatcher.stop(1.0)
+        for spool in self.spools:
+            spool.close()
+
+    def capture(self, n: int = 1, *, pad: int = 0, name: str = "test event") -> list[str]:
+        """Append ``n`` events at the clock's now; return their uuids."""
+        uuids = []
+        for i in range(n):
+            uuid, body = make_event(self.clock.now(), i, pad, name)
+            assert self.spool.append(uuid, body, self.clock.now())
+            uuids.append(uuid)
+        return uuids
+
+    def step(self) -> Step:
+        return self.dispatcher.step(self.clock.now())
+
+    def run(self, seconds: float, tick: float = 0.1) -> None:
+        """Simulate ``seconds``: at every ``tick``, send whatever may be sent."""
+        end = self.clock.now() + seconds
+        while self.clock.now() < end:
+            self.dispatcher.run_until_idle(self.clock.now())
+            self.clock.advance(tick)
+
+    def states(self) -> dict[str, int]:
+        return self.spool.stats(self.clock.now()).counts
+
+    def pending(self) -> list[dict[str, Any]]:
+        """Rows still in the events table, in capture order."""
+        with self.spool.reader() as conn:
+            conn.row_factory = sqlite3.Row
+            try:
+                rows = conn.execute("SELECT * FROM events ORDER BY id").fetchall()
+            finally:
+                conn.row_factory = None
+        return [dict(r) for r in rows]
+
+    def dead(self) -> list[dict[str, Any]]:
+        """Dead-lettered rows, in the order they died."""
+        with self.spool.reader() as conn:
+            conn.row_factory = sqlite3.Row
+            try:
+                rows = conn.execute("SELECT * FROM dead_events ORDER BY id").fetchall()
+            finally:
+                conn.row_factory = None
+        return [dict(r) for r in rows]
