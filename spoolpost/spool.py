@@ -530,6 +530,12 @@ class Spool:
         """True once :meth:`close` was called."""
         return self._closed
 
+    def __enter__(self) -> Spool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     # -- meta ------------------------------------------------------------------
 
     def bind_key(self, fingerprint: str, *, force: bool = False) -> None:
