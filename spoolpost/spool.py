@@ -305,7 +305,10 @@ class Spool:
         self._writer_conn: sqlite3.Connection | None = None
         self._reader_conn: sqlite3.Connection | None = None
         self._file_id: tuple[int, int] | None = None
+        self._failed_conn: sqlite3.Connection | None = None
+        self._opening = True
         self._open()
+        self._opening = False
         _LIVE.add(self)
 
     # -- opening ---------------------------------------------------------------
@@ -366,8 +369,25 @@ class Spool:
                 raise SpoolLocked(f"spool {self.path} is locked: {exc}") from exc
             if exc.sqlite_errorcode not in _CORRUPT_CODES:
                 raise ConfigError(f"cannot open spool {self.path}: {exc}") from exc
-            self._move_aside(exc)
+            try:
+                self._move_aside(exc)
+            finally:
+                # Closed only now: closing it first would let SQLite delete the
+                # -wal file, which may hold the last commits (and is evidence).
+                if self._failed_conn is not None:
+                    with contextlib.suppress(sqlite3.Error):
+                        self._failed_conn.close()
+                    self._failed_conn = None
             self._connect_and_migrate()
+
+    def _discard(self, conn: sqlite3.Connection, exc: BaseException) -> None:
+        """Close a connection that failed while opening, unless the file is corrupt
+        (then :meth:`_open` closes it after moving the files aside)."""
+        corrupt = isinstance(exc, sqlite3.DatabaseError) and exc.sqlite_errorcode in _CORRUPT_CODES
+        if corrupt and self._opening and self._failed_conn is None:
+            self._failed_conn = conn
+        else:
+            conn.close()
 
     def _connect_and_migrate(self) -> None:
         # Create the file 0600 before SQLite does; SQLite gives -wal and -shm the
@@ -384,8 +404,8 @@ class Spool:
         conn = self._connect()
         try:
             migrations.migrate(conn, f"spool {self.path}")
-        except BaseException:
-            conn.close()
+        except BaseException as exc:
+            self._discard(conn, exc)
             raise
         self._writer_conn = conn
 
@@ -405,8 +425,8 @@ class Spool:
             conn.execute("PRAGMA wal_autocheckpoint=1000")
             # Touch the schema so a non-database file fails here, not later.
             conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
-        except BaseException:
-            conn.close()
+        except BaseException as exc:
+            self._discard(conn, exc)
             raise
         return conn
 

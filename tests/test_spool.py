@@ -1,0 +1,683 @@
+"""The Spool storage seam, on real SQLite files: append (group commit, on_full),
+claim/ack/reschedule/release/dead_letter/extend (including stale lease tokens),
+stats and counters, the flush watermark, file modes, corruption, fork."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import stat
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from spoolpost.errors import (
+    ConfigError,
+    SpoolClosed,
+    SpoolCorrupt,
+    SpoolFull,
+    UnsupportedFilesystem,
+)
+from spoolpost.spool import Batch, Spool, check_filesystem, mount_of
+
+T0 = 1_700_000_000.0
+BIG = 1 << 30
+
+
+@pytest.fixture
+def spool(spool_path: Path) -> Iterator[Spool]:
+    with Spool(spool_path) as s:
+        yield s
+
+
+def body(i: int, size: int = 0) -> bytes:
+    text = f'{{"n":{i}}}'.encode()
+    return text + b" " * max(0, size - len(text))
+
+
+def fill(spool: Spool, n: int, now: float = T0, size: int = 0, first: int = 0) -> None:
+    for i in range(first, first + n):
+        assert spool.append(f"u{i}", body(i, size), now)
+
+
+def claim(spool: Spool, now: float = T0, **options: Any) -> Batch:
+    options.setdefault("max_events", 100)
+    options.setdefault("max_bytes", BIG)
+    options.setdefault("lease_ttl", 60.0)
+    batch = spool.claim(now, **options)
+    assert batch is not None
+    return batch
+
+
+def rows(spool: Spool, columns: str = "id, uuid, state, attempts") -> list[tuple[Any, ...]]:
+    with spool.reader() as conn:
+        return conn.execute(f"SELECT {columns} FROM events ORDER BY id").fetchall()
+
+
+def dead(spool: Spool) -> list[tuple[Any, ...]]:
+    with spool.reader() as conn:
+        return conn.execute(
+            "SELECT event_id, uuid, reason, status, detail, attempts FROM dead_events ORDER BY id"
+        ).fetchall()
+
+
+# -- settings and lifecycle -------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"durability": "disk"}, "durability must be one of"),
+        ({"on_full": "wait"}, "on_full must be one of"),
+        ({"max_spool_bytes": 0}, "max_spool_bytes must be positive"),
+        ({"busy_timeout": -1.0}, "busy_timeout and block_timeout must be >= 0"),
+        ({"block_timeout": -0.5}, "busy_timeout and block_timeout must be >= 0"),
+    ],
+)
+def test_bad_settings_raise_config_error(
+    spool_path: Path, options: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message):
+        Spool(spool_path, **options)
+    assert not spool_path.exists()
+
+
+@pytest.mark.parametrize(("durability", "synchronous"), [("process", 1), ("power", 2)])
+def test_pragmas_are_set_explicitly(spool_path: Path, durability: Any, synchronous: int) -> None:
+    with Spool(spool_path, durability=durability, busy_timeout=2.5) as s, s.reader() as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert conn.execute("PRAGMA synchronous").fetchone()[0] == synchronous
+        assert conn.execute("PRAGMA busy_timeout").fetchone()[0] == 2500
+        assert conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
+        assert conn.execute("PRAGMA journal_size_limit").fetchone()[0] == 64 * 1024 * 1024
+
+
+def test_append_stores_the_body_as_given(spool: Spool) -> None:
+    payload = '{"event":"x","properties":{"é":1}}'.encode()
+    assert spool.append("uuid-1", payload, T0) is True
+    assert rows(spool, "uuid, body, size, captured_at, next_attempt_at, state, attempts") == [
+        ("uuid-1", payload, len(payload), T0, T0, "pending", 0)
+    ]
+
+
+def test_a_closed_spool_refuses_work_and_close_is_idempotent(spool_path: Path) -> None:
+    s = Spool(spool_path)
+    s.close()
+    s.close()
+    assert s.closed
+    with pytest.raises(SpoolClosed, match="is closed"):
+        s.append("u", b"{}", T0)
+    with pytest.raises(SpoolClosed, match="is closed"):
+        s.stats(T0)
+
+
+def test_files_are_created_private(tmp_path: Path) -> None:
+    path = tmp_path / "new" / "deeper" / "events.spool"
+    old = os.umask(0o022)
+    try:
+        with Spool(path) as s:
+            s.append("u", b"{}", T0)
+            modes = {
+                p.name: stat.S_IMODE(p.stat().st_mode)
+                for p in (path, Path(f"{path}-wal"), Path(f"{path}-shm"))
+            }
+    finally:
+        os.umask(old)
+    assert modes == {
+        "events.spool": 0o600,
+        "events.spool-wal": 0o600,
+        "events.spool-shm": 0o600,
+    }
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+
+
+# -- group commit -------------------------------------------------------------------
+
+
+def test_appends_from_many_threads_are_all_written_once(spool: Spool) -> None:
+    threads, each = 8, 150
+    start = threading.Barrier(threads)
+    errors: list[BaseException] = []
+
+    def work(t: int) -> None:
+        start.wait()
+        try:
+            for i in range(each):
+                assert spool.append(f"t{t}-{i}", body(i), T0)
+        except BaseException as exc:
+            errors.append(exc)
+
+    workers = [threading.Thread(target=work, args=(t,)) for t in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+
+    assert errors == []
+    uuids = [uuid for _, uuid, _, _ in rows(spool)]
+    assert len(uuids) == threads * each
+    assert set(uuids) == {f"t{t}-{i}" for t in range(threads) for i in range(each)}
+
+
+# -- claim --------------------------------------------------------------------------
+
+
+def test_claim_takes_due_retries_first_then_fresh_events_by_id(spool: Spool) -> None:
+    fill(spool, 5)
+    first = claim(spool, max_events=2)
+    assert first.ids == [1, 2]
+    spool.reschedule(first.token, [1], T0, T0 + 20, "503")
+    spool.reschedule(first.token, [2], T0, T0 + 10, "503")
+
+    early = claim(spool, T0 + 5)
+    assert early.ids == [3, 4, 5]  # retries not due yet
+    assert spool.release(early.token) == 3
+
+    late = claim(spool, T0 + 20)
+    assert late.ids == [2, 1, 3, 4, 5]  # by due time, then capture order
+    assert [r.attempts for r in late.rows] == [1, 1, 0, 0, 0]
+    assert spool.claim(T0 + 20, max_events=10, max_bytes=BIG, lease_ttl=60) is None
+
+
+@pytest.mark.parametrize(
+    ("max_events", "max_bytes", "ids"),
+    [
+        (3, BIG, [1, 2, 3]),
+        (10, 250, [1, 2]),
+        (10, 300, [1, 2, 3]),
+        (10, 1, [1]),  # always at least one event, however large
+        (1, BIG, [1]),
+    ],
+)
+def test_claim_cuts_a_batch_at_max_events_or_max_bytes(
+    spool: Spool, max_events: int, max_bytes: int, ids: list[int]
+) -> None:
+    fill(spool, 5, size=100)
+    batch = claim(spool, max_events=max_events, max_bytes=max_bytes)
+    assert batch.ids == ids
+    assert batch.size == 100 * len(ids)
+    assert batch.expires_at == T0 + 60
+    assert [state for _, _, state, _ in rows(spool)][: len(ids) + 1] == ["leased"] * len(ids) + [
+        "pending"
+    ] * (len(ids) < 5)
+
+
+def test_claim_dead_letters_events_older_than_max_event_age(spool: Spool) -> None:
+    fill(spool, 3, now=T0)
+    fill(spool, 1, now=T0 + 100, first=3)
+
+    batch = claim(spool, T0 + 150, max_events=1, max_event_age=120)
+
+    assert batch.ids == [4]  # it looked past the expired ones
+    assert [(row[0], row[2]) for row in dead(spool)] == [
+        (1, "expired"),
+        (2, "expired"),
+        (3, "expired"),
+    ]
+    assert spool.counters()["dead"] == 3
+    assert spool.claim(T0 + 150, max_events=1, max_bytes=BIG, lease_ttl=60) is None
+
+
+def test_claim_returns_none_when_nothing_is_due(spool: Spool) -> None:
+    assert spool.claim(T0, max_events=10, max_bytes=BIG, lease_ttl=60) is None
+    fill(spool, 1)
+    claim(spool)
+    assert spool.claim(T0, max_events=10, max_bytes=BIG, lease_ttl=60) is None
+
+
+# -- settle by token ---------------------------------------------------------------------
+
+
+def test_ack_deletes_the_rows_and_counts_them(spool: Spool) -> None:
+    fill(spool, 3)
+    batch = claim(spool)
+    assert spool.ack(batch.token, [1, 2]) == 2
+    assert [r[0] for r in rows(spool)] == [3]
+    assert spool.ack(batch.token, [3]) == 1
+    assert rows(spool) == []
+    assert spool.counters()["delivered"] == 3
+    with spool.reader() as conn:
+        assert conn.execute("SELECT count(*) FROM leases").fetchone()[0] == 0
+
+
+def test_reschedule_counts_an_attempt_and_records_the_error(spool: Spool) -> None:
+    fill(spool, 2)
+    batch = claim(spool)
+    assert spool.reschedule(batch.token, batch.ids, T0 + 1, T0 + 31, "HTTP 503 " * 200) == (2, 0)
+    got = rows(
+        spool,
+        "state, attempts, next_attempt_at, lease_token, lease_expires_at, length(last_error),"
+        " first_failed_at, last_failed_at",
+    )
+    assert got == [("pending", 1, T0 + 31, None, None, 1000, T0 + 1, T0 + 1)] * 2
+    assert spool.next_due_at() == T0 + 31
+
+
+def test_reschedule_dead_letters_rows_at_max_attempts(spool: Spool) -> None:
+    fill(spool, 2)
+    batch = claim(spool)
+    assert spool.reschedule(batch.token, batch.ids, T0, T0, "HTTP 503", 2, status=503) == (2, 0)
+    batch = claim(spool, T0 + 1)
+    assert spool.reschedule(batch.token, batch.ids, T0 + 1, T0 + 2, "HTTP 502", 2, 502) == (0, 2)
+    assert rows(spool) == []
+    assert dead(spool) == [
+        (1, "u0", "max_attempts", 502, "HTTP 502", 2),
+        (2, "u1", "max_attempts", 502, "HTTP 502", 2),
+    ]
+    assert spool.counters()["dead"] == 2
+
+
+@pytest.mark.parametrize("ids", [None, [2]])
+def test_release_gives_rows_back_due_now_without_an_attempt(
+    spool: Spool, ids: list[int] | None
+) -> None:
+    fill(spool, 3)
+    batch = claim(spool)
+    released = spool.release(batch.token, ids)
+    assert released == (3 if ids is None else 1)
+    again = claim(spool)  # the fresh-row cursor went back for them
+    assert again.ids == ([1, 2, 3] if ids is None else [2])
+    assert [r.attempts for r in again.rows] == [0] * released
+
+
+def test_dead_letter_keeps_reason_status_and_an_excerpt(spool: Spool) -> None:
+    fill(spool, 2)
+    batch = claim(spool)
+    assert spool.dead_letter(batch.token, [1], T0, "rejected", 400, "bad " * 500) == 1
+    (row,) = dead(spool)
+    assert row[:4] == (1, "u0", "rejected", 400) and len(row[4]) == 1000
+    stats = spool.stats(T0)
+    assert stats.dead_reasons == {"rejected": 1}
+    assert stats.counts == {"pending": 0, "leased": 1, "dead": 1}
+
+
+def test_extend_moves_the_lease_expiry(spool: Spool) -> None:
+    fill(spool, 2)
+    batch = claim(spool, lease_ttl=10)
+    assert spool.extend(batch.token, T0 + 100) is True
+    assert spool.reclaim(T0 + 50) == 0
+    assert {r[0] for r in rows(spool, "lease_expires_at")} == {T0 + 100}
+    assert spool.reclaim(T0 + 100) == 2
+
+
+SETTLE_WITH_STALE_TOKEN: dict[str, tuple[Callable[[Spool, str, list[int]], Any], Any]] = {
+    "ack": (lambda s, t, ids: s.ack(t, ids), 0),
+    "reschedule": (lambda s, t, ids: s.reschedule(t, ids, T0 + 70, T0 + 99, "late", 1), (0, 0)),
+    "release all": (lambda s, t, ids: s.release(t), 0),
+    "release ids": (lambda s, t, ids: s.release(t, ids), 0),
+    "dead_letter": (lambda s, t, ids: s.dead_letter(t, ids, T0 + 70, "rejected", 400), 0),
+    "extend": (lambda s, t, ids: s.extend(t, T0 + 1000), False),
+}
+
+
+@pytest.mark.parametrize("op", list(SETTLE_WITH_STALE_TOKEN))
+def test_a_stale_lease_token_changes_nothing(spool: Spool, op: str) -> None:
+    settle, expected = SETTLE_WITH_STALE_TOKEN[op]
+    fill(spool, 3)
+    zombie = claim(spool, lease_ttl=60)
+    assert spool.reclaim(T0 + 60) == 3  # the zombie's lease expired
+    current = claim(spool, T0 + 60, lease_ttl=60)
+    before = rows(spool, "id, state, attempts, lease_token, lease_expires_at, next_attempt_at")
+
+    assert settle(spool, zombie.token, zombie.ids) == expected
+
+    assert (
+        rows(spool, "id, state, attempts, lease_token, lease_expires_at, next_attempt_at") == before
+    )
+    assert {r[3] for r in before} == {current.token}
+    assert dead(spool) == []
+    assert spool.counters() == {"delivered": 0, "dead": 0, "dropped": 0, "filtered": 0}
+    assert spool.ack(current.token, current.ids) == 3
+
+
+def test_reclaim_takes_back_leased_rows_whose_lease_record_is_missing(spool: Spool) -> None:
+    fill(spool, 2)
+    claim(spool, lease_ttl=10)
+    with spool.transaction() as conn:
+        conn.execute("DELETE FROM leases")
+    assert spool.reclaim(T0 + 9) == 0
+    assert spool.reclaim(T0 + 10) == 2
+    assert claim(spool, T0 + 10).ids == [1, 2]
+
+
+# -- reading ----------------------------------------------------------------------------
+
+
+def test_stats_and_counters(spool: Spool) -> None:
+    fill(spool, 4, size=50)
+    batch = claim(spool, T0 + 1, max_events=3)
+    spool.ack(batch.token, [1])
+    spool.dead_letter(batch.token, [2], T0 + 2, "too_large", 413, "")
+    spool.reschedule(batch.token, [3], T0 + 2, T0 + 32, "HTTP 503")
+    spool.add_counter("filtered", 2)
+
+    stats = spool.stats(T0 + 12)
+
+    assert stats.counts == {"pending": 2, "leased": 0, "dead": 1}
+    assert stats.bytes == {"pending": 100, "leased": 0, "dead": 50}
+    assert stats.oldest_pending_age == 12.0
+    assert stats.next_attempt_in == 0.0  # event 4 is fresh: due since capture
+    assert stats.dead_reasons == {"too_large": 1}
+    assert stats.counters == {"delivered": 1, "dead": 1, "dropped": 0, "filtered": 2}
+    assert stats.schema_version == 1
+    assert stats.file_bytes > 0 and stats.wal_bytes > 0
+    assert stats.as_dict()["counts"] == stats.counts
+    assert spool.next_due_at() == T0 + 32
+    assert spool.due(T0 + 12, 10) == (1, T0, 0)
+    assert spool.due(T0 + 40, 10) == (2, T0, 1)
+
+
+def test_watermark_covers_what_was_captured_before_it(spool: Spool) -> None:
+    fill(spool, 3, now=T0)
+    mark = spool.watermark(T0 + 1)
+    assert mark == (3, T0 + 1)
+    fill(spool, 1, now=T0 + 2, first=3)  # after the mark
+
+    assert spool.states_through(mark) == {"pending": 3, "leased": 0, "dead": 0}
+    batch = claim(spool, T0 + 2, max_events=3)
+    assert spool.states_through(mark) == {"pending": 0, "leased": 3, "dead": 0}
+    spool.dead_letter(batch.token, [1], T0 + 3, "rejected", 400)
+    spool.ack(batch.token, [2, 3])
+    assert spool.states_through(mark) == {"pending": 0, "leased": 0, "dead": 1}
+
+
+def test_watermark_tells_reused_ids_apart_by_capture_time(spool: Spool) -> None:
+    fill(spool, 2, now=T0)
+    mark = spool.watermark(T0 + 1)
+    batch = claim(spool, T0 + 1)
+    spool.ack(batch.token, batch.ids)  # the spool is empty: ids start over
+
+    fill(spool, 2, now=T0 + 5, first=10)
+    assert [r[0] for r in rows(spool)] == [1, 2]
+
+    assert spool.states_through(mark) == {"pending": 0, "leased": 0, "dead": 0}
+    assert spool.states_through(spool.watermark(T0 + 5)) == {
+        "pending": 2,
+        "leased": 0,
+        "dead": 0,
+    }
+
+
+# -- a full spool -------------------------------------------------------------------------
+
+EVENT = 6000  # bytes: bodies larger than a page, so that deleting rows frees pages
+
+
+def fill_until_full(spool: Spool) -> int:
+    """Append until the spool first refuses; return how many fit."""
+    for n in range(200):
+        try:
+            if not spool.append(f"fill-{n}", body(n, EVENT), T0):
+                return n
+        except SpoolFull:
+            return n
+    raise AssertionError("the spool never filled up")
+
+
+def full_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.levelno == logging.WARNING and "is full" in r.getMessage()
+    ]
+
+
+def free_everything(spool: Spool) -> None:
+    while (batch := spool.claim(T0, max_events=500, max_bytes=BIG, lease_ttl=60)) is not None:
+        spool.ack(batch.token, batch.ids)
+
+
+def test_drop_newest_drops_counts_and_warns_once_per_episode(
+    spool_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, "spoolpost")
+    with Spool(spool_path, max_spool_bytes=128 * 1024) as s:
+        fitted = fill_until_full(s)
+        assert fitted >= 1
+        assert [s.append(f"more-{i}", body(i, EVENT), T0) for i in range(3)] == [False] * 3
+        assert s.stats(T0).counts["pending"] == fitted
+        assert s.counters()["dropped"] == 4
+        assert len(full_warnings(caplog)) == 1
+        assert "on_full=drop_newest" in full_warnings(caplog)[0]
+
+        free_everything(s)
+        assert s.append("after", body(0, EVENT), T0) is True
+        assert any("has room again; 4 event(s)" in r.getMessage() for r in caplog.records)
+        fill_until_full(s)
+        assert len(full_warnings(caplog)) == 2  # a second episode, a second warning
+
+
+def test_drop_oldest_makes_room_by_dropping_the_oldest_pending(
+    spool_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with Spool(spool_path, max_spool_bytes=128 * 1024, on_full="drop_oldest") as s:
+        s.append("first", body(0, EVENT), T0)
+        leased = claim(s, max_events=1)  # leased rows are never dropped
+        for n in range(40):
+            assert s.append(f"e{n}", body(n, EVENT), T0) is True
+        uuids = [uuid for _, uuid, _, _ in rows(s)]
+        dropped = s.counters()["dropped"]
+
+    assert uuids[0] == "first" and leased.ids == [1]
+    assert uuids[-1] == "e39"
+    assert dropped > 0 and len(uuids) == 41 - dropped
+    assert uuids[1:] == [f"e{n}" for n in range(40 - len(uuids) + 1, 40)]
+    assert len(full_warnings(caplog)) == 1
+
+
+def test_raise_policy_raises_spool_full_and_writes_nothing(
+    spool_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with Spool(spool_path, max_spool_bytes=128 * 1024, on_full="raise") as s:
+        fitted = fill_until_full(s)
+        with pytest.raises(SpoolFull, match=r"is full \(max_spool_bytes=131072, on_full=raise\)"):
+            s.append("more", body(0, EVENT), T0)
+        assert s.stats(T0).counts["pending"] == fitted
+        assert s.counters()["dropped"] == 0
+    assert len(full_warnings(caplog)) == 1
+
+
+def test_block_policy_times_out_with_spool_full(spool_path: Path) -> None:
+    with Spool(spool_path, max_spool_bytes=128 * 1024, on_full="block", block_timeout=0.05) as s:
+        fitted = fill_until_full(s)  # the first refusal already waited block_timeout
+        with pytest.raises(SpoolFull, match="on_full=block"):
+            s.append("more", body(0, EVENT), T0)
+        assert s.stats(T0).counts["pending"] == fitted
+
+
+def test_block_policy_unblocks_when_an_ack_frees_room(spool_path: Path) -> None:
+    with Spool(spool_path, max_spool_bytes=128 * 1024, on_full="block", block_timeout=60) as s:
+        n = 0
+        while True:  # fill to just below the bound without blocking
+            probe = Spool(spool_path, max_spool_bytes=128 * 1024, on_full="raise")
+            try:
+                probe.append(f"fill-{n}", body(n, EVENT), T0)
+            except SpoolFull:
+                break
+            finally:
+                probe.close()
+            n += 1
+        blocked = threading.Event()
+
+        class Spy(logging.Handler):
+            def emit(self, record: logging.LogRecord) -> None:
+                if "is full" in record.getMessage():
+                    blocked.set()
+
+        spy = Spy()
+        logging.getLogger("spoolpost").addHandler(spy)
+        result: list[bool] = []
+        try:
+            writer = threading.Thread(
+                target=lambda: result.append(s.append("waiting", body(0, EVENT), T0))
+            )
+            writer.start()
+            assert blocked.wait(10)
+            batch = claim(s, max_events=5)
+            s.ack(batch.token, batch.ids)
+            writer.join(10)
+        finally:
+            logging.getLogger("spoolpost").removeHandler(spy)
+
+        assert not writer.is_alive() and result == [True]
+        assert rows(s)[-1][1] == "waiting"
+
+
+# -- corruption and schema -----------------------------------------------------------------
+
+
+def test_a_corrupt_file_is_moved_aside_and_a_new_spool_started(
+    spool_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    spool_path.parent.mkdir(parents=True)
+    garbage = b"this is not a database\x00" * 400
+    spool_path.write_bytes(garbage)
+    Path(f"{spool_path}-wal").write_bytes(b"junk wal")
+
+    with Spool(spool_path) as s:
+        assert s.append("u", b"{}", T0)
+        assert s.stats(T0).counts["pending"] == 1
+
+    (aside,) = spool_path.parent.glob("events.spool.corrupt-*[0-9TZ]")
+    assert aside.read_bytes() == garbage
+    assert Path(f"{aside}-wal").read_bytes() == b"junk wal"
+    (error,) = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert str(spool_path) in error.getMessage() and str(aside) in error.getMessage()
+
+
+def test_a_second_corrupt_file_does_not_overwrite_the_first(spool_path: Path) -> None:
+    spool_path.parent.mkdir(parents=True)
+    for content in (b"first garbage" * 100, b"second garbage" * 100):
+        spool_path.unlink(missing_ok=True)
+        spool_path.write_bytes(content)
+        Spool(spool_path).close()
+    kept = sorted(p.read_bytes() for p in spool_path.parent.glob("events.spool.corrupt-*"))
+    assert kept == sorted([b"first garbage" * 100, b"second garbage" * 100])
+
+
+def test_a_sqlite_database_that_is_not_a_spool_is_left_alone(spool_path: Path) -> None:
+    spool_path.parent.mkdir(parents=True)
+    with sqlite3.connect(spool_path) as conn:
+        conn.execute("CREATE TABLE users (name TEXT)")
+    conn.close()
+    with pytest.raises(SpoolCorrupt, match=r"not a spoolpost spool \(it holds users\)"):
+        Spool(spool_path)
+    with sqlite3.connect(spool_path) as conn:
+        assert conn.execute("SELECT name FROM sqlite_master").fetchall() == [("users",)]
+    conn.close()
+    assert list(spool_path.parent.glob("*.corrupt-*")) == []
+
+
+def test_a_path_that_cannot_be_opened_raises_config_error(tmp_path: Path) -> None:
+    (tmp_path / "a-directory").mkdir()
+    with pytest.raises(ConfigError, match=r"cannot open spool .*a-directory"):
+        Spool(tmp_path / "a-directory")
+
+
+# -- filesystems ------------------------------------------------------------------------
+
+MOUNTS = """\
+/dev/sda1 / ext4 rw,relatime 0 0
+proc /proc proc rw,nosuid 0 0
+server:/export /mnt/data nfs4 rw,vers=4.2 0 0
+/dev/sdb1 /mnt/data/local ext4 rw 0 0
+//nas/share /mnt/my\\040share cifs rw 0 0
+tmpfs /mnt/data/local/tmp tmpfs rw 0 0
+"""
+
+
+@pytest.mark.parametrize(
+    ("target", "expected"),
+    [
+        ("/home/app/events.spool", ("/", "ext4")),
+        ("/mnt/data/spool/events.spool", ("/mnt/data", "nfs4")),
+        ("/mnt/data", ("/mnt/data", "nfs4")),
+        ("/mnt/database/x", ("/", "ext4")),  # a prefix of the name is not inside
+        ("/mnt/data/local/events.spool", ("/mnt/data/local", "ext4")),
+        ("/mnt/data/local/tmp/s", ("/mnt/data/local/tmp", "tmpfs")),
+        ("/mnt/my share/events.spool", ("/mnt/my share", "cifs")),
+    ],
+)
+def test_mount_of_finds_the_innermost_mount(target: str, expected: tuple[str, str]) -> None:
+    assert mount_of(target, MOUNTS) == expected
+
+
+@pytest.mark.parametrize(
+    ("path", "fstype"),
+    [("/mnt/data/spool/events.spool", "nfs4"), ("/mnt/my share/events.spool", "cifs")],
+)
+def test_check_filesystem_refuses_a_network_mount(path: str, fstype: str) -> None:
+    with pytest.raises(UnsupportedFilesystem, match=f"is on a {fstype} filesystem mounted at"):
+        check_filesystem(Path(path), MOUNTS)
+
+
+def test_check_filesystem_accepts_a_local_disk() -> None:
+    check_filesystem(Path("/mnt/data/local/events.spool"), MOUNTS)
+    check_filesystem(Path("/home/app/events.spool"), MOUNTS)
+
+
+# -- fork -------------------------------------------------------------------------------------
+
+
+def in_child(work: Callable[[], None]) -> int:
+    """Run ``work`` in a forked child; return its exit code (0: it returned)."""
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child's coverage is not collected
+        code = 1
+        try:
+            work()
+            code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status)
+
+
+def test_a_forked_child_appends_through_its_own_connection(spool: Spool) -> None:
+    fill(spool, 1)
+
+    assert in_child(lambda: fill(spool, 5, first=1)) == 0
+
+    fill(spool, 1, first=6)  # the parent's connection still works
+    assert [r[1] for r in rows(spool)] == [f"u{i}" for i in range(7)]
+
+
+def test_a_forked_childs_commits_survive_the_parent_closing_the_spool(
+    spool_path: Path,
+) -> None:
+    # Regression: the child kept the parent's connections open, so SQLite in the
+    # child believed it held the parent's file locks; the parent's close then
+    # checkpointed and deleted the WAL under the child's later commits.
+    parent = Spool(spool_path)
+    fill(parent, 1)
+    ready_r, ready_w = os.pipe()
+    go_r, go_w = os.pipe()
+
+    def child_work() -> None:
+        fill(parent, 1, first=1)
+        os.write(ready_w, b"1")
+        assert os.read(go_r, 1) == b"1"
+        fill(parent, 10, first=2)
+
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover
+        code = 1
+        try:
+            child_work()
+            code = 0
+        finally:
+            os._exit(code)
+    assert os.read(ready_r, 1) == b"1"
+    parent.close()
+    os.write(go_w, b"1")
+    _, status = os.waitpid(pid, 0)
+    for fd in (ready_r, ready_w, go_r, go_w):
+        os.close(fd)
+
+    assert os.waitstatus_to_exitcode(status) == 0
+    with Spool(spool_path) as again:
+        assert len(rows(again)) == 12
