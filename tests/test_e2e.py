@@ -31,6 +31,7 @@ from hypothesis import strategies as st
 from spoolpost import Client, EncodingError, EventTooLarge
 from spoolpost._version import __version__
 from spoolpost.dispatcher import FlushResult
+from spoolpost.policy import RetryPolicy
 from spoolpost.spool import Spool
 from spoolpost.testing import LocalEndpoint, RecordedRequest, Response
 
@@ -227,6 +228,39 @@ def test_concurrent_flushes_each_wait_for_their_own_events(
             assert result.pending == 0 and not result.timed_out
     delivered = endpoint.delivered_uuids()
     assert len(delivered) == len(set(delivered)) == threads * rounds * 20
+
+
+def test_a_retry_resends_the_same_bytes_with_a_new_sent_at(
+    make_client: MakeClient, endpoint: LocalEndpoint
+) -> None:
+    endpoint.respond(Response(503, headers={"Retry-After": "0"}))
+    client = make_client(retry=RetryPolicy(initial_backoff=0.05, max_backoff=0.1), **QUIET)
+    captured = [client.capture("e", "u", {"i": i}) for i in range(3)]
+
+    result = client.flush(timeout=30)
+
+    assert result == FlushResult(delivered=3)
+    failed, retried = endpoint.requests
+    assert (failed.status, retried.status) == (503, 200)
+    assert failed.uuids == retried.uuids == captured
+    assert failed.json["batch"] == retried.json["batch"]  # the stored events, unchanged
+    assert parse_utc(failed.json["sent_at"]) < parse_utc(retried.json["sent_at"])
+
+
+@pytest.mark.parametrize("status", [401, 403, 404])
+def test_flush_returns_at_once_when_delivery_pauses_on_a_configuration_fault(
+    make_client: MakeClient, endpoint: LocalEndpoint, status: int
+) -> None:
+    endpoint.default = Response(status, body=b'{"error":"invalid api key"}')
+    client = make_client(**QUIET)
+    client.capture("e", "u")
+
+    result = client.flush(timeout=30)
+
+    assert not result.timed_out
+    assert result.pending == 1 and result.delivered == 0
+    assert result.paused is not None and f"HTTP {status}" in result.paused
+    assert pending_in(client.spool.path) == 1  # kept for when the key is fixed
 
 
 # -- shutdown with the endpoint down ----------------------------------------------------------
