@@ -472,9 +472,12 @@ class Client:
         """
         if self.disabled or self._shut:
             return FlushResult()
-        self._save_filtered()
-        watermark = self.spool.watermark(self.clock.now())
-        before = self.spool.states_through(watermark)
+        try:
+            self._save_filtered()
+            watermark = self.spool.watermark(self.clock.now())
+            before = self.spool.states_through(watermark)
+        except SpoolClosed:  # a shutdown() in another thread got there first
+            return FlushResult()
         if not self.send:
             return FlushResult(pending=before["pending"] + before["leased"])
         if not self._delivering:

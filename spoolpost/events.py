@@ -87,7 +87,7 @@ def _name(name: str, value: object) -> str:
 
 def _mapping(name: str, value: object, *, optional: bool = True) -> dict[str, Any]:
     """A shallow copy of the mapping ``value`` (``{}`` for an allowed None)."""
-    if isinstance(value, Mapping):
+    if type(value) is dict or isinstance(value, Mapping):  # the ABC check only if needed
         return dict(value)
     if value is None and optional:
         return {}
@@ -165,9 +165,10 @@ def capture_event(
     name = _name("event", event)
     person = _id("distinct_id", distinct_id)
     props = _mapping("properties", properties)
-    group_map = _mapping("groups", groups)
-    if group_map:
-        props["$groups"] = group_map
+    if groups is not None:
+        group_map = _mapping("groups", groups)
+        if group_map:
+            props["$groups"] = group_map
     return _build(name, person, props, timestamp, uuid, now, disable_geoip)
 
 
