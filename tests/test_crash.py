@@ -44,7 +44,7 @@ class Child:
         return self.proc.stdout
 
     def lines_until_ready(self) -> list[str]:
-        lines = []
+        lines: list[str] = []
         for line in self.stdout:
             if line.strip() == "ready":
                 return lines

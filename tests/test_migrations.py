@@ -3,6 +3,7 @@ a newer schema is refused; concurrent first opens apply each migration once."""
 
 from __future__ import annotations
 
+import importlib.resources
 import shutil
 import sqlite3
 import subprocess
@@ -199,6 +200,6 @@ def test_a_missing_migrations_folder_is_an_installation_fault(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(migrations, "__file__", str(tmp_path / "spoolpost" / "migrations.py"))
-    monkeypatch.setattr(migrations.resources, "files", lambda _: tmp_path / "nowhere")
+    monkeypatch.setattr(importlib.resources, "files", lambda _: tmp_path / "nowhere")
     with pytest.raises(SpoolCorrupt, match="migrations are missing from this installation"):
         migrations.load_migrations()
