@@ -20,6 +20,7 @@ from spoolpost.errors import (
     SpoolClosed,
     SpoolCorrupt,
     SpoolFull,
+    SpoolLocked,
     UnsupportedFilesystem,
 )
 from spoolpost.spool import Batch, Spool, check_filesystem, mount_of
@@ -681,3 +682,48 @@ def test_a_forked_childs_commits_survive_the_parent_closing_the_spool(
     assert os.waitstatus_to_exitcode(status) == 0
     with Spool(spool_path) as again:
         assert len(rows(again)) == 12
+
+
+# -- locks held by others -----------------------------------------------------------------
+
+
+def test_a_writer_lock_held_past_busy_timeout_raises_spool_locked(spool_path: Path) -> None:
+    with Spool(spool_path, busy_timeout=0.05) as s:
+        other = sqlite3.connect(spool_path, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
+        try:
+            with pytest.raises(SpoolLocked, match="stayed locked"):
+                s.append("u1", b"{}", T0)
+        finally:
+            other.execute("COMMIT")
+            other.close()
+        assert s.append("u2", b"{}", T0) is True  # nothing was left half-done
+        assert [r[1] for r in rows(s)] == ["u2"]
+
+
+def test_opening_a_file_another_process_holds_exclusively_raises_spool_locked(
+    spool_path: Path,
+) -> None:
+    spool_path.parent.mkdir(parents=True)
+    other = sqlite3.connect(spool_path, isolation_level=None)
+    other.execute("BEGIN EXCLUSIVE")
+    try:
+        with pytest.raises(SpoolLocked, match="is locked"):
+            Spool(spool_path, busy_timeout=0.05)
+    finally:
+        other.execute("COMMIT")
+        other.close()
+    assert list(spool_path.parent.glob("*.corrupt-*")) == []
+    with Spool(spool_path) as s:
+        assert s.append("u", b"{}", T0)
+
+
+def test_a_failed_write_transaction_is_rolled_back_and_the_spool_goes_on(spool: Spool) -> None:
+    with (
+        pytest.raises(sqlite3.OperationalError, match="no such table"),
+        spool.transaction() as conn,
+    ):
+        conn.execute("INSERT INTO counters (name, value) VALUES ('delivered', 5)")
+        conn.execute("DELETE FROM no_such_table")
+    assert spool.counters()["delivered"] == 0
+    assert spool.append("u", b"{}", T0) is True
