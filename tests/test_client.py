@@ -272,7 +272,7 @@ def test_timestamps_are_sent_as_utc_rfc3339(
 
 
 def test_max_event_bytes_is_inclusive(make_client: MakeClient, spool_path: Path) -> None:
-    fixed = {"timestamp": "2025-01-02T03:04:05Z", "uuid": FIXED_UUID}
+    fixed: dict[str, Any] = {"timestamp": "2025-01-02T03:04:05Z", "uuid": FIXED_UUID}
     probe = make_client(send=False, spool=spool_path.with_name("probe.spool"))
     probe.capture("e", "u", {"pad": "x" * 100}, **fixed)
     [size] = stored_sizes(probe.spool.path)
@@ -584,7 +584,7 @@ def test_concurrent_shutdowns_flush_once(make_client: MakeClient, endpoint: Loca
     assert sorted(results, key=lambda r: r.delivered) == [FlushResult()] * 3 + [
         FlushResult(delivered=20)
     ]
-    assert sorted(endpoint.delivered_uuids()) == sorted(captured)
+    assert sorted(endpoint.delivered_uuids()) == sorted(str(u) for u in captured)
 
 
 def test_context_manager_delivers_and_shuts_down(spool_path: Path, endpoint: LocalEndpoint) -> None:

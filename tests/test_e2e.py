@@ -39,7 +39,7 @@ API_KEY = "phc_test_key"
 MakeClient = Callable[..., Client]
 RFC3339_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{6})?Z$")
 LIB = {"$lib": "spoolpost", "$lib_version": __version__}
-QUIET = {"flush_at": 100_000, "flush_interval": 3600.0}  # send on flush() only
+QUIET: dict[str, Any] = {"flush_at": 100_000, "flush_interval": 3600.0}  # send on flush() only
 
 
 def parse_utc(text: str) -> datetime:
