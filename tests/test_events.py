@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import enum
 import json
+import numbers
 import re
 import uuid
 from collections.abc import Callable, Iterator
@@ -20,6 +21,7 @@ from spoolpost.events import (
     capture_event,
     group_identify_event,
     identify_event,
+    normalize_uuid,
     set_event,
     set_once_event,
 )
@@ -416,3 +418,73 @@ def test_identify_uses_documented_posthog_names() -> None:
     event = identify_event("u1", {"email": "a@example.com"}, now=NOW)
     assert event["event"] == "$identify"
     assert event["properties"]["$set"] == {"email": "a@example.com"}
+
+
+class Count:
+    """An integer type that is not an ``int`` (like a NumPy integer): registered as
+    ``numbers.Integral`` and usable as an index."""
+
+    def __init__(self, value: int) -> None:
+        self.value = value
+
+    def __index__(self) -> int:
+        return self.value
+
+
+numbers.Integral.register(Count)
+
+
+def test_other_integral_types_are_sent_as_their_number() -> None:
+    event = capture_event("e", wrong(Count(12)), now=NOW)
+    group = group_identify_event("company", wrong(Count(7)), now=NOW)
+
+    assert event["distinct_id"] == "12"
+    assert group["properties"]["$group_key"] == "7"
+
+
+GEOIP_BUILDERS: list[tuple[str, Callable[..., dict[str, Any]]]] = [
+    ("capture", lambda **kw: capture_event("e", "u", {"a": 1}, now=NOW, **kw)),
+    ("identify", lambda **kw: identify_event("u", {"a": 1}, now=NOW, **kw)),
+    ("set", lambda **kw: set_event("u", {"a": 1}, now=NOW, **kw)),
+    ("set_once", lambda **kw: set_once_event("u", {"a": 1}, now=NOW, **kw)),
+    ("alias", lambda **kw: alias_event("a", "b", now=NOW, **kw)),
+    ("group_identify", lambda **kw: group_identify_event("company", "acme", now=NOW, **kw)),
+]
+
+
+@pytest.mark.parametrize(
+    "build", [b for _, b in GEOIP_BUILDERS], ids=[n for n, _ in GEOIP_BUILDERS]
+)
+def test_disable_geoip_adds_the_posthog_flag(build: Callable[..., dict[str, Any]]) -> None:
+    plain = build()
+    flagged = build(disable_geoip=True)
+
+    assert "$geoip_disable" not in plain["properties"]
+    assert build(disable_geoip=False)["properties"] == plain["properties"]
+    assert flagged["properties"] == {**plain["properties"], "$geoip_disable": True}
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        (uuid.UUID(GIVEN_UUID), GIVEN_UUID),
+        (GIVEN_UUID.upper(), GIVEN_UUID),
+        ("{" + GIVEN_UUID + "}", GIVEN_UUID),
+        (GIVEN_UUID.replace("-", ""), GIVEN_UUID),
+    ],
+)
+def test_normalize_uuid(given: object, expected: str) -> None:
+    assert normalize_uuid(given) == expected
+
+
+@pytest.mark.parametrize(
+    ("given", "message"),
+    [
+        ("nope", "uuid must be a UUID or a str holding one, got 'nope'"),
+        (None, "uuid must be a UUID or a str holding one, got NoneType"),
+        (7, "uuid must be a UUID or a str holding one, got int"),
+    ],
+)
+def test_normalize_uuid_refuses_anything_else(given: object, message: str) -> None:
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        normalize_uuid(given)
