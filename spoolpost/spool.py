@@ -603,7 +603,9 @@ class Spool:
 
         Concurrent callers share transactions (group commit): one of them writes
         every waiting event in one ``BEGIN IMMEDIATE`` … ``COMMIT`` while the
-        others wait for it.
+        others wait for it. A lone event is one autocommit INSERT (a
+        single-statement transaction that takes the write lock first, like
+        ``BEGIN IMMEDIATE``).
 
         Returns True if the event is in the spool, False if ``on_full`` dropped
         it (counted as ``dropped``). Raises :class:`SpoolFull` (``raise``, or
@@ -656,23 +658,34 @@ class Spool:
                     self._gc_cond.notify_all()
 
     def _write_appends(self, batch: list[_Append]) -> None:
-        # The capture path: the transaction of _write(), spelled out to spare
-        # the generator's overhead on every event.
+        # The capture path. A lone event within the size budget is one INSERT in
+        # autocommit mode: a single-statement transaction, which takes the write
+        # lock (waiting up to busy_timeout) before it reads anything, exactly as
+        # BEGIN IMMEDIATE would, and spares two statements (~20% of a capture).
+        # Groups and size checks use an explicit BEGIN IMMEDIATE transaction.
         cost = 2 * (len(batch[0].body) if len(batch) == 1 else sum(len(it.body) for it in batch))
         with self._wlock:
             conn = self._writer_conn or self._writer()
+            space = self._space
+            if len(batch) == 1 and cost < space.budget:
+                it = batch[0]
+                try:
+                    conn.execute(_INSERT, (it.uuid, it.body, len(it.body), it.now, it.now))
+                except sqlite3.OperationalError as exc:
+                    if exc.sqlite_errorcode in _BUSY_CODES:
+                        raise SpoolLocked(f"spool {self.path} stayed locked: {exc}") from exc
+                    raise
+                space.budget -= cost
+                it.written = it.done = True
+                return
             self._begin(conn)
             try:
-                space = self._space
                 if cost < space.budget:
                     space.budget -= cost
                     keep = batch
                 else:
                     keep = self._make_room(conn, batch, cost)
-                if len(keep) == 1:
-                    it = keep[0]
-                    conn.execute(_INSERT, (it.uuid, it.body, len(it.body), it.now, it.now))
-                elif keep:
+                if keep:
                     conn.executemany(
                         _INSERT, [(it.uuid, it.body, len(it.body), it.now, it.now) for it in keep]
                     )
@@ -971,7 +984,7 @@ class Spool:
         ``rejected``, …), the HTTP ``status`` if any and a ``detail`` (a body
         excerpt). Returns the number dead-lettered (0 for a stale token)."""
         with self._write() as conn:
-            n = self._kill(conn, ids, token, now, reason, status, detail)
+            n = self._kill(conn, ids, token, now, reason, status, detail, tried=1)
             self._forget_lease(conn, token)
         return n
 
@@ -984,8 +997,10 @@ class Spool:
         reason: str,
         status: int | None,
         detail: str,
+        tried: int = 0,
     ) -> int:
-        """Move rows ``ids`` (held by ``token``, or unleased when None) to dead_events."""
+        """Move rows ``ids`` (held by ``token``, or unleased when None) to dead_events;
+        ``tried`` is 1 when a request that was not yet counted in ``attempts`` failed."""
         if not ids:
             return 0
         params: tuple[str, ...]
@@ -997,9 +1012,9 @@ class Spool:
             conn.execute(
                 "INSERT INTO dead_events (event_id, uuid, body, size, captured_at, attempts,"
                 " reason, status, detail, first_failed_at, last_failed_at, dead_at)"
-                " SELECT id, uuid, body, size, captured_at, attempts, ?, ?, ?,"
+                " SELECT id, uuid, body, size, captured_at, attempts + ?, ?, ?, ?,"
                 f" coalesce(first_failed_at, ?), ?, ? FROM events WHERE {where}",
-                (reason, status, detail[:1000], now, now, now, *params),
+                (tried, reason, status, detail[:1000], now, now, now, *params),
             ).rowcount
         )
         conn.execute(f"DELETE FROM events WHERE {where}", params)
@@ -1029,6 +1044,9 @@ class Spool:
         is missing are taken back once their expiry passed. Returns the number of
         events made pending again.
         """
+        # Rows that other processes gave back may lie behind the fresh-row
+        # cursor; this runs every few seconds, so they wait at most that long.
+        self._cursor = 0
         with self._read() as conn:
             leases = conn.execute(
                 "SELECT token, host, pid, pid_start, expires_at FROM leases"

@@ -291,9 +291,24 @@ def test_dead_letter_keeps_reason_status_and_an_excerpt(spool: Spool) -> None:
     assert spool.dead_letter(batch.token, [1], T0, "rejected", 400, "bad " * 500) == 1
     (row,) = dead(spool)
     assert row[:4] == (1, "u0", "rejected", 400) and len(row[4]) == 1000
+    assert row[5] == 1  # the rejected request counts as an attempt, as max_attempts' do
     stats = spool.stats(T0)
     assert stats.dead_reasons == {"rejected": 1}
     assert stats.counts == {"pending": 0, "leased": 1, "dead": 1}
+
+
+def test_rows_given_back_by_another_process_are_claimed_after_the_next_reclaim(
+    spool_path: Path, spool: Spool
+) -> None:
+    fill(spool, 3)
+    with Spool(spool_path) as other:
+        theirs = claim(other, max_events=1)  # id 1, leased by "another process"
+        assert claim(spool).ids == [2, 3]  # this spool's cursor moves past 1
+        fill(spool, 2, first=3)  # ids 4, 5 keep the scan above the cursor busy
+        assert other.release(theirs.token) == 1
+    assert claim(spool, max_events=1).ids == [4]  # row 1 is behind the cursor
+    spool.reclaim(T0)  # the dispatcher calls this every few seconds
+    assert claim(spool).ids == [1, 5]
 
 
 def test_extend_moves_the_lease_expiry(spool: Spool) -> None:
