@@ -383,7 +383,7 @@ class Spool:
     def _discard(self, conn: sqlite3.Connection, exc: BaseException) -> None:
         """Close a connection that failed while opening, unless the file is corrupt
         (then :meth:`_open` closes it after moving the files aside)."""
-        corrupt = isinstance(exc, sqlite3.DatabaseError) and exc.sqlite_errorcode in _CORRUPT_CODES
+        corrupt = _is_corrupt(exc)
         if corrupt and self._opening and self._failed_conn is None:
             self._failed_conn = conn
         else:
@@ -459,6 +459,38 @@ class Spool:
             exc,
             aside,
         )
+
+    def _reopen(self, exc: BaseException | None) -> None:
+        """Start over on the file now at ``path``: after ``exc`` (a corruption found
+        in use) move the corrupt file aside first, unless another process already
+        did. Later captures go to the new spool; nothing already in the old file
+        is deleted (it stays at ``<path>.corrupt-<timestamp>`` for an operator)."""
+        with self._wlock, self._rlock:
+            old = [c for c in (self._writer_conn, self._reader_conn) if c is not None]
+            self._writer_conn = self._reader_conn = None
+            try:
+                if exc is not None:
+                    self._move_aside(exc)
+            finally:
+                for conn in old:
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.close()
+            self._cursor = 0
+            self._space = _Space()
+            self._connect_and_migrate()
+
+    def _follow_file(self) -> None:
+        """Reopen if the file at ``path`` is no longer the one this spool has open
+        (another process moved a corrupt spool aside and started a new one)."""
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            current = None
+        else:
+            current = (st.st_dev, st.st_ino)
+        if current != self._file_id and not self._closed:
+            log.warning("spool %s was replaced by another process; reopening it", self.path)
+            self._reopen(None)
 
     def _writer(self) -> sqlite3.Connection:
         if self._closed:
@@ -613,12 +645,18 @@ class Spool:
         :class:`SpoolClosed`.
         """
         deadline = None
+        recovered = False
         while True:
             freed = self._freed
             item = _Append(uuid, body, now)
             self._group_commit(item)
             if item.error is None:
                 return item.written
+            if _is_corrupt(item.error) and not recovered:
+                # DESIGN §1: a corrupt spool never stops the app.
+                recovered = True
+                self._reopen(item.error)
+                continue
             if not (isinstance(item.error, _Full) and self.on_full == "block"):
                 raise item.error.as_public() if isinstance(item.error, _Full) else item.error
             if deadline is None:
@@ -1047,6 +1085,7 @@ class Spool:
         # Rows that other processes gave back may lie behind the fresh-row
         # cursor; this runs every few seconds, so they wait at most that long.
         self._cursor = 0
+        self._follow_file()
         with self._read() as conn:
             leases = conn.execute(
                 "SELECT token, host, pid, pid_start, expires_at FROM leases"
@@ -1186,6 +1225,10 @@ class Spool:
             finally:
                 conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout * 1000)}")
         return not busy
+
+
+def _is_corrupt(exc: BaseException) -> bool:
+    return isinstance(exc, sqlite3.DatabaseError) and exc.sqlite_errorcode in _CORRUPT_CODES
 
 
 class _Full(Exception):

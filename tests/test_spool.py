@@ -4,6 +4,7 @@ stats and counters, the flush watermark, file modes, corruption, fork."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sqlite3
@@ -563,6 +564,44 @@ def test_a_corrupt_file_is_moved_aside_and_a_new_spool_started(
     assert Path(f"{aside}-wal").read_bytes() == b"junk wal"
     (error,) = [r for r in caplog.records if r.levelno == logging.ERROR]
     assert str(spool_path) in error.getMessage() and str(aside) in error.getMessage()
+
+
+def test_corruption_found_while_capturing_moves_the_spool_aside_and_capture_goes_on(
+    spool_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with Spool(spool_path) as s:
+        fill(s, 50, size=200)
+        s.checkpoint()
+        with s.reader() as conn:
+            root = conn.execute("SELECT rootpage FROM sqlite_master WHERE name = 'events'")
+            (page,) = root.fetchone()
+            (page_size,) = conn.execute("PRAGMA page_size").fetchone()
+    with open(spool_path, "r+b") as f:  # scribble over the events table's root page
+        f.seek((page - 1) * page_size)
+        f.write(b"\xff" * page_size)
+
+    with Spool(spool_path) as s:  # the schema (page 1) still reads fine
+        assert s.append("after", body(1), T0)
+        assert [r[1] for r in rows(s)] == ["after"]
+    (aside,) = spool_path.parent.glob("events.spool.corrupt-*[0-9TZ]")
+    (error,) = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert str(aside) in error.getMessage()
+
+
+def test_a_spool_replaced_by_another_process_is_followed(spool_path: Path) -> None:
+    with Spool(spool_path) as s:
+        fill(s, 1)
+        os.replace(spool_path, spool_path.with_name("moved-aside"))
+        for suffix in ("-wal", "-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                os.replace(
+                    f"{spool_path}{suffix}", f"{spool_path.with_name('moved-aside')}{suffix}"
+                )
+        with Spool(spool_path) as other:  # "another process" starts a new spool
+            assert other.append("new", body(2), T0)
+        s.reclaim(T0)  # the dispatcher's periodic check
+        assert s.append("after", body(3), T0)
+        assert [r[1] for r in rows(s)] == ["new", "after"]
 
 
 def test_a_second_corrupt_file_does_not_overwrite_the_first(spool_path: Path) -> None:
