@@ -198,7 +198,7 @@ def test_spooled_event_json_line_adds_the_spool_metadata(spool: Spool) -> None:
     assert meta == {
         "state": "dead",
         "id": 1,
-        "attempts": 0,
+        "attempts": 1,
         "captured_at": T0,
         "reason": "rejected",
         "status": 400,
