@@ -132,6 +132,13 @@ class HttpTransport:
         if session is None:
             session = requests.Session()
             session.headers["User-Agent"] = USER_AGENT
+            # Read the environment (HTTPS_PROXY/NO_PROXY, REQUESTS_CA_BUNDLE) once
+            # per session instead of on every request, where requests spends
+            # about a quarter of its time; the result is pinned on the session.
+            env = session.merge_environment_settings(self.url, {}, None, self.verify, None)
+            session.proxies.update(env["proxies"])
+            session.verify = env["verify"]
+            session.trust_env = False
             self._local.session = session
         return session
 
@@ -154,7 +161,6 @@ class HttpTransport:
                 headers=headers,
                 timeout=self.timeout,
                 allow_redirects=False,
-                verify=self.verify,
             )
         except requests.RequestException as exc:
             return Reply(None, error=f"{type(exc).__name__}: {exc}"[:500])
