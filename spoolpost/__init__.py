@@ -14,7 +14,7 @@ posthog-python's module API works::
     spoolpost.flush()
 
 The default client is created on first use from the module attributes below
-(``api_key`` or ``project_api_key``, ``host``, ``spool``, ``disabled``, ``send``,
+(``api_key`` or ``project_api_key``, ``host``, ``spool_path``, ``disabled``, ``send``,
 ``before_send``, ``disable_geoip``, and any other :class:`Client` argument in
 ``client_options``), or explicitly with :func:`configure`. Without an API key (and
 not ``disabled``) the first capture raises :class:`ConfigError`.
@@ -81,7 +81,7 @@ __all__ = [
 api_key: str | None = os.environ.get("SPOOLPOST_API_KEY")
 project_api_key: str | None = None  # posthog-python's other name for api_key
 host: str = os.environ.get("SPOOLPOST_HOST", DEFAULT_HOST)
-spool: str | None = None
+spool_path: str | None = None  # not `spool`: that would hide the spoolpost.spool module
 disabled: bool = False
 send: bool = True
 before_send: BeforeSend | None = None
@@ -120,8 +120,8 @@ def _make_client(key: str | None, base: str | None, options: Mapping[str, Any]) 
         **client_options,
         **options,
     }
-    if spool is not None:
-        settings.setdefault("spool", spool)
+    if spool_path is not None:
+        settings.setdefault("spool", spool_path)
     if not key:
         if settings.get("disabled"):
             return Client("disabled", base or host, **settings)

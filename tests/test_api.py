@@ -41,7 +41,7 @@ def module_settings(
         "api_key": API_KEY,
         "project_api_key": None,
         "host": endpoint.url,
-        "spool": str(spool_path),
+        "spool_path": str(spool_path),
         "disabled": False,
         "send": True,
         "before_send": None,
@@ -53,6 +53,12 @@ def module_settings(
         monkeypatch.setattr(spoolpost, name, value)
     yield
     spoolpost.shutdown(timeout=1)
+
+
+def test_the_spool_module_is_not_hidden_by_a_setting() -> None:
+    import spoolpost.spool as module
+
+    assert module.Spool is spoolpost.Spool
 
 
 # -- the call forms ---------------------------------------------------------------------------
