@@ -506,6 +506,7 @@ def bench_drain(sizes: Sizes) -> dict[str, Any]:
         log(f"  filling a spool with {n} events ...")
         fill_s = fill_spool(path, n)
         spool_mb = path.stat().st_size / 1e6
+        endpoint_cpu = ep.stats()["cpu_s"]
         launched = time.time()
         out_path, err_path = d / "drain.out", d / "drain.err"
         with open(out_path, "wb") as out, open(err_path, "wb") as err:
@@ -526,6 +527,7 @@ def bench_drain(sizes: Sizes) -> dict[str, Any]:
                 ],
                 stdout=out,
                 stderr=err,
+                cwd=d,  # not the caller's folder: `-c` puts the cwd first on sys.path
             )
             log(f"  draining (budget {sizes.drain_budget:.0f} s) ...")
             # wait4, not wait(): it gives this child's own peak RSS (KiB on Linux).
@@ -553,6 +555,8 @@ def bench_drain(sizes: Sizes) -> dict[str, Any]:
         "first_request_after_open_s": None if first is None else first - opened,
         "first_request_after_launch_s": None if first is None else first - launched,
         "peak_rss_mb": usage.ru_maxrss / 1024,
+        "drain_cpu_s": usage.ru_utime + usage.ru_stime,
+        "endpoint_cpu_s": stats["cpu_s"] - endpoint_cpu,
         "spool_file_mb": spool_mb,
         "fill_seconds": fill_s,
         "exit_code": proc.returncode,

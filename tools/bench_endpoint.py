@@ -10,8 +10,9 @@ Parent side: :class:`EndpointProcess` (``with EndpointProcess() as ep: ep.url``)
 Child side: ``python tools/bench_endpoint.py`` reads one command per line on stdin
 and answers one JSON line on stdout:
 
-- ``stats``: ``{"requests", "events", "first_at", "last_at"}`` (``time.time()``
-  seconds of the first and latest counted request, null before any);
+- ``stats``: ``{"requests", "events", "first_at", "last_at", "cpu_s"}``
+  (``time.time()`` seconds of the first and latest counted request, null before
+  any; the endpoint process's CPU seconds so far);
 - ``reset``: zero the counters;
 - ``stall DELAY TIMES``: the next TIMES requests are answered after DELAY seconds
   (``Response(delay=DELAY)``; these are not counted);
@@ -22,6 +23,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import resource
 import subprocess
 import sys
 import threading
@@ -40,6 +43,7 @@ class EndpointProcess:
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
+            cwd=os.path.dirname(os.path.abspath(__file__)),
             bufsize=1,
         )
         assert self.proc.stdout is not None
@@ -122,6 +126,8 @@ def _child() -> None:
             if cmd[0] == "stats":
                 with lock:
                     answer = dict(counts)
+                usage = resource.getrusage(resource.RUSAGE_SELF)
+                answer["cpu_s"] = usage.ru_utime + usage.ru_stime
             elif cmd[0] == "reset":
                 with lock:
                     counts.update(requests=0, events=0, first_at=None, last_at=None)
