@@ -262,12 +262,9 @@ class Client:
             return None
         if send_feature_flags or flags is not None:
             _no_feature_flags(send_feature_flags, flags)
-        now = self.clock.now()
-        geoip = self.disable_geoip if disable_geoip is None else disable_geoip
-        built = ev.capture_event(
-            event, distinct_id, properties, timestamp, uuid, groups, now=now, disable_geoip=geoip
+        return self._emit(
+            ev.capture_event, disable_geoip, event, distinct_id, properties, timestamp, uuid, groups
         )
-        return self._write(built, now)
 
     def identify(
         self,
@@ -280,14 +277,9 @@ class Client:
     ) -> str | None:
         """``$identify``: set person ``properties`` on ``distinct_id`` (sent as
         ``properties.$set``). Returns and raises as :meth:`capture`."""
-        if self.disabled:
-            return None
-        now = self.clock.now()
-        geoip = self.disable_geoip if disable_geoip is None else disable_geoip
-        built = ev.identify_event(
-            distinct_id, properties, timestamp, uuid, now=now, disable_geoip=geoip
+        return self._emit(
+            ev.identify_event, disable_geoip, distinct_id, properties, timestamp, uuid
         )
-        return self._write(built, now)
 
     def set(
         self,
@@ -300,12 +292,7 @@ class Client:
     ) -> str | None:
         """``$set`` person ``properties`` (a mapping, required) on ``distinct_id``,
         overwriting earlier values. Returns and raises as :meth:`capture`."""
-        if self.disabled:
-            return None
-        now = self.clock.now()
-        geoip = self.disable_geoip if disable_geoip is None else disable_geoip
-        built = ev.set_event(distinct_id, properties, timestamp, uuid, now=now, disable_geoip=geoip)
-        return self._write(built, now)
+        return self._emit(ev.set_event, disable_geoip, distinct_id, properties, timestamp, uuid)
 
     def set_once(
         self,
@@ -318,14 +305,9 @@ class Client:
     ) -> str | None:
         """``$set_once`` person ``properties`` (a mapping, required) on
         ``distinct_id``, only where not set yet. Returns and raises as :meth:`capture`."""
-        if self.disabled:
-            return None
-        now = self.clock.now()
-        geoip = self.disable_geoip if disable_geoip is None else disable_geoip
-        built = ev.set_once_event(
-            distinct_id, properties, timestamp, uuid, now=now, disable_geoip=geoip
+        return self._emit(
+            ev.set_once_event, disable_geoip, distinct_id, properties, timestamp, uuid
         )
-        return self._write(built, now)
 
     def alias(
         self,
@@ -339,14 +321,7 @@ class Client:
         by ``previous_id``, properties ``{"distinct_id": previous_id, "alias":
         distinct_id}``). Arguments in posthog-python's order. Returns and raises as
         :meth:`capture`."""
-        if self.disabled:
-            return None
-        now = self.clock.now()
-        geoip = self.disable_geoip if disable_geoip is None else disable_geoip
-        built = ev.alias_event(
-            previous_id, distinct_id, timestamp, uuid, now=now, disable_geoip=geoip
-        )
-        return self._write(built, now)
+        return self._emit(ev.alias_event, disable_geoip, previous_id, distinct_id, timestamp, uuid)
 
     def group_identify(
         self,
@@ -362,21 +337,27 @@ class Client:
         ``group_key`` (properties ``$group_type``, ``$group_key``, ``$group_set``),
         sent by ``distinct_id`` (default ``"$<group_type>_<group_key>"``).
         Arguments in posthog-python's order. Returns and raises as :meth:`capture`."""
-        if self.disabled:
-            return None
-        now = self.clock.now()
-        geoip = self.disable_geoip if disable_geoip is None else disable_geoip
-        built = ev.group_identify_event(
+        return self._emit(
+            ev.group_identify_event,
+            disable_geoip,
             group_type,
             group_key,
             properties,
             timestamp,
             uuid,
             distinct_id,
-            now=now,
-            disable_geoip=geoip,
         )
-        return self._write(built, now)
+
+    def _emit(
+        self, build: Callable[..., dict[str, Any]], disable_geoip: bool | None, *args: Any
+    ) -> str | None:
+        """Build an event with ``build(*args, now=…, disable_geoip=…)`` and write it
+        (nothing at all when the client is disabled)."""
+        if self.disabled:
+            return None
+        now = self.clock.now()
+        geoip = self.disable_geoip if disable_geoip is None else disable_geoip
+        return self._write(build(*args, now=now, disable_geoip=geoip), now)
 
     def _write(self, event: dict[str, Any], now: float) -> str | None:
         """Filter, encode and commit one built event (the capture hot path)."""
