@@ -7,9 +7,12 @@ threads) delivers it. ``flush()`` is a barrier over everything captured before
 the call; ``shutdown()`` flushes within a deadline and stops, leaving whatever is
 not delivered in the spool for the next start or a cron ``spoolpost drain``.
 
-The capture methods take posthog-python's arguments (``capture(event,
-distinct_id=…, properties=…, timestamp=…, uuid=…, groups=…, disable_geoip=…)``
-and the like) so that existing calls keep working. Two posthog-python options
+The capture methods take current posthog-python's (7.x) call forms:
+``capture(event, *, distinct_id, properties=…, timestamp=…, uuid=…, groups=…,
+disable_geoip=…)`` and ``set``/``set_once(*, distinct_id, properties, …)`` take
+everything by keyword, so the old ``capture(distinct_id, event)`` order raises
+``TypeError`` instead of silently swapping the two; ``alias`` and
+``group_identify`` keep posthog-python's positional order. Two posthog-python options
 have no meaning here and are refused with ``TypeError`` when they ask for
 something (a false value is accepted): ``send_feature_flags`` and ``flags``,
 because spoolpost does not evaluate feature flags, and a flag value looked up
@@ -222,12 +225,12 @@ class Client:
     def capture(
         self,
         event: str,
+        *,
         distinct_id: ev.DistinctId,
         properties: Mapping[str, Any] | None = None,
         timestamp: Timestamp = None,
         uuid: EventUuid = None,
         groups: Mapping[str, Any] | None = None,
-        *,
         disable_geoip: bool | None = None,
         send_feature_flags: object = False,
         flags: object = None,
@@ -236,6 +239,8 @@ class Client:
         it is committed to the spool, or None if ``before_send`` or ``on_full`` dropped
         it (or the client is disabled).
 
+        Everything after ``event`` is keyword-only, as in posthog-python 7.x: the
+        old ``capture(distinct_id, event)`` call raises ``TypeError``.
         ``distinct_id`` is a non-empty str, an int or a UUID (sent as a str); it is
         required: posthog-python's personless events (no distinct_id) are not supported.
         ``properties`` is copied, never mutated; values are encoded here, in the
@@ -251,7 +256,7 @@ class Client:
 
         Raises ``ValueError`` for a bad event name, distinct_id, uuid or timestamp,
         or properties/groups that are not mappings; ``TypeError`` for
-        ``send_feature_flags``/``flags``;
+        ``send_feature_flags``/``flags`` and for arguments passed by position;
         :class:`~spoolpost.errors.EncodingError` naming the property path that
         cannot be encoded; :class:`~spoolpost.errors.EventTooLarge` over
         ``max_event_bytes``; :class:`~spoolpost.errors.SpoolFull` (``on_full``
@@ -270,41 +275,48 @@ class Client:
         self,
         distinct_id: ev.DistinctId,
         properties: Mapping[str, Any] | None = None,
+        *,
         timestamp: Timestamp = None,
         uuid: EventUuid = None,
-        *,
         disable_geoip: bool | None = None,
     ) -> str | None:
         """``$identify``: set person ``properties`` on ``distinct_id`` (sent as
-        ``properties.$set``). Returns and raises as :meth:`capture`."""
+        ``properties.$set``). Returns and raises as :meth:`capture`.
+
+        posthog-python 7.x has no ``identify`` (use :meth:`set`); its earlier
+        ``identify(distinct_id, properties, context, timestamp, …)`` had ``context``
+        third, so everything after ``properties`` is keyword-only here: a third
+        positional argument raises ``TypeError`` instead of being misread."""
         return self._emit(
             ev.identify_event, disable_geoip, distinct_id, properties, timestamp, uuid
         )
 
     def set(
         self,
+        *,
         distinct_id: ev.DistinctId,
         properties: Mapping[str, Any],
         timestamp: Timestamp = None,
         uuid: EventUuid = None,
-        *,
         disable_geoip: bool | None = None,
     ) -> str | None:
         """``$set`` person ``properties`` (a mapping, required) on ``distinct_id``,
-        overwriting earlier values. Returns and raises as :meth:`capture`."""
+        overwriting earlier values. Returns and raises as :meth:`capture`.
+        Keyword-only, as in posthog-python 7.x."""
         return self._emit(ev.set_event, disable_geoip, distinct_id, properties, timestamp, uuid)
 
     def set_once(
         self,
+        *,
         distinct_id: ev.DistinctId,
         properties: Mapping[str, Any],
         timestamp: Timestamp = None,
         uuid: EventUuid = None,
-        *,
         disable_geoip: bool | None = None,
     ) -> str | None:
         """``$set_once`` person ``properties`` (a mapping, required) on
-        ``distinct_id``, only where not set yet. Returns and raises as :meth:`capture`."""
+        ``distinct_id``, only where not set yet. Returns and raises as :meth:`capture`.
+        Keyword-only, as in posthog-python 7.x."""
         return self._emit(
             ev.set_once_event, disable_geoip, distinct_id, properties, timestamp, uuid
         )

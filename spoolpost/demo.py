@@ -204,7 +204,9 @@ def _child(spool: str, host: str, events: int, threads: int, acks: str) -> None:
     def work(thread: int) -> None:
         for n in range(share):
             uuid = client.capture(
-                "demo event", f"user-{thread}", {"thread": thread, "n": n, "demo": True}
+                "demo event",
+                distinct_id=f"user-{thread}",
+                properties={"thread": thread, "n": n, "demo": True},
             )
             if uuid is not None:
                 os.write(fd, (uuid + "\n").encode())

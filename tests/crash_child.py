@@ -35,7 +35,7 @@ def capture(spool: str, host: str, n: int, send: bool) -> None:
         shutdown_timeout=0.0,
     )
     for i in range(n):
-        uuid = client.capture("crash test", f"user-{i % 3}", {"n": i})
+        uuid = client.capture("crash test", distinct_id=f"user-{i % 3}", properties={"n": i})
         print(uuid, flush=True)
 
 

@@ -80,8 +80,8 @@ CALL_FORMS: list[tuple[str, Callable[[Any], object], str, str, dict[str, Any]]] 
         {"plan": "pro", "$groups": {"company": "acme"}},
     ),
     (
-        "capture-positional",
-        lambda ph: ph.capture("clicked", "u1", {"button": "buy"}),
+        "capture-minimal",
+        lambda ph: ph.capture("clicked", distinct_id="u1", properties={"button": "buy"}),
         "clicked",
         "u1",
         {"button": "buy"},
@@ -187,6 +187,91 @@ def test_posthog_call_forms_produce_posthog_bodies(
         assert (sent["uuid"], sent["timestamp"]) == (GIVEN_UUID, "2025-01-02T03:04:05Z")
     else:
         assert sent["timestamp"] <= request.json["sent_at"]
+
+
+# -- keyword-only arguments, as in posthog-python 7.x ------------------------------------------
+
+#: The arguments each method takes by position, from posthog-python 7.x (``capture(self,
+#: event, **kwargs)``, ``set(self, **kwargs)``, ``set_once(self, **kwargs)``; ``alias``
+#: and ``group_identify`` positional). posthog-python 7.x has no ``identify``; its
+#: earlier one had ``context`` third, so only its first two are positional here.
+POSITIONAL = {
+    "capture": ["event"],
+    "identify": ["distinct_id", "properties"],
+    "set": [],
+    "set_once": [],
+    "alias": ["previous_id", "distinct_id", "timestamp", "uuid", "disable_geoip"],
+    "group_identify": [
+        "group_type",
+        "group_key",
+        "properties",
+        "timestamp",
+        "uuid",
+        "disable_geoip",
+        "distinct_id",
+    ],
+}
+
+
+@pytest.mark.parametrize("name", sorted(POSITIONAL))
+def test_signatures_take_posthog_pythons_positional_arguments_only(name: str) -> None:
+    for function, skip in ((getattr(Client, name), 1), (getattr(spoolpost, name), 0)):
+        parameters = list(inspect.signature(function).parameters.values())[skip:]
+        positional = [p.name for p in parameters if p.kind is p.POSITIONAL_OR_KEYWORD]
+        assert positional == POSITIONAL[name]
+        assert all(p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) for p in parameters)
+
+
+# (id, an old positional call, the TypeError it raises)
+OLD_CALLS: list[tuple[str, Callable[[Any], object], str]] = [
+    (
+        "capture-distinct-id-first",
+        lambda ph: ph.capture("user-1", "signed_up"),
+        "Client.capture() takes 2 positional arguments but 3 were given",
+    ),
+    (
+        "capture-properties-positional",
+        lambda ph: ph.capture("signed_up", "user-1", {"plan": "pro"}),
+        "Client.capture() takes 2 positional arguments but 4 were given",
+    ),
+    (
+        "identify-context-third",
+        lambda ph: ph.identify("user-1", {"a": 1}, {"ip": "1.2.3.4"}),
+        "Client.identify() takes from 2 to 3 positional arguments but 4 were given",
+    ),
+    (
+        "set-positional",
+        lambda ph: ph.set("user-1", {"plan": "pro"}),
+        "Client.set() takes 1 positional argument but 3 were given",
+    ),
+    (
+        "set_once-positional",
+        lambda ph: ph.set_once("user-1", {"plan": "pro"}),
+        "Client.set_once() takes 1 positional argument but 3 were given",
+    ),
+]
+
+
+@pytest.mark.parametrize("target", ["client", "module"])
+@pytest.mark.parametrize(
+    ("call", "message"), [c[1:] for c in OLD_CALLS], ids=[c[0] for c in OLD_CALLS]
+)
+@pytest.mark.usefixtures("module_settings")
+def test_old_positional_call_forms_raise_type_error_and_send_nothing(
+    target: str,
+    call: Callable[[Any], object],
+    message: str,
+    make_client: Callable[..., Client],
+    endpoint: LocalEndpoint,
+    spool_path: Path,
+) -> None:
+    ph: Client | ModuleType = make_client() if target == "client" else spoolpost
+    with pytest.raises(TypeError) as caught:
+        call(ph)
+
+    assert str(caught.value) == message
+    assert ph.flush(timeout=10) == FlushResult()
+    assert endpoint.requests == []
 
 
 # -- compared with posthog-python's own requests -------------------------------------------------
@@ -302,19 +387,19 @@ def test_module_client_is_made_on_first_use_and_flushes(endpoint: LocalEndpoint)
 def test_module_shutdown_forgets_the_client_and_a_capture_makes_a_new_one(
     endpoint: LocalEndpoint,
 ) -> None:
-    spoolpost.capture("before", "u")
+    spoolpost.capture("before", distinct_id="u")
     old = spoolpost.default_client
     assert old is not None
 
     result = spoolpost.shutdown(timeout=10)
     again = spoolpost.shutdown(timeout=10)
-    spoolpost.capture("after", "u")
+    spoolpost.capture("after", distinct_id="u")
     spoolpost.flush(timeout=10)
 
     assert result.delivered == 1 and again == FlushResult()
     assert spoolpost.default_client is not None and spoolpost.default_client is not old
     with pytest.raises(SpoolClosed):
-        old.capture("e", "u")
+        old.capture("e", distinct_id="u")
     assert [e["event"] for r in endpoint.requests for e in r.events] == ["before", "after"]
 
 
@@ -322,20 +407,20 @@ def test_module_shutdown_forgets_the_client_and_a_capture_makes_a_new_one(
 def test_configure_replaces_the_default_client(
     endpoint: LocalEndpoint, spool_path: Path, tmp_path: Path
 ) -> None:
-    spoolpost.capture("implicit", "u")
+    spoolpost.capture("implicit", distinct_id="u")
     implicit = spoolpost.default_client
 
     made = spoolpost.configure(
         API_KEY, endpoint.url, spool=tmp_path / "other.spool", historical_migration=True
     )
-    spoolpost.capture("configured", "u")
+    spoolpost.capture("configured", distinct_id="u")
     spoolpost.flush(timeout=10)
 
     assert spoolpost.default_client is made and made is not implicit
     assert made.spool.path == tmp_path / "other.spool"
     with pytest.raises(SpoolClosed):
         assert implicit is not None
-        implicit.capture("e", "u")
+        implicit.capture("e", distinct_id="u")
     by_event = {e["event"]: r.json for r in endpoint.requests for e in r.events}
     assert by_event["implicit"]["historical_migration"] is False  # flushed as it shut down
     assert by_event["configured"]["historical_migration"] is True
@@ -375,7 +460,7 @@ def test_project_api_key_is_read_too(
     monkeypatch.setattr(spoolpost, "api_key", None)
     monkeypatch.setattr(spoolpost, "project_api_key", "phc_project")
 
-    spoolpost.capture("e", "u")
+    spoolpost.capture("e", distinct_id="u")
     spoolpost.flush(timeout=10)
 
     assert [r.json["api_key"] for r in endpoint.requests] == ["phc_project"]
@@ -388,7 +473,7 @@ def test_disabled_module_without_a_key_captures_nothing(
     monkeypatch.setattr(spoolpost, "api_key", None)
     monkeypatch.setattr(spoolpost, "disabled", True)
 
-    assert spoolpost.capture("e", "u") is None
+    assert spoolpost.capture("e", distinct_id="u") is None
     assert spoolpost.alias("a", "b") is None
     assert spoolpost.flush() == FlushResult()
     assert not spool_path.exists()
@@ -407,7 +492,7 @@ def test_module_settings_reach_the_client(
     monkeypatch.setattr(spoolpost, "client_options", {"flush_at": 2, "max_batch_size": 2})
 
     for i in range(4):
-        spoolpost.capture("e", "u", {"email": "a@example.com", "i": i})
+        spoolpost.capture("e", distinct_id="u", properties={"email": "a@example.com", "i": i})
     spoolpost.flush(timeout=10)
 
     assert [len(r.events) for r in endpoint.requests] == [2, 2]
@@ -432,7 +517,7 @@ def test_concurrent_first_use_makes_one_client(
 
     def first_use() -> None:
         barrier.wait()
-        captured.append(spoolpost.capture("e", "u"))
+        captured.append(spoolpost.capture("e", distinct_id="u"))
 
     threads = [threading.Thread(target=first_use) for _ in range(8)]
     for t in threads:

@@ -689,7 +689,7 @@ def test_replay_beside_a_running_app_gets_the_events_delivered(
 ) -> None:
     client = make_client(flush_interval=0.0)
     endpoint.respond(Response(400, body=b'{"error":"schema"}'))
-    uuid = client.capture("e", "u1")
+    uuid = client.capture("e", distinct_id="u1")
     assert client.flush(10).dead == 1
     assert run("tail", spool_path, "--state", "dead", "--json").stdout.count(uuid) == 1
     result = run("replay", spool_path, "--reason", "rejected")

@@ -87,7 +87,7 @@ def test_event_shape_and_timestamp_stamped_at_capture(
     clock = ManualClock(start=1735787045.25)  # 2025-01-02T03:04:05.25Z
     client = make_client(send=False, clock=clock)
 
-    returned = client.capture("e", "u1", {"k": 1})
+    returned = client.capture("e", distinct_id="u1", properties={"k": 1})
 
     [event] = stored(spool_path)
     assert list(event) == ["uuid", "event", "distinct_id", "properties", "timestamp"]
@@ -105,8 +105,8 @@ def test_event_shape_and_timestamp_stamped_at_capture(
 def test_a_given_uuid_is_normalized_and_kept(make_client: MakeClient, spool_path: Path) -> None:
     client = make_client(send=False)
 
-    first = client.capture("e", "u1", uuid=uuid.UUID(FIXED_UUID))
-    second = client.capture("e", "u1", uuid=FIXED_UUID.upper())
+    first = client.capture("e", distinct_id="u1", uuid=uuid.UUID(FIXED_UUID))
+    second = client.capture("e", distinct_id="u1", uuid=FIXED_UUID.upper())
 
     assert first == second == FIXED_UUID
     # No uniqueness check on the capture path (it would cost an index write per
@@ -119,16 +119,24 @@ def test_a_given_uuid_is_normalized_and_kept(make_client: MakeClient, spool_path
 ID_TYPES = "a non-empty str, int or UUID"
 
 BAD_CALLS: list[tuple[str, Callable[[Client], object], str]] = [
-    ("event-empty", lambda c: c.capture("", "u"), "event must be a non-empty str, got ''"),
+    (
+        "event-empty",
+        lambda c: c.capture("", distinct_id="u"),
+        "event must be a non-empty str, got ''",
+    ),
     (
         "event-none",
-        lambda c: c.capture(wrong(None), "u"),
+        lambda c: c.capture(wrong(None), distinct_id="u"),
         "event must be a non-empty str, got NoneType",
     ),
-    ("event-int", lambda c: c.capture(wrong(7), "u"), "event must be a non-empty str, got int"),
+    (
+        "event-int",
+        lambda c: c.capture(wrong(7), distinct_id="u"),
+        "event must be a non-empty str, got int",
+    ),
     (
         "distinct-id-empty",
-        lambda c: c.capture("e", ""),
+        lambda c: c.capture("e", distinct_id=""),
         f"distinct_id must be {ID_TYPES}, got ''",
     ),
     (
@@ -138,27 +146,27 @@ BAD_CALLS: list[tuple[str, Callable[[Client], object], str]] = [
     ),
     (
         "distinct-id-float",
-        lambda c: c.capture("e", wrong(1.5)),
+        lambda c: c.capture("e", distinct_id=wrong(1.5)),
         f"distinct_id must be {ID_TYPES}, got float",
     ),
     (
         "distinct-id-bool",
-        lambda c: c.capture("e", True),
+        lambda c: c.capture("e", distinct_id=True),
         f"distinct_id must be {ID_TYPES}, got bool",
     ),
     (
         "properties-list",
-        lambda c: c.capture("e", "u", wrong([1])),
+        lambda c: c.capture("e", distinct_id="u", properties=wrong([1])),
         "properties must be a mapping or None, got list",
     ),
     (
         "uuid-garbage",
-        lambda c: c.capture("e", "u", uuid="not-a-uuid"),
+        lambda c: c.capture("e", distinct_id="u", uuid="not-a-uuid"),
         "uuid must be a UUID or a str holding one, got 'not-a-uuid'",
     ),
     (
         "timestamp-garbage",
-        lambda c: c.capture("e", "u", timestamp="yesterday"),
+        lambda c: c.capture("e", distinct_id="u", timestamp="yesterday"),
         "invalid timestamp 'yesterday': expected an ISO 8601 date-time such as "
         "'2025-01-02T03:04:05Z' or '2025-01-02T08:34:05+05:30'",
     ),
@@ -169,7 +177,7 @@ BAD_CALLS: list[tuple[str, Callable[[Client], object], str]] = [
     ),
     (
         "set-properties-none",
-        lambda c: c.set("u", wrong(None)),
+        lambda c: c.set(distinct_id="u", properties=wrong(None)),
         "properties must be a mapping, got NoneType",
     ),
     (
@@ -213,7 +221,7 @@ def test_bad_input_raises_value_error_and_writes_nothing(
 def test_numbers_and_uuids_are_sent_as_strings(
     make_client: MakeClient, spool_path: Path, distinct_id: Any, expected: str
 ) -> None:
-    make_client(send=False).capture("e", distinct_id)
+    make_client(send=False).capture("e", distinct_id=distinct_id)
 
     assert stored(spool_path)[0]["distinct_id"] == expected
 
@@ -232,7 +240,7 @@ def test_feature_flag_options_are_refused_with_a_clear_type_error(
     client = make_client(send=False)
 
     with pytest.raises(TypeError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        client.capture("e", "u", **options)
+        client.capture("e", distinct_id="u", **options)
 
     assert stored(spool_path) == []
 
@@ -240,7 +248,7 @@ def test_feature_flag_options_are_refused_with_a_clear_type_error(
 def test_false_feature_flag_options_are_accepted(make_client: MakeClient, spool_path: Path) -> None:
     client = make_client(send=False)
 
-    client.capture("e", "u", send_feature_flags=False, flags=None)
+    client.capture("e", distinct_id="u", send_feature_flags=False, flags=None)
 
     assert len(stored(spool_path)) == 1
 
@@ -263,7 +271,7 @@ def test_false_feature_flag_options_are_accepted(make_client: MakeClient, spool_
 def test_timestamps_are_sent_as_utc_rfc3339(
     make_client: MakeClient, spool_path: Path, timestamp: Any, expected: str | None
 ) -> None:
-    make_client(send=False).capture("e", "u", timestamp=timestamp)
+    make_client(send=False).capture("e", distinct_id="u", timestamp=timestamp)
 
     assert stored(spool_path)[0]["timestamp"] == (expected or "2025-01-02T03:04:05Z")
 
@@ -274,13 +282,15 @@ def test_timestamps_are_sent_as_utc_rfc3339(
 def test_max_event_bytes_is_inclusive(make_client: MakeClient, spool_path: Path) -> None:
     fixed: dict[str, Any] = {"timestamp": "2025-01-02T03:04:05Z", "uuid": FIXED_UUID}
     probe = make_client(send=False, spool=spool_path.with_name("probe.spool"))
-    probe.capture("e", "u", {"pad": "x" * 100}, **fixed)
+    probe.capture("e", distinct_id="u", properties={"pad": "x" * 100}, **fixed)
     [size] = stored_sizes(probe.spool.path)
     client = make_client(send=False, max_event_bytes=size)
 
-    assert client.capture("e", "u", {"pad": "x" * 100}, **fixed) == FIXED_UUID
+    assert (
+        client.capture("e", distinct_id="u", properties={"pad": "x" * 100}, **fixed) == FIXED_UUID
+    )
     with pytest.raises(EventTooLarge) as caught:
-        client.capture("e", "u", {"pad": "x" * 101}, **fixed)
+        client.capture("e", distinct_id="u", properties={"pad": "x" * 101}, **fixed)
 
     assert (caught.value.size, caught.value.limit) == (size + 1, size)
     assert str(caught.value) == f"encoded event is {size + 1} bytes, over max_event_bytes={size}"
@@ -290,9 +300,9 @@ def test_max_event_bytes_is_inclusive(make_client: MakeClient, spool_path: Path)
 def test_the_default_limit_is_900_kib(make_client: MakeClient, spool_path: Path) -> None:
     client = make_client(send=False)
 
-    client.capture("e", "u", {"pad": "x" * (900 * 1024 - 300)})
+    client.capture("e", distinct_id="u", properties={"pad": "x" * (900 * 1024 - 300)})
     with pytest.raises(EventTooLarge) as caught:
-        client.capture("e", "u", {"pad": "x" * (900 * 1024)})
+        client.capture("e", distinct_id="u", properties={"pad": "x" * (900 * 1024)})
 
     assert caught.value.limit == 900 * 1024
     assert caught.value.size > 900 * 1024
@@ -371,7 +381,7 @@ def test_before_send(
     properties = dict(ORIGINAL)
 
     with caplog.at_level(logging.ERROR, logger="spoolpost"):
-        returned = client.capture("e", "u", properties)
+        returned = client.capture("e", distinct_id="u", properties=properties)
 
     assert callers == [threading.get_ident()]  # in the caller's thread
     assert properties == ORIGINAL  # the caller's mapping is never touched
@@ -403,12 +413,12 @@ def test_filtered_drops_are_counted_in_few_writes(
     client = make_client(send=False, before_send=drop, clock=clock)
 
     for _ in range(5):
-        client.capture("e", "u")
+        client.capture("e", distinct_id="u")
     first = client.spool.counters()["filtered"]  # the first drop is written at once
     clock.advance(FILTERED_COUNT_EVERY)
-    client.capture("e", "u")
+    client.capture("e", distinct_id="u")
     second = client.spool.counters()["filtered"]
-    client.capture("e", "u")
+    client.capture("e", distinct_id="u")
     client.flush(timeout=1)
 
     assert (first, second, client.spool.counters()["filtered"]) == (1, 6, 7)
@@ -422,10 +432,10 @@ def test_before_send_sees_every_capture_method(make_client: MakeClient) -> None:
         seen.append(event["event"])
 
     client = make_client(send=False, before_send=record)
-    client.capture("e", "u")
+    client.capture("e", distinct_id="u")
     client.identify("u", {"a": 1})
-    client.set("u", {"a": 1})
-    client.set_once("u", {"a": 1})
+    client.set(distinct_id="u", properties={"a": 1})
+    client.set_once(distinct_id="u", properties={"a": 1})
     client.alias("a", "b")
     client.group_identify("company", "acme")
 
@@ -453,7 +463,7 @@ def test_disable_geoip(
 ) -> None:
     client = make_client(send=False, disable_geoip=client_setting)
 
-    client.capture("e", "u", disable_geoip=call_setting)
+    client.capture("e", distinct_id="u", disable_geoip=call_setting)
     client.alias("a", "b", disable_geoip=call_setting)
     client.group_identify("company", "acme", disable_geoip=call_setting)
 
@@ -470,11 +480,13 @@ def test_disabled_captures_nothing_and_raises_nothing(tmp_path: Path) -> None:
     client = Client("", "not a url", spool=tmp_path / "never.spool", disabled=True)
 
     results = [
-        client.capture(wrong(None), wrong(None), wrong([1])),
-        client.capture("e", "u", {"lock": threading.Lock()}, send_feature_flags=True),
+        client.capture(wrong(None), distinct_id=wrong(None), properties=wrong([1])),
+        client.capture(
+            "e", distinct_id="u", properties={"lock": threading.Lock()}, send_feature_flags=True
+        ),
         client.identify("u"),
-        client.set("u", {"a": 1}),
-        client.set_once("u", {"a": 1}),
+        client.set(distinct_id="u", properties={"a": 1}),
+        client.set_once(distinct_id="u", properties={"a": 1}),
         client.alias("a", "b"),
         client.group_identify("company", "acme"),
     ]
@@ -489,7 +501,7 @@ def test_disabled_captures_nothing_and_raises_nothing(tmp_path: Path) -> None:
 def test_capture_only_client_starts_no_threads(spool_path: Path, endpoint: LocalEndpoint) -> None:
     before = spoolpost_threads()
     client = Client(API_KEY, endpoint.url, spool=spool_path, send=False)
-    uuids = [client.capture("e", "u", {"i": i}) for i in range(3)]
+    uuids = [client.capture("e", distinct_id="u", properties={"i": i}) for i in range(3)]
 
     assert spoolpost_threads() == before
     assert client.flush(timeout=5) == FlushResult(pending=3)
@@ -530,7 +542,7 @@ def test_a_spool_of_another_key_raises_key_mismatch_unless_forced(
     spool_path: Path, endpoint: LocalEndpoint
 ) -> None:
     with Client("phc_first", endpoint.url, spool=spool_path, send=False) as first:
-        first.capture("e", "u")
+        first.capture("e", distinct_id="u")
 
     with pytest.raises(KeyMismatch) as caught:
         Client("phc_second", endpoint.url, spool=spool_path, send=False)
@@ -551,7 +563,7 @@ def test_shutdown_is_idempotent_and_capture_afterwards_raises(
     make_client: MakeClient, endpoint: LocalEndpoint
 ) -> None:
     client = make_client()
-    captured = client.capture("e", "u")
+    captured = client.capture("e", distinct_id="u")
 
     first = client.shutdown(timeout=10)
     second = client.shutdown(timeout=10)
@@ -561,13 +573,13 @@ def test_shutdown_is_idempotent_and_capture_afterwards_raises(
     assert client.flush() == FlushResult()
     assert endpoint.delivered_uuids() == [captured]
     with pytest.raises(SpoolClosed, match="this client was shut down"):
-        client.capture("e", "u")
+        client.capture("e", distinct_id="u")
     assert not client.dispatcher.running
 
 
 def test_concurrent_shutdowns_flush_once(make_client: MakeClient, endpoint: LocalEndpoint) -> None:
     client = make_client()
-    captured = [client.capture("e", "u", {"i": i}) for i in range(20)]
+    captured = [client.capture("e", distinct_id="u", properties={"i": i}) for i in range(20)]
     results: list[FlushResult] = []
     barrier = threading.Barrier(4)
 
@@ -589,11 +601,11 @@ def test_concurrent_shutdowns_flush_once(make_client: MakeClient, endpoint: Loca
 
 def test_context_manager_delivers_and_shuts_down(spool_path: Path, endpoint: LocalEndpoint) -> None:
     with Client(API_KEY, endpoint.url, spool=spool_path, flush_interval=3600) as client:
-        captured = client.capture("e", "u")
+        captured = client.capture("e", distinct_id="u")
 
     assert endpoint.delivered_uuids() == [captured]
     with pytest.raises(SpoolClosed):
-        client.capture("e", "u")
+        client.capture("e", distinct_id="u")
 
 
 def test_atexit_delivers_what_a_script_captured(
@@ -605,7 +617,7 @@ def test_atexit_delivers_what_a_script_captured(
         client = spoolpost.Client({API_KEY!r}, {endpoint.url!r}, spool={str(spool_path)!r},
                                   flush_interval=3600, flush_at=1000)
         for i in range(3):
-            print(client.capture("from_script", "u", {{"i": i}}), flush=True)
+            print(client.capture("from_script", distinct_id="u", properties={{"i": i}}), flush=True)
         # no flush, no shutdown: the atexit hook must deliver
         """
     )
@@ -627,7 +639,7 @@ def test_atexit_shutdown_keeps_what_it_cannot_send(tmp_path: Path, spool_path: P
         import spoolpost
         client = spoolpost.Client({API_KEY!r}, {down.url!r}, spool={str(spool_path)!r},
                                   shutdown_timeout=0.5)
-        client.capture("kept", "u")
+        client.capture("kept", distinct_id="u")
         """
     )
     try:
@@ -657,7 +669,7 @@ def test_a_mapping_that_is_not_a_dict_is_accepted(
         def __len__(self) -> int:
             return len(self.data)
 
-    make_client(send=False).capture("e", "u", Props(), groups=Props())
+    make_client(send=False).capture("e", distinct_id="u", properties=Props(), groups=Props())
 
     props = stored(spool_path)[0]["properties"]
     assert (props["a"], props["$groups"]) == (1, {"a": 1})

@@ -99,7 +99,9 @@ def test_ten_thousand_events_from_four_threads_are_each_delivered_once(
         start.wait()
         for i in range(per_thread):
             props = {"thread": k, "seq": i, "plan": "pro"}
-            captured[k].append((client.capture("page_view", f"user-{k}", props), i))
+            captured[k].append(
+                (client.capture("page_view", distinct_id=f"user-{k}", properties=props), i)
+            )
 
     workers = [threading.Thread(target=work, args=(k,)) for k in range(threads)]
     for w in workers:
@@ -135,7 +137,7 @@ def test_historical_migration_and_gzip_reach_the_wire(
     make_client: MakeClient, endpoint: LocalEndpoint
 ) -> None:
     client = make_client(historical_migration=True, gzip=True)
-    captured = client.capture("imported", "u", timestamp="2020-05-06T07:08:09Z")
+    captured = client.capture("imported", distinct_id="u", timestamp="2020-05-06T07:08:09Z")
 
     client.flush(timeout=10)
 
@@ -154,7 +156,7 @@ def test_flush_returns_only_once_its_events_are_acknowledged(
 ) -> None:
     endpoint.default = Response(delay=0.3)  # a slow endpoint: an early return would show
     client = make_client(**QUIET)
-    captured = [client.capture("e", "u", {"i": i}) for i in range(250)]
+    captured = [client.capture("e", distinct_id="u", properties={"i": i}) for i in range(250)]
 
     result = client.flush(timeout=30)
 
@@ -180,12 +182,12 @@ def test_a_flush_does_not_wait_for_events_captured_after_it(
 
     endpoint.set_handler(handler)
     client = make_client(senders=2, **QUIET)
-    early = [client.capture("early", "u", {"i": i}) for i in range(5)]
+    early = [client.capture("early", distinct_id="u", properties={"i": i}) for i in range(5)]
     first_result: list[FlushResult] = []
     first = threading.Thread(target=lambda: first_result.append(client.flush(timeout=30)))
     first.start()
     assert endpoint.wait_for_requests(1, timeout=10)  # the first flush has begun
-    client.capture("later", "u", uuid=LATER)
+    client.capture("later", distinct_id="u", uuid=LATER)
     second_result = client.flush(timeout=0.5)  # its batch hangs
     first.join(timeout=30)
 
@@ -211,7 +213,10 @@ def test_concurrent_flushes_each_wait_for_their_own_events(
     def work(k: int) -> None:
         start.wait()
         for r in range(rounds):
-            mine = {str(client.capture("e", f"user-{k}", {"r": r})) for _ in range(20)}
+            mine = {
+                str(client.capture("e", distinct_id=f"user-{k}", properties={"r": r}))
+                for _ in range(20)
+            }
             result = client.flush(timeout=30)
             seen[k].append((mine, set(endpoint.delivered_uuids()), result))
 
@@ -235,7 +240,7 @@ def test_a_retry_resends_the_same_bytes_with_a_new_sent_at(
 ) -> None:
     endpoint.respond(Response(503, headers={"Retry-After": "0"}))
     client = make_client(retry=RetryPolicy(initial_backoff=0.05, max_backoff=0.1), **QUIET)
-    captured = [client.capture("e", "u", {"i": i}) for i in range(3)]
+    captured = [client.capture("e", distinct_id="u", properties={"i": i}) for i in range(3)]
 
     result = client.flush(timeout=30)
 
@@ -253,7 +258,7 @@ def test_flush_returns_at_once_when_delivery_pauses_on_a_configuration_fault(
 ) -> None:
     endpoint.default = Response(status, body=b'{"error":"invalid api key"}')
     client = make_client(**QUIET)
-    client.capture("e", "u")
+    client.capture("e", distinct_id="u")
 
     result = client.flush(timeout=30)
 
@@ -271,7 +276,7 @@ def test_shutdown_with_the_endpoint_down_returns_in_time_and_keeps_the_events(
 ) -> None:
     down = LocalEndpoint()  # the port is reserved but nothing listens: refused
     client = Client(API_KEY, down.url, spool=spool_path, **QUIET)
-    captured = [client.capture("e", "u", {"i": i}) for i in range(50)]
+    captured = [client.capture("e", distinct_id="u", properties={"i": i}) for i in range(50)]
     try:
         started = time.monotonic()
         result = client.shutdown(timeout=1.0)
@@ -297,7 +302,7 @@ def test_a_later_client_delivers_what_shutdown_left(
 ) -> None:
     down = LocalEndpoint()
     client = Client(API_KEY, down.url, spool=spool_path, **QUIET)
-    captured = [client.capture("e", "u", {"i": i}) for i in range(10)]
+    captured = [client.capture("e", distinct_id="u", properties={"i": i}) for i in range(10)]
     client.shutdown(timeout=0.2)
     down.stop()
 
@@ -352,7 +357,7 @@ def test_real_world_values_are_delivered_with_the_documented_encodings(
     }
     client = make_client()
 
-    captured = client.capture("checkout", "u1", properties)
+    captured = client.capture("checkout", distinct_id="u1", properties=properties)
     client.flush(timeout=10)
 
     naive = {"UTC0": "2025-01-02T08:34:05Z", "IST-5:30": "2025-01-02T03:04:05Z"}[local_tz]
@@ -393,10 +398,10 @@ def test_an_unencodable_value_raises_naming_its_path_and_spares_the_others(
 ) -> None:
     client = make_client(**QUIET)
     with open(tmp_path / "f.txt", "w") as handle:
-        before = client.capture("before", "u")
+        before = client.capture("before", distinct_id="u")
         with pytest.raises(EncodingError) as caught:
-            client.capture("bad", "u", make_bad(handle))
-        after = client.capture("after", "u")
+            client.capture("bad", distinct_id="u", properties=make_bad(handle))
+        after = client.capture("after", distinct_id="u")
 
     assert caught.value.path == path
     assert str(caught.value).endswith(f" at {path}")
@@ -412,7 +417,7 @@ def test_a_two_megabyte_event_raises_and_flush_returns_promptly(
     client = make_client(**QUIET)
 
     with pytest.raises(EventTooLarge) as caught:
-        client.capture("huge", "u", {"blob": "x" * 2_000_000})
+        client.capture("huge", distinct_id="u", properties={"blob": "x" * 2_000_000})
     result = client.flush(timeout=5)
 
     assert caught.value.size > 2_000_000
@@ -548,7 +553,7 @@ def test_encodable_values_round_trip_through_the_spool_to_the_endpoint(
     for key in LIB:
         properties.pop(key, None)  # $lib and $lib_version are always the client's
 
-    captured = client.capture("e", "u", properties)
+    captured = client.capture("e", distinct_id="u", properties=properties)
     result = client.flush(timeout=10)
 
     assert result.pending == 0 and result.delivered == 1
@@ -568,7 +573,7 @@ def test_every_value_either_round_trips_or_raises_with_a_path(
     bad = bad_paths(properties, "properties")
 
     try:
-        captured = client.capture("e", "u", properties)
+        captured = client.capture("e", distinct_id="u", properties=properties)
     except EncodingError as exc:
         hypothesis.event("raised EncodingError")
         assert exc.path in bad
@@ -582,7 +587,7 @@ def test_every_value_either_round_trips_or_raises_with_a_path(
 def test_nothing_is_written_when_encoding_fails(spool_path: Path) -> None:
     client = Client(API_KEY, "http://127.0.0.1:9", spool=spool_path, send=False)
     with pytest.raises(EncodingError):
-        client.capture("e", "u", {"x": [1, {"y": Opaque()}]})
+        client.capture("e", distinct_id="u", properties={"x": [1, {"y": Opaque()}]})
     client.shutdown(timeout=1)
 
     conn = sqlite3.connect(spool_path)

@@ -197,9 +197,14 @@ def test_a_1_2_mb_event_among_50_small_ones(
 ) -> None:
     endpoint.set_handler(status_over_size(1_000_000))  # 413 to bodies over 1 MB
     client = make_client(max_event_bytes=2_000_000, flush_at=1000, flush_interval=60.0)
-    small = [str(client.capture("small", "user-1", {"i": i})) for i in range(25)]
-    big = client.capture("big", "user-1", {"blob": "x" * 1_200_000})
-    small += [str(client.capture("small", "user-1", {"i": i})) for i in range(25, 50)]
+    small = [
+        str(client.capture("small", distinct_id="user-1", properties={"i": i})) for i in range(25)
+    ]
+    big = client.capture("big", distinct_id="user-1", properties={"blob": "x" * 1_200_000})
+    small += [
+        str(client.capture("small", distinct_id="user-1", properties={"i": i}))
+        for i in range(25, 50)
+    ]
 
     result = client.flush(timeout=30.0)
 

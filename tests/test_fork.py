@@ -85,7 +85,9 @@ def test_parent_and_child_both_deliver_through_their_own_threads(
     make_client: MakeClient, endpoint: LocalEndpoint
 ) -> None:
     client = make_client(flush_at=10, flush_interval=0.2)
-    before_fork = [client.capture("parent-before", "p", {"i": i}) for i in range(30)]
+    before_fork = [
+        client.capture("parent-before", distinct_id="p", properties={"i": i}) for i in range(30)
+    ]
     assert client.flush(timeout=10).pending == 0
 
     # A parent thread keeps capturing through the fork, so the spool's locks and
@@ -97,7 +99,7 @@ def test_parent_and_child_both_deliver_through_their_own_threads(
     def keep_capturing() -> None:
         i = 0
         while not stop.is_set():
-            during.append(client.capture("parent-during", "p", {"i": i}))
+            during.append(client.capture("parent-during", distinct_id="p", properties={"i": i}))
             i += 1
             if i == 50:
                 running.set()
@@ -108,7 +110,7 @@ def test_parent_and_child_both_deliver_through_their_own_threads(
 
     def child() -> dict[str, Any]:
         threads_at_fork = spoolpost_threads()
-        mine = [client.capture("child", "c", {"i": i}) for i in range(40)]
+        mine = [client.capture("child", distinct_id="c", properties={"i": i}) for i in range(40)]
         threads_running = spoolpost_threads()
         result = client.flush(timeout=30)
         client.shutdown(timeout=5)
@@ -124,7 +126,9 @@ def test_parent_and_child_both_deliver_through_their_own_threads(
     report = wait()
     stop.set()
     busy.join()
-    after_child = [client.capture("parent-after", "p", {"i": i}) for i in range(10)]
+    after_child = [
+        client.capture("parent-after", distinct_id="p", properties={"i": i}) for i in range(10)
+    ]
     result = client.flush(timeout=30)
 
     assert report["threads_at_fork"] == []  # no thread survives a fork
@@ -153,14 +157,14 @@ def test_a_child_forked_during_a_parent_shutdown_is_not_stuck_on_the_parents_loc
 
     endpoint.set_handler(hang_once)
     client = make_client(flush_interval=3600)
-    parent_uuid = client.capture("parent", "p")
+    parent_uuid = client.capture("parent", distinct_id="p")
     shutting: list[Any] = []
     shutdown = threading.Thread(target=lambda: shutting.append(client.shutdown(timeout=30)))
     shutdown.start()  # holds the client's shutdown lock while its flush waits
     assert endpoint.wait_for_requests(1, timeout=10)
 
     def child() -> dict[str, Any]:
-        mine = client.capture("child", "c")
+        mine = client.capture("child", distinct_id="c")
         result = client.shutdown(timeout=1.0)  # the parent's leased event is not its own
         return {"uuid": mine, "pending": result.pending}
 

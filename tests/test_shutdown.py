@@ -55,7 +55,7 @@ def test_shutdown_returns_by_its_deadline_when_the_endpoint_never_answers(
     caplog.set_level(logging.INFO, logger="spoolpost")
     endpoint.default = Response(hang=True)  # accepts, reads, never answers
     client = make_client(flush_at=1, flush_interval=0.0)
-    uuids = [client.capture("e", "user-1", {"i": i}) for i in range(5)]
+    uuids = [client.capture("e", distinct_id="user-1", properties={"i": i}) for i in range(5)]
     assert endpoint.wait_for_requests(1, timeout=30.0)
 
     started = time.monotonic()
@@ -258,7 +258,7 @@ def test_flush_returns_at_once_while_paused_and_a_new_client_sends_at_once(
 ) -> None:
     endpoint.default = Response(401, body=b'{"detail":"invalid api key"}')
     first = make_client(flush_at=1000, flush_interval=60.0)
-    uuid = first.capture("e", "user-1")
+    uuid = first.capture("e", distinct_id="user-1")
 
     started = time.monotonic()
     result = first.flush(timeout=30.0)
