@@ -42,7 +42,7 @@ from spoolpost.dispatcher import DeliveryConfig, Dispatcher, FlushResult
 from spoolpost.encoding import encode_event, format_timestamp
 from spoolpost.errors import ConfigError, ImportRejected, SpoolFull, SpoolpostError
 from spoolpost.policy import RetryPolicy
-from spoolpost.spool import Spool
+from spoolpost.spool import SQLITE_HEADER, Spool
 from spoolpost.transport import HttpTransport
 
 STATES: tuple[str, ...] = ("pending", "leased", "dead")
@@ -60,7 +60,6 @@ EXIT_PAUSED = 5
 EXIT_DEAD = 6
 
 _COMPACT = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
-_SQLITE_HEADER = b"SQLite format 3\x00"
 _IN_IDS = "id IN (SELECT value FROM json_each(?))"
 _EVENT_NAME = "json_extract(CAST(body AS TEXT), '$.event') = ?"
 
@@ -71,11 +70,11 @@ _EVENT_NAME = "json_extract(CAST(body AS TEXT), '$.event') = ?"
 def open_spool(path: Path, *, create: bool = False) -> Spool:
     """Open the spool at ``path`` for an operator command.
 
-    Without ``create`` the file must exist. A file that is not an SQLite database,
-    or an SQLite database of another application, is refused untouched (the
-    :class:`Spool` constructor would move an unreadable file aside as corrupt,
-    right for an app's own spool, wrong for a path mistyped on a command line).
-    Raises :class:`~spoolpost.errors.ConfigError`, or what :class:`Spool` raises.
+    Without ``create`` the file must exist. A folder, a file that is not an SQLite
+    database, or an SQLite database of another application, is refused untouched
+    with a :class:`~spoolpost.errors.ConfigError` worded for a path mistyped on a
+    command line (the :class:`Spool` constructor refuses them too). Raises
+    :class:`~spoolpost.errors.ConfigError`, or what :class:`Spool` raises.
     """
     path = Path(path).expanduser()
     if not path.exists() and not create:
@@ -92,8 +91,8 @@ def check_spool_file(path: Path) -> None:
     if path.is_dir():
         raise ConfigError(f"{path} is a folder, not a spool file")
     with open(path, "rb") as f:
-        head = f.read(len(_SQLITE_HEADER))
-    if head and head != _SQLITE_HEADER:
+        head = f.read(len(SQLITE_HEADER))
+    if head and head != SQLITE_HEADER:
         raise ConfigError(f"{path} is not a spoolpost spool (not an SQLite database)")
     if head and _foreign_database(path):
         raise ConfigError(f"{path} is an SQLite database, but not a spoolpost spool")

@@ -64,6 +64,8 @@ _NETWORK_FS = frozenset(
     | {"fuse.sshfs", "fuse.glusterfs", "fuse.ceph", "davfs", "fuse.davfs2", "ncpfs", "coda"}
     | {"fuse.s3fs", "fuse.rclone", "fuse.gcsfuse", "fuse.juicefs", "fuse.goofys"}
 )
+#: The first 16 bytes of every SQLite database file.
+SQLITE_HEADER = b"SQLite format 3\x00"
 _CORRUPT_CODES = frozenset({sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB})
 _BUSY_CODES = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
 _INSERT = (
@@ -261,11 +263,12 @@ class Spool:
     Raises :class:`ConfigError` for bad settings or a file that cannot be opened
     (permissions, I/O), :class:`UnsupportedFilesystem` on a network filesystem,
     :class:`SchemaTooNew` for a spool from a newer spoolpost, :class:`SpoolCorrupt`
-    for a SQLite database that is not a spool (left untouched),
-    :class:`SpoolLocked` when another process holds the file locked past
-    ``busy_timeout``. A file SQLite finds corrupt (or not a database at all) is
-    moved aside to ``<path>.corrupt-<timestamp>`` and a new spool is started
-    (logged at ERROR, naming both files).
+    for a file that is not an SQLite database (a non-empty file without the
+    SQLite header) or an SQLite database that is not a spool (both left
+    untouched), :class:`SpoolLocked` when another process holds the file locked
+    past ``busy_timeout``. An SQLite file that SQLite finds corrupt (damaged
+    pages, a bad WAL) is moved aside to ``<path>.corrupt-<timestamp>`` and a new
+    spool is started (logged at ERROR, naming both files).
 
     Fork: a child process never uses the parent's connections; it closes its
     copies and reopens the spool on first use.
@@ -390,17 +393,7 @@ class Spool:
             conn.close()
 
     def _connect_and_migrate(self) -> None:
-        # Create the file 0600 before SQLite does; SQLite gives -wal and -shm the
-        # same mode. Events carry personal data.
-        try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-        except OSError as exc:
-            raise ConfigError(f"cannot open spool {self.path}: {exc}") from exc
-        try:
-            st = os.fstat(fd)
-            self._file_id = (st.st_dev, st.st_ino)
-        finally:
-            os.close(fd)
+        self._prepare_file()
         conn = self._connect()
         try:
             migrations.migrate(conn, f"spool {self.path}")
@@ -408,6 +401,33 @@ class Spool:
             self._discard(conn, exc)
             raise
         self._writer_conn = conn
+
+    def _prepare_file(self) -> None:
+        """Create the spool file ``0600`` if it is missing (SQLite gives the -wal
+        and -shm it creates the same mode; events carry personal data) and make
+        sure that SQLite may have it.
+
+        Only an empty file or one that starts with the SQLite header is handed to
+        SQLite: anything else (a file the path was pointed at by mistake) raises
+        :class:`SpoolCorrupt` and is left untouched, where SQLite would call it
+        corrupt and it would be moved aside. Raises :class:`ConfigError` for OS
+        errors.
+        """
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise ConfigError(f"cannot open spool {self.path}: {exc}") from exc
+        try:
+            st = os.fstat(fd)
+            head = os.pread(fd, len(SQLITE_HEADER), 0)
+        finally:
+            os.close(fd)
+        if st.st_size and head != SQLITE_HEADER:
+            raise SpoolCorrupt(
+                f"spool {self.path} is not an SQLite database; refusing to change it. "
+                "Point spoolpost at another path or remove the file"
+            )
+        self._file_id = (st.st_dev, st.st_ino)
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(

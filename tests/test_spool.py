@@ -24,7 +24,7 @@ from spoolpost.errors import (
     SpoolLocked,
     UnsupportedFilesystem,
 )
-from spoolpost.spool import Batch, Spool, check_filesystem, mount_of
+from spoolpost.spool import SQLITE_HEADER, Batch, Spool, check_filesystem, mount_of
 
 T0 = 1_700_000_000.0
 BIG = 1 << 30
@@ -551,7 +551,7 @@ def test_a_corrupt_file_is_moved_aside_and_a_new_spool_started(
     spool_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     spool_path.parent.mkdir(parents=True)
-    garbage = b"this is not a database\x00" * 400
+    garbage = SQLITE_HEADER + b"this is not a database\x00" * 400  # damage after the header
     spool_path.write_bytes(garbage)
     Path(f"{spool_path}-wal").write_bytes(b"junk wal")
 
@@ -606,12 +606,49 @@ def test_a_spool_replaced_by_another_process_is_followed(spool_path: Path) -> No
 
 def test_a_second_corrupt_file_does_not_overwrite_the_first(spool_path: Path) -> None:
     spool_path.parent.mkdir(parents=True)
-    for content in (b"first garbage" * 100, b"second garbage" * 100):
+    contents = [SQLITE_HEADER + b"first garbage" * 100, SQLITE_HEADER + b"second garbage" * 100]
+    for content in contents:
         spool_path.unlink(missing_ok=True)
         spool_path.write_bytes(content)
         Spool(spool_path).close()
-    kept = sorted(p.read_bytes() for p in spool_path.parent.glob("events.spool.corrupt-*"))
-    assert kept == sorted([b"first garbage" * 100, b"second garbage" * 100])
+    kept = sorted(p.read_bytes() for p in spool_path.parent.glob("events.spool.corrupt-*[0-9TZ]"))
+    assert kept == sorted(contents)
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"hello\n",
+        b"\x00" * 4096,
+        b"SQLite format 3",  # the header without its final NUL byte
+        b"{}",
+    ],
+    ids=["text", "zeros", "short header", "json"],
+)
+def test_a_file_that_is_not_an_sqlite_database_is_refused_untouched(
+    tmp_path: Path, content: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "f.txt"
+    path.write_bytes(content)
+    with pytest.raises(SpoolCorrupt) as caught:
+        Spool(path)
+    assert str(caught.value) == (
+        f"spool {path} is not an SQLite database; refusing to change it. "
+        "Point spoolpost at another path or remove the file"
+    )
+    assert path.read_bytes() == content
+    assert [p.name for p in tmp_path.iterdir()] == ["f.txt"]  # no -wal, -shm, corrupt-*
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
+def test_an_empty_file_becomes_a_spool(spool_path: Path) -> None:
+    spool_path.parent.mkdir(parents=True)
+    spool_path.touch(mode=0o600)
+    with Spool(spool_path) as s:
+        assert s.append("u", b"{}", T0)
+        assert s.stats(T0).schema_version == 1
+    assert spool_path.read_bytes().startswith(SQLITE_HEADER)
+    assert list(spool_path.parent.glob("*.corrupt-*")) == []
 
 
 def test_a_sqlite_database_that_is_not_a_spool_is_left_alone(spool_path: Path) -> None:
