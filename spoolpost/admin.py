@@ -535,7 +535,9 @@ def capture_one(
     check_spool_file(Path(spool).expanduser())
     client = Client(api_key, spool=spool, send=False, **options)
     try:
-        captured = client.capture(event, distinct_id, properties, timestamp, uuid)
+        captured = client.capture(
+            event, distinct_id=distinct_id, properties=properties, timestamp=timestamp, uuid=uuid
+        )
     finally:
         client.shutdown()
     if captured is None:
