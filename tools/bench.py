@@ -373,7 +373,7 @@ def bench_persistqueue(sizes: Sizes) -> dict[str, Any]:
 
 def _capture_loop(client: Client, first: int, n: int) -> None:
     for i in range(first, first + n):
-        client.capture(EVENT, distinct(i), props(i))
+        client.capture(EVENT, distinct_id=distinct(i), properties=props(i))
 
 
 def bench_capture_1t(sizes: Sizes) -> dict[str, Any]:
@@ -441,7 +441,7 @@ def bench_latency(sizes: Sizes) -> dict[str, Any]:
                         if pause > 0:
                             time.sleep(pause)
                     t0 = time.perf_counter_ns()
-                    client.capture(EVENT, distinct(i), props(i))
+                    client.capture(EVENT, distinct_id=distinct(i), properties=props(i))
                     samples.append((time.perf_counter_ns() - t0) / 1e6)
                 elapsed = time.perf_counter() - start
                 client.flush(60)
