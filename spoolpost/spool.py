@@ -394,7 +394,7 @@ class Spool:
 
     def _connect_and_migrate(self) -> None:
         self._prepare_file()
-        conn = self._connect()
+        conn = self._connect(first=True)
         try:
             migrations.migrate(conn, f"spool {self.path}")
         except BaseException as exc:
@@ -429,11 +429,16 @@ class Spool:
             )
         self._file_id = (st.st_dev, st.st_ino)
 
-    def _connect(self) -> sqlite3.Connection:
+    def _connect(self, first: bool = False) -> sqlite3.Connection:
+        """A connection with spoolpost's pragmas set. ``first``: the spool is being
+        opened, so refuse another application's database before any pragma (even
+        the journal mode, which is stored in the file) changes it."""
         conn = sqlite3.connect(
             self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False
         )
         try:
+            if first:
+                self._refuse_foreign(conn)
             mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
             if str(mode).lower() != "wal":
                 raise SpoolCorrupt(f"spool {self.path} could not be put in WAL mode (got {mode})")
@@ -449,6 +454,24 @@ class Spool:
             self._discard(conn, exc)
             raise
         return conn
+
+    def _refuse_foreign(self, conn: sqlite3.Connection) -> None:
+        """Raise :class:`SpoolCorrupt` if the file holds tables but no spoolpost
+        schema version (:func:`migrations.migrate` checks again under its write
+        lock; this check runs before the journal mode is switched to WAL)."""
+        if migrations.schema_version(conn):
+            return
+        foreign = [
+            name
+            for (name,) in conn.execute(
+                "SELECT name FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'"
+            )
+        ]
+        if foreign:
+            raise SpoolCorrupt(
+                f"spool {self.path} is a SQLite database but not a spoolpost spool "
+                f"(it holds {', '.join(sorted(foreign)[:5])}); refusing to change it"
+            )
 
     def _move_aside(self, exc: BaseException) -> None:
         """Move the corrupt file (and its -wal, -shm) to ``<path>.corrupt-<UTC time>``.
