@@ -586,7 +586,7 @@ class Dispatcher:
                 "event %s makes %s fail (%s) while other events get through; it is "
                 "retried on its own schedule",
                 rows[0].uuid,
-                self.transport.url,
+                self.transport.display_url,
                 t.reply.describe(),
             )
 
@@ -632,9 +632,11 @@ class Dispatcher:
             self._paused_reason = None
             self._pause_faults = 0
         if resumed:
-            log.warning("delivery to %s resumed after a configuration fault", self.transport.url)
+            log.warning(
+                "delivery to %s resumed after a configuration fault", self.transport.display_url
+            )
         elif recovered:
-            log.info("delivery to %s recovered", self.transport.url)
+            log.info("delivery to %s recovered", self.transport.display_url)
 
     def _on_transient(self, t: _Try) -> None:
         """Close the endpoint gate for ``max(backoff, Retry-After)``; a failure of
@@ -657,7 +659,7 @@ class Dispatcher:
         log.log(
             logging.WARNING if failures == 1 else logging.DEBUG,
             "delivery to %s failed (%s, %d in a row); next attempt in %.1fs",
-            self.transport.url,
+            self.transport.display_url,
             t.reply.describe(),
             failures,
             wait,
@@ -675,12 +677,12 @@ class Dispatcher:
             self._pause_until = t.at + pause
             self._probing = True
             first = self._paused_reason is None
-            self._paused_reason = f"{t.reply.describe()} from {self.transport.url}"
+            self._paused_reason = f"{t.reply.describe()} from {self.transport.display_url}"
         if first:
             log.error(
                 "delivery to %s paused: %s — a configuration fault (check host and "
                 "api_key); events are kept in the spool and retried every %.0fs or more",
-                self.transport.url,
+                self.transport.display_url,
                 t.reply.describe(),
                 pause,
             )

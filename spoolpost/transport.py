@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import gzip as gzip_module
 import json
+import re
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import requests
 
@@ -89,21 +90,100 @@ class Reply:
 EXCERPT_BYTES = 300
 
 
-def check_host(host: str) -> str:
-    """Validate an endpoint base URL (``http(s)://host[:port][/prefix]``); return it
-    without a trailing slash. Raises :class:`ConfigError`."""
-    parts = urlsplit(host)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
+@dataclass(frozen=True)
+class Host:
+    """An endpoint base URL, checked and taken apart by :func:`check_host`.
+
+    ``url`` is the base URL requests go to, without credentials and without a
+    trailing slash; ``display_url`` is the same with ``user:***@`` where the given
+    URL had credentials, for logs and messages; ``auth`` is the (user, password)
+    pair for HTTP basic auth, or None.
+    """
+
+    url: str
+    display_url: str
+    auth: tuple[str, str] | None = None
+
+
+_USERINFO = re.compile(r"(//[^/?#@]*?):[^/?#@]*@")
+
+
+def redact_credentials(text: str) -> str:
+    """``text`` with the password of every ``scheme://user:password@`` in it
+    replaced by ``***`` (for messages about a URL that could not be parsed)."""
+    return _USERINFO.sub(r"\1:***@", text)
+
+
+_FORBIDDEN_HOST_CHARS = re.compile(r"[\s\x00-\x1f\x7f<>\"{}|\\^`]")
+
+
+def check_host(host: str) -> Host:
+    """Check an endpoint base URL, ``http(s)://[user:password@]host[:port][/prefix]``,
+    and return it as a :class:`Host` (built from its parts: no trailing slash, no
+    credentials in :attr:`Host.url`).
+
+    Raises :class:`~spoolpost.errors.ConfigError` naming the problem (with any
+    password shown as ``***``): not a string or not parsable, a scheme other than
+    http/https, no host name or one with spaces or control characters, a port
+    that is not a number from 1 to 65535, a query (``?…``) or fragment (``#…``).
+    """
+    if not isinstance(host, str):
         raise ConfigError(f"host must be an http(s) URL like {DEFAULT_HOST}, not {host!r}")
-    return host.rstrip("/")
+    shown = redact_credentials(host)
+    try:
+        parts = urlsplit(host.strip())
+    except ValueError as exc:
+        raise ConfigError(f"host {shown!r} is not a valid URL: {exc}") from None
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ConfigError(f"host must be an http(s) URL like {DEFAULT_HOST}, not {shown!r}")
+    hostname = parts.hostname
+    if not hostname:
+        raise ConfigError(f"host {shown!r} has no host name")
+    if _FORBIDDEN_HOST_CHARS.search(hostname):
+        raise ConfigError(f"host {shown!r} has a host name with spaces or control characters")
+    try:
+        port = parts.port
+    except ValueError:
+        port = 0
+    if port == 0 or (port is None and parts.netloc.endswith(":")):
+        raise ConfigError(
+            f"host {shown!r} has an invalid port: it must be a number from 1 to 65535"
+        )
+    if parts.query or parts.fragment or "?" in host or "#" in host:
+        raise ConfigError(
+            f"host {shown!r} must not have a query (?…) or fragment (#…): give the base "
+            f"URL, like {DEFAULT_HOST}"
+        )
+    name = f"[{hostname}]" if ":" in hostname else hostname
+    where = name if port is None else f"{name}:{port}"
+    path = parts.path.rstrip("/")
+    url = f"{parts.scheme}://{where}{path}"
+    try:
+        requests.PreparedRequest().prepare_url(url, None)  # what requests will refuse
+    except requests.RequestException as exc:
+        raise ConfigError(f"host {shown!r} is not a usable URL: {exc}") from None
+    if parts.username is None and parts.password is None:
+        return Host(url, url)
+    user = unquote(parts.username or "")
+    return Host(
+        url,
+        f"{parts.scheme}://{parts.username or ''}:***@{where}{path}",
+        (
+            user,
+            unquote(parts.password or ""),
+        ),
+    )
 
 
 class HttpTransport:
     """POSTs batches to ``host`` + ``wire.path``.
 
-    ``timeout`` is (connect, read) in seconds (default 5, 30); ``gzip`` sends
-    ``Content-Encoding: gzip``; ``verify`` is passed to requests (TLS on by
-    default). One ``requests.Session`` per calling thread.
+    ``host`` is checked by :func:`check_host` (credentials in it, ``user:password@``,
+    are sent as HTTP basic auth and shown as ``user:***@`` in :attr:`display_url`,
+    which is what logs and messages use). ``timeout`` is (connect, read) in seconds
+    (default 5, 30); ``gzip`` sends ``Content-Encoding: gzip``; ``verify`` is passed
+    to requests (TLS on by default). One ``requests.Session`` per calling thread.
+    Raises :class:`~spoolpost.errors.ConfigError` for a bad ``host`` or ``api_key``.
     """
 
     def __init__(
@@ -118,10 +198,14 @@ class HttpTransport:
     ) -> None:
         if not isinstance(api_key, str) or not api_key.strip():
             raise ConfigError("api_key must be a non-empty string (the project API key)")
-        self.host = check_host(host)
+        checked = check_host(host)
+        self.host = checked.url
         self.api_key = api_key
         self.wire: WireFormat = wire or PostHogV0()
-        self.url = self.host + self.wire.path
+        self.url = checked.url + self.wire.path
+        #: :attr:`url` with ``user:***@`` where the host had credentials: for logs.
+        self.display_url = checked.display_url + self.wire.path
+        self.auth = checked.auth
         self.gzip = gzip
         self.timeout = timeout
         self.verify = verify
@@ -161,6 +245,7 @@ class HttpTransport:
                 headers=headers,
                 timeout=self.timeout,
                 allow_redirects=False,
+                auth=self.auth,
             )
         except requests.RequestException as exc:
             return Reply(None, error=f"{type(exc).__name__}: {exc}"[:500])

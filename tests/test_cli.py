@@ -629,6 +629,23 @@ def test_drain_shows_a_progress_bar_on_a_terminal(
             "Error: host must be an http(s) URL",
         ),
         (["--host", "not a url", "--api-key", SECRET], "Error: host must be an http(s) URL"),
+        (
+            ["--host", "http://[::1", "--api-key", SECRET],
+            "Error: host 'http://[::1' is not a valid URL: Invalid IPv6 URL\n",
+        ),
+        (
+            ["--host", "http://127.0.0.1:99999", "--api-key", SECRET],
+            "Error: host 'http://127.0.0.1:99999' has an invalid port: it must be a number "
+            "from 1 to 65535\n",
+        ),
+        (
+            ["--host", "http://h/ingest?x=1", "--api-key", SECRET],
+            "Error: host 'http://h/ingest?x=1' must not have a query (?…) or fragment (#…)",
+        ),
+        (
+            ["--host", f"http://ops:{SECRET}@h:x", "--api-key", "phc_k"],
+            "Error: host 'http://ops:***@h:x' has an invalid port",
+        ),
     ],
 )
 def test_drain_settings_errors_exit_1(

@@ -1,11 +1,17 @@
 """HttpTransport against real loopback endpoints: environment settings are read
-once per session and still honoured."""
+once per session and still honoured; the host URL is checked, built from its parts,
+and any credentials in it are used but never shown."""
 
 from __future__ import annotations
 
+import base64
+import logging
+from collections.abc import Callable
+
 import pytest
 
-from spoolpost.testing import LocalEndpoint
+from spoolpost import Client, ConfigError
+from spoolpost.testing import LocalEndpoint, Response
 from spoolpost.transport import HttpTransport
 
 
@@ -29,3 +35,105 @@ def test_no_proxy_from_the_environment_is_honoured(monkeypatch: pytest.MonkeyPat
         transport = HttpTransport(target.url, "phc_key")
         assert transport.post([b'{"uuid":"u1"}'], 1_700_000_000.0).status == 200
         assert len(target.requests) == 1 and proxy.requests == []
+
+
+# -- the host URL is checked -------------------------------------------------------------
+
+POSTHOG = "https://us.i.posthog.com"
+
+BAD_HOSTS: list[tuple[str, str, str]] = [
+    ("ipv6-unclosed", "http://[::1", "host 'http://[::1' is not a valid URL: Invalid IPv6 URL"),
+    (
+        "ftp",
+        "ftp://example.com",
+        f"host must be an http(s) URL like {POSTHOG}, not 'ftp://example.com'",
+    ),
+    ("no-scheme", "example.com", f"host must be an http(s) URL like {POSTHOG}, not 'example.com'"),
+    ("no-host-name", "http://:8080", "host 'http://:8080' has no host name"),
+    (
+        "space-in-host-name",
+        "http://exa mple.com",
+        "host 'http://exa mple.com' has a host name with spaces or control characters",
+    ),
+    *[
+        (
+            f"port-{name}",
+            f"http://127.0.0.1:{port}",
+            f"host 'http://127.0.0.1:{port}' has an invalid port: it must be a number "
+            "from 1 to 65535",
+        )
+        for name, port in [("text", "notaport"), ("too-big", "99999"), ("zero", "0"), ("empty", "")]
+    ],
+    *[
+        (
+            name,
+            url,
+            f"host {url!r} must not have a query (?…) or fragment (#…): give the base URL, "
+            f"like {POSTHOG}",
+        )
+        for name, url in [
+            ("query", "http://h/ingest?x=1"),
+            ("empty-query", "http://h/ingest?"),
+            ("fragment", "http://h/ingest#top"),
+        ]
+    ],
+    (
+        "password-redacted",
+        "http://user:s3cret@h:bad",
+        "host 'http://user:***@h:bad' has an invalid port: it must be a number from 1 to 65535",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("host", "message"), [c[1:] for c in BAD_HOSTS], ids=[c[0] for c in BAD_HOSTS]
+)
+def test_a_bad_host_raises_config_error_naming_the_problem(host: str, message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        HttpTransport(host, "phc_key")
+
+    assert str(caught.value) == message
+
+
+@pytest.mark.parametrize(
+    ("host", "url"),
+    [
+        ("http://127.0.0.1:8000/", "http://127.0.0.1:8000/batch/"),
+        ("HTTPS://EU.i.posthog.com", "https://eu.i.posthog.com/batch/"),
+        ("http://[::1]:8080/ingest//", "http://[::1]:8080/ingest/batch/"),
+        ("  http://h  ", "http://h/batch/"),
+    ],
+)
+def test_the_url_is_built_from_the_checked_parts(host: str, url: str) -> None:
+    transport = HttpTransport(host, "phc_key")
+
+    assert (transport.url, transport.display_url, transport.auth) == (url, url, None)
+
+
+def test_a_path_prefix_is_kept(endpoint: LocalEndpoint) -> None:
+    transport = HttpTransport(endpoint.url + "/ingest/", "phc_key")
+
+    assert transport.post([b'{"uuid":"u1"}'], 1_700_000_000.0).status == 200
+    assert [r.path for r in endpoint.requests] == ["/ingest/batch/"]
+
+
+def test_credentials_in_the_host_are_sent_as_basic_auth_and_never_logged(
+    make_client: Callable[..., Client],
+    endpoint: LocalEndpoint,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="spoolpost")
+    address = endpoint.url.removeprefix("http://")
+    endpoint.default = Response(401, body=b'{"detail":"no"}')
+    client = make_client(host=f"http://ops:s%40cret@{address}", flush_at=1000)
+
+    assert client.transport.url == f"http://{address}/batch/"
+    assert client.transport.display_url == f"http://ops:***@{address}/batch/"
+    client.capture("e", distinct_id="u")
+    result = client.flush(timeout=10)
+
+    [request] = endpoint.requests
+    assert request.headers["Authorization"] == "Basic " + base64.b64encode(b"ops:s@cret").decode()
+    assert result.paused == f'HTTP 401: {{"detail":"no"}} from http://ops:***@{address}/batch/'
+    assert any(f"http://ops:***@{address}/batch/" in r.getMessage() for r in caplog.records)
+    assert not any("cret" in r.getMessage() for r in caplog.records)
