@@ -24,6 +24,7 @@ import os
 import re
 import secrets
 import sqlite3
+import stat
 import threading
 import time
 import weakref
@@ -252,7 +253,9 @@ os.register_at_fork(
 class Spool:
     """One spool file. Thread-safe; one instance per process and path is enough.
 
-    ``path``: the SQLite file (created ``0600``, its folder ``0700``).
+    ``path``: the SQLite file. It is created ``0600``, and an existing file (and
+    its -wal, -shm) that group or others may access is made ``0600`` (logged at
+    INFO). Missing folders are created ``0700``; existing ones are left alone.
     ``durability``: ``"process"`` (WAL + ``synchronous=NORMAL``: survives a crash
     of the process) or ``"power"`` (``synchronous=FULL``: survives power loss).
     ``max_spool_bytes``: bound on the file's used pages (default 512 MiB).
@@ -360,9 +363,7 @@ class Spool:
         self._reset_locks()
 
     def _open(self) -> None:
-        folder = self.path.parent
-        if not folder.exists():
-            folder.mkdir(parents=True, mode=0o700, exist_ok=True)
+        self._make_folders()
         if not self.allow_network_fs:
             check_filesystem(self.path)
         try:
@@ -382,6 +383,26 @@ class Spool:
                         self._failed_conn.close()
                     self._failed_conn = None
             self._connect_and_migrate()
+
+    def _make_folders(self) -> None:
+        """Create the spool's missing folders one by one, each ``0700`` (``mkdir
+        -p`` would give only the last one that mode). Folders that already exist
+        are left as they are. Raises :class:`ConfigError`."""
+        missing: list[Path] = []
+        folder = self.path.parent
+        try:
+            while not folder.exists() and folder != folder.parent:
+                missing.append(folder)
+                folder = folder.parent
+            for folder in reversed(missing):
+                with contextlib.suppress(FileExistsError):  # another process was first
+                    folder.mkdir(mode=0o700)
+        except OSError as exc:
+            raise ConfigError(f"cannot create the folder of spool {self.path}: {exc}") from exc
+
+    def _side_files(self) -> tuple[Path, Path]:
+        """The spool's ``-wal`` and ``-shm`` files (they may not exist)."""
+        return Path(f"{self.path}-wal"), Path(f"{self.path}-shm")
 
     def _discard(self, conn: sqlite3.Connection, exc: BaseException) -> None:
         """Close a connection that failed while opening, unless the file is corrupt
@@ -403,9 +424,8 @@ class Spool:
         self._writer_conn = conn
 
     def _prepare_file(self) -> None:
-        """Create the spool file ``0600`` if it is missing (SQLite gives the -wal
-        and -shm it creates the same mode; events carry personal data) and make
-        sure that SQLite may have it.
+        """Create the spool file ``0600`` if it is missing, make sure that SQLite
+        may have it, and make it private before SQLite opens it.
 
         Only an empty file or one that starts with the SQLite header is handed to
         SQLite: anything else (a file the path was pointed at by mistake) raises
@@ -419,15 +439,41 @@ class Spool:
             raise ConfigError(f"cannot open spool {self.path}: {exc}") from exc
         try:
             st = os.fstat(fd)
-            head = os.pread(fd, len(SQLITE_HEADER), 0)
+            if st.st_size and os.pread(fd, len(SQLITE_HEADER), 0) != SQLITE_HEADER:
+                raise SpoolCorrupt(
+                    f"spool {self.path} is not an SQLite database; refusing to change it. "
+                    "Point spoolpost at another path or remove the file"
+                )
+            self._make_private(fd, st.st_mode)
+        except OSError as exc:
+            raise ConfigError(f"cannot open spool {self.path}: {exc}") from exc
         finally:
             os.close(fd)
-        if st.st_size and head != SQLITE_HEADER:
-            raise SpoolCorrupt(
-                f"spool {self.path} is not an SQLite database; refusing to change it. "
-                "Point spoolpost at another path or remove the file"
-            )
         self._file_id = (st.st_dev, st.st_ino)
+
+    def _make_private(self, fd: int, mode: int) -> None:
+        """Take group and other access away (``0600``) from the spool file, open
+        as ``fd`` with ``mode``, and from its existing -wal and -shm: events carry
+        personal data, and SQLite gives the -wal and -shm it creates the spool
+        file's mode. Logged at INFO when a mode changes."""
+        changed = []
+        if mode & 0o077:
+            os.fchmod(fd, 0o600)
+            changed.append(f"{self.path.name} (was {stat.S_IMODE(mode):04o})")
+        for side in self._side_files():
+            try:
+                side_mode = os.stat(side).st_mode
+            except FileNotFoundError:
+                continue
+            if side_mode & 0o077:
+                os.chmod(side, 0o600)
+                changed.append(f"{side.name} (was {stat.S_IMODE(side_mode):04o})")
+        if changed:
+            log.info(
+                "spool %s: other users could access %s; made it 0600 (events carry personal data)",
+                self.path,
+                ", ".join(changed),
+            )
 
     def _connect(self, first: bool = False) -> sqlite3.Connection:
         """A connection with spoolpost's pragmas set. ``first``: the spool is being
@@ -1238,7 +1284,7 @@ class Spool:
             )
             version = migrations.schema_version(conn)
             counters = self._counters(conn)
-        wal = Path(str(self.path) + "-wal")
+        wal = self._side_files()[0]
         return SpoolStats(
             path=str(self.path),
             schema_version=version,

@@ -117,24 +117,102 @@ def test_a_closed_spool_refuses_work_and_close_is_idempotent(spool_path: Path) -
         s.stats(T0)
 
 
-def test_files_are_created_private(tmp_path: Path) -> None:
-    path = tmp_path / "new" / "deeper" / "events.spool"
-    old = os.umask(0o022)
+@contextlib.contextmanager
+def umask(mask: int) -> Iterator[None]:
+    old = os.umask(mask)
     try:
-        with Spool(path) as s:
-            s.append("u", b"{}", T0)
-            modes = {
-                p.name: stat.S_IMODE(p.stat().st_mode)
-                for p in (path, Path(f"{path}-wal"), Path(f"{path}-shm"))
-            }
+        yield
     finally:
         os.umask(old)
-    assert modes == {
-        "events.spool": 0o600,
-        "events.spool-wal": 0o600,
-        "events.spool-shm": 0o600,
-    }
-    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+
+
+def mode_of(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def spool_file_modes(path: Path) -> dict[str, int]:
+    return {p.name: mode_of(p) for p in (path, Path(f"{path}-wal"), Path(f"{path}-shm"))}
+
+
+PRIVATE = {"events.spool": 0o600, "events.spool-wal": 0o600, "events.spool-shm": 0o600}
+
+
+def test_files_and_every_folder_spoolpost_creates_are_private(tmp_path: Path) -> None:
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    existing.chmod(0o755)
+    path = existing / "new" / "deeper" / "events.spool"
+    with umask(0o022), Spool(path) as s:
+        s.append("u", b"{}", T0)
+        modes = spool_file_modes(path)
+    assert modes == PRIVATE
+    assert mode_of(existing / "new") == 0o700  # mkdir(parents=True) left this one 0755
+    assert mode_of(existing / "new" / "deeper") == 0o700
+    assert mode_of(existing) == 0o755  # not created by spoolpost: left alone
+
+
+@pytest.mark.parametrize(
+    ("below", "message"),
+    [
+        ("x/events.spool", "cannot create the folder of spool {path}: {oserror} '{blocker}/x'"),
+        ("events.spool", "cannot open spool {path}: {oserror} '{path}'"),
+    ],
+)
+def test_a_file_where_a_folder_should_be_raises_config_error(
+    tmp_path: Path, below: str, message: str
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    path = blocker / below
+    with pytest.raises(ConfigError) as caught:
+        Spool(path)
+    oserror = "[Errno 20] Not a directory:"
+    assert str(caught.value) == message.format(path=path, blocker=blocker, oserror=oserror)
+    assert [p.name for p in tmp_path.iterdir()] == ["a-file"]
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o660, 0o604])
+def test_an_existing_spool_others_may_read_is_made_private_with_its_wal_and_shm(
+    spool_path: Path, caplog: pytest.LogCaptureFixture, mode: int
+) -> None:
+    caplog.set_level(logging.INFO, "spoolpost")
+    Spool(spool_path).close()
+    other = sqlite3.connect(spool_path)  # keeps the -wal and -shm in place
+    try:
+        other.execute("SELECT count(*) FROM events").fetchone()
+        for p in spool_file_modes(spool_path):
+            (spool_path.parent / p).chmod(mode)
+
+        with umask(0o022), Spool(spool_path) as s:
+            assert s.append("u", b"{}", T0)
+            assert spool_file_modes(spool_path) == PRIVATE
+        with Spool(spool_path) as s:  # already private: nothing to say
+            assert s.append("u2", b"{}", T0)
+    finally:
+        other.close()
+    (info,) = [r.getMessage() for r in caplog.records if "made it 0600" in r.getMessage()]
+    assert info == (
+        f"spool {spool_path}: other users could access events.spool (was {mode:04o}),"
+        f" events.spool-wal (was {mode:04o}), events.spool-shm (was {mode:04o});"
+        " made it 0600 (events carry personal data)"
+    )
+
+
+def test_a_new_empty_file_others_may_read_gives_private_wal_and_shm(
+    spool_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The reported case: `touch s.spool` (0644); SQLite copies the spool file's
+    # mode to the -wal and -shm it creates.
+    caplog.set_level(logging.INFO, "spoolpost")
+    spool_path.parent.mkdir(parents=True)
+    spool_path.touch(mode=0o644)
+    with umask(0o022), Spool(spool_path) as s:
+        assert s.append("u", b"{}", T0)
+        assert spool_file_modes(spool_path) == PRIVATE
+    assert [r.getMessage() for r in caplog.records if "made it 0600" in r.getMessage()] == [
+        f"spool {spool_path}: other users could access events.spool (was 0644);"
+        " made it 0600 (events carry personal data)"
+    ]
 
 
 # -- group commit -------------------------------------------------------------------
