@@ -39,7 +39,7 @@ from spoolpost.encoding import Timestamp, encode_event
 from spoolpost.errors import ConfigError, EventTooLarge, SpoolClosed
 from spoolpost.policy import PausePolicy, RetryPolicy
 from spoolpost.spool import DEFAULT_MAX_SPOOL_BYTES, Durability, OnFull, Spool
-from spoolpost.transport import DEFAULT_HOST, HttpTransport, PostHogV0
+from spoolpost.transport import DEFAULT_HOST, HttpTransport, PostHogV0, Timeout
 
 __all__ = [
     "DEFAULT_MAX_EVENT_BYTES",
@@ -117,7 +117,8 @@ class Client:
     PostHog does not locate people from the server's IP address.
     ``historical_migration`` is sent with every batch (PostHog's flag for
     back-filled data). ``gzip`` compresses request bodies. ``timeout``:
-    (connect, read) seconds. ``shutdown_timeout``: seconds the ``atexit``
+    seconds per request, a positive number or a (connect, read) pair (default
+    (5, 30)). ``shutdown_timeout``: seconds the ``atexit``
     shutdown and the ``with`` block exit may take (5). ``force_key``: deliver a
     spool created for another API key (re-binds it). ``clock``: time source (tests).
 
@@ -151,7 +152,7 @@ class Client:
         disable_geoip: bool = True,
         historical_migration: bool = False,
         gzip: bool = False,
-        timeout: tuple[float, float] = (5.0, 30.0),
+        timeout: Timeout = (5.0, 30.0),
         shutdown_timeout: float = 5.0,
         force_key: bool = False,
         clock: Clock = SYSTEM_CLOCK,

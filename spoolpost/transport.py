@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import gzip as gzip_module
 import json
+import math
 import re
 import threading
 from collections.abc import Sequence
@@ -175,15 +176,41 @@ def check_host(host: str) -> Host:
     )
 
 
+Timeout = float | tuple[float, float]
+"""A request timeout in seconds: one for connect and read, or a (connect, read) pair."""
+
+
+def check_timeout(timeout: object) -> tuple[float, float]:
+    """``timeout`` as a (connect, read) pair of seconds. Raises
+    :class:`~spoolpost.errors.ConfigError` unless it is a positive finite number or a
+    pair of them (a zero, negative, infinite or missing timeout would make every
+    request fail, or let a hung server hold a sender for ever)."""
+    values = timeout if isinstance(timeout, tuple) else (timeout, timeout)
+    if len(values) == 2 and all(_positive_seconds(v) for v in values):
+        return float(values[0]), float(values[1])
+    raise ConfigError(
+        "timeout must be a positive number of seconds or a (connect, read) pair of "
+        f"them, not {timeout!r}"
+    )
+
+
+def _positive_seconds(value: object) -> bool:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return math.isfinite(value) and value > 0
+
+
 class HttpTransport:
     """POSTs batches to ``host`` + ``wire.path``.
 
     ``host`` is checked by :func:`check_host` (credentials in it, ``user:password@``,
     are sent as HTTP basic auth and shown as ``user:***@`` in :attr:`display_url`,
-    which is what logs and messages use). ``timeout`` is (connect, read) in seconds
-    (default 5, 30); ``gzip`` sends ``Content-Encoding: gzip``; ``verify`` is passed
-    to requests (TLS on by default). One ``requests.Session`` per calling thread.
-    Raises :class:`~spoolpost.errors.ConfigError` for a bad ``host`` or ``api_key``.
+    which is what logs and messages use). ``timeout``: seconds, one positive number
+    for both, or a (connect, read) pair (default 5, 30); ``gzip`` sends
+    ``Content-Encoding: gzip``; ``verify`` is passed to requests (TLS on by
+    default). One ``requests.Session`` per calling thread.
+    Raises :class:`~spoolpost.errors.ConfigError` for a bad ``host``, ``api_key``
+    or ``timeout``.
     """
 
     def __init__(
@@ -193,7 +220,7 @@ class HttpTransport:
         *,
         wire: WireFormat | None = None,
         gzip: bool = False,
-        timeout: tuple[float, float] = (5.0, 30.0),
+        timeout: Timeout = (5.0, 30.0),
         verify: bool | str = True,
     ) -> None:
         if not isinstance(api_key, str) or not api_key.strip():
@@ -207,7 +234,7 @@ class HttpTransport:
         self.display_url = checked.display_url + self.wire.path
         self.auth = checked.auth
         self.gzip = gzip
-        self.timeout = timeout
+        self.timeout = check_timeout(timeout)
         self.verify = verify
         self._local = threading.local()
 

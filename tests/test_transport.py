@@ -6,7 +6,11 @@ from __future__ import annotations
 
 import base64
 import logging
+import math
+import threading
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -137,3 +141,66 @@ def test_credentials_in_the_host_are_sent_as_basic_auth_and_never_logged(
     assert result.paused == f'HTTP 401: {{"detail":"no"}} from http://ops:***@{address}/batch/'
     assert any(f"http://ops:***@{address}/batch/" in r.getMessage() for r in caplog.records)
     assert not any("cret" in r.getMessage() for r in caplog.records)
+
+
+# -- the timeout is checked ----------------------------------------------------------------
+
+TIMEOUT_NEEDS = "timeout must be a positive number of seconds or a (connect, read) pair of them"
+
+
+@pytest.mark.parametrize(
+    "timeout",
+    [
+        -1,
+        0,
+        0.0,
+        (0, 0),
+        (5, -1),
+        (-1, 5),
+        (5,),
+        (1, 2, 3),
+        "5",
+        True,
+        None,
+        (5, None),
+        math.nan,
+        math.inf,
+        (5, math.inf),
+        [5, 30],
+    ],
+)
+def test_a_timeout_that_cannot_work_raises_config_error(timeout: Any) -> None:
+    with pytest.raises(ConfigError) as caught:
+        HttpTransport("http://127.0.0.1:9", "phc_key", timeout=timeout)
+
+    assert str(caught.value) == f"{TIMEOUT_NEEDS}, not {timeout!r}"
+
+
+@pytest.mark.parametrize("timeout", [-1, (0, 0)])
+def test_a_client_with_an_impossible_timeout_is_refused_before_anything_starts(
+    spool_path: Path, timeout: Any
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        Client("phc_key", "http://127.0.0.1:9", spool=spool_path, timeout=timeout)
+
+    assert str(caught.value) == f"{TIMEOUT_NEEDS}, not {timeout!r}"
+    assert not spool_path.exists()
+    assert not [t for t in threading.enumerate() if t.name.startswith("spoolpost-")]
+
+
+@pytest.mark.parametrize(
+    ("timeout", "pair"), [(2.5, (2.5, 2.5)), (3, (3.0, 3.0)), ((1, 20), (1.0, 20.0))]
+)
+def test_a_good_timeout_becomes_a_connect_read_pair(
+    timeout: Any, pair: tuple[float, float]
+) -> None:
+    assert HttpTransport("http://127.0.0.1:9", "phc_key", timeout=timeout).timeout == pair
+
+
+def test_the_read_timeout_ends_a_request_to_a_hung_server(endpoint: LocalEndpoint) -> None:
+    endpoint.default = Response(hang=True)
+    transport = HttpTransport(endpoint.url, "phc_key", timeout=(5.0, 0.2))
+
+    reply = transport.post([b'{"uuid":"u1"}'], 1_700_000_000.0)
+
+    assert reply.status is None and reply.error.startswith("ReadTimeout: ")
