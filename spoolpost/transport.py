@@ -73,7 +73,10 @@ class Reply:
     ``status`` is the HTTP status, or None when no response arrived (connection
     refused or dropped, timeout, DNS failure), with ``error`` saying why.
     ``retry_after`` is the raw ``Retry-After`` header; ``excerpt`` the first
-    bytes of the response body, decoded leniently.
+    :data:`EXCERPT_BYTES` bytes of the response body, decoded leniently. :class:`HttpTransport`
+    redacts its API key from ``excerpt`` and ``error`` (see :func:`redact_key`)
+    before making a Reply, so neither logs, ``last_error``, dead-letter details nor
+    paused reasons can carry it.
     """
 
     status: int | None
@@ -89,6 +92,44 @@ class Reply:
 
 
 EXCERPT_BYTES = 300
+
+
+def _marker(api_key: str) -> str:
+    return "phc_***" if api_key.startswith("phc_") else "***"
+
+
+def redact_key(text: str, api_key: str) -> str:
+    """``text`` with every occurrence of ``api_key`` replaced by ``phc_***`` (or
+    ``***`` for a key without PostHog's ``phc_`` prefix)."""
+    if not api_key or api_key not in text:
+        return text
+    return text.replace(api_key, _marker(api_key))
+
+
+#: A body ending in this many leading bytes of the key, or more, has them hidden too.
+_KEY_PREFIX_SHOWN = 5
+
+
+def _excerpt(content: bytes, api_key: str) -> str:
+    """The first :data:`EXCERPT_BYTES` bytes of a response body as text (decoded
+    leniently), ``api_key`` redacted: also a key that starts inside the excerpt and
+    runs past its end (taken whole, then redacted), and the start of a key the
+    excerpt ends in, so no part of the key longer than ``phc_`` is ever shown."""
+    key = api_key.encode()
+    head = content[:EXCERPT_BYTES]
+    if key:
+        straddling = content.find(
+            key, max(0, EXCERPT_BYTES - len(key) + 1), EXCERPT_BYTES + len(key) - 1
+        )
+        if straddling != -1:
+            head = content[: straddling + len(key)]
+        marker = _marker(api_key).encode()
+        head = head.replace(key, marker)
+        for n in range(min(len(key) - 1, len(head)), _KEY_PREFIX_SHOWN - 1, -1):
+            if head.endswith(key[:n]):
+                head = head[:-n] + marker
+                break
+    return head.decode("utf-8", "replace")
 
 
 @dataclass(frozen=True)
@@ -275,7 +316,7 @@ class HttpTransport:
                 auth=self.auth,
             )
         except requests.RequestException as exc:
-            return Reply(None, error=f"{type(exc).__name__}: {exc}"[:500])
+            return Reply(None, error=redact_key(f"{type(exc).__name__}: {exc}", self.api_key)[:500])
         with response:
-            excerpt = response.content[:EXCERPT_BYTES].decode("utf-8", "replace")
+            excerpt = _excerpt(response.content, self.api_key)
             return Reply(response.status_code, response.headers.get("Retry-After"), excerpt)

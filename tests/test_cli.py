@@ -536,6 +536,18 @@ def test_drain_paused_by_a_configuration_fault_exits_5(
     assert len(states(spool)["pending"]) == 3
 
 
+def test_drain_never_prints_the_key_a_server_echoes(
+    spool_path: Path, spool: Spool, endpoint: LocalEndpoint
+) -> None:
+    add_events(spool, ["e"], at=time.time() - 100)
+    endpoint.default = Response(401, body=f'{{"error":"invalid key {SECRET}"}}'.encode())
+    result = drain(spool_path, endpoint, "--json")  # run() checks SECRET is not printed
+    assert result.exit_code == 5
+    paused = json.loads(result.stdout)["paused"]
+    assert paused == f'HTTP 401: {{"error":"invalid key phc_***"}} from {endpoint.url}/batch/'
+    assert 'HTTP 401: {"error":"invalid key phc_***"}' in result.stderr  # the ERROR log line
+
+
 def test_drain_that_dead_letters_an_event_exits_6(
     spool_path: Path, spool: Spool, endpoint: LocalEndpoint
 ) -> None:

@@ -837,3 +837,67 @@ def test_gzip_option(compress: bool, make_rig: MakeRig, endpoint: LocalEndpoint)
         assert request.raw_body == request.body
     assert request.headers["Content-Type"] == "application/json"
     assert request.headers["User-Agent"].startswith("spoolpost/")
+
+
+# -- the API key never comes back from a server's error text ---------------------------------
+
+
+SHOWN = '{"error":"bad key phc_***"}'
+
+
+@pytest.mark.parametrize(
+    ("status", "where", "log"),
+    [
+        (401, "paused", f"paused: HTTP 401: {SHOWN} — a configuration fault"),
+        (400, "dead letter", "dead-lettered 1 event(s): rejected 400"),
+        (503, "last_error", f"failed (HTTP 503: {SHOWN}, 1 in a row)"),
+    ],
+)
+def test_an_error_body_echoing_the_api_key_is_stored_and_logged_redacted(
+    status: int,
+    where: str,
+    log: str,
+    rig: Rig,
+    endpoint: LocalEndpoint,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="spoolpost")
+    endpoint.default = Response(status, body=f'{{"error":"bad key {API_KEY}"}}'.encode())
+    rig.capture()
+
+    rig.step()
+
+    if where == "paused":
+        paused = f"HTTP 401: {SHOWN} from {endpoint.url}/batch/"
+        assert rig.dispatcher.paused_reason == paused
+    elif where == "dead letter":
+        [dead] = rig.dead()
+        assert dead["detail"] == SHOWN
+    else:
+        [row] = rig.pending()
+        assert row["last_error"] == f"HTTP 503: {SHOWN}"
+    [logged] = [r.getMessage() for r in caplog.records if r.name == "spoolpost"]
+    assert log in logged and API_KEY not in logged
+
+
+@pytest.mark.parametrize(
+    ("body", "excerpt"),
+    [
+        (f"{API_KEY} is not valid", "phc_*** is not valid"),
+        ("x" * 290 + API_KEY + " tail", "x" * 290 + "phc_***"),  # runs past the excerpt
+        ("x" * 299 + API_KEY, "x" * 299 + "phc_***"),
+        ("x" * 300 + API_KEY, "x" * 300),  # starts after the excerpt
+        ("bad key phc_test", "bad key phc_***"),  # the body ends inside the key
+        ("bad key phc_", "bad key phc_"),  # only the public prefix
+        ("no key here", "no key here"),
+    ],
+    ids=["whole", "straddling", "last-byte", "after", "cut-short", "prefix", "none"],
+)
+def test_the_body_excerpt_never_shows_the_api_key(
+    body: str, excerpt: str, endpoint: LocalEndpoint
+) -> None:
+    endpoint.default = Response(400, body=body.encode())
+
+    reply = HttpTransport(endpoint.url, API_KEY).post([b'{"uuid":"u1"}'], START)
+
+    assert (reply.status, reply.excerpt) == (400, excerpt)
