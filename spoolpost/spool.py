@@ -72,6 +72,9 @@ _BUSY_CODES = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
 _INSERT = (
     "INSERT INTO events (uuid, body, size, captured_at, next_attempt_at) VALUES (?, ?, ?, ?, ?)"
 )
+#: A full spool's episode ends once its used size is back down to this fraction
+#: of ``max_spool_bytes`` (then the next time it fills, it is warned about again).
+ROOM_AGAIN = 7 / 8
 #: Rows a claim may dead-letter as ``expired`` in one transaction, per ``max_events``.
 _EXPIRE_ROUNDS = 8
 
@@ -839,12 +842,18 @@ class Spool:
         The used size is read from the file's page counts. It is read again
         once appends wrote half the headroom left, or 1/64 of the bound (so
         that other processes' writes and deletes are seen too).
+
+        A full episode (one WARNING) lasts until the used size is back down to
+        :data:`ROOM_AGAIN` of the bound: the little room that ``drop_oldest``
+        makes for each append, or that one delivery makes while captures keep
+        the spool at its bound, does not end it.
         """
         space = self._space
-        headroom = self.max_spool_bytes - self._used_bytes(conn)
+        used = self._used_bytes(conn)
+        headroom = self.max_spool_bytes - used
         if cost <= headroom:
             space.budget = min(self.max_spool_bytes // 64, (headroom - cost) // 2)
-            if space.episode.active:
+            if space.episode.active and used <= self.max_spool_bytes * ROOM_AGAIN:
                 self._end_full_episode()
             return batch
         need = cost - headroom
@@ -895,11 +904,13 @@ class Spool:
             }[self.on_full]
             log.warning(
                 "spool %s is full (max_spool_bytes=%d); on_full=%s is %s "
-                "(drops are counted as 'dropped'; logged once until there is room again)",
+                "(drops are counted as 'dropped'; not logged again until it is back down to"
+                " %d bytes)",
                 self.path,
                 self.max_spool_bytes,
                 self.on_full,
                 doing,
+                int(self.max_spool_bytes * ROOM_AGAIN),
             )
 
     def _end_full_episode(self) -> None:

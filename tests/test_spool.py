@@ -564,6 +564,59 @@ def test_drop_oldest_makes_room_by_dropping_the_oldest_pending(
     assert len(full_warnings(caplog)) == 1
 
 
+def test_drop_oldest_warns_once_over_a_long_episode_and_counts_every_drop(
+    spool_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The reported flood: each drop made a little room, the next append saw it and
+    # ended the episode, and the next drop began a new one (236 warnings here).
+    caplog.set_level(logging.INFO, "spoolpost")
+    with Spool(spool_path, max_spool_bytes=100_000, on_full="drop_oldest") as s:
+        assert all(s.append(f"e{i}", body(i, 260), T0) for i in range(2000))
+        kept = [uuid for _, uuid, _, _ in rows(s)]
+        dropped = s.counters()["dropped"]
+        assert [r.levelno for r in caplog.records] == [logging.WARNING]
+        assert "is full (max_spool_bytes=100000); on_full=drop_oldest" in caplog.messages[0]
+        assert "not logged again until it is back down to 87500 bytes" in caplog.messages[0]
+
+        assert dropped == 2000 - len(kept) > 1000
+        assert kept == [f"e{i}" for i in range(dropped, 2000)]  # the newest survive
+
+        free_everything(s)
+        # The used size is read again after at most max_spool_bytes / 64 bytes
+        # of appends (1562 here: three of these appends at ~2x 260 bytes each).
+        assert all(s.append(f"after-{i}", body(0, 260), T0) for i in range(4))
+    assert caplog.messages[1:] == [
+        f"spool {spool_path} has room again; {dropped} event(s) were dropped while it was full"
+    ]
+
+
+def try_append(spool: Spool, uuid: str) -> bool:
+    try:
+        return spool.append(uuid, body(0, EVENT), T0)
+    except SpoolFull:
+        return False
+
+
+@pytest.mark.parametrize("on_full", ["drop_newest", "drop_oldest", "raise", "block"])
+def test_deliveries_that_keep_a_spool_near_its_bound_do_not_start_new_episodes(
+    spool_path: Path, caplog: pytest.LogCaptureFixture, on_full: Any
+) -> None:
+    caplog.set_level(logging.INFO, "spoolpost")
+    # Each event takes ~1/32 of the bound: one delivery leaves the spool in the
+    # top 1/8 of it (ROOM_AGAIN), near its bound.
+    with Spool(spool_path, max_spool_bytes=256 * 1024, on_full=on_full, block_timeout=0) as s:
+        for i in range(40):  # ~1.25x the bound
+            try_append(s, f"fill-{i}")
+        for n in range(20):  # one event delivered, three more captured, over and over
+            batch = claim(s, max_events=1)
+            assert s.ack(batch.token, batch.ids) == 1
+            for i in range(3):
+                try_append(s, f"more-{n}-{i}")
+        assert s.stats(T0).counts["pending"] < 40
+        assert len(full_warnings(caplog)) == 1
+        assert not any("has room again" in m for m in caplog.messages)
+
+
 def test_raise_policy_raises_spool_full_and_writes_nothing(
     spool_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
