@@ -57,6 +57,15 @@ EventUuid = UUID | str | None
 
 #: Seconds between writes of the ``filtered`` counter while ``before_send`` drops events.
 FILTERED_COUNT_EVERY = 1.0
+#: Most of a shutdown's deadline kept for stopping the threads (see :func:`stop_reserve`).
+STOP_RESERVE = 1.0
+
+
+def stop_reserve(timeout: float) -> float:
+    """Seconds of a ``shutdown(timeout)`` kept for stopping the threads after the
+    flush: ``min(STOP_RESERVE, timeout / 4)``, never negative. The flush gets the
+    rest."""
+    return max(0.0, min(STOP_RESERVE, timeout / 4))
 
 
 def key_fingerprint(api_key: str) -> str:
@@ -479,9 +488,11 @@ class Client:
         return self.dispatcher.flush(watermark, timeout, before)
 
     def shutdown(self, timeout: float = 5.0) -> FlushResult:
-        """Flush within ``timeout`` seconds, then stop the threads and close the spool;
-        return the flush's :class:`FlushResult`.
+        """Flush, then stop the threads and close the spool, all within ``timeout``
+        seconds; return the flush's :class:`FlushResult`.
 
+        The flush gets ``timeout`` less :func:`stop_reserve` (at most 1 s, a quarter
+        of a short timeout), so the threads can stop within what is left.
         Idempotent (a second call returns an empty result). Whatever is not
         delivered by then stays in the spool for the next start or a cron drain:
         nothing is dropped at the deadline. Capturing afterwards raises
@@ -491,7 +502,8 @@ class Client:
             if self.disabled or self._shut:
                 return FlushResult()
             start = self.clock.monotonic()
-            result = self.flush(timeout)
+            reserve = stop_reserve(timeout) if self.send else 0.0
+            result = self.flush(max(0.0, timeout - reserve))
             self._shut = True
         _live.discard(self)
         if self._delivering:

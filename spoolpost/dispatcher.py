@@ -191,7 +191,8 @@ class Dispatcher:
         self.pause_policy = pause or PausePolicy()
         self.clock = clock
         self._cond = threading.Condition()
-        self._inflight = 0
+        self._inflight = 0  # batches handed to senders and not yet settled
+        self._requests: dict[int, str] = {}  # thread id → name, while inside a POST
         # The endpoint gate: closed until _gate_until after a transient failure;
         # then one probe batch at a time (_probing) until a request gets through.
         self._gate_until = 0.0
@@ -239,6 +240,12 @@ class Dispatcher:
         past when it is open."""
         with self._cond:
             return self._gate_until
+
+    @property
+    def requests_in_flight(self) -> int:
+        """How many POSTs are under way right now (started, no reply yet)."""
+        with self._cond:
+            return len(self._requests)
 
     @property
     def running(self) -> bool:
@@ -472,9 +479,15 @@ class Dispatcher:
             )
 
     def _post(self, rows: Sequence[Row]) -> _Try:
+        me = threading.current_thread()
         with self._cond:
             epoch = self._epoch
-        reply = self.transport.post([r.body for r in rows], self.clock.now())
+            self._requests[me.ident or 0] = me.name
+        try:
+            reply = self.transport.post([r.body for r in rows], self.clock.now())
+        finally:
+            with self._cond:
+                self._requests.pop(me.ident or 0, None)
         action = Action.RETRY if reply.status is None else classify(reply.status)
         return _Try(reply, action, self.clock.now(), epoch)
 
@@ -716,6 +729,7 @@ class Dispatcher:
         self._queue = queue.Queue()
         self._threads = []
         self._inflight = 0
+        self._requests = {}
         self._flushes = Counter()
         self.transport.reset()
         self._pid = os.getpid()
@@ -759,7 +773,9 @@ class Dispatcher:
         to the spool; a request still in flight at the deadline is abandoned (its
         sender thread settles it if it ever returns, or the lease expires).
         Returns by the deadline whatever the senders are blocked in (a hung
-        server, a hung name resolution)."""
+        server, a hung name resolution). Logs a WARNING only when requests are
+        still in flight at the deadline (their events stay leased in the spool);
+        threads that are merely idle or finishing up end on their own."""
         if not self.running:
             return
         deadline = self.clock.monotonic() + max(0.0, timeout)
@@ -771,13 +787,19 @@ class Dispatcher:
         for thread in self._threads:
             thread.join(max(0.0, deadline - self.clock.monotonic()))
         alive = [t.name for t in self._threads if t.is_alive()]
-        if alive:
+        with self._cond:
+            busy = sorted(self._requests.values())
+        if busy:
             log.warning(
-                "shutdown deadline reached with %d thread(s) busy (%s); the events they "
-                "hold stay in the spool and are sent again later",
-                len(alive),
-                ", ".join(alive),
+                "stop deadline reached with %d request(s) still in flight (%s) to %s; "
+                "their events stay leased in the spool and are sent again once the "
+                "lease ends or this process is gone",
+                len(busy),
+                ", ".join(busy),
+                self.transport.display_url,
             )
+        elif alive:
+            log.debug("stop deadline reached; idle thread(s) %s end on their own", alive)
         self._release_queued(jobs)  # one the dispatcher thread queued as it stopped
         self._threads = []
         with self._cond:

@@ -8,6 +8,7 @@ are the bounds a shutdown promises.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -17,6 +18,7 @@ import pytest
 from test_failure_kit import API_KEY, Rig, make_event
 
 from spoolpost import Client
+from spoolpost.client import stop_reserve
 from spoolpost.dispatcher import DeliveryConfig, Dispatcher
 from spoolpost.spool import Spool
 from spoolpost.testing import LocalEndpoint, RecordedRequest, Response
@@ -69,6 +71,66 @@ def test_shutdown_returns_by_its_deadline_when_the_endpoint_never_answers(
     assert counts["pending"] + counts["leased"] == len(uuids)  # nothing dropped
     assert endpoint.delivered_uuids() == []
     assert any("stay in the spool" in r.getMessage() for r in caplog.records)
+    [warning] = [r.getMessage() for r in caplog.records if "deadline reached" in r.getMessage()]
+    assert re.fullmatch(
+        rf"stop deadline reached with [12] request\(s\) still in flight "
+        rf"\(spoolpost-sender-\d(, spoolpost-sender-\d)?\) to {endpoint.url}/batch/; their "
+        r"events stay leased in the spool and are sent again once the lease ends or this "
+        r"process is gone",
+        warning,
+    )
+
+
+def deadline_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.levelno >= logging.WARNING and "deadline reached" in r.getMessage()
+    ]
+
+
+@pytest.mark.parametrize(
+    ("timeout", "reserve"), [(-1.0, 0.0), (0.0, 0.0), (0.4, 0.1), (2.0, 0.5), (4.0, 1.0), (30, 1.0)]
+)
+def test_a_shutdown_keeps_part_of_its_deadline_for_stopping(timeout: float, reserve: float) -> None:
+    assert stop_reserve(timeout) == reserve
+
+
+def test_shutdown_during_an_outage_does_not_warn_about_busy_threads(
+    spool_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="spoolpost")
+    down = LocalEndpoint()  # bound, never started: connections are refused at once
+    try:
+        client = Client(API_KEY, down.url, spool=spool_path, flush_at=1, flush_interval=0.0)
+        uuid = client.capture("e", distinct_id="u")
+
+        started = time.monotonic()
+        result = client.shutdown(timeout=1.0)
+        elapsed = time.monotonic() - started
+    finally:
+        down.stop()
+
+    assert elapsed <= 1.0 + SLACK
+    assert (result.timed_out, result.pending, result.delivered) == (True, 1, 0)
+    assert deadline_warnings(caplog) == []  # the senders were idle, waiting out backoff
+    assert left_in_spool(spool_path) == {"pending": 1, "leased": 0, "dead": 0}
+    assert uuid is not None
+
+
+def test_stop_with_no_time_left_warns_only_about_requests_in_flight(
+    tmp_path: Path, endpoint: LocalEndpoint, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="spoolpost")
+    spool = Spool(tmp_path / "events.spool")
+    dispatcher = Dispatcher(spool, HttpTransport(endpoint.url, API_KEY))
+    dispatcher.start()
+
+    dispatcher.stop(0.0)  # idle threads, maybe not yet ended: nothing worth a warning
+
+    assert dispatcher.requests_in_flight == 0
+    assert deadline_warnings(caplog) == []
+    spool.close()
 
 
 class StuckWire(PostHogV0):
@@ -111,7 +173,9 @@ def test_stop_returns_by_its_deadline_when_a_sender_hangs_outside_the_network(
 
         assert elapsed <= 1.0 + SLACK
         assert not dispatcher.running
-        assert any("deadline reached" in r.getMessage() for r in caplog.records)
+        [warning] = deadline_warnings(caplog)
+        assert re.match(r"stop deadline reached with 1 request\(s\) still in flight", warning)
+        assert dispatcher.requests_in_flight == 1
         assert left_in_spool(path)["leased"] == 1  # still there, under its lease
     finally:
         wire.release.set()
