@@ -395,8 +395,8 @@ def purge(spool: Spool, where: Filter | None = None, *, now: float | None = None
 
 @dataclass(frozen=True)
 class ImportResult:
-    """``imported`` events, and ``skipped`` ones whose uuid was already pending or
-    leased in the spool or came earlier in the input."""
+    """``imported`` events, and ``skipped`` ones whose uuid was already in the
+    spool (pending, leased or dead) or came earlier in the input."""
 
     imported: int
     skipped: int
@@ -483,10 +483,12 @@ def import_events(
     pending events, due now: all of them in one transaction, or none.
 
     The whole input is validated (and held in memory) before anything is written.
-    Events whose uuid is already pending or leased, or repeated in the input, are
-    skipped. ``max_spool_bytes``/``on_full`` do not apply to an import. Counted in
-    the persisted ``imported`` counter. Raises :class:`ImportRejected` (nothing is
-    written) and :class:`~spoolpost.errors.SpoolLocked`.
+    Events whose uuid is already in the spool in any state (pending, leased or
+    dead: a dead letter is replayed with ``replay``, not imported again), or
+    repeated in the input, are skipped. ``max_spool_bytes``/``on_full`` do not
+    apply to an import. Counted in the persisted ``imported`` counter. Raises
+    :class:`ImportRejected` (nothing is written) and
+    :class:`~spoolpost.errors.SpoolLocked`.
     """
     now = time.time() if now is None else now
     parsed = parse_import(lines, now=now, max_event_bytes=max_event_bytes)
@@ -495,7 +497,9 @@ def import_events(
         seen = {
             str(r[0])
             for r in conn.execute(
-                "SELECT uuid FROM events WHERE uuid IN (SELECT value FROM json_each(?))", (uuids,)
+                "SELECT uuid FROM events WHERE uuid IN (SELECT value FROM json_each(?1)) UNION"
+                " SELECT uuid FROM dead_events WHERE uuid IN (SELECT value FROM json_each(?1))",
+                (uuids,),
             )
         }
         rows = []

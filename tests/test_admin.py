@@ -330,15 +330,47 @@ def test_import_adds_pending_events_normalized(spool: Spool) -> None:
     assert spool.counters()["imported"] == 2
 
 
-def test_import_skips_uuids_already_pending_or_repeated(spool: Spool) -> None:
-    (a,) = add_events(spool, ["a"])
+@pytest.mark.parametrize("state", ["pending", "leased", "dead"])
+def test_import_skips_uuids_already_in_the_spool_in_any_state_or_repeated(
+    spool: Spool, state: str
+) -> None:
+    a, b = add_events(spool, ["a", "b"])
+    if state == "leased":
+        assert spool.claim(T0, max_events=1, max_bytes=1 << 30, lease_ttl=60) is not None
+    if state == "dead":
+        kill(spool, [a])
     lines = [
         line(event="a", distinct_id="u", uuid=a),
         line(event="n", distinct_id="u", uuid=GOOD_UUID),
     ]
     result = admin.import_events(spool, [*lines, lines[1]])
     assert result == admin.ImportResult(imported=1, skipped=2)
-    assert states(spool)["pending"] == [a, GOOD_UUID]
+    expected = {"pending": [b, GOOD_UUID], "leased": [], "dead": []}
+    expected[state] = [a, b, GOOD_UUID] if state == "pending" else [a]
+    assert states(spool) == expected
+    assert spool.counters()["imported"] == 1
+
+
+def test_export_imported_into_the_same_spool_adds_nothing_and_replay_sends_once(
+    spool: Spool, endpoint: LocalEndpoint
+) -> None:
+    # The reported case: the dead letter came back as pending beside itself, and
+    # a replay later sent it twice.
+    now = time.time()
+    a, b, c = add_events(spool, ["a", "b", "c"], at=now - 10)
+    kill(spool, [b], at=now - 5)
+    exported = [e.json_line() for e in admin.select_events(spool)]
+
+    assert admin.import_events(spool, exported) == admin.ImportResult(imported=0, skipped=3)
+
+    assert states(spool) == {"pending": [a, c], "leased": [], "dead": [b]}
+    assert spool.counters().get("imported", 0) == 0
+    assert admin.replay(spool) == 1
+    dispatcher = Dispatcher(
+        spool, HttpTransport(endpoint.url, API_KEY), config=DeliveryConfig(flush_interval=0.0)
+    )
+    assert dispatcher.step(time.time()).batches == 1
+    assert endpoint.delivered_uuids() == [a, c, b]
 
 
 def test_export_then_import_reproduces_the_stored_bytes(spool: Spool, tmp_path: Path) -> None:

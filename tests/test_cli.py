@@ -245,6 +245,21 @@ def test_import_round_trip_from_stdin_and_file(
         s.close()
 
 
+def test_export_imported_into_the_same_spool_skips_every_event(
+    spool_path: Path, filled: list[str]
+) -> None:
+    exported = run("export", spool_path).stdout
+    result = run("import", spool_path, input=exported)
+    assert result.exit_code == 0
+    assert result.stdout == "imported 0 events, skipped 3 already in the spool\n"
+    a, b, c = filled
+    s = Spool(spool_path)
+    try:
+        assert states(s) == {"pending": [a, b], "leased": [], "dead": [c]}
+    finally:
+        s.close()
+
+
 def test_import_of_a_bad_line_names_it_and_writes_nothing(tmp_path: Path) -> None:
     good = '{"event": "e", "distinct_id": "u"}'
     target = tmp_path / "new.spool"
