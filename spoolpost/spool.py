@@ -266,8 +266,9 @@ class Spool:
     ``block_timeout`` seconds, then :class:`SpoolFull`) or ``raise``.
     ``busy_timeout``: seconds a writer waits for another process's write lock.
 
-    Raises :class:`ConfigError` for bad settings or a file that cannot be opened
-    (permissions, I/O), :class:`UnsupportedFilesystem` on a network filesystem,
+    Raises :class:`ConfigError` for bad settings, an empty path or a directory,
+    or a file that cannot be opened (permissions, I/O; the message names the path
+    and the OS error), :class:`UnsupportedFilesystem` on a network filesystem,
     :class:`SchemaTooNew` for a spool from a newer spoolpost, :class:`SpoolCorrupt`
     for a file that is not an SQLite database (a non-empty file without the
     SQLite header) or an SQLite database that is not a spool (both left
@@ -299,7 +300,11 @@ class Spool:
             raise ConfigError(f"max_spool_bytes must be positive, not {max_spool_bytes!r}")
         if busy_timeout < 0 or block_timeout < 0:
             raise ConfigError("busy_timeout and block_timeout must be >= 0 seconds")
+        if not os.fspath(path):
+            raise ConfigError("spool path is empty")
         self.path = Path(path).expanduser()
+        if os.path.isdir(self.path):
+            raise ConfigError(f"spool path {self.path} is a directory; give a file path")
         self.durability: Durability = durability
         self.max_spool_bytes = max_spool_bytes
         self.on_full: OnFull = on_full

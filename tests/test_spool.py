@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from spoolpost import Client
 from spoolpost.errors import (
     ConfigError,
     SpoolClosed,
@@ -799,10 +800,31 @@ def test_a_sqlite_database_that_is_not_a_spool_is_left_alone(spool_path: Path) -
     assert [p.name for p in spool_path.parent.iterdir()] == ["events.spool"]
 
 
-def test_a_path_that_cannot_be_opened_raises_config_error(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("given", "message"),
+    [
+        ("", "spool path is empty"),
+        ("{tmp}/a-directory", "spool path {tmp}/a-directory is a directory; give a file path"),
+        ("{tmp}/a-link", "spool path {tmp}/a-link is a directory; give a file path"),
+    ],
+    ids=["empty", "directory", "link to a directory"],
+)
+def test_an_empty_path_or_a_directory_raises_config_error(
+    tmp_path: Path, given: str, message: str
+) -> None:
     (tmp_path / "a-directory").mkdir()
-    with pytest.raises(ConfigError, match=r"cannot open spool .*a-directory"):
-        Spool(tmp_path / "a-directory")
+    (tmp_path / "a-link").symlink_to(tmp_path / "a-directory")
+    with pytest.raises(ConfigError) as caught:
+        Spool(given.format(tmp=tmp_path))
+    assert str(caught.value) == message.format(tmp=tmp_path)
+    assert list((tmp_path / "a-directory").iterdir()) == []
+
+
+def test_a_client_given_an_empty_spool_path_raises_config_error() -> None:
+    # The reported case: spool="" became ".", "cannot open spool .: Is a directory".
+    with pytest.raises(ConfigError) as caught:
+        Client("phc_k", spool="", send=False)
+    assert str(caught.value) == "spool path is empty"
 
 
 # -- filesystems ------------------------------------------------------------------------
