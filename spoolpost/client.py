@@ -466,8 +466,11 @@ class Client:
         """Deliver everything captured before this call; wait up to ``timeout`` seconds.
 
         Returns when every such event is delivered or dead, when delivery is paused
-        by a configuration fault, or at the timeout, with a :class:`FlushResult`
-        (``delivered``, ``dead``, ``pending`` counts). Events captured after the
+        by a configuration fault, or at the timeout, with a :class:`FlushResult`:
+        ``delivered`` and ``dead`` count what this call settled (events the
+        background senders delivered before it are not counted), ``pending``
+        what is left, and ``complete`` is True when nothing captured before the
+        call is left in the spool. Events captured after the
         call, by any thread, are not waited for. Backoff and ``Retry-After`` are
         honoured. A capture-only client (``send=False``) sends nothing and reports
         what is pending. Never raises for delivery trouble; returns an empty

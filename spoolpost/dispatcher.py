@@ -108,12 +108,28 @@ class Step:
 
 @dataclass(frozen=True)
 class FlushResult:
-    """What a :meth:`Client.flush` came to, over the events captured before it.
+    """What one flush call came to, over the events captured before it (its
+    watermark).
 
-    ``delivered`` and ``dead`` count what the flush settled; ``pending`` is what is
-    still in the spool (not yet delivered, never lost); ``paused`` says why delivery
-    is paused by a configuration fault (None if it is not); ``timed_out`` is True
-    when the timeout ended the wait.
+    The counts cover what **this call** settled, not what reached the server:
+
+    - ``delivered``: events of the watermark that were still pending or leased
+      when the call began and were delivered by the time it returned (by any
+      sender of this process, or by another process).
+    - ``dead``: events of the watermark dead-lettered while the call ran.
+    - ``pending``: events of the watermark still in the spool when it returned
+      (pending or leased: not delivered yet, never lost).
+
+    Events the background senders had delivered before the call began are in
+    no count. Capture 500 events, call ``flush()`` once the senders have sent
+    310 of them, and it reports ``delivered=190`` although all 500 reached the
+    server. To know whether everything captured before the call is out of the
+    spool, read :attr:`complete`, not ``delivered``.
+
+    ``paused`` says why delivery is paused by a configuration fault (None if it
+    is not); ``timed_out`` is True when the timeout ended the wait; ``outage``
+    is the last transient failure when a drain stopped on an outage (None
+    otherwise).
     """
 
     delivered: int = 0
@@ -125,7 +141,11 @@ class FlushResult:
 
     @property
     def complete(self) -> bool:
-        """True when nothing captured before the flush is still pending."""
+        """True when no event captured before the flush is left in the spool:
+        each was delivered (by this call or earlier) or dead-lettered (see
+        ``dead``, and ``spoolpost tail --state dead`` for older ones). False while
+        ``pending`` > 0: after a timeout, a pause or an outage, or for a
+        capture-only client."""
         return self.pending == 0
 
 

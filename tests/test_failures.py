@@ -22,7 +22,7 @@ import pytest
 from test_failure_kit import API_KEY, INLINE, START, Rig, gaps, make_event, sent_at
 
 from spoolpost import Client
-from spoolpost.dispatcher import DeliveryConfig, Dispatcher
+from spoolpost.dispatcher import DeliveryConfig, Dispatcher, FlushResult
 from spoolpost.policy import RetryPolicy
 from spoolpost.spool import Spool
 from spoolpost.testing import (
@@ -901,3 +901,24 @@ def test_the_body_excerpt_never_shows_the_api_key(
     reply = HttpTransport(endpoint.url, API_KEY).post([b'{"uuid":"u1"}'], START)
 
     assert (reply.status, reply.excerpt) == (400, excerpt)
+
+
+# -- what a FlushResult counts -------------------------------------------------------------
+
+
+def test_flush_counts_what_it_settled_not_what_reached_the_server(
+    make_rig: MakeRig, endpoint: LocalEndpoint
+) -> None:
+    rig = make_rig(config=DeliveryConfig(flush_at=1, flush_interval=0.0, max_batch_size=310))
+    captured = rig.capture(500)
+    rig.step()  # the background senders got 310 of them out before the flush call
+    assert len(endpoint.delivered_uuids()) == 310
+
+    result = rig.dispatcher.flush(rig.spool.watermark(rig.clock.now()), timeout=30.0)
+    again = rig.dispatcher.flush(rig.spool.watermark(rig.clock.now()), timeout=30.0)
+
+    assert sorted(endpoint.delivered_uuids()) == sorted(captured)  # all 500 reached it
+    assert result == FlushResult(delivered=190)
+    assert result.complete
+    assert again == FlushResult(delivered=0)  # nothing left to settle: still complete
+    assert again.complete
