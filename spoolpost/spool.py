@@ -25,6 +25,7 @@ import re
 import secrets
 import sqlite3
 import stat
+import tempfile
 import threading
 import time
 import weakref
@@ -380,7 +381,8 @@ class Spool:
             if exc.sqlite_errorcode in _BUSY_CODES:
                 raise SpoolLocked(f"spool {self.path} is locked: {exc}") from exc
             if exc.sqlite_errorcode not in _CORRUPT_CODES:
-                raise ConfigError(f"cannot open spool {self.path}: {exc}") from exc
+                why = self._folder_problem()
+                raise ConfigError(f"cannot open spool {self.path}: {exc}{why}") from exc
             try:
                 self._move_aside(exc)
             finally:
@@ -406,7 +408,25 @@ class Spool:
                 with contextlib.suppress(FileExistsError):  # another process was first
                     folder.mkdir(mode=0o700)
         except OSError as exc:
-            raise ConfigError(f"cannot create the folder of spool {self.path}: {exc}") from exc
+            raise ConfigError(
+                f"cannot create or reach the folder of spool {self.path}: {exc}"
+            ) from exc
+
+    def _folder_problem(self) -> str:
+        """The OS error that SQLite hides when it cannot create the -wal and -shm
+        files beside the spool (it says only "attempt to write a readonly
+        database"), found by creating and removing a file of our own there;
+        "" if that works."""
+        try:
+            fd, probe = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=self.path.parent)
+        except OSError as exc:
+            return (
+                f" (SQLite must create {self.path.name}-wal and {self.path.name}-shm"
+                f" in {self.path.parent}: {exc.strerror})"
+            )
+        os.close(fd)
+        os.unlink(probe)
+        return ""
 
     def _side_files(self) -> tuple[Path, Path]:
         """The spool's ``-wal`` and ``-shm`` files (they may not exist)."""

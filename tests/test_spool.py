@@ -5,6 +5,7 @@ stats and counters, the flush watermark, file modes, corruption, fork."""
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import os
 import sqlite3
@@ -155,7 +156,10 @@ def test_files_and_every_folder_spoolpost_creates_are_private(tmp_path: Path) ->
 @pytest.mark.parametrize(
     ("below", "message"),
     [
-        ("x/events.spool", "cannot create the folder of spool {path}: {oserror} '{blocker}/x'"),
+        (
+            "x/events.spool",
+            "cannot create or reach the folder of spool {path}: {oserror} '{blocker}/x'",
+        ),
         ("events.spool", "cannot open spool {path}: {oserror} '{path}'"),
     ],
 )
@@ -818,6 +822,109 @@ def test_an_empty_path_or_a_directory_raises_config_error(
         Spool(given.format(tmp=tmp_path))
     assert str(caught.value) == message.format(tmp=tmp_path)
     assert list((tmp_path / "a-directory").iterdir()) == []
+
+
+_CAP_DAC_OVERRIDE, _CAP_DAC_READ_SEARCH = 1, 2
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [
+        ("effective", ctypes.c_uint32),
+        ("permitted", ctypes.c_uint32),
+        ("inheritable", ctypes.c_uint32),
+    ]
+
+
+@contextlib.contextmanager
+def file_permissions_apply() -> Iterator[None]:
+    """Make file permissions apply to this thread as they do to a normal user.
+
+    Root passes every permission check through CAP_DAC_OVERRIDE and
+    CAP_DAC_READ_SEARCH; they are taken out of this thread's effective
+    capabilities meanwhile (they stay permitted, so they can be put back).
+    For a normal user this changes nothing.
+    """
+    if os.geteuid() != 0:
+        yield
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    header = _CapHeader(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3; 0: this thread
+    data = (_CapData * 2)()
+    assert libc.capget(ctypes.byref(header), data) == 0, os.strerror(ctypes.get_errno())
+    saved = data[0].effective
+    data[0].effective &= ~((1 << _CAP_DAC_OVERRIDE) | (1 << _CAP_DAC_READ_SEARCH))
+    assert libc.capset(ctypes.byref(header), data) == 0, os.strerror(ctypes.get_errno())
+    try:
+        yield
+    finally:
+        data[0].effective = saved
+        assert libc.capset(ctypes.byref(header), data) == 0, os.strerror(ctypes.get_errno())
+
+
+def read_only_folder_empty(folder: Path, path: Path) -> None:
+    folder.chmod(0o500)
+
+
+def read_only_file(folder: Path, path: Path) -> None:
+    Spool(path).close()
+    path.chmod(0o400)
+
+
+def spool_in_a_read_only_folder(folder: Path, path: Path) -> None:
+    Spool(path).close()
+    folder.chmod(0o500)
+
+
+def empty_file_in_a_read_only_folder(folder: Path, path: Path) -> None:
+    path.touch(mode=0o600)
+    folder.chmod(0o500)
+
+
+def missing_folder_below_a_read_only_one(folder: Path, path: Path) -> None:
+    folder.chmod(0o500)
+
+
+DENIED = "[Errno 13] Permission denied:"
+SQLITE_DENIED = (
+    "attempt to write a readonly database (SQLite must create events.spool-wal and"
+    " events.spool-shm in {folder}: Permission denied)"
+)
+
+
+@pytest.mark.parametrize(
+    ("setup", "below", "message"),
+    [
+        (read_only_folder_empty, "", f"cannot open spool {{path}}: {DENIED} '{{path}}'"),
+        (read_only_file, "", f"cannot open spool {{path}}: {DENIED} '{{path}}'"),
+        (spool_in_a_read_only_folder, "", f"cannot open spool {{path}}: {SQLITE_DENIED}"),
+        (empty_file_in_a_read_only_folder, "", f"cannot open spool {{path}}: {SQLITE_DENIED}"),
+        (
+            missing_folder_below_a_read_only_one,
+            "new",
+            f"cannot create or reach the folder of spool {{path}}: {DENIED} '{{folder}}/new'",
+        ),
+    ],
+    ids=lambda v: v.__name__ if callable(v) else None,
+)
+def test_a_folder_or_file_this_process_cannot_write_raises_config_error(
+    tmp_path: Path, setup: Callable[[Path, Path], None], below: str, message: str
+) -> None:
+    folder = tmp_path / "spool"
+    folder.mkdir(mode=0o700)
+    path = folder / below / "events.spool"
+    setup(folder, path)
+    before = sorted((p.name, p.read_bytes()) for p in folder.iterdir())
+    try:
+        with file_permissions_apply(), pytest.raises(ConfigError) as caught:
+            Spool(path)
+    finally:
+        folder.chmod(0o700)
+    assert str(caught.value) == message.format(path=path, folder=folder)
+    assert sorted((p.name, p.read_bytes()) for p in folder.iterdir()) == before
 
 
 def test_a_client_given_an_empty_spool_path_raises_config_error() -> None:
