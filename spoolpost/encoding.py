@@ -378,6 +378,14 @@ def _clean_str(value: str) -> str:
     return value.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
 
 
+def _safe_repr(key: object) -> str:
+    """``repr(key)`` for a path segment; an int too long to show is described."""
+    try:
+        return repr(key)
+    except ValueError:  # over the int-to-str digit limit
+        return f"<int of {key.bit_length()} bits>" if isinstance(key, int) else "<key>"
+
+
 def _clean_key(key: object, path: _Path) -> Any:
     """``key`` of the dict at ``path`` as ``json`` accepts it: str, int, finite float,
     bool or None; other keys are converted like values and must end up one of those."""
@@ -385,8 +393,10 @@ def _clean_key(key: object, path: _Path) -> Any:
     for _ in range(_MAX_DEPTH):  # an Enum's value may be another Enum member
         if isinstance(value, str):
             return _clean_str(value)
-        if value is None or isinstance(value, int):
+        if value is None or isinstance(value, bool):
             return value
+        if isinstance(value, int):
+            return _check_int(value, (path, _safe_repr(key), True))
         if isinstance(value, float):
             return value if math.isfinite(value) else _NON_FINITE_KEYS.get(value, "NaN")
         if isinstance(value, (list, tuple, dict)):
@@ -395,8 +405,29 @@ def _clean_key(key: object, path: _Path) -> Any:
             value = _convert(value)
         except Exception:  # whatever the conversion raised, the key cannot be used
             break
-    where = (path, repr(key), True)
+    where = (path, _safe_repr(key), True)
     raise _fail(f"cannot use a key of type {_type_name(key)} as a JSON object key", where)
+
+
+#: Ints this long (in bits) may be over Python's int-to-str digit limit
+#: (``sys.get_int_max_str_digits()``, 4300 digits by default): only they are checked.
+_LONG_INT_BITS = 3 * 640
+
+
+def _check_int(value: int, path: _Path) -> int:
+    """``value``, or an :class:`EncodingError` at ``path`` when it has more digits
+    than Python converts to text (``json`` would raise a bare ``ValueError``)."""
+    if value.bit_length() > _LONG_INT_BITS:
+        try:
+            int.__repr__(value)
+        except ValueError:
+            limit = sys.get_int_max_str_digits()
+            raise _fail(
+                f"cannot encode an int of more than {limit} digits (Python's int-to-str "
+                "limit; send it as a str)",
+                path,
+            ) from None
+    return value
 
 
 def _walk(value: Any, path: _Path, active: set[int]) -> Any:
@@ -404,8 +435,10 @@ def _walk(value: Any, path: _Path, active: set[int]) -> Any:
     in the order and with the key and number forms the ``json`` encoder uses."""
     if isinstance(value, str):
         return _clean_str(value)
-    if value is None or isinstance(value, int):
+    if value is None or isinstance(value, bool):
         return value
+    if isinstance(value, int):
+        return _check_int(value, path)
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     marker = id(value)
@@ -479,11 +512,13 @@ def encode_event(event: Mapping[str, Any]) -> bytes:
       the later one wins.
 
     Raises :class:`~spoolpost.errors.EncodingError` for anything else (a file, a lock,
-    an arbitrary object), a cycle, or (when the slow path runs) nesting deeper than 256
-    containers. Its message and ``path`` name the value: ``properties.cart[3].price``,
-    ``properties["a b"]`` for a key that is not an identifier (``$`` counts as a letter,
-    as in JavaScript: ``properties.$set.plan``), ``properties.tags[0]`` for a set
-    member (after sorting).
+    an arbitrary object), an int of more digits than Python converts to text
+    (``sys.get_int_max_str_digits()``, 4300 by default), a cycle, or (when the slow
+    path runs) nesting deeper than 256 containers. Its message and ``path`` name the
+    value: ``properties.cart[3].price``, ``properties["a b"]`` for a key that is not
+    an identifier (``$`` counts as a letter, as in JavaScript:
+    ``properties.$set.plan``), ``properties.tags[0]`` for a set member (after
+    sorting).
     """
     try:
         return _encode_fast(event)

@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import numbers
 import operator
+import re
+import sys
 from collections.abc import Mapping
 from typing import Any, TypeAlias
 from uuid import UUID
@@ -59,29 +61,50 @@ def _type_name(value: object) -> str:
     return type(value).__name__
 
 
+def _int_text(name: str, value: int) -> str:
+    try:
+        return int.__repr__(value)
+    except ValueError:  # over sys.get_int_max_str_digits()
+        raise ValueError(
+            f"{name} is an int of more than {sys.get_int_max_str_digits()} digits; send it as a str"
+        ) from None
+
+
 def _id(name: str, value: object) -> str:
-    """``value`` as a non-empty distinct-id string, or ValueError naming ``name``."""
+    """``value`` as a distinct-id string, or ValueError naming ``name``: it must be
+    a str that is not empty nor only whitespace, an int or a UUID."""
     if isinstance(value, str):
         text = value
     elif isinstance(value, UUID):
         text = str(value)
     elif isinstance(value, int) and not isinstance(value, bool):
-        text = int.__repr__(value)  # IntEnum members too: their number, not their name
+        text = _int_text(name, value)  # IntEnum members too: their number, not their name
     elif not isinstance(value, bool) and isinstance(value, numbers.Integral):
-        text = int.__repr__(operator.index(value))  # NumPy integers and the like
+        text = _int_text(name, operator.index(value))  # NumPy integers and the like
     else:
         raise ValueError(f"{name} must be a non-empty str, int or UUID, got {_type_name(value)}")
     if not text:
         raise ValueError(f"{name} must be a non-empty str, int or UUID, got ''")
+    if text.isspace():
+        raise ValueError(f"{name} must not be only whitespace, got {text!r}")
     return text
 
 
+#: C0 and C1 control characters and DEL (NUL, newline, tab, ESC, …).
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+
+
 def _name(name: str, value: object) -> str:
-    """``value`` as a non-empty str (an event name or group type)."""
+    """``value`` as a non-empty str without control characters (an event name or
+    group type), or ValueError naming ``name``."""
     if not isinstance(value, str):
         raise ValueError(f"{name} must be a non-empty str, got {_type_name(value)}")
     if not value:
         raise ValueError(f"{name} must be a non-empty str, got ''")
+    if _CONTROL.search(value):
+        raise ValueError(
+            f"{name} must not contain control characters (NUL, newline, tab, …), got {value!r}"
+        )
     return value
 
 
@@ -157,8 +180,9 @@ def capture_event(
     :func:`~spoolpost.encoding.format_timestamp` (default: ``now``); ``uuid`` (a UUID
     or a str holding one) is normalized to canonical lowercase, default a new UUIDv7.
 
-    Raises ``ValueError`` when ``event`` is not a non-empty str, ``distinct_id`` is not
-    a non-empty str, an int or a UUID (bool and None are refused), ``properties`` or
+    Raises ``ValueError`` when ``event`` is not a non-empty str or contains control
+    characters (NUL, newline, tab, …), ``distinct_id`` is not a non-empty str, an int
+    or a UUID (bool and None are refused; so is a str of whitespace only), ``properties`` or
     ``groups`` is neither a mapping nor None, ``uuid`` is not a UUID, or ``timestamp``
     cannot be read.
     """

@@ -26,7 +26,7 @@ from spoolpost._version import __version__
 from spoolpost.client import FILTERED_COUNT_EVERY, key_fingerprint
 from spoolpost.clock import ManualClock
 from spoolpost.dispatcher import FlushResult
-from spoolpost.errors import EventTooLarge
+from spoolpost.errors import EncodingError, EventTooLarge
 from spoolpost.testing import LocalEndpoint
 
 API_KEY = "phc_test_key"
@@ -171,6 +171,21 @@ BAD_CALLS: list[tuple[str, Callable[[Client], object], str]] = [
         "'2025-01-02T03:04:05Z' or '2025-01-02T08:34:05+05:30'",
     ),
     (
+        "event-nul",
+        lambda c: c.capture("e\x00", distinct_id="u"),
+        "event must not contain control characters (NUL, newline, tab, …), got 'e\\x00'",
+    ),
+    (
+        "distinct-id-whitespace",
+        lambda c: c.capture("e", distinct_id="  "),
+        "distinct_id must not be only whitespace, got '  '",
+    ),
+    (
+        "set-distinct-id-whitespace",
+        lambda c: c.set(distinct_id="\t", properties={"a": 1}),
+        "distinct_id must not be only whitespace, got '\\t'",
+    ),
+    (
         "identify-id-empty",
         lambda c: c.identify(""),
         f"distinct_id must be {ID_TYPES}, got ''",
@@ -205,6 +220,23 @@ def test_bad_input_raises_value_error_and_writes_nothing(
         call(client)
 
     assert str(caught.value) == message
+    assert stored(spool_path) == []
+
+
+def test_an_int_property_over_the_digit_limit_raises_encoding_error(
+    make_client: MakeClient, spool_path: Path
+) -> None:
+    limit = sys.get_int_max_str_digits()
+    client = make_client(send=False)
+
+    with pytest.raises(EncodingError) as caught:
+        client.capture("e", distinct_id="u", properties={"i": 10**5000})
+
+    assert caught.value.path == "properties.i"
+    assert str(caught.value) == (
+        f"cannot encode an int of more than {limit} digits (Python's int-to-str limit; "
+        "send it as a str) at properties.i"
+    )
     assert stored(spool_path) == []
 
 

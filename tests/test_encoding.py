@@ -289,6 +289,14 @@ ERROR_CASES: list[tuple[str, Callable[[], dict[str, Any]], str, str]] = [
     ("recursive-list", lambda: {"l": _recursive_list()}, "properties.l[1]", "circular reference"),
     ("recursive-dict", lambda: {"d": _recursive_dict()}, "properties.d.self", "circular reference"),
     ("too-deep", lambda: {"x": _deep_with_nan(600)}, "properties.x" + "[0]" * 254, "256 levels"),
+    ("int-over-digit-limit", lambda: {"i": 10**5000}, "properties.i", "int of more than"),
+    ("negative-int-in-list", lambda: {"l": [1, -(10**5000)]}, "properties.l[1]", "int of more"),
+    (
+        "int-key-over-digit-limit",
+        lambda: {"d": {10**5000: 1}},
+        "properties.d[<int of 16610 bits>]",
+        "int of more than",
+    ),
 ]
 
 
@@ -640,3 +648,22 @@ def test_encode_matches_model_and_fast_equals_slow(pair: Pair) -> None:
     except (TypeError, ValueError):
         return  # NaN, a surrogate or a key json rejects: only the slow path can do it
     assert fast == encoded
+
+
+def test_an_int_over_the_digit_limit_raises_encoding_error_naming_its_path() -> None:
+    limit = sys.get_int_max_str_digits()
+
+    with pytest.raises(EncodingError) as info:
+        encode_event({"event": "e", "properties": {"i": 10**limit}})
+
+    assert info.value.path == "properties.i"
+    assert str(info.value) == (
+        f"cannot encode an int of more than {limit} digits (Python's int-to-str limit; "
+        "send it as a str) at properties.i"
+    )
+
+
+def test_an_int_at_the_digit_limit_is_encoded_as_a_number() -> None:
+    big = 10 ** (sys.get_int_max_str_digits() - 1)  # exactly the limit's digits
+
+    assert encode_event({"i": big}) == b'{"i":' + str(big).encode() + b"}"

@@ -7,6 +7,7 @@ import enum
 import json
 import numbers
 import re
+import sys
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -163,7 +164,7 @@ def test_timestamp_is_converted(timestamp: Any, expected: str) -> None:
     ("distinct_id", "expected"),
     [
         ("u-1", "u-1"),
-        (" ", " "),
+        (" u ", " u "),  # kept as given; only whitespace alone is refused
         (0, "0"),
         (12345678901234567890, "12345678901234567890"),
         (Tier.GOLD, "3"),
@@ -259,7 +260,56 @@ ERROR_CASES: list[tuple[str, Callable[[], object], str]] = [
         lambda: group_identify_event("company", "k", distinct_id="", now=NOW),
         ID_MESSAGE + "''",
     ),
+    *[
+        (
+            f"event-control-{label}",
+            lambda name=name: capture_event(name, "u", now=NOW),
+            f"event must not contain control characters (NUL, newline, tab, …), got {name!r}",
+        )
+        for label, name in [
+            ("nul", "e\x00"),
+            ("newline", "signed\nup"),
+            ("tab", "\tsigned_up"),
+            ("escape", "\x1b[31mred"),
+            ("del", "e\x7f"),
+            ("c1", "e\x85"),
+        ]
+    ],
+    (
+        "group-type-control",
+        lambda: group_identify_event("co\x00", "k", now=NOW),
+        "group_type must not contain control characters (NUL, newline, tab, …), got 'co\\x00'",
+    ),
+    *[
+        (
+            f"blank-{argument}-{label}",
+            call,
+            f"{argument} must not be only whitespace, got {blank!r}",
+        )
+        for label, blank in [("spaces", "  "), ("tab-newline", "\t\n"), ("nbsp", "\u00a0")]
+        for argument, call in [
+            ("distinct_id", lambda blank=blank: capture_event("e", blank, now=NOW)),
+            ("previous_id", lambda blank=blank: alias_event(blank, "b", now=NOW)),
+            ("group_key", lambda blank=blank: group_identify_event("company", blank, now=NOW)),
+        ]
+    ],
+    (
+        "id-int-over-digit-limit",
+        lambda: capture_event("e", 10**5000, now=NOW),
+        f"distinct_id is an int of more than {sys.get_int_max_str_digits()} digits; "
+        "send it as a str",
+    ),
 ]
+
+
+@pytest.mark.parametrize(
+    ("event", "distinct_id"),
+    [("signed up", " user 1 "), ("café 🎉", "ümlaut"), ("$pageview", "a\tb"), ("e" * 200, "x")],
+)
+def test_names_and_ids_that_are_accepted_as_given(event: str, distinct_id: str) -> None:
+    built = capture_event(event, distinct_id, now=NOW)
+
+    assert (built["event"], built["distinct_id"]) == (event, distinct_id)
 
 
 @pytest.mark.parametrize(
