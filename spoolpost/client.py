@@ -116,9 +116,13 @@ class Client:
     ``before_send(event) -> event | None`` runs at capture, in the caller's
     thread, before the event reaches disk: it gets a copy of the event dict (and
     of its ``properties`` dict; deeper values are shared) and returns the event to
-    write, or None to drop it (counted as ``filtered`` in the spool's counters);
-    if it raises, or returns something that is not an event with a valid
-    ``uuid``, that is logged and the event is written unmodified.
+    write, or None to drop it (counted as ``filtered`` in the spool's counters).
+    The event it returns is checked by capture's rules
+    (:func:`~spoolpost.events.check_event`: ``event``, ``distinct_id`` and
+    ``properties`` required and valid; a missing ``uuid`` or ``timestamp`` is
+    the captured one). If the hook raises, or returns anything else (not a
+    mapping, or an invalid event), an ERROR is logged and the event is written
+    unmodified.
     ``disabled=True`` captures nothing and raises nothing (every capture method
     returns None, ``flush``/``shutdown`` an empty result); no spool is opened.
     ``disable_geoip`` (default True, as in posthog-python) adds
@@ -423,19 +427,15 @@ class Client:
                 event["uuid"],
             )
             return event
-        kept = dict(changed)
-        given = kept.get("uuid")
         try:
-            kept["uuid"] = event["uuid"] if given is None else ev.normalize_uuid(given)
+            return ev.check_event(changed, event)
         except ValueError as exc:
             log.error(
-                "before_send returned an event with a bad uuid (%s); the event %s is kept "
-                "unmodified",
+                "before_send returned an invalid event (%s); the event %s is kept unmodified",
                 exc,
                 event["uuid"],
             )
             return event
-        return kept
 
     def _count_filtered(self) -> None:
         """Count a ``before_send`` drop; the spool's counter is written at most once

@@ -40,6 +40,7 @@ __all__ = [
     "DistinctId",
     "alias_event",
     "capture_event",
+    "check_event",
     "group_identify_event",
     "identify_event",
     "normalize_uuid",
@@ -136,6 +137,35 @@ def normalize_uuid(value: object) -> str:
         except ValueError:
             raise ValueError(f"uuid must be a UUID or a str holding one, got {value!r}") from None
     raise ValueError(f"uuid must be a UUID or a str holding one, got {_type_name(value)}")
+
+
+def check_event(event: Mapping[str, Any], original: Mapping[str, Any]) -> dict[str, Any]:
+    """Check an event a ``before_send`` hook returned by the rules of
+    :func:`capture_event`; return a copy with ``distinct_id`` as a str, ``uuid`` in
+    canonical form and ``timestamp`` in RFC 3339 UTC (other keys as returned).
+
+    ``event``, ``distinct_id`` and ``properties`` (a mapping) are required; a
+    missing or None ``uuid`` or ``timestamp`` is taken from ``original`` (the
+    event the hook was given), as :func:`capture_event` fills them in by default.
+    Raises ``ValueError`` naming the first problem.
+    """
+    for key in ("event", "distinct_id", "properties"):
+        if key not in event:
+            raise ValueError(f"{key} is missing")
+    checked = dict(event)
+    checked["event"] = _name("event", event["event"])
+    checked["distinct_id"] = _id("distinct_id", event["distinct_id"])
+    properties = event["properties"]
+    if not isinstance(properties, Mapping):
+        raise ValueError(f"properties must be a mapping, got {_type_name(properties)}")
+    uuid = event.get("uuid")
+    checked["uuid"] = original["uuid"] if uuid is None else normalize_uuid(uuid)
+    timestamp = event.get("timestamp")
+    if timestamp is None:
+        checked["timestamp"] = original["timestamp"]
+    else:
+        checked["timestamp"] = format_timestamp(timestamp, 0.0)
+    return checked
 
 
 def _build(

@@ -383,7 +383,7 @@ HOOK_CASES: list[tuple[str, Any, dict[str, Any] | None, str, str]] = [
     ("drops", drop, None, "", ""),
     ("raises", explode, ORIGINAL, "captured", "before_send raised"),
     ("returns-junk", not_an_event, ORIGINAL, "captured", "before_send returned a str"),
-    ("bad-uuid", bad_uuid, ORIGINAL, "captured", "before_send returned an event with a bad"),
+    ("bad-uuid", bad_uuid, ORIGINAL, "captured", "before_send returned an invalid event (uuid"),
     ("removes-uuid", no_uuid, ORIGINAL, "captured", ""),
     ("new-uuid", new_uuid, ORIGINAL, FIXED_UUID, ""),
 ]
@@ -436,6 +436,116 @@ def test_before_send(
         assert len(errors) == 1 and logged in errors[0]
     else:
         assert errors == []
+
+
+def without(key: str) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    return lambda event: {k: v for k, v in event.items() if k != key}
+
+
+def replacing(key: str, value: Any) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    return lambda event: {**event, key: value}
+
+
+def scrubbed(change: Callable[[dict[str, Any]], dict[str, Any]]) -> Callable[..., Any]:
+    """A hook that scrubs the email, then makes the event invalid with ``change``."""
+    return lambda event: change(scrub(event))
+
+
+# (id, how the hook spoils the event it returns, the problem logged)
+INVALID_RETURNS: list[tuple[str, Callable[[dict[str, Any]], dict[str, Any]], str]] = [
+    ("event-empty", replacing("event", ""), "event must be a non-empty str, got ''"),
+    (
+        "event-nul",
+        replacing("event", "e\x00"),
+        "event must not contain control characters (NUL, newline, tab, …), got 'e\\x00'",
+    ),
+    ("event-missing", without("event"), "event is missing"),
+    ("distinct-id-missing", without("distinct_id"), "distinct_id is missing"),
+    (
+        "distinct-id-none",
+        replacing("distinct_id", None),
+        "distinct_id must be a non-empty str, int or UUID, got NoneType",
+    ),
+    (
+        "distinct-id-blank",
+        replacing("distinct_id", " "),
+        "distinct_id must not be only whitespace, got ' '",
+    ),
+    ("properties-missing", without("properties"), "properties is missing"),
+    (
+        "properties-none",
+        replacing("properties", None),
+        "properties must be a mapping, got NoneType",
+    ),
+    (
+        "uuid-bad",
+        replacing("uuid", "nope"),
+        "uuid must be a UUID or a str holding one, got 'nope'",
+    ),
+    (
+        "timestamp-bad",
+        replacing("timestamp", "soon"),
+        "invalid timestamp 'soon': expected an ISO 8601 date-time such as "
+        "'2025-01-02T03:04:05Z' or '2025-01-02T08:34:05+05:30'",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("change", "problem"), [c[1:] for c in INVALID_RETURNS], ids=[c[0] for c in INVALID_RETURNS]
+)
+def test_before_send_returning_an_invalid_event_keeps_the_original(
+    make_client: MakeClient,
+    spool_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    change: Callable[[dict[str, Any]], dict[str, Any]],
+    problem: str,
+) -> None:
+    clock = ManualClock(start=1735787045.25)
+    client = make_client(send=False, before_send=scrubbed(change), clock=clock)
+
+    with caplog.at_level(logging.ERROR, logger="spoolpost"):
+        returned = client.capture("e", distinct_id="u", properties=ORIGINAL)
+
+    [event] = stored(spool_path)
+    assert event["uuid"] == returned
+    assert (event["event"], event["distinct_id"]) == ("e", "u")
+    assert event["timestamp"] == "2025-01-02T03:04:05.250000Z"
+    assert {k: event["properties"][k] for k in ORIGINAL} == ORIGINAL  # unmodified
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == [
+        f"before_send returned an invalid event ({problem}); the event {returned} is kept "
+        "unmodified"
+    ]
+
+
+def test_before_send_output_is_normalized_like_a_capture(
+    make_client: MakeClient, spool_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    def rewrite(event: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "event": "renamed",
+            "distinct_id": 42,
+            "properties": {"plan": "pro"},
+            "timestamp": datetime(2025, 1, 2, 8, 34, 5, tzinfo=timezone(timedelta(hours=5.5))),
+            "uuid": FIXED_UUID.upper(),
+        }
+
+    client = make_client(send=False, before_send=rewrite)
+
+    with caplog.at_level(logging.ERROR, logger="spoolpost"):
+        returned = client.capture("e", distinct_id="u")
+
+    assert returned == FIXED_UUID
+    assert stored(spool_path) == [
+        {
+            "event": "renamed",
+            "distinct_id": "42",
+            "properties": {"plan": "pro"},
+            "timestamp": "2025-01-02T03:04:05Z",
+            "uuid": FIXED_UUID,
+        }
+    ]
+    assert caplog.records == []
 
 
 def test_filtered_drops_are_counted_in_few_writes(
