@@ -458,8 +458,11 @@ class Spool:
         Only an empty file or one that starts with the SQLite header is handed to
         SQLite: anything else (a file the path was pointed at by mistake) raises
         :class:`SpoolCorrupt` and is left untouched, where SQLite would call it
-        corrupt and it would be moved aside. Raises :class:`ConfigError` for OS
-        errors.
+        corrupt and it would be moved aside. The exception: a file without the
+        header that has a ``-wal`` or ``-shm`` beside it was an SQLite database
+        in WAL mode (a spool whose first page was destroyed); it is moved aside
+        and a new spool started, so the app keeps running. Raises
+        :class:`ConfigError` for OS errors.
         """
         try:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
@@ -468,6 +471,13 @@ class Spool:
         try:
             st = os.fstat(fd)
             if st.st_size and os.pread(fd, len(SQLITE_HEADER), 0) != SQLITE_HEADER:
+                if any(os.path.exists(f"{self.path}{side}") for side in ("-wal", "-shm")):
+                    os.close(fd)
+                    fd = -1
+                    self._file_id = (st.st_dev, st.st_ino)
+                    self._move_aside(SpoolCorrupt("its SQLite header is destroyed"))
+                    self._prepare_file()
+                    return
                 raise SpoolCorrupt(
                     f"spool {self.path} is not an SQLite database; refusing to change it. "
                     "Point spoolpost at another path or remove the file"
@@ -476,7 +486,8 @@ class Spool:
         except OSError as exc:
             raise ConfigError(f"cannot open spool {self.path}: {exc}") from exc
         finally:
-            os.close(fd)
+            if fd >= 0:
+                os.close(fd)
         self._file_id = (st.st_dev, st.st_ino)
 
     def _make_private(self, fd: int, mode: int) -> None:

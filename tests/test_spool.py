@@ -777,6 +777,22 @@ def test_a_file_that_is_not_an_sqlite_database_is_refused_untouched(
     assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
 
 
+def test_a_spool_whose_first_page_is_destroyed_is_moved_aside(
+    spool_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with Spool(spool_path) as s:
+        fill(s, 5)
+    with open(spool_path, "r+b") as f:
+        f.write(b"\x00" * 4096)  # the header page is gone
+    Path(f"{spool_path}-wal").write_bytes(b"")  # as an app killed while running leaves it
+    with Spool(spool_path) as s:  # the app keeps running on a new spool
+        assert s.append("new", body(0), T0)
+    (aside,) = spool_path.parent.glob("events.spool.corrupt-*[0-9TZ]")
+    assert aside.read_bytes()[:4096] == b"\x00" * 4096
+    (error,) = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert str(aside) in error.getMessage()
+
+
 def test_an_empty_file_becomes_a_spool(spool_path: Path) -> None:
     spool_path.parent.mkdir(parents=True)
     spool_path.touch(mode=0o600)
