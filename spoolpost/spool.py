@@ -32,7 +32,7 @@ import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from spoolpost import migrations
 from spoolpost._process import Owner, current_owner, owner_alive
@@ -80,9 +80,10 @@ ROOM_AGAIN = 7 / 8
 _EXPIRE_ROUNDS = 8
 
 
-@dataclass(frozen=True)
-class Row:
-    """One leased event: spool ``id``, ``uuid``, encoded ``body``, prior ``attempts``."""
+class Row(NamedTuple):
+    """One leased event: spool ``id``, ``uuid``, encoded ``body``, prior ``attempts``.
+
+    A NamedTuple rather than a dataclass: a claim builds hundreds at a time."""
 
     id: int
     uuid: str
@@ -168,7 +169,7 @@ class _Space:
 
 
 def _ids_json(ids: Sequence[int]) -> str:
-    return "[" + ",".join(str(int(i)) for i in ids) + "]"
+    return "[" + ",".join(map(str, ids)) + "]"
 
 
 _IN_IDS = "id IN (SELECT value FROM json_each(?))"
