@@ -36,6 +36,7 @@ from spoolpost.admin import (
     drain_exit_code,
     drain_spool,
 )
+from spoolpost.dispatcher import Dispatcher
 from spoolpost.errors import SpoolpostError
 from spoolpost.spool import Spool
 from spoolpost.transport import DEFAULT_HOST, HttpTransport
@@ -43,6 +44,7 @@ from spoolpost.transport import DEFAULT_HOST, HttpTransport
 __all__ = [
     "EXIT_DEAD",
     "EXIT_EMPTY",
+    "EXIT_INTERRUPTED",
     "EXIT_OUTAGE",
     "EXIT_PAUSED",
     "EXIT_REMAIN",
@@ -53,6 +55,9 @@ __all__ = [
 ]
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+#: ``spoolpost drain`` exit code after Ctrl-C (128 + SIGINT, as shells report it).
+EXIT_INTERRUPTED = 130
 
 
 class _Cli(click.Group):
@@ -609,39 +614,51 @@ def drain(
 
     \b
     Exit codes (for cron):
-      0  nothing left to deliver, nothing dead-lettered by this run
-      3  events remain: the budget ran out
-      4  events remain: the endpoint is down (an outage)
-      5  events remain: delivery paused by a configuration fault (401/403/404/3xx)
-      6  nothing left, but this run dead-lettered events (see tail --state dead)
-      1  an error (no spool, no API key, a bad host URL, a spool of another key)
-      2  a usage error (unknown option, bad value)
+        0  nothing left to deliver, nothing dead-lettered by this run
+        3  events remain: the budget ran out
+        4  events remain: the endpoint is down (an outage)
+        5  events remain: delivery paused by a configuration fault (401/403/404/3xx)
+        6  nothing left, but this run dead-lettered events (see tail --state dead)
+      130  interrupted (Ctrl-C): delivery stopped within --grace, summary printed
+        1  an error (no spool, no API key, a bad host URL, a spool of another key)
+        2  a usage error (unknown option, bad value)
     """
     path = _spool_path(spool)
     transport = HttpTransport(host, _api_key(api_key), gzip=gzip)
     s = _open(path)
     progress = _Progress() if sys.stderr.isatty() and not as_json else None
+    interrupted = False
     try:
-        result = drain_spool(
-            s,
-            transport,
-            budget=budget,
-            outage_after=outage_after,
-            force_key=force_key,
-            grace=grace,
-            progress=progress,
-        )
+        # What the drain is about, also taken here: a Ctrl-C still gets its summary.
+        watermark = s.watermark(time.time())
+        before = s.states_through(watermark)
+        try:
+            result = drain_spool(
+                s,
+                transport,
+                budget=budget,
+                outage_after=outage_after,
+                force_key=force_key,
+                grace=grace,
+                progress=progress,
+            )
+        except KeyboardInterrupt:
+            # drain_spool has stopped delivery within the grace on its way out; a
+            # flush with no time left sends nothing and tallies the spool as it is.
+            interrupted = True
+            result = Dispatcher(s, transport).flush(watermark, 0.0, before)
     finally:
         if progress is not None:
             progress.close()
         s.close()
-    code = drain_exit_code(result)
+    code = EXIT_INTERRUPTED if interrupted else drain_exit_code(result)
     summary = {
         "delivered": result.delivered,
         "dead": result.dead,
         "remaining": result.pending,
         "paused": result.paused,
         "outage": result.outage,
+        "interrupted": interrupted,
         "exit_code": code,
     }
 
@@ -649,6 +666,8 @@ def drain(
         line = (
             f"delivered {result.delivered}, dead-lettered {result.dead}, remaining {result.pending}"
         )
+        if interrupted:
+            line += "; interrupted"
         if result.paused:
             line += f"; paused: {result.paused}"
         if result.outage:

@@ -8,6 +8,7 @@ import os
 import pty
 import re
 import select
+import signal
 import subprocess
 import sys
 import time
@@ -606,6 +607,70 @@ def test_drain_budget_runs_out_exits_3_from_a_real_process(
     summary = json.loads(proc.stdout)
     assert (summary["remaining"], summary["outage"], summary["paused"]) == (3, None, None)
     assert endpoint.wait_for_requests(1)
+
+
+@pytest.mark.parametrize("as_json", [True, False], ids=["json", "human"])
+def test_drain_interrupted_by_ctrl_c_stops_within_the_grace_and_prints_its_summary(
+    spool_path: Path, spool: Spool, endpoint: LocalEndpoint, as_json: bool
+) -> None:
+    add_events(spool, ["e"] * 3, at=time.time() - 100)
+    spool.close()
+    endpoint.default = Response(hang=True)  # the drain's request never gets an answer
+    env = {k: v for k, v in os.environ.items() if k not in ENV_VARS} | {"SPOOLPOST_API_KEY": SECRET}
+    command = [sys.executable, "-m", "spoolpost", "drain", str(spool_path), "--host", endpoint.url]
+    proc = subprocess.Popen(
+        [*command, "--grace", "0.5", *(["--json"] if as_json else [])],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert endpoint.wait_for_requests(1, timeout=60)
+        interrupted_at = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    stopped_in = time.monotonic() - interrupted_at
+
+    assert proc.returncode == 130, stderr
+    assert stopped_in <= 0.5 + 5.0  # the grace, plus a process exit
+    assert "Aborted!" not in stderr and "Traceback" not in stderr
+    assert "stop deadline reached with 1 request(s) still in flight" in stderr
+    assert SECRET not in stdout + stderr
+    if as_json:
+        assert json.loads(stdout) == {
+            "delivered": 0,
+            "dead": 0,
+            "remaining": 3,
+            "paused": None,
+            "outage": None,
+            "interrupted": True,
+            "exit_code": 130,
+        }
+    else:
+        assert stdout == "delivered 0, dead-lettered 0, remaining 3; interrupted\n"
+    left = states_of(spool_path)
+    assert len(left["pending"] + left["leased"]) == 3 and left["dead"] == []  # kept
+
+
+def test_drain_json_says_it_was_not_interrupted(
+    spool_path: Path, spool: Spool, endpoint: LocalEndpoint
+) -> None:
+    add_events(spool, ["e"] * 2, at=time.time() - 100)
+    result = drain(spool_path, endpoint, "--json")
+    assert result.exit_code == 0
+    assert json.loads(result.stdout) == {
+        "delivered": 2,
+        "dead": 0,
+        "remaining": 0,
+        "paused": None,
+        "outage": None,
+        "interrupted": False,
+        "exit_code": 0,
+    }
 
 
 def test_drain_shows_a_progress_bar_on_a_terminal(
