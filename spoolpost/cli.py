@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import sqlite3
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -565,6 +567,48 @@ class _Progress:
             self.bar.__exit__(None, None, None)
 
 
+class _Interrupts:
+    """Ctrl-C (SIGINT) while draining, handled at a safe point.
+
+    The first only counts: the drain raises ``KeyboardInterrupt`` at its next
+    progress check (within about a second), outside any spool transaction, so
+    delivery stops and the spool can still be read for the summary. A second one
+    raises ``KeyboardInterrupt`` at once, wherever the drain is. Installed only in
+    the main thread (where Python runs signal handlers); the previous handler is
+    restored on exit.
+    """
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._previous: Any = None
+        self._installed = False
+
+    def __enter__(self) -> _Interrupts:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+            self._installed = True
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._installed:
+            signal.signal(signal.SIGINT, self._previous)
+
+    def _handle(self, signum: int, frame: object) -> None:
+        self.count += 1
+        if self.count > 1:
+            raise KeyboardInterrupt
+
+    def check(self, grace: float) -> None:
+        """Raise ``KeyboardInterrupt`` once Ctrl-C was pressed, saying so on stderr."""
+        if self.count:
+            click.echo(
+                f"interrupted: stopping delivery, waiting up to {grace:g}s for requests in "
+                "flight (Ctrl-C again quits at once)",
+                err=True,
+            )
+            raise KeyboardInterrupt
+
+
 @cli.command()
 @spool_argument
 @host_option
@@ -619,38 +663,52 @@ def drain(
         4  events remain: the endpoint is down (an outage)
         5  events remain: delivery paused by a configuration fault (401/403/404/3xx)
         6  nothing left, but this run dead-lettered events (see tail --state dead)
-      130  interrupted (Ctrl-C): delivery stopped within --grace, summary printed
+      130  interrupted (Ctrl-C): sending stops within about a second, requests in
+           flight get --grace, then the summary; a second Ctrl-C quits at once
         1  an error (no spool, no API key, a bad host URL, a spool of another key)
         2  a usage error (unknown option, bad value)
     """
     path = _spool_path(spool)
     transport = HttpTransport(host, _api_key(api_key), gzip=gzip)
     s = _open(path)
-    progress = _Progress() if sys.stderr.isatty() and not as_json else None
-    interrupted = False
-    try:
-        # What the drain is about, also taken here: a Ctrl-C still gets its summary.
-        watermark = s.watermark(time.time())
-        before = s.states_through(watermark)
+    bar = _Progress() if sys.stderr.isatty() and not as_json else None
+    with _Interrupts() as interrupts:
+
+        def progress(total: int, pending: int) -> None:
+            interrupts.check(grace)  # the drain's safe point for a Ctrl-C
+            if bar is not None:
+                bar(total, pending)
+
         try:
-            result = drain_spool(
-                s,
-                transport,
-                budget=budget,
-                outage_after=outage_after,
-                force_key=force_key,
-                grace=grace,
-                progress=progress,
-            )
-        except KeyboardInterrupt:
-            # drain_spool has stopped delivery within the grace on its way out; a
-            # flush with no time left sends nothing and tallies the spool as it is.
-            interrupted = True
-            result = Dispatcher(s, transport).flush(watermark, 0.0, before)
-    finally:
-        if progress is not None:
-            progress.close()
-        s.close()
+            # What the drain is about, also taken here: a Ctrl-C still gets its summary.
+            watermark = s.watermark(time.time())
+            before = s.states_through(watermark)
+            try:
+                result = drain_spool(
+                    s,
+                    transport,
+                    budget=budget,
+                    outage_after=outage_after,
+                    force_key=force_key,
+                    grace=grace,
+                    progress=progress,
+                )
+            except KeyboardInterrupt:
+                if interrupts.count > 1:  # pressed again: quit at once, no summary
+                    click.echo(
+                        "interrupted again: quitting without a summary; undelivered "
+                        "events stay in the spool",
+                        err=True,
+                    )
+                    raise click.exceptions.Exit(EXIT_INTERRUPTED) from None
+                # drain_spool stopped delivery within the grace on its way out; a
+                # flush with no time left sends nothing and tallies the spool as it is.
+                result = Dispatcher(s, transport).flush(watermark, 0.0, before)
+        finally:
+            if bar is not None:
+                bar.close()
+            s.close()
+    interrupted = interrupts.count > 0
     code = EXIT_INTERRUPTED if interrupted else drain_exit_code(result)
     summary = {
         "delivered": result.delivered,

@@ -6,11 +6,13 @@ import json
 import logging
 import os
 import pty
+import queue
 import re
 import select
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -637,8 +639,12 @@ def test_drain_interrupted_by_ctrl_c_stops_within_the_grace_and_prints_its_summa
     stopped_in = time.monotonic() - interrupted_at
 
     assert proc.returncode == 130, stderr
-    assert stopped_in <= 0.5 + 5.0  # the grace, plus a process exit
+    assert stopped_in <= 1.0 + 0.5 + 5.0  # the next check, the grace, a process exit
     assert "Aborted!" not in stderr and "Traceback" not in stderr
+    assert (
+        "interrupted: stopping delivery, waiting up to 0.5s for requests in flight "
+        "(Ctrl-C again quits at once)\n"
+    ) in stderr
     assert "stop deadline reached with 1 request(s) still in flight" in stderr
     assert SECRET not in stdout + stderr
     if as_json:
@@ -655,6 +661,63 @@ def test_drain_interrupted_by_ctrl_c_stops_within_the_grace_and_prints_its_summa
         assert stdout == "delivered 0, dead-lettered 0, remaining 3; interrupted\n"
     left = states_of(spool_path)
     assert len(left["pending"] + left["leased"]) == 3 and left["dead"] == []  # kept
+
+
+DRAIN = [sys.executable, "-m", "spoolpost", "drain"]
+
+
+def test_drain_interrupted_twice_quits_without_waiting_out_the_grace(
+    spool_path: Path, spool: Spool, endpoint: LocalEndpoint
+) -> None:
+    add_events(spool, ["e"] * 3, at=time.time() - 100)
+    spool.close()
+    endpoint.default = Response(hang=True)
+    env = {k: v for k, v in os.environ.items() if k not in ENV_VARS} | {"SPOOLPOST_API_KEY": SECRET}
+    proc = subprocess.Popen(
+        [*DRAIN, str(spool_path), "--host", endpoint.url, "--grace", "600", "--json"],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    lines: queue.Queue[str] = queue.Queue()
+
+    def read_stderr() -> None:
+        for line in proc.stderr or []:
+            lines.put(line)
+
+    reader = threading.Thread(target=read_stderr)
+    reader.start()
+    try:
+        assert endpoint.wait_for_requests(1, timeout=60)
+        proc.send_signal(signal.SIGINT)
+        while "Ctrl-C again quits at once" not in lines.get(timeout=60):
+            pass  # the first Ctrl-C was taken: delivery is stopping, the grace began
+        again_at = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=60)
+        stdout = proc.stdout.read() if proc.stdout else ""
+    finally:
+        proc.kill()
+        reader.join(60)
+    rest = "".join(iter_queue(lines))
+
+    assert proc.returncode == 130
+    assert time.monotonic() - again_at < 60  # far from the 600 s grace
+    assert stdout == ""  # no summary
+    assert "interrupted again: quitting without a summary; undelivered events stay in" in rest
+    assert "Traceback" not in rest and "Aborted!" not in rest
+    left = states_of(spool_path)
+    assert len(left["pending"] + left["leased"]) == 3
+
+
+def iter_queue(items: queue.Queue[str]) -> Iterator[str]:
+    while True:
+        try:
+            yield items.get_nowait()
+        except queue.Empty:
+            return
 
 
 def test_drain_shows_a_progress_bar_on_a_terminal(
