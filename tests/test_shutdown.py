@@ -73,8 +73,8 @@ def test_shutdown_returns_by_its_deadline_when_the_endpoint_never_answers(
     assert any("stay in the spool" in r.getMessage() for r in caplog.records)
     [warning] = [r.getMessage() for r in caplog.records if "deadline reached" in r.getMessage()]
     assert re.fullmatch(
-        rf"stop deadline reached with [12] request\(s\) still in flight "
-        rf"\(spoolpost-sender-\d(, spoolpost-sender-\d)?\) to {endpoint.url}/batch/; their "
+        rf"stop deadline reached with \d request\(s\) still in flight "
+        rf"\(spoolpost-sender-\d(, spoolpost-sender-\d)*\) to {endpoint.url}/batch/; their "
         r"events stay leased in the spool and are sent again once the lease ends or this "
         r"process is gone",
         warning,
