@@ -101,7 +101,9 @@ class Client:
     """A spoolpost client: PostHog-shaped capture into a crash-safe spool.
 
     ``api_key``: the project API key (applied at send time, never stored per
-    event). ``host``: the ingestion base URL (default ``https://us.i.posthog.com``).
+    event). ``host``: the ingestion base URL (default ``https://us.i.posthog.com``),
+    checked by :func:`~spoolpost.transport.check_host`; credentials in it
+    (``user:password@``) are sent as HTTP basic auth and logged as ``user:***@``.
     ``spool``: the spool file (default :func:`default_spool_path`).
     ``send``: False makes a capture-only client that starts no threads at all (for
     short-lived scripts and serverless handlers; deliver with ``spoolpost drain``
