@@ -525,7 +525,7 @@ class Spool:
         try:
             if first:
                 self._refuse_foreign(conn)
-            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            mode = self._enable_wal(conn)
             if str(mode).lower() != "wal":
                 raise SpoolCorrupt(f"spool {self.path} could not be put in WAL mode (got {mode})")
             conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout * 1000)}")
@@ -541,18 +541,37 @@ class Spool:
             raise
         return conn
 
+    def _enable_wal(self, conn: sqlite3.Connection) -> str:
+        """``PRAGMA journal_mode=WAL``, retried within ``busy_timeout``: switching a
+        new file to WAL needs an exclusive lock, and SQLite answers "database is
+        locked" at once, without its busy handler, while another process opening
+        the same new spool holds the file."""
+        deadline = time.monotonic() + self.busy_timeout
+        while True:
+            try:
+                return str(conn.execute("PRAGMA journal_mode=WAL").fetchone()[0])
+            except sqlite3.OperationalError as exc:
+                if exc.sqlite_errorcode not in _BUSY_CODES or time.monotonic() >= deadline:
+                    raise
+            time.sleep(0.005)
+
     def _refuse_foreign(self, conn: sqlite3.Connection) -> None:
         """Raise :class:`SpoolCorrupt` if the file holds tables but no spoolpost
         schema version (:func:`migrations.migrate` checks again under its write
-        lock; this check runs before the journal mode is switched to WAL)."""
-        if migrations.schema_version(conn):
-            return
-        foreign = [
-            name
-            for (name,) in conn.execute(
-                "SELECT name FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'"
-            )
-        ]
+        lock; this check runs before the journal mode is switched to WAL). Both
+        reads share one snapshot: another process may be migrating a new spool."""
+        conn.execute("BEGIN")
+        try:
+            if migrations.schema_version(conn):
+                return
+            foreign = [
+                name
+                for (name,) in conn.execute(
+                    "SELECT name FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'"
+                )
+            ]
+        finally:
+            conn.execute("COMMIT")
         if foreign:
             raise SpoolCorrupt(
                 f"spool {self.path} is a SQLite database but not a spoolpost spool "
@@ -655,8 +674,11 @@ class Spool:
         """One short write transaction: ``BEGIN IMMEDIATE`` … ``COMMIT``."""
         with self._wlock:
             conn = self._writer()
-            self._begin(conn)
             try:
+                if conn.in_transaction:  # left open by an interrupted caller
+                    self._abort(conn)
+                    conn = self._writer()
+                self._begin(conn)
                 yield conn
                 conn.execute("COMMIT")
             except BaseException:
@@ -676,11 +698,30 @@ class Spool:
             if not snapshot:
                 yield conn
                 return
-            conn.execute("BEGIN")
             try:
+                if conn.in_transaction:  # left open by an interrupted caller
+                    conn.execute("ROLLBACK")
+                conn.execute("BEGIN")
                 yield conn
             finally:
-                conn.execute("COMMIT")
+                if conn.in_transaction:
+                    conn.execute("COMMIT")
+
+    @contextlib.contextmanager
+    def snapshot(self) -> Iterator[sqlite3.Connection]:
+        """A private read connection holding one WAL snapshot, taken on entry:
+        what it reads is the spool as it was then, whatever is written meanwhile.
+        For counting a large spool while delivery already runs."""
+        if self._closed:
+            raise SpoolClosed(f"spool {self.path} is closed")
+        conn = self._connect()
+        try:
+            conn.execute("BEGIN")
+            conn.execute("SELECT 1 FROM events LIMIT 1").fetchall()  # pins the snapshot
+            yield conn
+        finally:
+            with contextlib.suppress(sqlite3.Error):
+                conn.close()
 
     def transaction(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
         """A short write transaction (``BEGIN IMMEDIATE`` … ``COMMIT``, rolled back on
@@ -1267,21 +1308,53 @@ class Spool:
             row = conn.execute("SELECT max(id) FROM events").fetchone()
         return (int(row[0] or 0), now)
 
-    def states_through(self, watermark: Watermark) -> dict[str, int]:
-        """Counts by state (pending, leased, dead) of the events inside ``watermark``."""
+    def any_open_through(self, watermark: Watermark) -> bool:
+        """True while an event inside ``watermark`` is pending or leased.
+
+        O(log n), unlike :meth:`states_through`: the lowest remaining id answers it.
+        """
         last_id, at = watermark
-        with self._read(snapshot=True) as conn:
-            found = dict(
+        with self._read() as conn:
+            row = conn.execute(
+                "SELECT 1 FROM events WHERE id <= ? AND captured_at <= ? LIMIT 1", (last_id, at)
+            ).fetchone()
+        return row is not None
+
+    def dead_through(self, watermark: Watermark) -> int:
+        """How many dead letters lie inside ``watermark`` (an index range count)."""
+        last_id, at = watermark
+        with self._read() as conn:
+            return int(
                 conn.execute(
-                    "SELECT state, count(*) FROM events WHERE id <= ? AND captured_at <= ?"
-                    " GROUP BY state",
+                    "SELECT count(*) FROM dead_events WHERE event_id <= ? AND captured_at <= ?",
                     (last_id, at),
-                ).fetchall()
+                ).fetchone()[0]
             )
-            found["dead"] = conn.execute(
-                "SELECT count(*) FROM dead_events WHERE event_id <= ? AND captured_at <= ?",
+
+    def states_through(
+        self, watermark: Watermark, conn: sqlite3.Connection | None = None
+    ) -> dict[str, int]:
+        """Counts by state (pending, leased, dead) of the events inside ``watermark``
+        (a scan of the events table); ``conn``: read through that connection
+        (a :meth:`snapshot`) instead of the spool's own."""
+        if conn is not None:
+            return self._states_through(conn, watermark)
+        with self._read(snapshot=True) as own:
+            return self._states_through(own, watermark)
+
+    def _states_through(self, conn: sqlite3.Connection, watermark: Watermark) -> dict[str, int]:
+        last_id, at = watermark
+        found = dict(
+            conn.execute(
+                "SELECT state, count(*) FROM events WHERE id <= ? AND captured_at <= ?"
+                " GROUP BY state",
                 (last_id, at),
-            ).fetchone()[0]
+            ).fetchall()
+        )
+        found["dead"] = conn.execute(
+            "SELECT count(*) FROM dead_events WHERE event_id <= ? AND captured_at <= ?",
+            (last_id, at),
+        ).fetchone()[0]
         return {state: int(found.get(state, 0)) for state in ("pending", "leased", "dead")}
 
     def due(self, now: float, limit: int) -> tuple[int, float | None, int]:

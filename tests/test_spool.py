@@ -478,11 +478,16 @@ def test_watermark_covers_what_was_captured_before_it(spool: Spool) -> None:
     fill(spool, 1, now=T0 + 2, first=3)  # after the mark
 
     assert spool.states_through(mark) == {"pending": 3, "leased": 0, "dead": 0}
-    batch = claim(spool, T0 + 2, max_events=3)
-    assert spool.states_through(mark) == {"pending": 0, "leased": 3, "dead": 0}
-    spool.dead_letter(batch.token, [1], T0 + 3, "rejected", 400)
-    spool.ack(batch.token, [2, 3])
+    assert spool.any_open_through(mark) and spool.dead_through(mark) == 0
+    with spool.snapshot() as before:  # pinned now: later changes are not seen through it
+        batch = claim(spool, T0 + 2, max_events=3)
+        assert spool.states_through(mark) == {"pending": 0, "leased": 3, "dead": 0}
+        spool.dead_letter(batch.token, [1], T0 + 3, "rejected", 400)
+        spool.ack(batch.token, [2, 3])
+        assert spool.states_through(mark, before) == {"pending": 3, "leased": 0, "dead": 0}
     assert spool.states_through(mark) == {"pending": 0, "leased": 0, "dead": 1}
+    assert not spool.any_open_through(mark) and spool.dead_through(mark) == 1
+    assert spool.any_open_through(spool.watermark(T0 + 3))  # the event after the mark
 
 
 def test_watermark_tells_reused_ids_apart_by_capture_time(spool: Spool) -> None:
