@@ -226,6 +226,7 @@ class Dispatcher:
         self._paused_reason: str | None = None
         self._last_success_at: float | None = None
         self._last_failure: str | None = None
+        self._settled = 0  # events settled (delivered or dead) by this dispatcher
         self._flushes: Counter[Watermark] = Counter()
         self._next_reclaim = 0.0
         self._next_checkpoint = 0.0
@@ -318,23 +319,26 @@ class Dispatcher:
         """
         if before is None:
             before = self.spool.states_through(watermark)
+        unsettled = before.get("pending", 0) + before.get("leased", 0)
+        settled_at_start = self._settled
         deadline = self.clock.monotonic() + max(0.0, timeout)
         outage: str | None = None
         timed_out = False
         self.begin_flush(watermark)
         try:
             while True:
-                states = self.spool.states_through(watermark)
-                pending = states.get("pending", 0) + states.get("leased", 0)
+                # O(log n) per wake-up; the exact (O(n)) count is taken once, at the end.
+                still_open = self.spool.any_open_through(watermark)
                 now = self.clock.now()
                 with self._cond:
                     paused = self._paused_reason if now < self._pause_until else None
                     if outage_after is not None and self._gate_failures >= outage_after:
                         outage = self._last_failure
+                    settled = self._settled - settled_at_start
                 if progress is not None:
-                    progress(pending)
+                    progress(max(0, unsettled - settled) if still_open else 0)
                 remaining = deadline - self.clock.monotonic()
-                if pending == 0 or paused is not None or outage:
+                if not still_open or paused is not None or outage:
                     break
                 if remaining <= 0:
                     timed_out = True
@@ -348,8 +352,12 @@ class Dispatcher:
                         self.clock.sleep(min(step.wait or IDLE_POLL, remaining))
         finally:
             self.end_flush(watermark)
-        dead = states.get("dead", 0) - before.get("dead", 0)
-        unsettled = before.get("pending", 0) + before.get("leased", 0)
+        if still_open:
+            states = self.spool.states_through(watermark)
+            pending, dead_now = states["pending"] + states["leased"], states["dead"]
+        else:
+            pending, dead_now = 0, self.spool.dead_through(watermark)
+        dead = dead_now - before.get("dead", 0)
         return FlushResult(
             delivered=max(0, unsettled - pending - dead),
             dead=dead,
@@ -521,7 +529,7 @@ class Dispatcher:
         """Apply DESIGN §5 to ``rows`` for the reply ``t``."""
         ids = _ids(rows)
         if t.action is Action.DELIVERED:
-            self.spool.ack(token, ids)
+            self._count_settled(self.spool.ack(token, ids))
             self._on_success(t)
         elif t.action is Action.PAUSE:
             self.spool.release(token, ids)
@@ -538,7 +546,9 @@ class Dispatcher:
             self._split(token, rows, t.at)
         else:
             detail = t.reply.excerpt or t.reply.describe()
-            self.spool.dead_letter(token, ids, t.at, t.action.value, t.reply.status, detail)
+            self._count_settled(
+                self.spool.dead_letter(token, ids, t.at, t.action.value, t.reply.status, detail)
+            )
             self._on_success(t)  # the endpoint answered: it is up
 
     def _retry_later(self, token: str, rows: Sequence[Row], t: _Try) -> None:
@@ -546,7 +556,7 @@ class Dispatcher:
         ``max_attempts`` die (reason ``max_attempts``, with the status)."""
         retry_after = parse_retry_after(t.reply.retry_after, t.at)
         attempt = max(r.attempts for r in rows) + 1
-        self.spool.reschedule(
+        _, dead = self.spool.reschedule(
             token,
             _ids(rows),
             t.at,
@@ -555,6 +565,12 @@ class Dispatcher:
             self.retry.max_attempts,
             status=t.reply.status,
         )
+        self._count_settled(dead)
+
+    def _count_settled(self, n: int) -> None:
+        """Tally events this dispatcher delivered or dead-lettered (for progress)."""
+        with self._cond:
+            self._settled += n
 
     def _split(self, token: str, rows: Sequence[Row], now: float) -> None:
         """413/4xx for several events: send each half (recursively, so a bad event
