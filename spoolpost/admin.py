@@ -552,6 +552,12 @@ def capture_one(
 # -- delivering ---------------------------------------------------------------------------
 
 
+#: Delivery settings of a backlog drain: send at once, and bigger batches than an
+#: app's (fewer requests and transactions per event; ``max_batch_bytes`` still
+#: bounds a request at 5 MiB). Measured in BENCHMARKS.md (proposal H).
+DRAIN_CONFIG = DeliveryConfig(flush_interval=0.0, max_batch_size=2000)
+
+
 def drain_spool(
     spool: Spool,
     transport: HttpTransport,
@@ -579,13 +585,16 @@ def drain_spool(
     """
     spool.bind_key(key_fingerprint(transport.api_key), force=force_key)
     watermark = spool.watermark(time.time())
-    before = spool.states_through(watermark)
-    total = before["pending"] + before["leased"]
-    if total == 0:
+    if not spool.any_open_through(watermark):
         return FlushResult()
-    dispatcher = Dispatcher(
-        spool, transport, config=config or DeliveryConfig(flush_interval=0.0), retry=retry
-    )
+    dispatcher = Dispatcher(spool, transport, config=config or DRAIN_CONFIG, retry=retry)
+    # The exact count of what is to be sent is a scan of the spool (~0.7 s per
+    # million events): it reads a snapshot pinned before the senders start, so
+    # the first request goes out at once and the count is still exact.
+    with spool.snapshot() as before_start:
+        dispatcher.start()
+        before = spool.states_through(watermark, before_start)
+    total = before["pending"] + before["leased"]
     report: Callable[[int], None] | None = None
     if progress is not None:
         tell = progress
@@ -593,7 +602,6 @@ def drain_spool(
         def report(pending: int) -> None:
             tell(total, pending)
 
-    dispatcher.start()
     try:
         timeout = float("inf") if budget is None else budget
         dispatcher.flush(watermark, timeout, before, outage_after=outage_after, progress=report)
