@@ -450,7 +450,8 @@ def import_(spool: Path | None, source: IO[bytes], as_json: bool) -> None:
     Each line is an object with "event" and "distinct_id", and optionally
     "properties", "timestamp" and "uuid" (a missing uuid gets a new one). Every
     line is checked first: one bad line and nothing is written (the error names
-    each bad line's number). Events whose uuid is already pending are skipped.
+    each bad line's number). Events whose uuid is already in the spool
+    (pending, leased or dead) are skipped.
     """
     path = _spool_path(spool)
     admin.check_spool_file(path)  # before waiting for input
