@@ -552,6 +552,16 @@ def capture_one(
 # -- delivering ---------------------------------------------------------------------------
 
 
+class DrainInterrupted(KeyboardInterrupt):
+    """Raised by :func:`drain_spool` when a ``KeyboardInterrupt`` (raised by its
+    ``progress`` callback, its safe point) stopped it; ``result`` is the drain's
+    :class:`FlushResult` once delivery stopped."""
+
+    def __init__(self, result: FlushResult) -> None:
+        super().__init__()
+        self.result = result
+
+
 #: Delivery settings of a backlog drain: send at once, and bigger batches than an
 #: app's (fewer requests and transactions per event; ``max_batch_bytes`` still
 #: bounds a request at 5 MiB). Measured in BENCHMARKS.md (proposal H).
@@ -578,7 +588,9 @@ def drain_spool(
     ``grace`` seconds for requests in flight; any still in flight are abandoned
     (their events stay leased to this process and are reclaimed as soon as it is
     gone). Backoff and ``Retry-After`` are honoured. ``progress(total, pending)``
-    is called as delivery goes. Returns a :class:`FlushResult`.
+    is called as delivery goes; a ``KeyboardInterrupt`` it raises stops the drain
+    (within ``grace``) and becomes :class:`DrainInterrupted` carrying the result.
+    Returns a :class:`FlushResult`.
 
     Raises :class:`~spoolpost.errors.KeyMismatch` if the spool belongs to another
     API key (unless ``force_key``), :class:`~spoolpost.errors.SpoolLocked`.
@@ -591,25 +603,32 @@ def drain_spool(
     # The exact count of what is to be sent is a scan of the spool (~0.7 s per
     # million events): it reads a snapshot pinned before the senders start, so
     # the first request goes out at once and the count is still exact.
-    with spool.snapshot() as before_start:
-        dispatcher.start()
-        before = spool.states_through(watermark, before_start)
-    total = before["pending"] + before["leased"]
-    report: Callable[[int], None] | None = None
-    if progress is not None:
-        tell = progress
-
-        def report(pending: int) -> None:
-            tell(total, pending)
-
+    interrupted = False
     try:
+        with spool.snapshot() as before_start:
+            dispatcher.start()
+            before = spool.states_through(watermark, before_start)
+        total = before["pending"] + before["leased"]
+        report: Callable[[int], None] | None = None
+        if progress is not None:
+            tell = progress
+
+            def report(pending: int) -> None:
+                tell(total, pending)
+
         timeout = float("inf") if budget is None else budget
-        dispatcher.flush(watermark, timeout, before, outage_after=outage_after, progress=report)
+        try:
+            dispatcher.flush(watermark, timeout, before, outage_after=outage_after, progress=report)
+        except KeyboardInterrupt:
+            interrupted = True
     finally:
         dispatcher.stop(grace)
     # Requests that finished during the grace period settled their events: a flush
     # with no time left sends nothing and tallies the spool as it is now.
-    return dispatcher.flush(watermark, 0.0, before, outage_after=outage_after)
+    result = dispatcher.flush(watermark, 0.0, before, outage_after=outage_after)
+    if interrupted:
+        raise DrainInterrupted(result)
+    return result
 
 
 def drain_exit_code(result: FlushResult) -> int:

@@ -38,7 +38,6 @@ from spoolpost.admin import (
     drain_exit_code,
     drain_spool,
 )
-from spoolpost.dispatcher import Dispatcher
 from spoolpost.errors import SpoolpostError
 from spoolpost.spool import Spool
 from spoolpost.transport import DEFAULT_HOST, HttpTransport
@@ -681,9 +680,6 @@ def drain(
                 bar(total, pending)
 
         try:
-            # What the drain is about, also taken here: a Ctrl-C still gets its summary.
-            watermark = s.watermark(time.time())
-            before = s.states_through(watermark)
             try:
                 result = drain_spool(
                     s,
@@ -694,6 +690,8 @@ def drain(
                     grace=grace,
                     progress=progress,
                 )
+            except admin.DrainInterrupted as stopped:
+                result = stopped.result
             except KeyboardInterrupt:
                 if interrupts.count > 1:  # pressed again: quit at once, no summary
                     click.echo(
@@ -702,9 +700,7 @@ def drain(
                         err=True,
                     )
                     raise click.exceptions.Exit(EXIT_INTERRUPTED) from None
-                # drain_spool stopped delivery within the grace on its way out; a
-                # flush with no time left sends nothing and tallies the spool as it is.
-                result = Dispatcher(s, transport).flush(watermark, 0.0, before)
+                raise
         finally:
             if bar is not None:
                 bar.close()
