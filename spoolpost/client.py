@@ -97,6 +97,11 @@ def _no_feature_flags(send_feature_flags: object, flags: object) -> None:
         )
 
 
+def _check_timeout(timeout: float) -> None:
+    if not timeout >= 0:  # also refuses NaN
+        raise ValueError(f"timeout must be >= 0 seconds (inf: no limit), not {timeout!r}")
+
+
 class Client:
     """A spoolpost client: PostHog-shaped capture into a crash-safe spool.
 
@@ -180,6 +185,7 @@ class Client:
         self.max_event_bytes = max_event_bytes
         self.shutdown_timeout = shutdown_timeout
         self._shut = False
+        self._shutdown_result = FlushResult()
         self._delivering = False
         self._reset_locks()
         if disabled:
@@ -476,10 +482,15 @@ class Client:
         call, by any thread, are not waited for. Backoff and ``Retry-After`` are
         honoured. A capture-only client (``send=False``) sends nothing and reports
         what is pending. Never raises for delivery trouble; returns an empty
-        result on a disabled or shut-down client.
+        result on a disabled client. ``timeout`` must be >= 0 (``inf``: no limit),
+        else ``ValueError``. Raises :class:`~spoolpost.errors.SpoolClosed` after
+        :meth:`shutdown` (whose own result says what was left).
         """
-        if self.disabled or self._shut:
+        _check_timeout(timeout)
+        if self.disabled:
             return FlushResult()
+        if self._shut:
+            raise SpoolClosed("this client was shut down; its shutdown() result says what is left")
         try:
             self._save_filtered()
             watermark = self.spool.watermark(self.clock.now())
@@ -498,26 +509,28 @@ class Client:
 
         The flush gets ``timeout`` less :func:`stop_reserve` (at most 1 s, a quarter
         of a short timeout), so the threads can stop within what is left.
-        Idempotent (a second call returns an empty result). Whatever is not
+        Idempotent (a second call returns the first call's result). Whatever is not
         delivered by then stays in the spool for the next start or a cron drain:
         nothing is dropped at the deadline. Capturing afterwards raises
         :class:`~spoolpost.errors.SpoolClosed`.
         """
+        _check_timeout(timeout)
         with self._lock:
-            if self.disabled or self._shut:
+            if self.disabled:
                 return FlushResult()
+            if self._shut:
+                return self._shutdown_result
             start = self.clock.monotonic()
             reserve = stop_reserve(timeout) if self.send else 0.0
             result = self.flush(max(0.0, timeout - reserve))
             self._shut = True
+            self._shutdown_result = result
         _live.discard(self)
         if self._delivering:
             self.dispatcher.stop(max(0.0, timeout - (self.clock.monotonic() - start)))
         self._save_filtered()
-        pending = self.spool.states_through(self.spool.watermark(self.clock.now()))
-        left = pending["pending"] + pending["leased"]
-        if left:
-            log.info("shutdown: %d event(s) stay in the spool %s for later", left, self.spool.path)
+        if self.spool.any_open_through(self.spool.watermark(self.clock.now())):
+            log.info("shutdown: undelivered events stay in the spool %s for later", self.spool.path)
         self.spool.close()
         return result
 

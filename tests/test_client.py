@@ -27,7 +27,7 @@ from spoolpost.client import FILTERED_COUNT_EVERY, key_fingerprint
 from spoolpost.clock import ManualClock
 from spoolpost.dispatcher import FlushResult
 from spoolpost.errors import EncodingError, EventTooLarge
-from spoolpost.testing import LocalEndpoint
+from spoolpost.testing import LocalEndpoint, Response
 
 API_KEY = "phc_test_key"
 MakeClient = Callable[..., Client]
@@ -713,12 +713,36 @@ def test_shutdown_is_idempotent_and_capture_afterwards_raises(
     second = client.shutdown(timeout=10)
 
     assert first == FlushResult(delivered=1)
-    assert second == FlushResult()
-    assert client.flush() == FlushResult()
+    assert second == first  # the same answer: what was left at shutdown
+    with pytest.raises(SpoolClosed, match="this client was shut down"):
+        client.flush()
     assert endpoint.delivered_uuids() == [captured]
     with pytest.raises(SpoolClosed, match="this client was shut down"):
         client.capture("e", distinct_id="u")
     assert not client.dispatcher.running
+
+
+def test_a_second_shutdown_still_says_what_was_left(
+    make_client: MakeClient, endpoint: LocalEndpoint
+) -> None:
+    endpoint.default = Response(status=401)
+    client = make_client()
+    for n in range(10):
+        client.capture("e", distinct_id=f"u{n}")
+    first = client.shutdown(timeout=1)
+    assert first.pending == 10 and not first.complete
+    assert client.shutdown() == first
+
+
+@pytest.mark.parametrize("timeout", [-1.0, float("nan")])
+def test_flush_and_shutdown_refuse_a_negative_or_nan_timeout(
+    make_client: MakeClient, timeout: float
+) -> None:
+    client = make_client()
+    with pytest.raises(ValueError, match="timeout must be >= 0 seconds"):
+        client.flush(timeout)
+    with pytest.raises(ValueError, match="timeout must be >= 0 seconds"):
+        client.shutdown(timeout)
 
 
 def test_concurrent_shutdowns_flush_once(make_client: MakeClient, endpoint: LocalEndpoint) -> None:
@@ -737,9 +761,7 @@ def test_concurrent_shutdowns_flush_once(make_client: MakeClient, endpoint: Loca
     for t in threads:
         t.join()
 
-    assert sorted(results, key=lambda r: r.delivered) == [FlushResult()] * 3 + [
-        FlushResult(delivered=20)
-    ]
+    assert results == [FlushResult(delivered=20)] * 4  # one flush, its result told to all
     assert sorted(endpoint.delivered_uuids()) == sorted(str(u) for u in captured)
 
 
