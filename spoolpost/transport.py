@@ -199,6 +199,11 @@ def check_host(host: str) -> Host:
     name = f"[{hostname}]" if ":" in hostname else hostname
     where = name if port is None else f"{name}:{port}"
     path = parts.path.rstrip("/")
+    if path.rsplit("/", 1)[-1] in ("batch", "capture"):
+        raise ConfigError(
+            f"host {shown!r} names an ingestion path ({parts.path}); give the base URL, "
+            f"like {DEFAULT_HOST}: spoolpost adds /batch/ itself"
+        )
     url = f"{parts.scheme}://{where}{path}"
     try:
         requests.PreparedRequest().prepare_url(url, None)  # what requests will refuse

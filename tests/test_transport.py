@@ -204,3 +204,14 @@ def test_the_read_timeout_ends_a_request_to_a_hung_server(endpoint: LocalEndpoin
     reply = transport.post([b'{"uuid":"u1"}'], 1_700_000_000.0)
 
     assert reply.status is None and reply.error.startswith("ReadTimeout: ")
+
+
+@pytest.mark.parametrize("path", ["/batch/", "/batch", "/proxy/capture/"])
+def test_a_host_that_names_an_ingestion_path_is_refused(path: str) -> None:
+    with pytest.raises(ConfigError, match="give the base URL"):
+        HttpTransport(f"http://127.0.0.1:9{path}", "phc_key")
+
+
+def test_a_host_with_a_prefix_path_is_kept() -> None:
+    transport = HttpTransport("http://127.0.0.1:9/ingest/", "phc_key")
+    assert transport.url == "http://127.0.0.1:9/ingest/batch/"
