@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import signal
 import sqlite3
 import sys
@@ -609,6 +610,13 @@ class _Interrupts:
             raise KeyboardInterrupt
 
 
+def _finite(value: float | None, name: str) -> float | None:
+    """Refuse NaN and infinity where click's FloatRange lets them through."""
+    if value is not None and not math.isfinite(value):
+        raise click.BadParameter(f"{value} is not a number of seconds", param_hint=name)
+    return value
+
+
 @cli.command()
 @spool_argument
 @host_option
@@ -618,7 +626,9 @@ class _Interrupts:
     type=click.FloatRange(min=0),
     default=None,
     metavar="SECONDS",
-    help="Stop after this many seconds (default: no limit).",
+    callback=lambda _ctx, _param, value: _finite(value, "--budget"),
+    help="Stop sending after this many seconds (default: no limit); requests in "
+    "flight then get --grace, so the run lasts at most budget + grace.",
 )
 @click.option(
     "--outage-after",
@@ -633,6 +643,7 @@ class _Interrupts:
     default=5.0,
     show_default=True,
     metavar="SECONDS",
+    callback=lambda _ctx, _param, value: _finite(value, "--grace"),
     help="At the end, wait this long for requests in flight.",
 )
 @click.option("--gzip", is_flag=True, help="Send gzip-compressed request bodies.")
@@ -651,8 +662,9 @@ def drain(
 ) -> None:
     """Deliver SPOOL until it is empty, the budget runs out, or the endpoint is down.
 
-    Delivers what was in the spool when it started; events captured meanwhile
-    are left to their app or the next run. Backoff and Retry-After set by
+    Delivers what was in the spool when it started (events captured meanwhile
+    may go too); the summary counts the events that were there at the start.
+    Backoff and Retry-After set by
     earlier failures are honoured (within the budget). A progress bar shows on
     a terminal.
 

@@ -853,3 +853,15 @@ def test_replay_beside_a_running_app_gets_the_events_delivered(
     flushed = client.flush(10)  # the app's next flush takes the replayed event along
     assert (flushed.delivered, flushed.pending) == (1, 0)
     assert endpoint.delivered_uuids() == [uuid]
+
+
+@pytest.mark.parametrize("flag", ["--budget", "--grace"])
+@pytest.mark.parametrize("value", ["nan", "inf"])
+def test_drain_refuses_a_budget_or_grace_that_is_not_a_number_of_seconds(
+    spool: Spool, spool_path: Path, flag: str, value: str
+) -> None:
+    result = run(
+        "drain", spool_path, "--host", "http://127.0.0.1:9", "--api-key", SECRET, flag, value
+    )
+    assert result.exit_code == 2
+    assert f"Invalid value for {flag}: {value} is not a number of seconds" in result.stderr
