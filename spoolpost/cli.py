@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import signal
 import sqlite3
 import sys
@@ -574,13 +575,15 @@ class _Interrupts:
     The first only counts: the drain raises ``KeyboardInterrupt`` at its next
     progress check (within about a second), outside any spool transaction, so
     delivery stops and the spool can still be read for the summary. A second one
-    raises ``KeyboardInterrupt`` at once, wherever the drain is. Installed only in
+    ends the process at once (``os._exit``), even inside the grace period, with
+    exit code 130. Installed only in
     the main thread (where Python runs signal handlers); the previous handler is
     restored on exit.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, grace: float) -> None:
         self.count = 0
+        self.grace = grace
         self._previous: Any = None
         self._installed = False
 
@@ -596,17 +599,26 @@ class _Interrupts:
 
     def _handle(self, signum: int, frame: object) -> None:
         self.count += 1
-        if self.count > 1:
-            raise KeyboardInterrupt
-
-    def check(self, grace: float) -> None:
-        """Raise ``KeyboardInterrupt`` once Ctrl-C was pressed, saying so on stderr."""
-        if self.count:
+        if self.count == 1:  # said at once, so a second press is an informed choice
             click.echo(
-                f"interrupted: stopping delivery, waiting up to {grace:g}s for requests in "
-                "flight (Ctrl-C again quits at once)",
+                f"interrupted: stopping delivery, waiting up to {self.grace:g}s for requests "
+                "in flight (Ctrl-C again quits at once)",
                 err=True,
             )
+        if self.count > 1:
+            # Quit at once, even inside the grace period. The spool is crash-safe:
+            # leases this process holds are taken back as soon as it is gone.
+            click.echo(
+                "interrupted again: quitting without a summary; undelivered events stay "
+                "in the spool",
+                err=True,
+            )
+            sys.stderr.flush()
+            os._exit(EXIT_INTERRUPTED)
+
+    def check(self) -> None:
+        """Raise ``KeyboardInterrupt`` once Ctrl-C was pressed."""
+        if self.count:
             raise KeyboardInterrupt
 
 
@@ -684,10 +696,10 @@ def drain(
     transport = HttpTransport(host, _api_key(api_key), gzip=gzip)
     s = _open(path)
     bar = _Progress() if sys.stderr.isatty() and not as_json else None
-    with _Interrupts() as interrupts:
+    with _Interrupts(grace) as interrupts:
 
         def progress(total: int, pending: int) -> None:
-            interrupts.check(grace)  # the drain's safe point for a Ctrl-C
+            interrupts.check()  # the drain's safe point for a Ctrl-C
             if bar is not None:
                 bar(total, pending)
 
@@ -704,15 +716,6 @@ def drain(
                 )
             except admin.DrainInterrupted as stopped:
                 result = stopped.result
-            except KeyboardInterrupt:
-                if interrupts.count > 1:  # pressed again: quit at once, no summary
-                    click.echo(
-                        "interrupted again: quitting without a summary; undelivered "
-                        "events stay in the spool",
-                        err=True,
-                    )
-                    raise click.exceptions.Exit(EXIT_INTERRUPTED) from None
-                raise
         finally:
             if bar is not None:
                 bar.close()
