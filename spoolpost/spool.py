@@ -1041,10 +1041,6 @@ class Spool:
             rows += fresh
         return rows
 
-    def rewind(self) -> None:
-        """Forget where the fresh-row cursor stands (rows were given back)."""
-        self._cursor = 0
-
     def claim(
         self,
         now: float,
