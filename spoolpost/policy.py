@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import email.utils
 import enum
+import functools
 import re
 from dataclasses import dataclass
 from datetime import UTC
@@ -137,8 +138,10 @@ class RetryPolicy:
         if self.max_event_age is not None and self.max_event_age <= 0:
             raise ConfigError("max_event_age must be None or > 0 seconds")
 
-    @property
+    @functools.cached_property
     def _wait(self) -> tenacity.wait.wait_base:
+        # Built once per policy (cached_property writes the instance __dict__,
+        # which a frozen dataclass allows), not on every failed request.
         return tenacity.wait_exponential(
             multiplier=self.initial_backoff, max=self.max_backoff
         ) + tenacity.wait_random(0, self.initial_backoff)
