@@ -30,7 +30,9 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from spoolpost._version import __version__
 from spoolpost.client import BeforeSend, Client
-from spoolpost.dispatcher import FlushResult
+from spoolpost.delivery.dispatcher import FlushResult
+from spoolpost.delivery.policy import PausePolicy, RetryPolicy
+from spoolpost.delivery.transport import DEFAULT_HOST
 from spoolpost.errors import (
     ConfigError,
     EncodingError,
@@ -44,9 +46,7 @@ from spoolpost.errors import (
     SpoolpostError,
     UnsupportedFilesystem,
 )
-from spoolpost.policy import PausePolicy, RetryPolicy
 from spoolpost.spool import Spool
-from spoolpost.transport import DEFAULT_HOST
 
 __all__ = [
     "Client",

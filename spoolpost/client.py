@@ -2,7 +2,7 @@
 
 ``capture()`` validates, encodes and writes the event to the spool in the
 caller's thread and returns its uuid only once the row is committed. A
-:class:`~spoolpost.dispatcher.Dispatcher` (a dispatcher thread plus sender
+:class:`~spoolpost.delivery.dispatcher.Dispatcher` (a dispatcher thread plus sender
 threads) delivers it. ``flush()`` is a barrier over everything captured before
 the call; ``shutdown()`` flushes within a deadline and stops, leaving whatever is
 not delivered in the spool for the next start or a cron ``spoolpost drain``.
@@ -32,14 +32,14 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID
 
-from spoolpost import events as ev
+from spoolpost.capture import events as ev
+from spoolpost.capture.encoding import Timestamp, encode_event
 from spoolpost.clock import SYSTEM_CLOCK, Clock
-from spoolpost.dispatcher import DeliveryConfig, Dispatcher, FlushResult
-from spoolpost.encoding import Timestamp, encode_event
+from spoolpost.delivery.dispatcher import DeliveryConfig, Dispatcher, FlushResult
+from spoolpost.delivery.policy import PausePolicy, RetryPolicy
+from spoolpost.delivery.transport import DEFAULT_HOST, HttpTransport, PostHogV0, Timeout
 from spoolpost.errors import ConfigError, EventTooLarge, SpoolClosed
-from spoolpost.policy import PausePolicy, RetryPolicy
 from spoolpost.spool import DEFAULT_MAX_SPOOL_BYTES, Durability, OnFull, Spool
-from spoolpost.transport import DEFAULT_HOST, HttpTransport, PostHogV0, Timeout
 
 __all__ = [
     "DEFAULT_MAX_EVENT_BYTES",
@@ -107,7 +107,7 @@ class Client:
 
     ``api_key``: the project API key (applied at send time, never stored per
     event). ``host``: the ingestion base URL (default ``https://us.i.posthog.com``),
-    checked by :func:`~spoolpost.transport.check_host`; credentials in it
+    checked by :func:`~spoolpost.delivery.transport.check_host`; credentials in it
     (``user:password@``) are sent as HTTP basic auth and logged as ``user:***@``.
     ``spool``: the spool file (default :func:`default_spool_path`).
     ``send``: False makes a capture-only client that starts no threads at all (for
@@ -117,7 +117,7 @@ class Client:
     512 MiB) and ``on_full`` bound the spool. ``flush_at`` (100),
     ``flush_interval`` (5.0 s), ``max_batch_size`` (500), ``max_batch_bytes``
     (5 MiB), ``senders`` (``min(cpu, 4)``), ``lease_ttl`` (120 s) shape delivery;
-    ``retry`` sets backoff and limits (:class:`~spoolpost.policy.RetryPolicy`),
+    ``retry`` sets backoff and limits (:class:`~spoolpost.delivery.policy.RetryPolicy`),
     ``pause`` the pause after a configuration fault. ``max_event_bytes``
     (900 KiB) bounds one encoded event.
     ``before_send(event) -> event | None`` runs at capture, in the caller's
@@ -125,7 +125,7 @@ class Client:
     of its ``properties`` dict; deeper values are shared) and returns the event to
     write, or None to drop it (counted as ``filtered`` in the spool's counters).
     The event it returns is checked by capture's rules
-    (:func:`~spoolpost.events.check_event`: ``event``, ``distinct_id`` and
+    (:func:`~spoolpost.capture.events.check_event`: ``event``, ``distinct_id`` and
     ``properties`` required and valid; a missing ``uuid`` or ``timestamp`` is
     the captured one). If the hook raises, or returns anything else (not a
     mapping, or an invalid event), an ERROR is logged and the event is written
@@ -266,7 +266,7 @@ class Client:
         ``distinct_id`` is a non-empty str, an int or a UUID (sent as a str); it is
         required: posthog-python's personless events (no distinct_id) are not supported.
         ``properties`` is copied, never mutated; values are encoded here, in the
-        caller's thread (see :func:`~spoolpost.encoding.encode_event`).
+        caller's thread (see :func:`~spoolpost.capture.encoding.encode_event`).
         ``timestamp`` (aware or naive-local datetime, date, or ISO 8601 string; default
         now) is sent as RFC 3339 UTC. ``uuid`` defaults to a new UUIDv7; a given
         one is normalized (canonical lowercase) and kept, and an event captured twice

@@ -10,15 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from spoolpost import admin
-from spoolpost.admin import Filter, ImportRejected
-from spoolpost.dispatcher import DeliveryConfig, Dispatcher, FlushResult
-from spoolpost.encoding import encode_event
+from spoolpost.capture.encoding import encode_event
+from spoolpost.capture.events import capture_event
+from spoolpost.delivery.dispatcher import DeliveryConfig, Dispatcher, FlushResult
+from spoolpost.delivery.transport import HttpTransport
 from spoolpost.errors import ConfigError, KeyMismatch, SpoolFull
-from spoolpost.events import capture_event
+from spoolpost.ops import admin
+from spoolpost.ops.admin import Filter, ImportRejected
 from spoolpost.spool import Spool
 from spoolpost.testing import LocalEndpoint, Response, reject_uuids
-from spoolpost.transport import HttpTransport
 
 API_KEY = "phc_admin_test_key"
 T0 = 1_700_000_000.0  # 2023-11-14T22:13:20Z

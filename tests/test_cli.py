@@ -23,9 +23,9 @@ import pytest
 from click.testing import CliRunner, Result
 from test_admin import add_events, kill, states
 
-from spoolpost import admin
 from spoolpost.cli import cli
 from spoolpost.client import key_fingerprint
+from spoolpost.ops import admin
 from spoolpost.spool import Spool
 from spoolpost.testing import LocalEndpoint, Response, reject_uuids
 

@@ -18,8 +18,8 @@ from typing import IO
 import pytest
 
 from spoolpost import Client
-from spoolpost._process import Owner, current_owner, owner_alive, process_start
 from spoolpost.spool import Spool
+from spoolpost.spool.owner import Owner, current_owner, owner_alive, process_start
 from spoolpost.testing import LocalEndpoint, Response
 
 CHILD = Path(__file__).with_name("crash_child.py")

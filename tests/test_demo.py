@@ -9,8 +9,8 @@ import pytest
 from click.testing import CliRunner
 
 from spoolpost.cli import cli
-from spoolpost.demo import DemoReport, run_demo
 from spoolpost.errors import SpoolpostError
+from spoolpost.ops.demo import DemoReport, run_demo
 
 
 def test_demo_loses_nothing_and_prints_one_json_object() -> None:

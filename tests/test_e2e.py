@@ -30,8 +30,8 @@ from hypothesis import strategies as st
 
 from spoolpost import Client, EncodingError, EventTooLarge
 from spoolpost._version import __version__
-from spoolpost.dispatcher import FlushResult
-from spoolpost.policy import RetryPolicy
+from spoolpost.delivery.dispatcher import FlushResult
+from spoolpost.delivery.policy import RetryPolicy
 from spoolpost.spool import Spool
 from spoolpost.testing import LocalEndpoint, RecordedRequest, Response
 

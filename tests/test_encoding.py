@@ -27,7 +27,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from spoolpost.encoding import (
+from spoolpost.capture.encoding import (
     _encode_fast,
     _encode_slow,
     encode_event,
@@ -193,13 +193,13 @@ def test_numpy_values() -> None:
 
 
 def test_encoding_never_imports_numpy() -> None:
-    # Load spoolpost.encoding (without the package __init__) in a fresh interpreter.
+    # Load spoolpost.capture.encoding (without the package __init__) in a fresh interpreter.
     package_dir = str(Path(__file__).resolve().parents[1] / "spoolpost")
     code = (
         "import sys, types\n"
         "pkg = types.ModuleType('spoolpost'); pkg.__path__ = [sys.argv[1]]\n"
         "sys.modules['spoolpost'] = pkg\n"
-        "import spoolpost.encoding as e\n"
+        "import spoolpost.capture.encoding as e\n"
         "e.encode_event({'properties': {'s': {1, 2}, 'b': b'x', 'n': float('nan')}})\n"
         "assert 'numpy' not in sys.modules\n"
     )

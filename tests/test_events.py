@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 
 from spoolpost._version import __version__
-from spoolpost.encoding import encode_event
-from spoolpost.events import (
+from spoolpost.capture.encoding import encode_event
+from spoolpost.capture.events import (
     alias_event,
     capture_event,
     group_identify_event,

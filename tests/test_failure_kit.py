@@ -17,14 +17,14 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from spoolpost.capture.encoding import encode_event
+from spoolpost.capture.events import capture_event
 from spoolpost.clock import ManualClock
-from spoolpost.dispatcher import DeliveryConfig, Dispatcher, Step
-from spoolpost.encoding import encode_event
-from spoolpost.events import capture_event
-from spoolpost.policy import PausePolicy, RetryPolicy
+from spoolpost.delivery.dispatcher import DeliveryConfig, Dispatcher, Step
+from spoolpost.delivery.policy import PausePolicy, RetryPolicy
+from spoolpost.delivery.transport import HttpTransport, WireFormat
 from spoolpost.spool import Spool
 from spoolpost.testing import LocalEndpoint, RecordedRequest
-from spoolpost.transport import HttpTransport, WireFormat
 
 API_KEY = "phc_test_key"
 #: A whole second, so that an HTTP-date (whole seconds) lands exactly where computed.

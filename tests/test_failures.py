@@ -22,8 +22,9 @@ import pytest
 from test_failure_kit import API_KEY, INLINE, START, Rig, gaps, make_event, sent_at
 
 from spoolpost import Client
-from spoolpost.dispatcher import DeliveryConfig, Dispatcher, FlushResult
-from spoolpost.policy import RetryPolicy
+from spoolpost.delivery.dispatcher import DeliveryConfig, Dispatcher, FlushResult
+from spoolpost.delivery.policy import RetryPolicy
+from spoolpost.delivery.transport import HttpTransport, PostHogV0
 from spoolpost.spool import Spool
 from spoolpost.testing import (
     LocalEndpoint,
@@ -32,7 +33,6 @@ from spoolpost.testing import (
     reject_uuids,
     status_over_size,
 )
-from spoolpost.transport import HttpTransport, PostHogV0
 
 MakeRig = Callable[..., Rig]
 

@@ -13,9 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from spoolpost import migrations
 from spoolpost.errors import SchemaTooNew, SpoolCorrupt
-from spoolpost.spool import Spool
+from spoolpost.spool import Spool, migrations
 
 SOURCE_MIGRATIONS = Path(__file__).resolve().parents[1] / "migrations"
 

@@ -60,7 +60,7 @@ def test_an_installed_wheel_finds_its_migrations_and_runs_the_demo(tmp_path: Pat
         [
             python,
             "-c",
-            "import spoolpost, spoolpost.migrations as m;"
+            "import spoolpost, spoolpost.spool.migrations as m;"
             "print(spoolpost.__file__); print(m._migrations_dir()); print(m.LATEST_VERSION)",
         ],
         elsewhere,

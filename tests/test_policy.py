@@ -10,8 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from spoolpost.errors import ConfigError
-from spoolpost.policy import (
+from spoolpost.delivery.policy import (
     RETRY_AFTER_CEILING,
     Action,
     PausePolicy,
@@ -19,6 +18,7 @@ from spoolpost.policy import (
     classify,
     parse_retry_after,
 )
+from spoolpost.errors import ConfigError
 
 NOW = 1_700_000_000.0  # 2023-11-14T22:13:20Z, a whole second
 TIMEZONES = ["UTC", "America/New_York", "Asia/Kolkata", "Pacific/Chatham"]

@@ -19,10 +19,10 @@ from test_failure_kit import API_KEY, Rig, make_event
 
 from spoolpost import Client
 from spoolpost.client import stop_reserve
-from spoolpost.dispatcher import DeliveryConfig, Dispatcher
+from spoolpost.delivery.dispatcher import DeliveryConfig, Dispatcher
+from spoolpost.delivery.transport import HttpTransport, PostHogV0
 from spoolpost.spool import Spool
 from spoolpost.testing import LocalEndpoint, RecordedRequest, Response
-from spoolpost.transport import HttpTransport, PostHogV0
 
 #: Slack allowed on top of a shutdown deadline (thread joins, closing the spool).
 SLACK = 1.5

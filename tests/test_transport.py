@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 
 from spoolpost import Client, ConfigError
+from spoolpost.delivery.transport import HttpTransport
 from spoolpost.testing import LocalEndpoint, Response
-from spoolpost.transport import HttpTransport
 
 
 def test_a_proxy_from_the_environment_is_used(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -9,10 +9,10 @@ from pathlib import Path
 import time_machine
 
 from spoolpost import Client
-from spoolpost.admin import drain_spool
+from spoolpost.delivery.transport import HttpTransport
+from spoolpost.ops.admin import drain_spool
 from spoolpost.spool import Spool
 from spoolpost.testing import LocalEndpoint, Response
-from spoolpost.transport import HttpTransport
 
 API_KEY = "phc_test_key"
 DAY = 24 * 3600.0

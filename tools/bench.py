@@ -49,9 +49,9 @@ from bench_endpoint import EndpointProcess
 
 import spoolpost
 from spoolpost import Client
+from spoolpost.capture.encoding import encode_event, uuid7_str
+from spoolpost.capture.events import capture_event
 from spoolpost.client import key_fingerprint
-from spoolpost.encoding import encode_event, uuid7_str
-from spoolpost.events import capture_event
 from spoolpost.spool import Spool
 
 API_KEY = "phc_bench_0000000000000000000000000000"

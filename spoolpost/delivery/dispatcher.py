@@ -12,7 +12,7 @@
   deterministic tests drive it (:meth:`Dispatcher.run_until_idle` steps until
   nothing more can be sent at one ``now``).
 
-Outcomes follow DESIGN §5 through :mod:`spoolpost.policy`:
+Outcomes follow DESIGN §5 through :mod:`spoolpost.delivery.policy`:
 
 - 2xx → delete the rows.
 - Transient (408/429/5xx, no response) → reschedule in the spool
@@ -46,10 +46,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from spoolpost.clock import SYSTEM_CLOCK, Clock
+from spoolpost.delivery.policy import Action, PausePolicy, RetryPolicy, classify, parse_retry_after
+from spoolpost.delivery.transport import HttpTransport, Reply
 from spoolpost.errors import ConfigError, SpoolClosed
-from spoolpost.policy import Action, PausePolicy, RetryPolicy, classify, parse_retry_after
 from spoolpost.spool import Batch, Row, Spool, Watermark
-from spoolpost.transport import HttpTransport, Reply
 
 log = logging.getLogger("spoolpost")
 

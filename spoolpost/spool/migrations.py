@@ -37,7 +37,7 @@ def _migrations_dir() -> Traversable:
     if packaged.is_dir():
         return packaged
     # A source checkout (or an editable install): the top-level migrations/ folder.
-    source = Path(__file__).resolve().parent.parent / "migrations"
+    source = Path(__file__).resolve().parents[2] / "migrations"
     if source.is_dir():
         return source
     raise SpoolCorrupt(

@@ -1,7 +1,7 @@
 """The ``spoolpost`` command line (click).
 
 Each command parses its flags, calls one library function (mostly in
-:mod:`spoolpost.admin`) and formats the result: human text by default, ``--json``
+:mod:`spoolpost.ops.admin`) and formats the result: human text by default, ``--json``
 for machines. Mistakes (a missing spool, a bad setting, a locked or foreign file)
 print ``Error: …`` and exit 1, without a traceback; click's own usage errors exit
 2. The API key is never printed. Every command takes its spool from the SPOOL
@@ -27,9 +27,11 @@ from uuid import UUID
 
 import click
 
-from spoolpost import admin
 from spoolpost._version import __version__
-from spoolpost.admin import (
+from spoolpost.delivery.transport import DEFAULT_HOST, HttpTransport
+from spoolpost.errors import SpoolpostError
+from spoolpost.ops import admin
+from spoolpost.ops.admin import (
     EXIT_DEAD,
     EXIT_EMPTY,
     EXIT_OUTAGE,
@@ -40,9 +42,7 @@ from spoolpost.admin import (
     drain_exit_code,
     drain_spool,
 )
-from spoolpost.errors import SpoolpostError
 from spoolpost.spool import Spool
-from spoolpost.transport import DEFAULT_HOST, HttpTransport
 
 __all__ = [
     "EXIT_DEAD",
@@ -781,7 +781,7 @@ def demo(events: int, threads: int, spool: Path | None, as_json: bool) -> None:
     and reports: events whose capture() returned, unique events delivered,
     duplicates, lost. Exits 1 if any event was lost.
     """
-    from spoolpost.demo import run_demo
+    from spoolpost.ops.demo import run_demo
 
     report = run_demo(events=events, threads=threads, spool=spool)
     _emit(report.as_dict(), as_json, lambda: click.echo(report.text()))

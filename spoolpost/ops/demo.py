@@ -126,7 +126,7 @@ def run_demo(
         with LocalEndpoint() as endpoint:
             child = subprocess.Popen(
                 [
-                    *(sys.executable, "-m", "spoolpost.demo", "--child", str(spool_path)),
+                    *(sys.executable, "-m", "spoolpost.ops.demo", "--child", str(spool_path)),
                     *(endpoint.url, str(events), str(threads), str(acks)),
                 ],
                 env=env,

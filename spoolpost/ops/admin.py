@@ -36,14 +36,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from spoolpost import events as ev
+from spoolpost.capture import events as ev
+from spoolpost.capture.encoding import encode_event, format_timestamp
 from spoolpost.client import DEFAULT_MAX_EVENT_BYTES, Client, key_fingerprint
-from spoolpost.dispatcher import DeliveryConfig, Dispatcher, FlushResult
-from spoolpost.encoding import encode_event, format_timestamp
+from spoolpost.delivery.dispatcher import DeliveryConfig, Dispatcher, FlushResult
+from spoolpost.delivery.policy import RetryPolicy
+from spoolpost.delivery.transport import HttpTransport
 from spoolpost.errors import ConfigError, ImportRejected, SpoolFull, SpoolpostError
-from spoolpost.policy import RetryPolicy
 from spoolpost.spool import SQLITE_HEADER, Spool
-from spoolpost.transport import HttpTransport
 
 STATES: tuple[str, ...] = ("pending", "leased", "dead")
 LIVE_STATES: tuple[str, ...] = ("pending", "leased")

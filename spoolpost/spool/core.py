@@ -34,8 +34,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
-from spoolpost import migrations
-from spoolpost._process import Owner, current_owner, owner_alive
 from spoolpost.errors import (
     ConfigError,
     KeyMismatch,
@@ -45,6 +43,8 @@ from spoolpost.errors import (
     SpoolLocked,
     UnsupportedFilesystem,
 )
+from spoolpost.spool import migrations
+from spoolpost.spool.owner import Owner, current_owner, owner_alive
 
 log = logging.getLogger("spoolpost")
 

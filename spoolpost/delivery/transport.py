@@ -23,7 +23,7 @@ from urllib.parse import unquote, urlsplit
 import requests
 
 from spoolpost._version import __version__
-from spoolpost.encoding import format_timestamp
+from spoolpost.capture.encoding import format_timestamp
 from spoolpost.errors import ConfigError
 
 USER_AGENT = f"spoolpost/{__version__}"
