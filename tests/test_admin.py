@@ -14,10 +14,10 @@ from spoolpost.capture.encoding import encode_event
 from spoolpost.capture.events import capture_event
 from spoolpost.delivery.dispatcher import DeliveryConfig, Dispatcher, FlushResult
 from spoolpost.delivery.transport import HttpTransport
-from spoolpost.errors import ConfigError, KeyMismatch, SpoolFull
+from spoolpost.errors import ConfigError, ImportRejected, KeyMismatch, SpoolFull
 from spoolpost.ops import admin
-from spoolpost.ops.admin import Filter, ImportRejected
-from spoolpost.spool import Spool
+from spoolpost.spool import Filter, Spool
+from spoolpost.spool.maintenance import STATES
 from spoolpost.testing import LocalEndpoint, Response, reject_uuids
 
 API_KEY = "phc_admin_test_key"
@@ -60,8 +60,8 @@ def kill(
 
 def states(spool: Spool) -> dict[str, list[str]]:
     """uuids by state, in the order select_events gives them."""
-    found: dict[str, list[str]] = {s: [] for s in admin.STATES}
-    for e in admin.select_events(spool):
+    found: dict[str, list[str]] = {s: [] for s in STATES}
+    for e in spool.events(now=time.time()):
         found[e.state].append(e.uuid)
     return found
 
@@ -148,7 +148,7 @@ def test_filter_refuses_bad_values(kwargs: dict[str, object], message: str) -> N
 def test_select_events_lists_live_events_in_capture_order_then_dead(spool: Spool) -> None:
     a, b, c = add_events(spool, ["a", "b", "c"])
     kill(spool, [a], at=T0 + 10)
-    events = list(admin.select_events(spool))
+    events = list(spool.events(now=time.time()))
     assert [(e.state, e.uuid) for e in events] == [("pending", b), ("pending", c), ("dead", a)]
     dead = events[2]
     assert dead.event["event"] == "a"
@@ -160,8 +160,8 @@ def test_select_events_lists_live_events_in_capture_order_then_dead(spool: Spool
 def test_tail_is_newest_first_by_capture_or_dead_time(spool: Spool) -> None:
     a, b, c = add_events(spool, ["a", "b", "c"])  # captured at T0, T0+1, T0+2
     kill(spool, [a], at=T0 + 5)
-    assert [e.uuid for e in admin.tail(spool, limit=10)] == [a, c, b]
-    assert [e.uuid for e in admin.tail(spool, limit=2)] == [a, c]
+    assert [e.uuid for e in spool.tail(limit=10, now=time.time())] == [a, c, b]
+    assert [e.uuid for e in spool.tail(limit=2, now=time.time())] == [a, c]
 
 
 @pytest.mark.parametrize(
@@ -180,19 +180,19 @@ def test_tail_filters(spool: Spool, where: Filter, expected: list[str]) -> None:
     x1, x2, y = add_events(spool, ["x", "x", "y"])
     kill(spool, [x1], at=T0 + 1.5)
     names = {x1: "x1", x2: "x2", y: "y"}
-    assert [names[e.uuid] for e in admin.tail(spool, where, limit=10)] == expected
+    assert [names[e.uuid] for e in spool.tail(where, limit=10, now=time.time())] == expected
 
 
 def test_tail_shows_leased_events(spool: Spool) -> None:
     (a,) = add_events(spool, ["a"])
     spool.claim(T0, max_events=10, max_bytes=1 << 20, lease_ttl=60)
-    assert [(e.state, e.uuid) for e in admin.tail(spool)] == [("leased", a)]
+    assert [(e.state, e.uuid) for e in spool.tail(now=time.time())] == [("leased", a)]
 
 
 def test_spooled_event_json_line_adds_the_spool_metadata(spool: Spool) -> None:
     (a,) = add_events(spool, ["a"])
     kill(spool, [a], at=T0 + 3)
-    (line,) = [json.loads(e.json_line()) for e in admin.select_events(spool)]
+    (line,) = [json.loads(e.json_line()) for e in spool.events(now=time.time())]
     meta = line.pop("spoolpost")
     assert line["uuid"] == a and line["event"] == "a"
     assert meta == {
@@ -214,8 +214,8 @@ def test_replay_moves_dead_letters_back_to_pending_with_a_fresh_start(spool: Spo
     a, b = add_events(spool, ["a", "b"])
     kill(spool, [a, b], at=T0 + 1, reason="expired", status=None)
     now = T0 + 30 * DAY
-    assert admin.replay(spool, now=now) == 2
-    found = list(admin.select_events(spool))
+    assert spool.replay(now=now) == 2
+    found = list(spool.events(now=time.time()))
     assert [(e.state, e.uuid, e.attempts) for e in found] == [("pending", a, 0), ("pending", b, 0)]
     assert all(e.captured_at == now and e.next_attempt_at == now for e in found)
     assert all(e.last_error is None for e in found)
@@ -237,7 +237,7 @@ def test_replay_filters(spool: Spool, where: Filter, replayed: list[str]) -> Non
     kill(spool, [bad], at=T0, reason="rejected", status=400)
     kill(spool, [big], at=T0 + DAY, reason="too_large", status=413)
     names = {bad: "bad", big: "big", ok: "ok"}
-    assert admin.replay(spool, where, now=T0 + 3 * DAY) == len(replayed)
+    assert spool.replay(where, now=T0 + 3 * DAY) == len(replayed)
     pending = states(spool)["pending"]
     assert sorted(names[u] for u in pending) == sorted(["ok", *replayed])
 
@@ -245,14 +245,14 @@ def test_replay_filters(spool: Spool, where: Filter, replayed: list[str]) -> Non
 def test_replay_by_uuid(spool: Spool) -> None:
     a, b = add_events(spool, ["a", "b"])
     kill(spool, [a, b])
-    assert admin.replay(spool, Filter(uuids=(b,))) == 1
+    assert spool.replay(Filter(uuids=(b,)), now=time.time()) == 1
     assert states(spool) == {"pending": [b], "leased": [], "dead": [a]}
 
 
 def test_replay_dry_run_changes_nothing(spool: Spool) -> None:
     a, b = add_events(spool, ["a", "b"])
     kill(spool, [a])
-    assert admin.replay(spool, dry_run=True) == 1
+    assert spool.count_dead(now=time.time()) == 1
     assert states(spool) == {"pending": [b], "leased": [], "dead": [a]}
     assert spool.counters().get("replayed", 0) == 0
 
@@ -260,7 +260,7 @@ def test_replay_dry_run_changes_nothing(spool: Spool) -> None:
 def test_replayed_events_are_delivered(spool: Spool, endpoint: LocalEndpoint) -> None:
     a, b = add_events(spool, ["a", "b"])
     kill(spool, [a, b])
-    admin.replay(spool)
+    spool.replay(now=time.time())
     dispatcher = Dispatcher(
         spool, HttpTransport(endpoint.url, API_KEY), config=DeliveryConfig(flush_interval=0.0)
     )
@@ -274,18 +274,18 @@ def test_purge_deletes_matching_dead_letters_only(spool: Spool) -> None:
     old, new, live = add_events(spool, ["old", "new", "live"])
     kill(spool, [old], at=T0)
     kill(spool, [new], at=T0 + 6 * DAY)
-    assert admin.count_dead(spool, Filter(older_than=7 * DAY), now=T0 + 8 * DAY) == 1
-    assert admin.purge(spool, Filter(older_than=7 * DAY), now=T0 + 8 * DAY) == 1
+    assert spool.count_dead(Filter(older_than=7 * DAY), now=T0 + 8 * DAY) == 1
+    assert spool.purge(Filter(older_than=7 * DAY), now=T0 + 8 * DAY) == 1
     assert states(spool) == {"pending": [live], "leased": [], "dead": [new]}
-    assert admin.purge(spool, Filter(event="nothing-like-it")) == 0
-    assert admin.purge(spool) == 1
+    assert spool.purge(Filter(event="nothing-like-it"), now=time.time()) == 0
+    assert spool.purge(now=time.time()) == 1
     assert states(spool) == {"pending": [live], "leased": [], "dead": []}
     assert spool.counters()["purged"] == 2
 
 
 def test_purge_never_touches_live_events(spool: Spool) -> None:
     (a,) = add_events(spool, ["a"])
-    assert admin.purge(spool, Filter(uuids=(a,))) == 0
+    assert spool.purge(Filter(uuids=(a,)), now=time.time()) == 0
     assert states(spool)["pending"] == [a]
 
 
@@ -314,7 +314,7 @@ def test_import_adds_pending_events_normalized(spool: Spool) -> None:
     ]
     result = admin.import_events(spool, lines, now=T0)
     assert result == admin.ImportResult(imported=2, skipped=0)
-    first, second = admin.select_events(spool)
+    first, second = spool.events(now=time.time())
     assert first.event == {
         "uuid": GOOD_UUID,
         "event": "signed_up",
@@ -359,13 +359,13 @@ def test_export_imported_into_the_same_spool_adds_nothing_and_replay_sends_once(
     now = time.time()
     a, b, c = add_events(spool, ["a", "b", "c"], at=now - 10)
     kill(spool, [b], at=now - 5)
-    exported = [e.json_line() for e in admin.select_events(spool)]
+    exported = [e.json_line() for e in spool.events(now=time.time())]
 
     assert admin.import_events(spool, exported) == admin.ImportResult(imported=0, skipped=3)
 
     assert states(spool) == {"pending": [a, c], "leased": [], "dead": [b]}
     assert spool.counters().get("imported", 0) == 0
-    assert admin.replay(spool) == 1
+    assert spool.replay(now=time.time()) == 1
     dispatcher = Dispatcher(
         spool, HttpTransport(endpoint.url, API_KEY), config=DeliveryConfig(flush_interval=0.0)
     )
@@ -376,18 +376,13 @@ def test_export_imported_into_the_same_spool_adds_nothing_and_replay_sends_once(
 def test_export_then_import_reproduces_the_stored_bytes(spool: Spool, tmp_path: Path) -> None:
     uuids = add_events(spool, ["a", "b", "c"])
     kill(spool, [uuids[1]])
-    exported = [e.json_line() for e in admin.select_events(spool)]
-    with spool.reader() as conn:
-        before = dict(
-            conn.execute(
-                "SELECT uuid, body FROM events UNION ALL SELECT uuid, body FROM dead_events"
-            )
-        )
+    exported = [e.json_line() for e in spool.events(now=time.time())]
+    before = {e.uuid: e.body for e in spool.events(now=time.time())}
     other = Spool(tmp_path / "other.spool")
     try:
         assert admin.import_events(other, exported).imported == 3
-        with other.reader() as conn:
-            after = dict(conn.execute("SELECT uuid, body FROM events"))
+        after = {e.uuid: e.body for e in other.events(now=time.time())}
+        assert {e.state for e in other.events(now=time.time())} == {"pending"}
     finally:
         other.close()
     assert after == before
@@ -443,7 +438,7 @@ def test_capture_one_commits_a_capture_only_event(spool_path: Path) -> None:
     uuid = admin.capture_one(spool_path, API_KEY, "signed_up", "u1", {"plan": "pro"})
     s = Spool(spool_path)
     try:
-        (e,) = admin.select_events(s)
+        (e,) = s.events(now=time.time())
         assert s.meta()["key_fingerprint"]
     finally:
         s.close()

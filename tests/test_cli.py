@@ -25,7 +25,6 @@ from test_admin import add_events, kill, states
 
 from spoolpost.cli import cli
 from spoolpost.client import key_fingerprint
-from spoolpost.ops import admin
 from spoolpost.spool import Spool
 from spoolpost.testing import LocalEndpoint, Response, reject_uuids
 
@@ -400,7 +399,7 @@ def test_capture_prints_the_uuid_and_spools_the_event(spool_path: Path) -> None:
     uuid = result.stdout.strip()
     s = Spool(spool_path)
     try:
-        (e,) = admin.select_events(s)
+        (e,) = s.events(now=time.time())
         assert s.meta()["key_fingerprint"] == key_fingerprint(SECRET)
     finally:
         s.close()

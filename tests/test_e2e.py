@@ -289,8 +289,7 @@ def test_shutdown_with_the_endpoint_down_returns_in_time_and_keeps_the_events(
     spool = Spool(spool_path)
     try:
         counts = spool.stats(time.time()).counts
-        with spool.reader() as conn:
-            kept = [u for (u,) in conn.execute("SELECT uuid FROM events ORDER BY id")]
+        kept = [e.uuid for e in spool.events(now=time.time())]
     finally:
         spool.close()
     assert counts["pending"] + counts["leased"] == 50

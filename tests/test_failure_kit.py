@@ -10,7 +10,6 @@ injected clock).
 from __future__ import annotations
 
 import itertools
-import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -23,7 +22,7 @@ from spoolpost.clock import ManualClock
 from spoolpost.delivery.dispatcher import DeliveryConfig, Dispatcher, Step
 from spoolpost.delivery.policy import PausePolicy, RetryPolicy
 from spoolpost.delivery.transport import HttpTransport, WireFormat
-from spoolpost.spool import Spool
+from spoolpost.spool import Filter, Spool, SpooledEvent
 from spoolpost.testing import LocalEndpoint, RecordedRequest
 
 API_KEY = "phc_test_key"
@@ -121,22 +120,11 @@ class Rig:
     def states(self) -> dict[str, int]:
         return self.spool.stats(self.clock.now()).counts
 
-    def pending(self) -> list[dict[str, Any]]:
-        """Rows still in the events table, in capture order."""
-        with self.spool.reader() as conn:
-            conn.row_factory = sqlite3.Row
-            try:
-                rows = conn.execute("SELECT * FROM events ORDER BY id").fetchall()
-            finally:
-                conn.row_factory = None
-        return [dict(r) for r in rows]
+    def pending(self) -> list[SpooledEvent]:
+        """Events still pending or leased, in capture order."""
+        live = Filter(states=frozenset({"pending", "leased"}))
+        return list(self.spool.events(live, now=self.clock.now()))
 
-    def dead(self) -> list[dict[str, Any]]:
-        """Dead-lettered rows, in the order they died."""
-        with self.spool.reader() as conn:
-            conn.row_factory = sqlite3.Row
-            try:
-                rows = conn.execute("SELECT * FROM dead_events ORDER BY id").fetchall()
-            finally:
-                conn.row_factory = None
-        return [dict(r) for r in rows]
+    def dead(self) -> list[SpooledEvent]:
+        """Dead letters, in the order they died."""
+        return list(self.spool.events(Filter(states=frozenset({"dead"})), now=self.clock.now()))

@@ -25,7 +25,7 @@ from spoolpost import Client
 from spoolpost.delivery.dispatcher import DeliveryConfig, Dispatcher, FlushResult
 from spoolpost.delivery.policy import RetryPolicy
 from spoolpost.delivery.transport import HttpTransport, PostHogV0
-from spoolpost.spool import Spool
+from spoolpost.spool import Filter, Spool
 from spoolpost.testing import (
     LocalEndpoint,
     RecordedRequest,
@@ -107,13 +107,13 @@ def test_transient_failure_is_retried_after_backoff(
     assert rig.step().batches == 1
 
     rows = rig.pending()
-    assert [r["uuid"] for r in rows] == uuids
+    assert [r.uuid for r in rows] == uuids
     for row in rows:
-        assert row["state"] == "pending"
-        assert row["attempts"] == 1
-        assert row["last_error"].startswith(error)
-        assert START + 0.5 <= row["next_attempt_at"] <= START + 1.0
-        assert row["first_failed_at"] == row["last_failed_at"] == START
+        assert row.state == "pending"
+        assert row.attempts == 1
+        assert row.last_error.startswith(error)
+        assert START + 0.5 <= row.next_attempt_at <= START + 1.0
+        assert row.first_failed_at == row.last_failed_at == START
     assert rig.dead() == []
     assert rig.dispatcher.gate_until >= START + 0.5
     assert rig.step().blocked_by == "gate"
@@ -159,11 +159,11 @@ def test_rejected_event_is_dead_after_exactly_one_request(
     assert len(endpoint.requests) == 1
     assert rig.pending() == []
     [dead] = rig.dead()
-    assert dead["uuid"] == uuid
-    assert dead["reason"] == reason
-    assert dead["status"] == status
-    assert dead["detail"] == body[:300].decode()  # a short excerpt of the body
-    assert dead["first_failed_at"] == dead["last_failed_at"] == dead["dead_at"] == START
+    assert dead.uuid == uuid
+    assert dead.reason == reason
+    assert dead.status == status
+    assert dead.detail == body[:300].decode()  # a short excerpt of the body
+    assert dead.first_failed_at == dead.last_failed_at == dead.dead_at == START
     assert rig.spool.counters()["dead"] == 1
     warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert f"dead-lettered 1 event(s): {reason} {status}" in warned
@@ -184,8 +184,8 @@ def test_one_bad_event_in_50_is_isolated_and_the_49_delivered(
     delivered = endpoint.delivered_uuids()
     assert sorted(delivered) == sorted(set(uuids) - {bad})  # each exactly once
     [dead] = rig.dead()
-    assert (dead["uuid"], dead["reason"], dead["status"]) == (bad, "rejected", status)
-    assert dead["detail"] == '{"detail":"bad distinct_id"}'
+    assert (dead.uuid, dead.reason, dead.status) == (bad, "rejected", status)
+    assert dead.detail == '{"detail":"bad distinct_id"}'
     assert rig.pending() == []
     assert rig.spool.counters()["delivered"] == 49
     # 1 request, then 2 per halving: 50 → 25 → 13 → 7 → 4 → 2 → 1.
@@ -210,9 +210,8 @@ def test_a_1_2_mb_event_among_50_small_ones(
 
     assert (result.delivered, result.dead, result.pending) == (50, 1, 0)
     assert sorted(endpoint.delivered_uuids()) == sorted(small)  # each exactly once
-    with client.spool.reader() as conn:
-        dead = conn.execute("SELECT uuid, reason, status FROM dead_events").fetchall()
-    assert dead == [(big, "too_large", 413)]
+    dead = client.spool.events(Filter(states=frozenset({"dead"})), now=time.time())
+    assert [(e.uuid, e.reason, e.status) for e in dead] == [(big, "too_large", 413)]
     # One batch of 51, then 2 requests per halving: no endless 413 loop.
     assert len(endpoint.requests) <= 1 + 2 * math.ceil(math.log2(51))
 
@@ -227,7 +226,7 @@ def test_too_large_splits_in_halves_down_to_the_event(rig: Rig, endpoint: LocalE
 
     assert sorted(endpoint.delivered_uuids()) == sorted(small)
     [dead] = rig.dead()
-    assert (dead["uuid"], dead["reason"], dead["status"]) == (big, "too_large", 413)
+    assert (dead.uuid, dead.reason, dead.status) == (big, "too_large", 413)
     assert all(len(r.body) <= limit for r in endpoint.requests if r.status == 200)
     assert len(endpoint.requests) <= 1 + 2 * math.ceil(math.log2(9))
 
@@ -250,7 +249,7 @@ def test_configuration_fault_keeps_the_event_and_pauses(
 
     assert [r.path for r in endpoint.requests] == ["/batch/"]  # one request; never redirected
     [row] = rig.pending()
-    assert (row["uuid"], row["state"], row["attempts"]) == (uuid, "pending", 0)
+    assert (row.uuid, row.state, row.attempts) == (uuid, "pending", 0)
     assert rig.dead() == []
     reason = rig.dispatcher.paused_reason
     assert reason is not None and f"HTTP {status}" in reason and endpoint.url in reason
@@ -370,7 +369,7 @@ def test_retries_resend_the_same_events_with_a_new_sent_at(
 ) -> None:
     endpoint.respond(Response(503), times=3)
     uuids = rig.capture(3)
-    stored = [row["body"] for row in rig.pending()]
+    stored = [row.body for row in rig.pending()]
 
     rig.run(10.0)
 
@@ -402,15 +401,15 @@ def test_max_attempts_ends_in_the_dead_state(make_rig: MakeRig, endpoint: LocalE
     assert len(requests) == 4
     assert rig.pending() == []
     [dead] = rig.dead()
-    assert (dead["uuid"], dead["reason"], dead["status"], dead["attempts"]) == (
+    assert (dead.uuid, dead.reason, dead.status, dead.attempts) == (
         uuid,
         "max_attempts",
         503,
         4,
     )
-    assert dead["detail"] == 'HTTP 503: {"error":"overloaded"}'
-    assert dead["first_failed_at"] == sent_at(requests[0]) == START
-    assert dead["last_failed_at"] == pytest.approx(sent_at(requests[-1]), abs=1e-6)
+    assert dead.detail == 'HTTP 503: {"error":"overloaded"}'
+    assert dead.first_failed_at == sent_at(requests[0]) == START
+    assert dead.last_failed_at == pytest.approx(sent_at(requests[-1]), abs=1e-6)
     assert rig.spool.counters()["dead"] == 1
 
 
@@ -432,10 +431,10 @@ def test_events_older_than_max_event_age_expire(make_rig: MakeRig, endpoint: Loc
             assert rig.dead() == []
 
     [dead] = rig.dead()
-    assert (dead["uuid"], dead["reason"], dead["status"]) == (uuid, "expired", None)
-    assert START + week < dead["dead_at"] <= START + week + 3601.0
-    assert dead["attempts"] == len(endpoint.requests) > 150
-    assert dead["first_failed_at"] == START
+    assert (dead.uuid, dead.reason, dead.status) == (uuid, "expired", None)
+    assert START + week < dead.dead_at <= START + week + 3601.0
+    assert dead.attempts == len(endpoint.requests) > 150
+    assert dead.first_failed_at == START
     assert all(sent_at(r) <= START + week for r in endpoint.requests)
 
 
@@ -579,7 +578,7 @@ def test_a_poison_event_cannot_hold_its_batch_back(
     delivered = endpoint.delivered_uuids()
     assert sorted(delivered) == sorted(set(uuids) - {poison})
     [row] = rig.pending()
-    assert row["uuid"] == poison and row["attempts"] >= 3
+    assert row.uuid == poison and row.attempts >= 3
     assert rig.dead() == []  # it stays until max_attempts / max_event_age
     # 5 batches + 2 failures before the split + 2 per halving of 10 + the lone event's
     # own retries (backoff 2, 4, 8, 16, 30, 30, 30 s in the remaining time).
@@ -603,7 +602,7 @@ def test_a_poison_event_cannot_hold_back_the_events_that_join_its_retries(
     rig.run(60.0)
 
     assert sorted(endpoint.delivered_uuids()) == sorted(captured)
-    assert [r["uuid"] for r in rig.pending()] == [poison]
+    assert [r.uuid for r in rig.pending()] == [poison]
     assert len(endpoint.requests) < 120 + 40  # no storm: about one per capture tick
 
 
@@ -631,7 +630,7 @@ def test_a_configuration_fault_during_isolation_stops_it(rig: Rig, endpoint: Loc
     # The batch (500), its first half (500), its second half (401): then nothing more.
     assert [r.status for r in endpoint.requests[1:]] == [500, 500, 401]
     assert rig.dispatcher.paused_reason is not None
-    assert [r["attempts"] for r in rig.pending()] == [3, 3, 2, 2]
+    assert [r.attempts for r in rig.pending()] == [3, 3, 2, 2]
     assert rig.step().blocked_by == "paused"
 
 
@@ -645,7 +644,7 @@ def test_a_poison_event_with_no_other_traffic_is_isolated_by_the_probes(
     rig.run(300.0)
 
     assert sorted(endpoint.delivered_uuids()) == sorted(set(uuids) - {poison})
-    assert [r["uuid"] for r in rig.pending()] == [poison]
+    assert [r.uuid for r in rig.pending()] == [poison]
     assert len(endpoint.requests) <= 40  # about one request per backoff interval
 
 
@@ -659,7 +658,7 @@ def test_a_general_outage_stops_the_isolation_after_three_requests(
 
     assert [r.status for r in endpoint.requests] == [200, 503, 503, 503]
     assert [len(r.uuids) for r in endpoint.requests[1:]] == [10, 5, 5]  # the batch, each half
-    assert all(r["attempts"] == 3 for r in rig.pending())
+    assert all(r.attempts == 3 for r in rig.pending())
     assert rig.step().blocked_by == "gate"
 
 
@@ -676,7 +675,7 @@ def test_a_poison_event_is_isolated_in_two_requests_per_halving(
     # The batch, then both halves of 16, 8, 4 and 2.
     assert len(endpoint.requests) == 1 + 1 + 2 * 4
     [row] = rig.pending()
-    assert (row["uuid"], row["attempts"]) == (poison, 3)
+    assert (row.uuid, row.attempts) == (poison, 3)
     assert rig.step().blocked_by == "idle"  # a lone event failing does not close the gate
     assert any(poison in r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
 
@@ -704,9 +703,9 @@ def test_an_unexpected_error_inline_is_logged_and_the_batch_rescheduled(
     assert step.batches == 1
     assert endpoint.requests == []
     [row] = rig.pending()
-    assert (row["uuid"], row["state"], row["attempts"]) == (boom, "pending", 1)
-    assert row["last_error"] == "internal error: RuntimeError: wire format broke"
-    assert row["next_attempt_at"] >= START + 0.5  # backoff: no hot loop
+    assert (row.uuid, row.state, row.attempts) == (boom, "pending", 1)
+    assert row.last_error == "internal error: RuntimeError: wire format broke"
+    assert row.next_attempt_at >= START + 0.5  # backoff: no hot loop
     [error] = errors(caplog)
     assert "failed unexpectedly" in error.getMessage() and error.exc_info is not None
 
@@ -732,8 +731,10 @@ def test_a_sender_thread_survives_unexpected_errors(
 
         assert (result.delivered, result.dead, result.pending) == (3, 1, 0)
         assert sorted(endpoint.delivered_uuids()) == sorted(u for u, _ in good)
-        with spool.reader() as conn:
-            dead = conn.execute("SELECT uuid, reason, attempts, detail FROM dead_events").fetchall()
+        dead = [
+            (e.uuid, e.reason, e.attempts, e.detail)
+            for e in spool.events(Filter(states=frozenset({"dead"})), now=time.time())
+        ]
         assert dead == [
             (bad[0], "max_attempts", 3, "internal error: RuntimeError: wire format broke")
         ]
@@ -796,8 +797,8 @@ def test_refused_then_up_keeps_the_schedule_across_a_restart(tmp_path: Path) -> 
         rig.clock.advance(max(rig.dispatcher.gate_until, rig.spool.next_due_at() or 0) - START)
         rig.step()
         rows = rig.pending()
-        assert [r["attempts"] for r in rows] == [2, 2, 2]
-        due = rows[0]["next_attempt_at"]
+        assert [r.attempts for r in rows] == [2, 2, 2]
+        due = rows[0].next_attempt_at
         assert due - rig.clock.now() >= 1.0  # the second retry's backoff
 
         rig = rig.restart()  # a new process: no gate, no memory, the spool only
@@ -805,7 +806,7 @@ def test_refused_then_up_keeps_the_schedule_across_a_restart(tmp_path: Path) -> 
 
         assert rig.step().batches == 0  # not due yet: the schedule was not reset
         assert endpoint.requests == []
-        assert [r["attempts"] for r in rig.pending()] == [2, 2, 2]
+        assert [r.attempts for r in rig.pending()] == [2, 2, 2]
         rig.clock.advance(due - rig.clock.now())
         assert rig.dispatcher.run_until_idle(rig.clock.now()) == 1
 
@@ -872,10 +873,10 @@ def test_an_error_body_echoing_the_api_key_is_stored_and_logged_redacted(
         assert rig.dispatcher.paused_reason == paused
     elif where == "dead letter":
         [dead] = rig.dead()
-        assert dead["detail"] == SHOWN
+        assert dead.detail == SHOWN
     else:
         [row] = rig.pending()
-        assert row["last_error"] == f"HTTP 503: {SHOWN}"
+        assert row.last_error == f"HTTP 503: {SHOWN}"
     [logged] = [r.getMessage() for r in caplog.records if r.name == "spoolpost"]
     assert log in logged and API_KEY not in logged
 

@@ -9,6 +9,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -116,8 +117,8 @@ def test_concurrent_first_opens_from_processes_apply_each_migration_once(
 
     assert [p.returncode for p in procs] == [0] * 4, results
     assert applied(spool_path) == (1, [(1, "init")])
-    with Spool(spool_path) as s, s.reader() as conn:
-        uuids = {u for (u,) in conn.execute("SELECT uuid FROM events")}
+    with Spool(spool_path) as s:
+        uuids = {e.uuid for e in s.events(now=time.time())}
     assert uuids == {"p0", "p1", "p2", "p3"}
 
 

@@ -200,8 +200,8 @@ def test_a_split_stops_sending_once_stopping(rig: Rig, endpoint: LocalEndpoint) 
 
     assert len(endpoint.requests) == 1  # no half is sent after "stopping"
     rows = rig.pending()
-    assert [r["uuid"] for r in rows] == uuids
-    assert all(r["state"] == "pending" and r["attempts"] == 0 for r in rows)
+    assert [r.uuid for r in rows] == uuids
+    assert all(r.state == "pending" and r.attempts == 0 for r in rows)
     assert rig.dead() == []
 
 
@@ -216,8 +216,8 @@ def test_a_batch_handed_out_before_stopping_is_not_sent(rig: Rig, endpoint: Loca
 
     assert endpoint.requests == []
     rows = rig.pending()
-    assert [r["uuid"] for r in rows] == uuids
-    assert all(r["state"] == "pending" and r["attempts"] == 0 for r in rows)
+    assert [r.uuid for r in rows] == uuids
+    assert all(r.state == "pending" and r.attempts == 0 for r in rows)
 
 
 def test_a_batch_in_flight_at_stop_failing_transiently_stays_rescheduled(
@@ -249,15 +249,12 @@ def test_a_batch_in_flight_at_stop_failing_transiently_stays_rescheduled(
         dispatcher.stop(timeout=10.0)
 
         assert len(endpoint.requests) == 1
-        with spool.reader() as conn:
-            rows = conn.execute(
-                "SELECT uuid, state, attempts, last_error, next_attempt_at FROM events ORDER BY id"
-            ).fetchall()
-        assert [r[0] for r in rows] == uuids
-        for _, state, attempts, last_error, next_attempt_at in rows:
-            assert (state, attempts) == ("pending", 1)
-            assert last_error.startswith("HTTP 503")
-            assert next_attempt_at > time.time() - 5.0
+        rows = list(spool.events(now=time.time()))
+        assert [r.uuid for r in rows] == uuids
+        for r in rows:
+            assert (r.state, r.attempts) == ("pending", 1)
+            assert r.last_error is not None and r.last_error.startswith("HTTP 503")
+            assert r.next_attempt_at is not None and r.next_attempt_at > time.time() - 5.0
     finally:
         answer.set()
         dispatcher.stop(2.0)

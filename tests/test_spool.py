@@ -26,7 +26,15 @@ from spoolpost.errors import (
     SpoolLocked,
     UnsupportedFilesystem,
 )
-from spoolpost.spool import SQLITE_HEADER, Batch, Spool, check_filesystem, mount_of
+from spoolpost.spool import (
+    SQLITE_HEADER,
+    Batch,
+    Filter,
+    Spool,
+    SpooledEvent,
+    check_filesystem,
+    mount_of,
+)
 
 T0 = 1_700_000_000.0
 BIG = 1 << 30
@@ -57,16 +65,25 @@ def claim(spool: Spool, now: float = T0, **options: Any) -> Batch:
     return batch
 
 
+def _field(e: SpooledEvent, name: str) -> Any:
+    if name == "size":
+        return len(e.body)
+    if name == "length(last_error)":
+        return None if e.last_error is None else len(e.last_error)
+    return getattr(e, name)
+
+
 def rows(spool: Spool, columns: str = "id, uuid, state, attempts") -> list[tuple[Any, ...]]:
-    with spool.reader() as conn:
-        return conn.execute(f"SELECT {columns} FROM events ORDER BY id").fetchall()
+    """These fields of the pending and leased events, in capture order."""
+    names = [c.strip() for c in columns.split(",")]
+    live = spool.events(Filter(states=frozenset({"pending", "leased"})), now=T0)
+    return [tuple(_field(e, name) for name in names) for e in live]
 
 
 def dead(spool: Spool) -> list[tuple[Any, ...]]:
-    with spool.reader() as conn:
-        return conn.execute(
-            "SELECT event_id, uuid, reason, status, detail, attempts FROM dead_events ORDER BY id"
-        ).fetchall()
+    """(id, uuid, reason, status, detail, attempts) of each dead letter, in the order they died."""
+    found = spool.events(Filter(states=frozenset({"dead"})), now=T0)
+    return [(e.id, e.uuid, e.reason, e.status, e.detail, e.attempts) for e in found]
 
 
 # -- settings and lifecycle -------------------------------------------------------
@@ -92,7 +109,7 @@ def test_bad_settings_raise_config_error(
 
 @pytest.mark.parametrize(("durability", "synchronous"), [("process", 1), ("power", 2)])
 def test_pragmas_are_set_explicitly(spool_path: Path, durability: Any, synchronous: int) -> None:
-    with Spool(spool_path, durability=durability, busy_timeout=2.5) as s, s.reader() as conn:
+    with Spool(spool_path, durability=durability, busy_timeout=2.5) as s, s._read() as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert conn.execute("PRAGMA synchronous").fetchone()[0] == synchronous
         assert conn.execute("PRAGMA busy_timeout").fetchone()[0] == 2500
@@ -325,7 +342,7 @@ def test_ack_deletes_the_rows_and_counts_them(spool: Spool) -> None:
     assert spool.ack(batch.token, [3]) == 1
     assert rows(spool) == []
     assert spool.counters()["delivered"] == 3
-    with spool.reader() as conn:
+    with sqlite3.connect(spool.path) as conn:  # the lease records, read from the file
         assert conn.execute("SELECT count(*) FROM leases").fetchone()[0] == 0
 
 
@@ -437,7 +454,7 @@ def test_a_stale_lease_token_changes_nothing(spool: Spool, op: str) -> None:
 def test_reclaim_takes_back_leased_rows_whose_lease_record_is_missing(spool: Spool) -> None:
     fill(spool, 2)
     claim(spool, lease_ttl=10)
-    with spool.transaction() as conn:
+    with sqlite3.connect(spool.path) as conn:  # another process loses the lease records
         conn.execute("DELETE FROM leases")
     assert spool.reclaim(T0 + 9) == 0
     assert spool.reclaim(T0 + 10) == 2
@@ -484,7 +501,7 @@ def test_watermark_covers_what_was_captured_before_it(spool: Spool) -> None:
         assert spool.states_through(mark) == {"pending": 0, "leased": 3, "dead": 0}
         spool.dead_letter(batch.token, [1], T0 + 3, "rejected", 400)
         spool.ack(batch.token, [2, 3])
-        assert spool.states_through(mark, before) == {"pending": 3, "leased": 0, "dead": 0}
+        assert before.states_through(mark) == {"pending": 3, "leased": 0, "dead": 0}
     assert spool.states_through(mark) == {"pending": 0, "leased": 0, "dead": 1}
     assert not spool.any_open_through(mark) and spool.dead_through(mark) == 1
     assert spool.any_open_through(spool.watermark(T0 + 3))  # the event after the mark
@@ -713,7 +730,7 @@ def test_corruption_found_while_capturing_moves_the_spool_aside_and_capture_goes
     with Spool(spool_path) as s:
         fill(s, 50, size=200)
         s.checkpoint()
-        with s.reader() as conn:
+        with sqlite3.connect(spool_path) as conn:
             root = conn.execute("SELECT rootpage FROM sqlite_master WHERE name = 'events'")
             (page,) = root.fetchone()
             (page_size,) = conn.execute("PRAGMA page_size").fetchone()
@@ -1097,7 +1114,7 @@ def test_opening_a_file_another_process_holds_exclusively_raises_spool_locked(
 def test_a_failed_write_transaction_is_rolled_back_and_the_spool_goes_on(spool: Spool) -> None:
     with (
         pytest.raises(sqlite3.OperationalError, match="no such table"),
-        spool.transaction() as conn,
+        spool._write() as conn,
     ):
         conn.execute("INSERT INTO counters (name, value) VALUES ('delivered', 5)")
         conn.execute("DELETE FROM no_such_table")

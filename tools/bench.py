@@ -177,7 +177,7 @@ def run_threads(n: int, target: Callable[[int], None]) -> float:
 
 def fill_spool(path: Path, n: int) -> float:
     """Write ``n`` encoded benchmark events into a new spool at ``path`` through
-    :meth:`Spool.transaction` (the import path), bound to :data:`API_KEY`.
+    :meth:`Spool.import_events` (the import path), bound to :data:`API_KEY`.
     Returns the seconds it took. Each event has its own UUIDv7."""
     placeholder = "00000000-0000-7000-8000-000000000000"
     template = sample_body(0, placeholder)
@@ -192,13 +192,8 @@ def fill_spool(path: Path, n: int) -> float:
             for _ in range(first, min(n, first + chunk)):
                 uuid = uuid7_str(now)
                 body = template.replace(placeholder.encode(), uuid.encode())
-                rows.append((uuid, body, len(body), now, now))
-            with spool.transaction() as conn:
-                conn.executemany(
-                    "INSERT INTO events (uuid, body, size, captured_at, next_attempt_at)"
-                    " VALUES (?, ?, ?, ?, ?)",
-                    rows,
-                )
+                rows.append((uuid, body))
+            spool.import_events(rows, now=now)
     finally:
         spool.close()
     return time.perf_counter() - start

@@ -37,12 +37,11 @@ from spoolpost.ops.admin import (
     EXIT_OUTAGE,
     EXIT_PAUSED,
     EXIT_REMAIN,
-    Filter,
-    SpooledEvent,
     drain_exit_code,
     drain_spool,
 )
-from spoolpost.spool import Spool
+from spoolpost.spool import Spool, check_spool_file
+from spoolpost.spool.maintenance import STATES, Filter, SpooledEvent
 
 __all__ = [
     "EXIT_DEAD",
@@ -206,7 +205,7 @@ def filter_options(
                 "--state",
                 "states",
                 multiple=True,
-                type=click.Choice(admin.STATES),
+                type=click.Choice(STATES),
                 help="Only events in this state (repeatable).",
             )(func)
         return func
@@ -267,7 +266,7 @@ def inspect(spool: Path | None, as_json: bool) -> None:
 
     def human() -> None:
         click.echo(f"spool           {stats.path} (schema v{stats.schema_version})")
-        for state in admin.STATES:
+        for state in STATES:
             click.echo(f"{state:<15} {stats.counts[state]:>10} events {stats.bytes[state]:>12} B")
         click.echo(f"oldest pending  {_age(stats.oldest_pending_age)}")
         click.echo(f"next attempt in {_age(stats.next_attempt_in)}")
@@ -318,7 +317,7 @@ def tail(
     where = Filter(states=frozenset(states), event=event, reason=reason)
     s = _open(spool)
     try:
-        found = admin.tail(s, where, limit)
+        found = s.tail(where, limit, now=time.time())
     finally:
         s.close()
     for e in found:
@@ -346,8 +345,9 @@ def replay(
     """
     where = Filter(event=event, reason=reason, uuids=uuids, older_than=older_than)
     s = _open(spool)
+    now = time.time()
     try:
-        n = admin.replay(s, where, dry_run=dry_run)
+        n = s.count_dead(where, now=now) if dry_run else s.replay(where, now=now)
     finally:
         s.close()
     verb = "would replay" if dry_run else "replayed"
@@ -379,11 +379,12 @@ def purge(
     """
     where = Filter(event=event, reason=reason, uuids=uuids, older_than=older_than)
     s = _open(spool)
+    now = time.time()
     try:
-        matching = admin.count_dead(s, where)
+        matching = s.count_dead(where, now=now)
         if matching and not yes:
             _confirm(f"Delete {_plural(matching, 'dead letter')} from {s.path} for good?")
-        n = admin.purge(s, where) if matching else 0
+        n = s.purge(where, now=now) if matching else 0
     finally:
         s.close()
     _emit({"purged": n}, as_json, lambda: click.echo(f"purged {_plural(n, 'dead letter')}"))
@@ -428,7 +429,7 @@ def export(
     where = Filter(states=frozenset(states), event=event, reason=reason)
     s = _open(spool)
     try:
-        for e in admin.select_events(s, where):
+        for e in s.events(where, now=time.time()):
             output.write(e.json_line() + "\n")
     finally:
         s.close()
@@ -455,7 +456,7 @@ def import_(spool: Path | None, source: IO[bytes], as_json: bool) -> None:
     (pending, leased or dead) are skipped.
     """
     path = _spool_path(spool)
-    admin.check_spool_file(path)  # before waiting for input
+    check_spool_file(path)  # before waiting for input
     lines = list(source)
     s = admin.open_spool(path, create=True)
     try:

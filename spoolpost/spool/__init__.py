@@ -6,7 +6,6 @@ from spoolpost.spool.core import (
     DEFAULT_MAX_SPOOL_BYTES,
     DURABILITY_MODES,
     ON_FULL_POLICIES,
-    SQLITE_HEADER,
     Batch,
     Durability,
     OnFull,
@@ -18,6 +17,8 @@ from spoolpost.spool.core import (
     is_network_fs,
     mount_of,
 )
+from spoolpost.spool.files import SQLITE_HEADER, check_spool_file
+from spoolpost.spool.maintenance import Filter, SpooledEvent
 
 __all__ = [
     "DEFAULT_MAX_SPOOL_BYTES",
@@ -26,12 +27,15 @@ __all__ = [
     "SQLITE_HEADER",
     "Batch",
     "Durability",
+    "Filter",
     "OnFull",
     "Row",
     "Spool",
     "SpoolStats",
+    "SpooledEvent",
     "Watermark",
     "check_filesystem",
+    "check_spool_file",
     "is_network_fs",
     "mount_of",
 ]

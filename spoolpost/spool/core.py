@@ -43,7 +43,9 @@ from spoolpost.errors import (
     SpoolLocked,
     UnsupportedFilesystem,
 )
-from spoolpost.spool import migrations
+from spoolpost.spool import maintenance, migrations
+from spoolpost.spool.files import SQLITE_HEADER
+from spoolpost.spool.maintenance import Filter, SpooledEvent, add_counter
 from spoolpost.spool.owner import Owner, current_owner, owner_alive
 
 log = logging.getLogger("spoolpost")
@@ -67,7 +69,7 @@ _NETWORK_FS = frozenset(
     | {"fuse.s3fs", "fuse.rclone", "fuse.gcsfuse", "fuse.juicefs", "fuse.goofys"}
 )
 #: The first 16 bytes of every SQLite database file.
-SQLITE_HEADER = b"SQLite format 3\x00"
+
 _CORRUPT_CODES = frozenset({sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB})
 _BUSY_CODES = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
 _INSERT = (
@@ -226,6 +228,37 @@ def check_filesystem(path: Path, mounts: str | None = None) -> None:
             "does not work on network filesystems. Put the spool on a local disk "
             "(or pass allow_network_fs=True if you know better)."
         )
+
+
+def _states_through(conn: sqlite3.Connection, watermark: Watermark) -> dict[str, int]:
+    last_id, at = watermark
+    found = dict(
+        conn.execute(
+            "SELECT state, count(*) FROM events WHERE id <= ? AND captured_at <= ? GROUP BY state",
+            (last_id, at),
+        ).fetchall()
+    )
+    found["dead"] = conn.execute(
+        "SELECT count(*) FROM dead_events WHERE event_id <= ? AND captured_at <= ?",
+        (last_id, at),
+    ).fetchone()[0]
+    return {state: int(found.get(state, 0)) for state in ("pending", "leased", "dead")}
+
+
+class SpoolSnapshot:
+    """The spool as it was when :meth:`Spool.snapshot` was entered (one pinned
+    WAL snapshot on a private connection); valid inside that ``with`` block."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+
+    def states_through(self, watermark: Watermark) -> dict[str, int]:
+        """:meth:`Spool.states_through`, as of the snapshot."""
+        return _states_through(self._conn, watermark)
+
+    def events(self, where: Filter, now: float) -> Iterator[SpooledEvent]:
+        """:meth:`Spool.events`, as of the snapshot."""
+        return maintenance.select(self._conn, where, now)
 
 
 # Every open Spool, so that one set of fork hooks serves them all without
@@ -708,30 +741,21 @@ class Spool:
                     conn.execute("COMMIT")
 
     @contextlib.contextmanager
-    def snapshot(self) -> Iterator[sqlite3.Connection]:
-        """A private read connection holding one WAL snapshot, taken on entry:
-        what it reads is the spool as it was then, whatever is written meanwhile.
-        For counting a large spool while delivery already runs."""
+    def snapshot(self) -> Iterator[SpoolSnapshot]:
+        """A :class:`SpoolSnapshot`: a private read connection holding one WAL
+        snapshot, taken on entry, so that what it reads is the spool as it was
+        then, whatever is written meanwhile. For counting a large spool while
+        delivery already runs. Raises :class:`SpoolClosed`."""
         if self._closed:
             raise SpoolClosed(f"spool {self.path} is closed")
         conn = self._connect()
         try:
             conn.execute("BEGIN")
             conn.execute("SELECT 1 FROM events LIMIT 1").fetchall()  # pins the snapshot
-            yield conn
+            yield SpoolSnapshot(conn)
         finally:
             with contextlib.suppress(sqlite3.Error):
                 conn.close()
-
-    def transaction(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
-        """A short write transaction (``BEGIN IMMEDIATE`` … ``COMMIT``, rolled back on
-        error) on the spool's writer connection, for spoolpost's operator tools
-        (replay, purge, import). No network I/O inside. Raises :class:`SpoolLocked`."""
-        return self._write()
-
-    def reader(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
-        """The spool's read connection (WAL: never blocks writers), for operator tools."""
-        return self._read()
 
     def close(self) -> None:
         """Close the connections. Idempotent. SQLite checkpoints the WAL into the
@@ -790,7 +814,7 @@ class Spool:
     def add_counter(self, name: str, n: int = 1) -> None:
         """Add ``n`` to the persisted counter ``name`` (one short write)."""
         with self._write() as conn:
-            self._count(conn, name, n)
+            add_counter(conn, name, n)
 
     def meta(self) -> dict[str, str]:
         """The spool's meta table as a dict (host, key_fingerprint, …)."""
@@ -940,7 +964,7 @@ class Spool:
             return batch
         self._note_full(len(batch))
         if self.on_full == "drop_newest" or self.on_full == "drop_oldest":
-            self._count(conn, "dropped", len(batch))
+            add_counter(conn, "dropped", len(batch))
             for it in batch:
                 it.done = True
             return []
@@ -963,7 +987,7 @@ class Spool:
                 break
         if ids:
             conn.execute(f"DELETE FROM events WHERE {_IN_IDS}", (_ids_json(ids),))
-            self._count(conn, "dropped", len(ids))
+            add_counter(conn, "dropped", len(ids))
             self._note_full(len(ids))
         return freed
 
@@ -1005,15 +1029,6 @@ class Spool:
             with self._space_freed:
                 self._freed += 1
                 self._space_freed.notify_all()
-
-    @staticmethod
-    def _count(conn: sqlite3.Connection, name: str, n: int) -> None:
-        if n:
-            conn.execute(
-                "INSERT INTO counters (name, value) VALUES (?, ?) "
-                "ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
-                (name, n),
-            )
 
     # -- claim and settle -------------------------------------------------------
 
@@ -1122,7 +1137,7 @@ class Spool:
                 f"DELETE FROM events WHERE {_IN_IDS} AND lease_token = ?",
                 (_ids_json(ids), token),
             ).rowcount
-            self._count(conn, "delivered", n)
+            add_counter(conn, "delivered", n)
             self._forget_lease(conn, token)
         self._signal_space()
         return n
@@ -1230,7 +1245,7 @@ class Spool:
             ).rowcount
         )
         conn.execute(f"DELETE FROM events WHERE {where}", params)
-        self._count(conn, "dead", n)
+        add_counter(conn, "dead", n)
         if n:
             log.warning("dead-lettered %d event(s): %s %s", n, reason, status or "")
         return n
@@ -1327,31 +1342,11 @@ class Spool:
                 ).fetchone()[0]
             )
 
-    def states_through(
-        self, watermark: Watermark, conn: sqlite3.Connection | None = None
-    ) -> dict[str, int]:
+    def states_through(self, watermark: Watermark) -> dict[str, int]:
         """Counts by state (pending, leased, dead) of the events inside ``watermark``
-        (a scan of the events table); ``conn``: read through that connection
-        (a :meth:`snapshot`) instead of the spool's own."""
-        if conn is not None:
-            return self._states_through(conn, watermark)
-        with self._read(snapshot=True) as own:
-            return self._states_through(own, watermark)
-
-    def _states_through(self, conn: sqlite3.Connection, watermark: Watermark) -> dict[str, int]:
-        last_id, at = watermark
-        found = dict(
-            conn.execute(
-                "SELECT state, count(*) FROM events WHERE id <= ? AND captured_at <= ?"
-                " GROUP BY state",
-                (last_id, at),
-            ).fetchall()
-        )
-        found["dead"] = conn.execute(
-            "SELECT count(*) FROM dead_events WHERE event_id <= ? AND captured_at <= ?",
-            (last_id, at),
-        ).fetchone()[0]
-        return {state: int(found.get(state, 0)) for state in ("pending", "leased", "dead")}
+        (a scan of the events table, in one read snapshot)."""
+        with self._read(snapshot=True) as conn:
+            return _states_through(conn, watermark)
 
     def due(self, now: float, limit: int) -> tuple[int, float | None, int]:
         """For the dispatcher: (how many pending events are due, up to ``limit``;
@@ -1414,6 +1409,54 @@ class Spool:
             file_bytes=self.path.stat().st_size if self.path.exists() else 0,
             wal_bytes=wal.stat().st_size if wal.exists() else 0,
         )
+
+    # -- operators' views and repairs (SQL in spool/maintenance.py) ---------------
+
+    def events(self, where: Filter | None = None, *, now: float) -> Iterator[SpooledEvent]:
+        """Every event matching ``where`` (None: all) at ``now`` (UTC seconds, for
+        ``older_than``): live events in capture order, then dead letters in the
+        order they died. Streams from one read snapshot on a private connection,
+        held until the iterator is exhausted or closed; writers are never blocked.
+        Raises :class:`SpoolClosed`."""
+        with self.snapshot() as snap:
+            yield from snap.events(where or Filter(), now)
+
+    def tail(
+        self, where: Filter | None = None, limit: int = 20, *, now: float
+    ) -> list[SpooledEvent]:
+        """The ``limit`` most recent events matching ``where``, newest first: live
+        events by capture time, dead letters by the time they were dead-lettered."""
+        if limit < 1:
+            return []
+        with self._read(snapshot=True) as conn:
+            return maintenance.tail(conn, where or Filter(), limit, now)
+
+    def count_dead(self, where: Filter | None = None, *, now: float) -> int:
+        """How many dead letters match ``where`` (None: all)."""
+        with self._read() as conn:
+            return maintenance.count_dead(conn, where or Filter(), now)
+
+    def replay(self, where: Filter | None = None, *, now: float) -> int:
+        """Move the dead letters matching ``where`` back to pending, due at ``now``,
+        with ``attempts``, errors and the ``max_event_age`` clock reset (their
+        ``captured_at`` becomes ``now``; the event's own timestamp is unchanged).
+        Returns how many; counted as ``replayed``. Raises :class:`SpoolLocked`."""
+        with self._write() as conn:
+            return maintenance.replay(conn, where or Filter(), now)
+
+    def purge(self, where: Filter | None = None, *, now: float) -> int:
+        """Delete the dead letters matching ``where``; return how many, counted as
+        ``purged``. Raises :class:`SpoolLocked`."""
+        with self._write() as conn:
+            return maintenance.purge(conn, where or Filter(), now)
+
+    def import_events(self, events: Sequence[tuple[str, bytes]], *, now: float) -> int:
+        """Add encoded ``(uuid, body)`` events as pending, due at ``now``, in one
+        transaction; uuids already in the spool in any state, or repeated, are
+        skipped. ``max_spool_bytes``/``on_full`` do not apply. Returns how many
+        were added, counted as ``imported``. Raises :class:`SpoolLocked`."""
+        with self._write() as conn:
+            return maintenance.insert_new(conn, events, now)
 
     def checkpoint(self) -> bool:
         """``PRAGMA wal_checkpoint(TRUNCATE)``: fold the WAL back and truncate it.
