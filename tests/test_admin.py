@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
+from spoolpost import ops
 from spoolpost.capture.encoding import encode_event
 from spoolpost.capture.events import capture_event
-from spoolpost.delivery.dispatcher import DeliveryConfig, Dispatcher, FlushResult
+from spoolpost.delivery import DeliveryConfig, Dispatcher, FlushResult
 from spoolpost.delivery.transport import HttpTransport
 from spoolpost.errors import ConfigError, ImportRejected, KeyMismatch, SpoolFull
-from spoolpost.ops import admin
 from spoolpost.spool import Filter, Spool
 from spoolpost.spool.maintenance import STATES
 from spoolpost.testing import LocalEndpoint, Response, reject_uuids
@@ -78,12 +78,12 @@ def spool(spool_path: Path) -> Iterator[Spool]:
 
 def test_open_spool_refuses_a_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="no spool at"):
-        admin.open_spool(tmp_path / "missing.spool")
+        ops.open_spool(tmp_path / "missing.spool")
     assert not (tmp_path / "missing.spool").exists()
 
 
 def test_open_spool_creates_when_asked(tmp_path: Path) -> None:
-    admin.open_spool(tmp_path / "new.spool", create=True).close()
+    ops.open_spool(tmp_path / "new.spool", create=True).close()
     assert (tmp_path / "new.spool").read_bytes().startswith(b"SQLite format 3\x00")
 
 
@@ -100,7 +100,7 @@ def test_open_spool_leaves_other_files_untouched(
     path = tmp_path / "events.jsonl"
     path.write_bytes(content)
     with pytest.raises(ConfigError, match=message):
-        admin.open_spool(path)
+        ops.open_spool(path)
     assert path.read_bytes() == content
     assert [p.name for p in tmp_path.iterdir()] == ["events.jsonl"]  # nothing moved aside
 
@@ -111,7 +111,7 @@ def test_open_spool_refuses_another_applications_database(tmp_path: Path) -> Non
         conn.execute("CREATE TABLE users (id INTEGER PRIMARY KEY)")
     conn.close()
     with pytest.raises(ConfigError, match="SQLite database, but not a spoolpost spool"):
-        admin.open_spool(path)
+        ops.open_spool(path)
     with sqlite3.connect(path) as conn:
         tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")]
     conn.close()
@@ -120,13 +120,13 @@ def test_open_spool_refuses_another_applications_database(tmp_path: Path) -> Non
 
 def test_open_spool_refuses_a_folder(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="is a folder"):
-        admin.open_spool(tmp_path)
+        ops.open_spool(tmp_path)
 
 
 def test_open_spool_accepts_an_empty_file(tmp_path: Path) -> None:
     path = tmp_path / "empty.spool"
     path.touch()
-    admin.open_spool(path).close()
+    ops.open_spool(path).close()
     assert path.stat().st_size > 0
 
 
@@ -312,8 +312,8 @@ def test_import_adds_pending_events_normalized(spool: Spool) -> None:
         "",
         line(event="b", distinct_id="u2"),
     ]
-    result = admin.import_events(spool, lines, now=T0)
-    assert result == admin.ImportResult(imported=2, skipped=0)
+    result = ops.import_events(spool, lines, now=T0)
+    assert result == ops.ImportResult(imported=2, skipped=0)
     first, second = spool.events(now=time.time())
     assert first.event == {
         "uuid": GOOD_UUID,
@@ -343,8 +343,8 @@ def test_import_skips_uuids_already_in_the_spool_in_any_state_or_repeated(
         line(event="a", distinct_id="u", uuid=a),
         line(event="n", distinct_id="u", uuid=GOOD_UUID),
     ]
-    result = admin.import_events(spool, [*lines, lines[1]])
-    assert result == admin.ImportResult(imported=1, skipped=2)
+    result = ops.import_events(spool, [*lines, lines[1]])
+    assert result == ops.ImportResult(imported=1, skipped=2)
     expected = {"pending": [b, GOOD_UUID], "leased": [], "dead": []}
     expected[state] = [a, b, GOOD_UUID] if state == "pending" else [a]
     assert states(spool) == expected
@@ -361,7 +361,7 @@ def test_export_imported_into_the_same_spool_adds_nothing_and_replay_sends_once(
     kill(spool, [b], at=now - 5)
     exported = [e.json_line() for e in spool.events(now=time.time())]
 
-    assert admin.import_events(spool, exported) == admin.ImportResult(imported=0, skipped=3)
+    assert ops.import_events(spool, exported) == ops.ImportResult(imported=0, skipped=3)
 
     assert states(spool) == {"pending": [a, c], "leased": [], "dead": [b]}
     assert spool.counters().get("imported", 0) == 0
@@ -380,7 +380,7 @@ def test_export_then_import_reproduces_the_stored_bytes(spool: Spool, tmp_path: 
     before = {e.uuid: e.body for e in spool.events(now=time.time())}
     other = Spool(tmp_path / "other.spool")
     try:
-        assert admin.import_events(other, exported).imported == 3
+        assert ops.import_events(other, exported).imported == 3
         after = {e.uuid: e.body for e in other.events(now=time.time())}
         assert {e.state for e in other.events(now=time.time())} == {"pending"}
     finally:
@@ -414,7 +414,7 @@ def test_import_rejects_a_bad_line_and_writes_nothing(
 ) -> None:
     good = line(event="fine", distinct_id="u")
     with pytest.raises(ImportRejected) as caught:
-        admin.import_events(spool, [good, good, bad, good], max_event_bytes=500)
+        ops.import_events(spool, [good, good, bad, good], max_event_bytes=500)
     assert caught.value.errors == [(3, caught.value.errors[0][1])]
     assert message in caught.value.errors[0][1]
     assert "line 3: " in str(caught.value) and "nothing was imported" in str(caught.value)
@@ -425,7 +425,7 @@ def test_import_rejects_a_bad_line_and_writes_nothing(
 def test_import_reports_every_bad_line_up_to_a_limit(spool: Spool) -> None:
     lines = ["nope"] * 30
     with pytest.raises(ImportRejected) as caught:
-        admin.import_events(spool, lines)
+        ops.import_events(spool, lines)
     assert caught.value.total == 30
     assert [n for n, _ in caught.value.errors] == list(range(1, 21))
     assert "and 10 more bad line(s)" in str(caught.value)
@@ -435,7 +435,7 @@ def test_import_reports_every_bad_line_up_to_a_limit(spool: Spool) -> None:
 
 
 def test_capture_one_commits_a_capture_only_event(spool_path: Path) -> None:
-    uuid = admin.capture_one(spool_path, API_KEY, "signed_up", "u1", {"plan": "pro"})
+    uuid = ops.capture_one(spool_path, API_KEY, "signed_up", "u1", {"plan": "pro"})
     s = Spool(spool_path)
     try:
         (e,) = s.events(now=time.time())
@@ -452,21 +452,21 @@ def test_capture_one_commits_a_capture_only_event(spool_path: Path) -> None:
 
 
 def test_capture_one_refuses_a_spool_of_another_key(spool_path: Path) -> None:
-    admin.capture_one(spool_path, API_KEY, "a", "u1")
+    ops.capture_one(spool_path, API_KEY, "a", "u1")
     with pytest.raises(KeyMismatch, match="another project API key"):
-        admin.capture_one(spool_path, "phc_other", "b", "u1")
+        ops.capture_one(spool_path, "phc_other", "b", "u1")
 
 
 def test_capture_one_reports_a_dropped_event(spool_path: Path) -> None:
     with pytest.raises(SpoolFull, match="the event was dropped"):
-        admin.capture_one(spool_path, API_KEY, "a", "u1", max_spool_bytes=1)
+        ops.capture_one(spool_path, API_KEY, "a", "u1", max_spool_bytes=1)
 
 
 def test_capture_one_refuses_a_file_that_is_not_a_spool(tmp_path: Path) -> None:
     path = tmp_path / "notes.txt"
     path.write_text("keep me")
     with pytest.raises(ConfigError, match="not a spoolpost spool"):
-        admin.capture_one(path, API_KEY, "a", "u1")
+        ops.capture_one(path, API_KEY, "a", "u1")
     assert path.read_text() == "keep me"
 
 
@@ -476,7 +476,7 @@ def test_capture_one_refuses_a_file_that_is_not_a_spool(tmp_path: Path) -> None:
 def test_drain_spool_delivers_and_reports_progress(spool: Spool, endpoint: LocalEndpoint) -> None:
     uuids = add_events(spool, ["a"] * 250, at=time.time() - 1000)
     seen: list[tuple[int, int]] = []
-    result = admin.drain_spool(
+    result = ops.drain_spool(
         spool,
         HttpTransport(endpoint.url, API_KEY),
         config=DeliveryConfig(flush_interval=0.0, max_batch_size=100),
@@ -485,11 +485,11 @@ def test_drain_spool_delivers_and_reports_progress(spool: Spool, endpoint: Local
     assert result == FlushResult(delivered=250, dead=0, pending=0)
     assert sorted(endpoint.delivered_uuids()) == sorted(uuids)
     assert seen[0][0] == 250 and seen[-1] == (250, 0)
-    assert admin.drain_exit_code(result) == admin.EXIT_EMPTY
+    assert ops.drain_exit_code(result) == ops.EXIT_EMPTY
 
 
 def test_drain_spool_of_an_empty_spool_sends_nothing(spool: Spool, endpoint: LocalEndpoint) -> None:
-    result = admin.drain_spool(spool, HttpTransport(endpoint.url, API_KEY))
+    result = ops.drain_spool(spool, HttpTransport(endpoint.url, API_KEY))
     assert result == FlushResult()
     assert endpoint.requests == []
 
@@ -499,25 +499,25 @@ def test_drain_spool_dead_letters_the_rejected_event_only(
 ) -> None:
     uuids = add_events(spool, ["a"] * 4, at=time.time() - 1000)
     endpoint.set_handler(reject_uuids([uuids[2]]))
-    result = admin.drain_spool(spool, HttpTransport(endpoint.url, API_KEY))
+    result = ops.drain_spool(spool, HttpTransport(endpoint.url, API_KEY))
     assert (result.delivered, result.dead, result.pending) == (3, 1, 0)
-    assert admin.drain_exit_code(result) == admin.EXIT_DEAD
+    assert ops.drain_exit_code(result) == ops.EXIT_DEAD
     assert states(spool)["dead"] == [uuids[2]]
 
 
 def test_drain_spool_stops_on_an_outage(spool: Spool, endpoint: LocalEndpoint) -> None:
     add_events(spool, ["a"] * 3, at=time.time() - 1000)
     endpoint.default = Response(503)
-    result = admin.drain_spool(spool, HttpTransport(endpoint.url, API_KEY), outage_after=1)
+    result = ops.drain_spool(spool, HttpTransport(endpoint.url, API_KEY), outage_after=1)
     assert result.pending == 3 and result.outage is not None and "503" in result.outage
-    assert admin.drain_exit_code(result) == admin.EXIT_OUTAGE
+    assert ops.drain_exit_code(result) == ops.EXIT_OUTAGE
 
 
 def test_drain_spool_refuses_another_key(spool: Spool, endpoint: LocalEndpoint) -> None:
     add_events(spool, ["a"], at=time.time() - 1000)
     spool.bind_key("0123456789abcdef")
     with pytest.raises(KeyMismatch):
-        admin.drain_spool(spool, HttpTransport(endpoint.url, API_KEY))
+        ops.drain_spool(spool, HttpTransport(endpoint.url, API_KEY))
     assert endpoint.requests == []
 
 
@@ -535,7 +535,7 @@ def test_drain_spool_refuses_another_key(spool: Spool, endpoint: LocalEndpoint) 
     ],
 )
 def test_drain_exit_code(result: FlushResult, code: int) -> None:
-    assert admin.drain_exit_code(result) == code
+    assert ops.drain_exit_code(result) == code
 
 
 # -- parsers -------------------------------------------------------------------------------------
@@ -546,10 +546,10 @@ def test_drain_exit_code(result: FlushResult, code: int) -> None:
     [("30s", 30), ("30m", 1800), ("12h", 43200), ("7d", 604800), ("2w", 1209600), ("1.5H", 5400)],
 )
 def test_parse_duration(text: str, seconds: float) -> None:
-    assert admin.parse_duration(text) == seconds
+    assert ops.parse_duration(text) == seconds
 
 
 @pytest.mark.parametrize("text", ["", "7", "d", "-1d", "7 days", "1e3s", "7dd"])
 def test_parse_duration_refuses(text: str) -> None:
     with pytest.raises(ValueError, match="is not a duration like 30m, 12h, 7d or 2w"):
-        admin.parse_duration(text)
+        ops.parse_duration(text)

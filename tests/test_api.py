@@ -20,7 +20,7 @@ import pytest
 
 import spoolpost
 from spoolpost import Client, ConfigError, SpoolClosed
-from spoolpost.delivery.dispatcher import FlushResult
+from spoolpost.delivery import FlushResult
 from spoolpost.testing import LocalEndpoint, RecordedRequest
 
 API_KEY = "phc_test_key"

@@ -25,7 +25,7 @@ from spoolpost import Client, ConfigError, KeyMismatch, SpoolClosed
 from spoolpost._version import __version__
 from spoolpost.client import FILTERED_COUNT_EVERY, key_fingerprint
 from spoolpost.clock import ManualClock
-from spoolpost.delivery.dispatcher import FlushResult
+from spoolpost.delivery import FlushResult
 from spoolpost.errors import EncodingError, EventTooLarge
 from spoolpost.testing import LocalEndpoint, Response
 

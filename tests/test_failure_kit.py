@@ -19,7 +19,7 @@ from typing import Any
 from spoolpost.capture.encoding import encode_event
 from spoolpost.capture.events import capture_event
 from spoolpost.clock import ManualClock
-from spoolpost.delivery.dispatcher import DeliveryConfig, Dispatcher, Step
+from spoolpost.delivery import DeliveryConfig, Dispatcher, Step
 from spoolpost.delivery.policy import PausePolicy, RetryPolicy
 from spoolpost.delivery.transport import HttpTransport, WireFormat
 from spoolpost.spool import Filter, Spool, SpooledEvent

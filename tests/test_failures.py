@@ -22,7 +22,7 @@ import pytest
 from test_failure_kit import API_KEY, INLINE, START, Rig, gaps, make_event, sent_at
 
 from spoolpost import Client
-from spoolpost.delivery.dispatcher import DeliveryConfig, Dispatcher, FlushResult
+from spoolpost.delivery import DeliveryConfig, Dispatcher, FlushResult
 from spoolpost.delivery.policy import RetryPolicy
 from spoolpost.delivery.transport import HttpTransport, PostHogV0
 from spoolpost.spool import Filter, Spool

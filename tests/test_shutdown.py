@@ -19,7 +19,7 @@ from test_failure_kit import API_KEY, Rig, make_event
 
 from spoolpost import Client
 from spoolpost.client import stop_reserve
-from spoolpost.delivery.dispatcher import DeliveryConfig, Dispatcher
+from spoolpost.delivery import DeliveryConfig, Dispatcher
 from spoolpost.delivery.transport import HttpTransport, PostHogV0
 from spoolpost.spool import Spool
 from spoolpost.testing import LocalEndpoint, RecordedRequest, Response

@@ -10,7 +10,7 @@ import time_machine
 
 from spoolpost import Client
 from spoolpost.delivery.transport import HttpTransport
-from spoolpost.ops.admin import drain_spool
+from spoolpost.ops import drain_spool
 from spoolpost.spool import Spool
 from spoolpost.testing import LocalEndpoint, Response
 

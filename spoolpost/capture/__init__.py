@@ -1,1 +1,2 @@
-"""capture"""
+"""Capture: build an event, encode it, and hand it to the spool (see
+docs/architecture.md)."""

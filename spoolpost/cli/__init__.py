@@ -1,7 +1,7 @@
 """The ``spoolpost`` command line (click).
 
 Each command parses its flags, calls one library function (mostly in
-:mod:`spoolpost.ops.admin`) and formats the result: human text by default, ``--json``
+:mod:`spoolpost.ops`) and formats the result: human text by default, ``--json``
 for machines. Mistakes (a missing spool, a bad setting, a locked or foreign file)
 print ``Error: …`` and exit 1, without a traceback; click's own usage errors exit
 2. The API key is never printed. Every command takes its spool from the SPOOL
@@ -27,11 +27,11 @@ from uuid import UUID
 
 import click
 
+from spoolpost import ops
 from spoolpost._version import __version__
 from spoolpost.delivery.transport import DEFAULT_HOST, HttpTransport
 from spoolpost.errors import SpoolpostError
-from spoolpost.ops import admin
-from spoolpost.ops.admin import (
+from spoolpost.ops import (
     EXIT_DEAD,
     EXIT_EMPTY,
     EXIT_OUTAGE,
@@ -124,7 +124,7 @@ def _spool_path(spool: Path | None) -> Path:
 
 
 def _open(spool: Path | None, *, create: bool = False) -> Spool:
-    return admin.open_spool(_spool_path(spool), create=create)
+    return ops.open_spool(_spool_path(spool), create=create)
 
 
 def api_key_option(func: F) -> F:
@@ -170,7 +170,7 @@ def _duration(ctx: click.Context, param: click.Parameter, value: str | None) -> 
     if value is None:
         return None
     try:
-        return admin.parse_duration(value)
+        return ops.parse_duration(value)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
 
@@ -283,7 +283,7 @@ def inspect(spool: Path | None, as_json: bool) -> None:
 def _tail_line(e: SpooledEvent) -> str:
     name = str(e.event.get("event", "?"))
     who = str(e.event.get("distinct_id", "?"))
-    line = f"{admin.format_time(e.recent_at)}  {e.state:<7}  {e.uuid}  {name}  {who}"
+    line = f"{ops.format_time(e.recent_at)}  {e.state:<7}  {e.uuid}  {name}  {who}"
     if e.attempts:
         line += f"  attempts={e.attempts}"
     if e.state == "dead":
@@ -458,9 +458,9 @@ def import_(spool: Path | None, source: IO[bytes], as_json: bool) -> None:
     path = _spool_path(spool)
     check_spool_file(path)  # before waiting for input
     lines = list(source)
-    s = admin.open_spool(path, create=True)
+    s = ops.open_spool(path, create=True)
     try:
-        result = admin.import_events(s, lines)
+        result = ops.import_events(s, lines)
     finally:
         s.close()
     _emit(
@@ -536,7 +536,7 @@ def capture(
     path = _spool_path(spool)
     key = _api_key(api_key)
     try:
-        captured = admin.capture_one(
+        captured = ops.capture_one(
             path,
             key,
             event,
@@ -715,7 +715,7 @@ def drain(
                     grace=grace,
                     progress=progress,
                 )
-            except admin.DrainInterrupted as stopped:
+            except ops.DrainInterrupted as stopped:
                 result = stopped.result
         finally:
             if bar is not None:

@@ -1,1 +1,22 @@
-"""delivery"""
+"""Delivery: claim leased batches from the spool, POST them, settle the outcome
+(see docs/architecture.md)."""
+
+from spoolpost.delivery.dispatcher import DeliveryConfig, Dispatcher, FlushResult, Step
+from spoolpost.delivery.policy import Action, PausePolicy, RetryPolicy, classify
+from spoolpost.delivery.transport import DEFAULT_HOST, HttpTransport, PostHogV0, Reply, WireFormat
+
+__all__ = [
+    "DEFAULT_HOST",
+    "Action",
+    "DeliveryConfig",
+    "Dispatcher",
+    "FlushResult",
+    "HttpTransport",
+    "PausePolicy",
+    "PostHogV0",
+    "Reply",
+    "RetryPolicy",
+    "Step",
+    "WireFormat",
+    "classify",
+]
