@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""spoolpost against its rivals, side by side, in one run on this machine (DESIGN §10).
+"""spoolpost against its rivals, side by side, in one run on this machine (targets: docs/architecture.md).
 
 Every contender runs in this one invocation on the same machine, and the table
 prints ratios, so machine noise mostly cancels. Rivals: raw ``sqlite3`` (the
@@ -800,7 +800,7 @@ def build_rows(r: dict[str, dict[str, Any]]) -> list[Row]:
     return rows
 
 
-#: DESIGN §10 reference figures for the rivals (a 2-core CI box), to compare machines.
+#: Reference figures for the rivals (a 2-core CI box), to compare machines.
 REFERENCE = [
     ("raw sqlite3 commit-per-row (WAL, NORMAL)", "sqlite_commit", "rows_per_s", 39_000),
     ("raw sqlite3 batched", "sqlite_batched", "rows_per_s", 300_000),
@@ -819,12 +819,12 @@ REFERENCE = [
 
 
 def render(rows: list[Row], r: dict[str, dict[str, Any]]) -> str:
-    head = ["benchmark", "spoolpost", "rival", "ratio", "DESIGN target", "result"]
+    head = ["benchmark", "spoolpost", "rival", "ratio", "target", "result"]
     table = [head] + [
         [x.benchmark, x.spoolpost, x.rival, x.ratio, x.target, x.verdict] for x in rows
     ]
     out = [_markdown(table), ""]
-    ref = [["rival on this machine", "figure", "DESIGN reference"]]
+    ref = [["rival on this machine", "figure", "reference"]]
     for label, name, key, reference in REFERENCE:
         value = r.get(name, {}).get(key)
         if value is not None:
