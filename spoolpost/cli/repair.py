@@ -121,7 +121,7 @@ def import_(spool: Path | None, source: IO[bytes], as_json: bool) -> None:
     path = spool_path(spool)
     check_spool_file(path)  # before waiting for input
     lines = list(source)
-    with ops.open_spool(path, create=True) as s:
+    with open_spool(path, create=True) as s:
         result = ops.import_events(s, lines)
     emit(
         {"imported": result.imported, "skipped": result.skipped},
