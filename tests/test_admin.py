@@ -13,6 +13,7 @@ import pytest
 from spoolpost import ops
 from spoolpost.capture.encoding import encode_event
 from spoolpost.capture.events import capture_event
+from spoolpost.cli.options import parse_duration
 from spoolpost.delivery import DeliveryConfig, Dispatcher, FlushResult
 from spoolpost.delivery.transport import HttpTransport
 from spoolpost.errors import ConfigError, ImportRejected, KeyMismatch, SpoolFull
@@ -546,10 +547,10 @@ def test_drain_exit_code(result: FlushResult, code: int) -> None:
     [("30s", 30), ("30m", 1800), ("12h", 43200), ("7d", 604800), ("2w", 1209600), ("1.5H", 5400)],
 )
 def test_parse_duration(text: str, seconds: float) -> None:
-    assert ops.parse_duration(text) == seconds
+    assert parse_duration(text) == seconds
 
 
 @pytest.mark.parametrize("text", ["", "7", "d", "-1d", "7 days", "1e3s", "7dd"])
 def test_parse_duration_refuses(text: str) -> None:
     with pytest.raises(ValueError, match="is not a duration like 30m, 12h, 7d or 2w"):
-        ops.parse_duration(text)
+        parse_duration(text)

@@ -23,7 +23,6 @@ from spoolpost.ops.drain import (
     drain_exit_code,
     drain_spool,
 )
-from spoolpost.ops.text import format_time, parse_duration
 from spoolpost.ops.transfer import (
     ImportResult,
     capture_one,
@@ -45,10 +44,8 @@ __all__ = [
     "capture_one",
     "drain_exit_code",
     "drain_spool",
-    "format_time",
     "import_events",
     "open_spool",
-    "parse_duration",
     "parse_import",
 ]
 

@@ -1,0 +1,232 @@
+"""``spoolpost drain``: deliver a spool from cron, with a progress bar and Ctrl-C handling."""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import click
+
+from spoolpost import ops
+from spoolpost.cli.options import (
+    api_key_option,
+    emit,
+    host_option,
+    open_spool,
+    require_api_key,
+    spool_argument,
+    spool_path,
+)
+from spoolpost.delivery.transport import HttpTransport
+from spoolpost.ops import EXIT_REMAIN, drain_exit_code, drain_spool
+
+#: ``spoolpost drain`` exit code after Ctrl-C (128 + SIGINT, as shells report it).
+EXIT_INTERRUPTED = 130
+
+
+class _Progress:
+    """A progress bar on stderr, made once the total is known."""
+
+    def __init__(self) -> None:
+        self.bar: Any = None
+        self.done = 0
+
+    def __call__(self, total: int, pending: int) -> None:
+        if self.bar is None:
+            self.bar = click.progressbar(length=total, label="draining", file=sys.stderr)
+            self.bar.__enter__()
+        settled = max(self.done, total - pending)
+        self.bar.update(settled - self.done)
+        self.done = settled
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(None, None, None)
+
+
+class _Interrupts:
+    """Ctrl-C (SIGINT) while draining, handled at a safe point.
+
+    The first only counts: the drain raises ``KeyboardInterrupt`` at its next
+    progress check (within about a second), outside any spool transaction, so
+    delivery stops and the spool can still be read for the summary. A second one
+    ends the process at once (``os._exit``), even inside the grace period, with
+    exit code 130. Installed only in
+    the main thread (where Python runs signal handlers); the previous handler is
+    restored on exit.
+    """
+
+    def __init__(self, grace: float) -> None:
+        self.count = 0
+        self.grace = grace
+        self._previous: Any = None
+        self._installed = False
+
+    def __enter__(self) -> _Interrupts:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+            self._installed = True
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._installed:
+            signal.signal(signal.SIGINT, self._previous)
+
+    def _handle(self, signum: int, frame: object) -> None:
+        self.count += 1
+        if self.count == 1:  # said at once, so a second press is an informed choice
+            click.echo(
+                f"interrupted: stopping delivery, waiting up to {self.grace:g}s for requests "
+                "in flight (Ctrl-C again quits at once)",
+                err=True,
+            )
+        if self.count > 1:
+            # Quit at once, even inside the grace period. The spool is crash-safe:
+            # leases this process holds are taken back as soon as it is gone.
+            click.echo(
+                "interrupted again: quitting without a summary; undelivered events stay "
+                "in the spool",
+                err=True,
+            )
+            sys.stderr.flush()
+            os._exit(EXIT_INTERRUPTED)
+
+    def check(self) -> None:
+        """Raise ``KeyboardInterrupt`` once Ctrl-C was pressed."""
+        if self.count:
+            raise KeyboardInterrupt
+
+
+def _finite(value: float | None, name: str) -> float | None:
+    """Refuse NaN and infinity where click's FloatRange lets them through."""
+    if value is not None and not math.isfinite(value):
+        raise click.BadParameter(f"{value} is not a number of seconds", param_hint=name)
+    return value
+
+
+@click.command()
+@spool_argument
+@host_option
+@api_key_option
+@click.option(
+    "--budget",
+    type=click.FloatRange(min=0),
+    default=None,
+    metavar="SECONDS",
+    callback=lambda _ctx, _param, value: _finite(value, "--budget"),
+    help="Stop sending after this many seconds (default: no limit); requests in "
+    "flight then get --grace, so the run lasts at most budget + grace.",
+)
+@click.option(
+    "--outage-after",
+    type=click.IntRange(min=1),
+    default=3,
+    show_default=True,
+    help="Stop after this many transient failures in a row (an outage).",
+)
+@click.option(
+    "--grace",
+    type=click.FloatRange(min=0),
+    default=5.0,
+    show_default=True,
+    metavar="SECONDS",
+    callback=lambda _ctx, _param, value: _finite(value, "--grace"),
+    help="At the end, wait this long for requests in flight.",
+)
+@click.option("--gzip", is_flag=True, help="Send gzip-compressed request bodies.")
+@click.option("--force-key", is_flag=True, help="Deliver a spool created for another API key.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
+def drain(
+    spool: Path | None,
+    host: str,
+    api_key: str | None,
+    budget: float | None,
+    outage_after: int,
+    grace: float,
+    gzip: bool,
+    force_key: bool,
+    as_json: bool,
+) -> None:
+    """Deliver SPOOL until it is empty, the budget runs out, or the endpoint is down.
+
+    Delivers what was in the spool when it started (events captured meanwhile
+    may go too); the summary counts the events that were there at the start.
+    Backoff and Retry-After set by
+    earlier failures are honoured (within the budget). A progress bar shows on
+    a terminal.
+
+    \b
+    Exit codes (for cron):
+        0  nothing left to deliver, nothing dead-lettered by this run
+        3  events remain: the budget ran out
+        4  events remain: the endpoint is down (an outage)
+        5  events remain: delivery paused by a configuration fault (401/403/404/3xx)
+        6  nothing left, but this run dead-lettered events (see tail --state dead)
+      130  interrupted (Ctrl-C): sending stops within about a second, requests in
+           flight get --grace, then the summary; a second Ctrl-C quits at once
+        1  an error (no spool, no API key, a bad host URL, a spool of another key)
+        2  a usage error (unknown option, bad value)
+    """
+    path = spool_path(spool)
+    transport = HttpTransport(host, require_api_key(api_key), gzip=gzip)
+    s = open_spool(path)
+    bar = _Progress() if sys.stderr.isatty() and not as_json else None
+    with _Interrupts(grace) as interrupts:
+
+        def progress(total: int, pending: int) -> None:
+            interrupts.check()  # the drain's safe point for a Ctrl-C
+            if bar is not None:
+                bar(total, pending)
+
+        # Not `with s`: the spool is closed before the SIGINT handler is restored,
+        # so a Ctrl-C while closing still counts as the drain's interrupt.
+        try:
+            try:
+                result = drain_spool(
+                    s,
+                    transport,
+                    budget=budget,
+                    outage_after=outage_after,
+                    force_key=force_key,
+                    grace=grace,
+                    progress=progress,
+                )
+            except ops.DrainInterrupted as stopped:
+                result = stopped.result
+        finally:
+            if bar is not None:
+                bar.close()
+            s.close()
+    interrupted = interrupts.count > 0
+    code = EXIT_INTERRUPTED if interrupted else drain_exit_code(result)
+    summary = {
+        "delivered": result.delivered,
+        "dead": result.dead,
+        "remaining": result.pending,
+        "paused": result.paused,
+        "outage": result.outage,
+        "interrupted": interrupted,
+        "exit_code": code,
+    }
+
+    def human() -> None:
+        line = (
+            f"delivered {result.delivered}, dead-lettered {result.dead}, remaining {result.pending}"
+        )
+        if interrupted:
+            line += "; interrupted"
+        if result.paused:
+            line += f"; paused: {result.paused}"
+        if result.outage:
+            line += f"; endpoint down: {result.outage}"
+        elif code == EXIT_REMAIN:
+            line += "; the budget ran out"
+        click.echo(line)
+
+    emit(summary, as_json, human)
+    click.get_current_context().exit(code)
