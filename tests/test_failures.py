@@ -1,7 +1,7 @@
 """The failure table of DESIGN §5, row by row, against the real loopback endpoint.
 
 Time is simulated: the dispatcher is never started and the tests drive it with
-``step(now)`` on a ManualClock (see test_failure_kit). Request times come from the
+``step(now)`` on a ManualClock (see kit.py). Request times come from the
 ``sent_at`` each request carries, which is stamped from that clock.
 """
 
@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_failure_kit import API_KEY, INLINE, START, Rig, gaps, make_event, sent_at
+from kit import API_KEY, INLINE, START, Rig, gaps, make_event, sent_at
 
 from spoolpost import Client
 from spoolpost.delivery import DeliveryConfig, Dispatcher, FlushResult

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
-from test_failure_kit import API_KEY, Rig, make_event
+from kit import API_KEY, Rig, make_event
 
 from spoolpost import Client
 from spoolpost.client import stop_reserve

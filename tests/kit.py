@@ -1,4 +1,4 @@
-"""Shared rig for the failure-policy tests (test_failures, test_shutdown): no tests here.
+"""The tests' shared kit: constants and helpers that test modules import (no tests here).
 
 A :class:`Rig` is a real spool file, a real :class:`HttpTransport` to the real loopback
 endpoint and a :class:`Dispatcher` that is never started: the test drives it with
