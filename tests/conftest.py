@@ -7,11 +7,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from kit import API_KEY
 
 from spoolpost import Client
 from spoolpost.testing import LocalEndpoint
-
-API_KEY = "phc_test_key"
 
 
 @pytest.fixture

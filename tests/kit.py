@@ -25,9 +25,18 @@ from spoolpost.delivery.transport import HttpTransport, WireFormat
 from spoolpost.spool import Filter, Spool, SpooledEvent
 from spoolpost.testing import LocalEndpoint, RecordedRequest
 
+#: The project API key the tests capture and send with.
 API_KEY = "phc_test_key"
-#: A whole second, so that an HTTP-date (whole seconds) lands exactly where computed.
-START = 1_700_000_000.0
+#: Another project's key: for the tests of a spool bound to a key that is not API_KEY.
+OTHER_API_KEY = "phc_other_project"
+#: The key crash_child.py captures with (it imports it from here): whoever opens the
+#: spool such a child left behind must use the same key, or meet a KeyMismatch.
+CRASH_API_KEY = "phc_crash_test"
+#: A fixed wall-clock time, 2023-11-14T22:13:20Z. A whole second, so that an HTTP-date
+#: (whole seconds) lands exactly where computed.
+T0 = 1_700_000_000.0
+#: Where a Rig's clock starts.
+START = T0
 #: Every pending event goes out at once, in batches of up to 500.
 INLINE = DeliveryConfig(flush_at=1, flush_interval=0.0)
 

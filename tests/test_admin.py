@@ -9,6 +9,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
+from kit import API_KEY, OTHER_API_KEY, T0
 
 from spoolpost import ops
 from spoolpost.capture.encoding import encode_event
@@ -20,8 +21,6 @@ from spoolpost.spool import Filter, Spool
 from spoolpost.spool.maintenance import STATES
 from spoolpost.testing import LocalEndpoint, Response, reject_uuids
 
-API_KEY = "phc_admin_test_key"
-T0 = 1_700_000_000.0  # 2023-11-14T22:13:20Z
 DAY = 86_400.0
 
 
@@ -454,7 +453,7 @@ def test_capture_one_commits_a_capture_only_event(spool_path: Path) -> None:
 def test_capture_one_refuses_a_spool_of_another_key(spool_path: Path) -> None:
     ops.capture_one(spool_path, API_KEY, "a", "u1")
     with pytest.raises(KeyMismatch, match="another project API key"):
-        ops.capture_one(spool_path, "phc_other", "b", "u1")
+        ops.capture_one(spool_path, OTHER_API_KEY, "b", "u1")
 
 
 def test_capture_one_reports_a_dropped_event(spool_path: Path) -> None:

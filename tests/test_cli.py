@@ -21,6 +21,7 @@ from typing import Any
 import click
 import pytest
 from click.testing import CliRunner, Result
+from kit import OTHER_API_KEY
 from test_admin import add_events, kill, states
 
 from spoolpost.cli import cli
@@ -800,7 +801,7 @@ def test_drain_refuses_a_spool_of_another_key_unless_forced(
     spool_path: Path, spool: Spool, endpoint: LocalEndpoint
 ) -> None:
     (uuid,) = add_events(spool, ["e"], at=time.time() - 100)
-    spool.bind_key(key_fingerprint("phc_other_project"))
+    spool.bind_key(key_fingerprint(OTHER_API_KEY))
     refused = drain(spool_path, endpoint)
     assert refused.exit_code == 1
     assert "holds events for another project API key" in refused.stderr

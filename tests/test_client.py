@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from kit import API_KEY
 
 from spoolpost import Client, ConfigError, KeyMismatch, SpoolClosed
 from spoolpost._version import __version__
@@ -29,7 +30,6 @@ from spoolpost.delivery import FlushResult
 from spoolpost.errors import EncodingError, EventTooLarge
 from spoolpost.testing import LocalEndpoint, Response
 
-API_KEY = "phc_test_key"
 MakeClient = Callable[..., Client]
 FIXED_UUID = "0194e0f7-0000-7000-8000-000000000001"
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import IO
 
 import pytest
+from kit import CRASH_API_KEY, T0
 
 from spoolpost import Client
 from spoolpost.spool import Spool
@@ -25,8 +26,6 @@ from spoolpost.spool.owner import Owner, current_owner, owner_alive, process_sta
 from spoolpost.testing import LocalEndpoint, Response
 
 CHILD = Path(__file__).with_name("crash_child.py")
-API_KEY = "phc_crash_test"  # the key crash_child.py captures with
-T0 = 1_700_000_000.0
 
 
 class Child:
@@ -91,7 +90,7 @@ def test_events_captured_by_a_killed_capture_only_process_are_delivered_by_a_new
     proc.kill()
 
     assert len(captured) == 40 and len(set(captured)) == 40
-    client = make_client(api_key=API_KEY)
+    client = make_client(api_key=CRASH_API_KEY)
     result = client.flush(timeout=20)
 
     assert result.pending == 0 and result.delivered == 40
@@ -120,7 +119,7 @@ def test_batches_in_flight_when_the_sender_is_killed_are_reclaimed_at_once(
     with Spool(spool_path) as probe:
         leased_by_dead_child = probe.stats(T0).counts["leased"]
 
-    client = make_client(api_key=API_KEY)
+    client = make_client(api_key=CRASH_API_KEY)
     result = client.flush(timeout=20)
 
     assert leased_by_dead_child > 0

@@ -27,6 +27,7 @@ import hypothesis
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from kit import API_KEY
 
 from spoolpost import Client, EncodingError, EventTooLarge
 from spoolpost._version import __version__
@@ -35,7 +36,6 @@ from spoolpost.delivery.policy import RetryPolicy
 from spoolpost.spool import Spool
 from spoolpost.testing import LocalEndpoint, RecordedRequest, Response
 
-API_KEY = "phc_test_key"
 MakeClient = Callable[..., Client]
 RFC3339_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{6})?Z$")
 LIB = {"$lib": "spoolpost", "$lib_version": __version__}

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from kit import T0
 
 from spoolpost import Client
 from spoolpost.errors import (
@@ -36,7 +37,6 @@ from spoolpost.spool import (
     mount_of,
 )
 
-T0 = 1_700_000_000.0
 BIG = 1 << 30
 
 
