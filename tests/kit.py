@@ -1,5 +1,12 @@
 """The tests' shared kit: constants and helpers that test modules import (no tests here).
 
+A spool's rows are read one way: through the public maintenance API,
+:meth:`Spool.events`, by :func:`live`, :func:`dead_letters`, :func:`states`,
+:func:`counts` and :func:`stored`. Each takes a :class:`Spool`, or a path to open
+with a new one (the way another process would see the file). Tests that check what
+that API does not show (lease records, pragmas, schema, page layout) read the SQLite
+file itself.
+
 A :class:`Rig` is a real spool file, a real :class:`HttpTransport` to the real loopback
 endpoint and a :class:`Dispatcher` that is never started: the test drives it with
 ``step(now)`` on a :class:`ManualClock`, so backoff is simulated time and never slept.
@@ -9,8 +16,11 @@ injected clock).
 
 from __future__ import annotations
 
+import contextlib
 import itertools
-from collections.abc import Sequence
+import os
+import time
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -39,6 +49,112 @@ T0 = 1_700_000_000.0
 START = T0
 #: Every pending event goes out at once, in batches of up to 500.
 INLINE = DeliveryConfig(flush_at=1, flush_interval=0.0)
+#: An event's states, in the order :meth:`Spool.events` gives them.
+STATES = ("pending", "leased", "dead")
+LIVE = Filter(states=frozenset({"pending", "leased"}))
+DEAD = Filter(states=frozenset({"dead"}))
+
+SpoolOrPath = Spool | str | os.PathLike[str]
+
+
+# -- reading a spool ---------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _opened(source: SpoolOrPath) -> Iterator[Spool]:
+    """``source`` itself, or a new Spool on that file, closed afterwards."""
+    if isinstance(source, Spool):
+        yield source
+        return
+    with Spool(source) as spool:
+        yield spool
+
+
+def _events(source: SpoolOrPath, where: Filter | None = None) -> list[SpooledEvent]:
+    # No age filter here, so ``now`` plays no part.
+    with _opened(source) as spool:
+        return list(spool.events(where, now=time.time()))
+
+
+def live(source: SpoolOrPath) -> list[SpooledEvent]:
+    """The pending and leased events, in capture order."""
+    return _events(source, LIVE)
+
+
+def dead_letters(source: SpoolOrPath) -> list[SpooledEvent]:
+    """The dead letters, in the order they died."""
+    return _events(source, DEAD)
+
+
+def states(source: SpoolOrPath) -> dict[str, list[str]]:
+    """The uuids in each state (every state present), in the order Spool.events gives them."""
+    found: dict[str, list[str]] = {s: [] for s in STATES}
+    for e in _events(source):
+        found[e.state].append(e.uuid)
+    return found
+
+
+def counts(source: SpoolOrPath) -> dict[str, int]:
+    """How many events are in each state (every state present)."""
+    return {state: len(uuids) for state, uuids in states(source).items()}
+
+
+def stored(source: SpoolOrPath) -> list[dict[str, Any]]:
+    """The pending and leased events, decoded, in capture order."""
+    return [e.event for e in live(source)]
+
+
+def rows(
+    events: Iterable[SpooledEvent], columns: str = "id, uuid, state, attempts"
+) -> list[tuple[Any, ...]]:
+    """These fields of each event, named like the spool's columns: ``size`` is the
+    body's length in bytes, ``length(last_error)`` that of the last error."""
+    names = [c.strip() for c in columns.split(",")]
+    return [tuple(_field(e, name) for name in names) for e in events]
+
+
+def _field(e: SpooledEvent, name: str) -> Any:
+    if name == "size":
+        return len(e.body)
+    if name == "length(last_error)":
+        return None if e.last_error is None else len(e.last_error)
+    return getattr(e, name)
+
+
+# -- writing events ----------------------------------------------------------------------
+
+
+def add_events(
+    spool: Spool, names: Sequence[str], *, at: float = T0, distinct_id: str = "u1"
+) -> list[str]:
+    """Append one event per name, captured at ``at``, ``at + 1``, …; return uuids."""
+    uuids = []
+    for n, name in enumerate(names):
+        event = capture_event(name, distinct_id, {"n": n}, now=at + n)
+        assert spool.append(event["uuid"], encode_event(event), at + n)
+        uuids.append(event["uuid"])
+    return uuids
+
+
+def kill(
+    spool: Spool,
+    uuids: Sequence[str],
+    *,
+    at: float = T0,
+    reason: str = "rejected",
+    status: int | None = 400,
+    detail: str = '{"error":"bad event"}',
+) -> None:
+    """Dead-letter the pending events ``uuids`` at time ``at`` (the rest stay pending)."""
+    batch = spool.claim(at, max_events=10_000, max_bytes=1 << 30, lease_ttl=60)
+    assert batch is not None
+    doomed = [r.id for r in batch.rows if r.uuid in set(uuids)]
+    assert len(doomed) == len(uuids)
+    assert spool.dead_letter(batch.token, doomed, at, reason, status, detail) == len(doomed)
+    spool.release(batch.token)
+
+
+# -- the failure-policy rig --------------------------------------------------------------
 
 
 def sent_at(request: RecordedRequest) -> float:
@@ -131,9 +247,8 @@ class Rig:
 
     def pending(self) -> list[SpooledEvent]:
         """Events still pending or leased, in capture order."""
-        live = Filter(states=frozenset({"pending", "leased"}))
-        return list(self.spool.events(live, now=self.clock.now()))
+        return live(self.spool)
 
     def dead(self) -> list[SpooledEvent]:
         """Dead letters, in the order they died."""
-        return list(self.spool.events(Filter(states=frozenset({"dead"})), now=self.clock.now()))
+        return dead_letters(self.spool)

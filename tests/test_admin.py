@@ -5,64 +5,20 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from kit import API_KEY, OTHER_API_KEY, T0
+from kit import API_KEY, OTHER_API_KEY, T0, add_events, kill, states
 
 from spoolpost import ops
-from spoolpost.capture.encoding import encode_event
-from spoolpost.capture.events import capture_event
 from spoolpost.delivery import DeliveryConfig, Dispatcher, FlushResult
 from spoolpost.delivery.transport import HttpTransport
 from spoolpost.errors import ConfigError, ImportRejected, KeyMismatch, SpoolFull
 from spoolpost.spool import Filter, Spool
-from spoolpost.spool.maintenance import STATES
 from spoolpost.testing import LocalEndpoint, Response, reject_uuids
 
 DAY = 86_400.0
-
-
-# -- helpers (also used by test_cli.py) ------------------------------------------------
-
-
-def add_events(
-    spool: Spool, names: Sequence[str], *, at: float = T0, distinct_id: str = "u1"
-) -> list[str]:
-    """Append one event per name, captured at ``at``, ``at + 1``, …; return uuids."""
-    uuids = []
-    for n, name in enumerate(names):
-        event = capture_event(name, distinct_id, {"n": n}, now=at + n)
-        assert spool.append(event["uuid"], encode_event(event), at + n)
-        uuids.append(event["uuid"])
-    return uuids
-
-
-def kill(
-    spool: Spool,
-    uuids: Sequence[str],
-    *,
-    at: float = T0,
-    reason: str = "rejected",
-    status: int | None = 400,
-    detail: str = '{"error":"bad event"}',
-) -> None:
-    """Dead-letter the pending events ``uuids`` at time ``at`` (the rest stay pending)."""
-    batch = spool.claim(at, max_events=10_000, max_bytes=1 << 30, lease_ttl=60)
-    assert batch is not None
-    doomed = [r.id for r in batch.rows if r.uuid in set(uuids)]
-    assert len(doomed) == len(uuids)
-    assert spool.dead_letter(batch.token, doomed, at, reason, status, detail) == len(doomed)
-    spool.release(batch.token)
-
-
-def states(spool: Spool) -> dict[str, list[str]]:
-    """uuids by state, in the order select_events gives them."""
-    found: dict[str, list[str]] = {s: [] for s in STATES}
-    for e in spool.events(now=time.time()):
-        found[e.state].append(e.uuid)
-    return found
 
 
 @pytest.fixture

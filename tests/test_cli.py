@@ -21,8 +21,7 @@ from typing import Any
 import click
 import pytest
 from click.testing import CliRunner, Result
-from kit import OTHER_API_KEY
-from test_admin import add_events, kill, states
+from kit import OTHER_API_KEY, add_events, kill, states
 
 from spoolpost.cli import cli
 from spoolpost.client import key_fingerprint
@@ -443,15 +442,7 @@ def test_capture_refuses_bad_input(
     result = run("capture", "e", spool_path, "--distinct-id", "u", "--api-key", SECRET, *flags)
     assert result.exit_code == code
     assert message in result.stderr
-    assert not spool_path.exists() or states_of(spool_path)["pending"] == []
-
-
-def states_of(path: Path) -> dict[str, list[str]]:
-    s = Spool(path)
-    try:
-        return states(s)
-    finally:
-        s.close()
+    assert not spool_path.exists() or states(spool_path)["pending"] == []
 
 
 def test_capture_needs_an_api_key_and_a_distinct_id(spool_path: Path) -> None:
@@ -659,7 +650,7 @@ def test_drain_interrupted_by_ctrl_c_stops_within_the_grace_and_prints_its_summa
         }
     else:
         assert stdout == "delivered 0, dead-lettered 0, remaining 3; interrupted\n"
-    left = states_of(spool_path)
+    left = states(spool_path)
     assert len(left["pending"] + left["leased"]) == 3 and left["dead"] == []  # kept
 
 
@@ -708,7 +699,7 @@ def test_drain_interrupted_twice_quits_without_waiting_out_the_grace(
     assert stdout == ""  # no summary
     assert "interrupted again: quitting without a summary; undelivered events stay in" in rest
     assert "Traceback" not in rest and "Aborted!" not in rest
-    left = states_of(spool_path)
+    left = states(spool_path)
     assert len(left["pending"] + left["leased"]) == 3
 
 
