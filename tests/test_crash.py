@@ -11,14 +11,13 @@ import sqlite3
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import IO
 
 import pytest
-from kit import CRASH_API_KEY, T0
+from kit import CRASH_API_KEY, T0, live
 
 from spoolpost import Client
 from spoolpost.spool import Spool
@@ -136,7 +135,7 @@ def test_a_killed_owners_lease_is_reclaimed_before_expiry_and_its_stale_ack_dele
     proc.kill()
     spool = Spool(spool_path)
     try:
-        now = max_captured(spool)
+        now = max(e.captured_at for e in live(spool))  # the child stamped real wall-clock times
         assert spool.claim(now, max_events=10, max_bytes=1 << 20, lease_ttl=60) is None
 
         assert spool.reclaim(now) == 5  # long before the hour is up
@@ -149,11 +148,6 @@ def test_a_killed_owners_lease_is_reclaimed_before_expiry_and_its_stale_ack_dele
         assert spool.counters()["delivered"] == 5
     finally:
         spool.close()
-
-
-def max_captured(spool: Spool) -> float:
-    """The newest capture time in ``spool`` (the child stamped real wall-clock times)."""
-    return max(e.captured_at for e in spool.events(now=time.time()))
 
 
 def test_a_live_owners_lease_is_not_taken_before_it_expires(spool_path: Path) -> None:

@@ -19,13 +19,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kit import API_KEY, INLINE, START, Rig, gaps, make_event, sent_at
+from kit import API_KEY, INLINE, START, Rig, dead_letters, gaps, make_event, sent_at
 
 from spoolpost import Client
 from spoolpost.delivery import DeliveryConfig, Dispatcher, FlushResult
 from spoolpost.delivery.policy import RetryPolicy
 from spoolpost.delivery.transport import HttpTransport, PostHogV0
-from spoolpost.spool import Filter, Spool
+from spoolpost.spool import Spool
 from spoolpost.testing import (
     LocalEndpoint,
     RecordedRequest,
@@ -210,7 +210,7 @@ def test_a_1_2_mb_event_among_50_small_ones(
 
     assert (result.delivered, result.dead, result.pending) == (50, 1, 0)
     assert sorted(endpoint.delivered_uuids()) == sorted(small)  # each exactly once
-    dead = client.spool.events(Filter(states=frozenset({"dead"})), now=time.time())
+    dead = dead_letters(client.spool)
     assert [(e.uuid, e.reason, e.status) for e in dead] == [(big, "too_large", 413)]
     # One batch of 51, then 2 requests per halving: no endless 413 loop.
     assert len(endpoint.requests) <= 1 + 2 * math.ceil(math.log2(51))
@@ -731,10 +731,7 @@ def test_a_sender_thread_survives_unexpected_errors(
 
         assert (result.delivered, result.dead, result.pending) == (3, 1, 0)
         assert sorted(endpoint.delivered_uuids()) == sorted(u for u, _ in good)
-        dead = [
-            (e.uuid, e.reason, e.attempts, e.detail)
-            for e in spool.events(Filter(states=frozenset({"dead"})), now=time.time())
-        ]
+        dead = [(e.uuid, e.reason, e.attempts, e.detail) for e in dead_letters(spool)]
         assert dead == [
             (bad[0], "max_attempts", 3, "internal error: RuntimeError: wire format broke")
         ]
