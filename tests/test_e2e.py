@@ -314,16 +314,6 @@ class Cart:
     total: Decimal
 
 
-@pytest.fixture(params=["UTC0", "IST-5:30"], ids=["tz-utc", "tz-kolkata"])
-def local_tz(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """Run with the process time zone set (POSIX TZ rules: no tz database needed)."""
-    monkeypatch.setenv("TZ", request.param)
-    time.tzset()
-    yield request.param
-    monkeypatch.undo()
-    time.tzset()
-
-
 def test_real_world_values_are_delivered_with_the_documented_encodings(
     local_tz: str, make_client: MakeClient, endpoint: LocalEndpoint
 ) -> None:

@@ -344,19 +344,14 @@ def test_retry_after_is_a_lower_bound_on_the_wait(
     high: float,
     rig: Rig,
     endpoint: LocalEndpoint,
-    monkeypatch: pytest.MonkeyPatch,
+    set_tz: Callable[[str], None],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    monkeypatch.setenv("TZ", tz)
-    time.tzset()
-    try:
-        endpoint.respond(Response(status, headers={"Retry-After": header(START)}))
-        [uuid] = rig.capture()
+    set_tz(tz)
+    endpoint.respond(Response(status, headers={"Retry-After": header(START)}))
+    [uuid] = rig.capture()
 
-        rig.run(high + 1.0)
-    finally:
-        monkeypatch.undo()
-        time.tzset()
+    rig.run(high + 1.0)
 
     assert endpoint.delivered_uuids() == [uuid]  # the sender survived the header
     first, second = endpoint.requests
