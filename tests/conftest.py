@@ -10,9 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kit import API_KEY
+from kit import API_KEY, MakeRig, Rig
 
 from spoolpost import Client
+from spoolpost.spool import Spool
 from spoolpost.testing import LocalEndpoint
 
 
@@ -20,6 +21,13 @@ from spoolpost.testing import LocalEndpoint
 def spool_path(tmp_path: Path) -> Path:
     """A spool file path in this test's own temporary folder."""
     return tmp_path / "spool" / "events.spool"
+
+
+@pytest.fixture
+def spool(spool_path: Path) -> Iterator[Spool]:
+    """An open Spool on ``spool_path``, closed after the test."""
+    with Spool(spool_path) as s:
+        yield s
 
 
 @pytest.fixture
@@ -45,6 +53,27 @@ def make_client(spool_path: Path, endpoint: LocalEndpoint) -> Iterator[Callable[
     yield make
     for client in made:
         client.shutdown(timeout=1)
+
+
+@pytest.fixture
+def make_rig(spool_path: Path, endpoint: LocalEndpoint) -> Iterator[MakeRig]:
+    """Build rigs (kit.Rig) on ``spool_path`` and ``endpoint``; all closed at teardown."""
+    made: list[Rig] = []
+
+    def make(**options: Any) -> Rig:
+        rig = Rig.build(spool_path, endpoint, **options)
+        made.append(rig)
+        return rig
+
+    yield make
+    for rig in made:
+        rig.close()
+
+
+@pytest.fixture
+def rig(make_rig: MakeRig) -> Rig:
+    """A rig with the default options."""
+    return make_rig()
 
 
 @pytest.fixture

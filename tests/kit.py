@@ -20,7 +20,7 @@ import contextlib
 import itertools
 import os
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -252,3 +252,7 @@ class Rig:
     def dead(self) -> list[SpooledEvent]:
         """Dead letters, in the order they died."""
         return dead_letters(self.spool)
+
+
+#: Builds a :class:`Rig` with options for :meth:`Rig.build` (the ``make_rig`` fixture).
+MakeRig = Callable[..., Rig]

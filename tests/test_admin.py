@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,13 +18,6 @@ from spoolpost.spool import Filter, Spool
 from spoolpost.testing import LocalEndpoint, Response, reject_uuids
 
 DAY = 86_400.0
-
-
-@pytest.fixture
-def spool(spool_path: Path) -> Iterator[Spool]:
-    s = Spool(spool_path)
-    yield s
-    s.close()
 
 
 # -- open_spool ---------------------------------------------------------------------------

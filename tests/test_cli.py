@@ -51,14 +51,6 @@ def run(
 
 
 @pytest.fixture
-def spool(spool_path: Path) -> Iterator[Spool]:
-    """A spool with three events, captured long ago: a and b pending, c dead."""
-    s = Spool(spool_path)
-    yield s
-    s.close()
-
-
-@pytest.fixture
 def filled(spool: Spool) -> list[str]:
     a, b, c = add_events(spool, ["a", "b", "c"], at=time.time() - 100)
     kill(spool, [c], at=time.time() - 50)

@@ -14,12 +14,11 @@ import math
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 import pytest
-from kit import API_KEY, INLINE, START, Rig, dead_letters, gaps, make_event, sent_at
+from kit import API_KEY, INLINE, START, MakeRig, Rig, dead_letters, gaps, make_event, sent_at
 
 from spoolpost import Client
 from spoolpost.delivery import DeliveryConfig, Dispatcher, FlushResult
@@ -33,27 +32,6 @@ from spoolpost.testing import (
     reject_uuids,
     status_over_size,
 )
-
-MakeRig = Callable[..., Rig]
-
-
-@pytest.fixture
-def make_rig(tmp_path: Path, endpoint: LocalEndpoint) -> Iterator[MakeRig]:
-    made: list[Rig] = []
-
-    def make(**options: Any) -> Rig:
-        rig = Rig.build(tmp_path / "spool" / "events.spool", endpoint, **options)
-        made.append(rig)
-        return rig
-
-    yield make
-    for rig in made:
-        rig.close()
-
-
-@pytest.fixture
-def rig(make_rig: MakeRig) -> Rig:
-    return make_rig()
 
 
 def errors(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:

@@ -11,7 +11,7 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
@@ -26,13 +26,6 @@ from spoolpost.testing import LocalEndpoint, RecordedRequest, Response
 
 #: Slack allowed on top of a shutdown deadline (thread joins, closing the spool).
 SLACK = 1.5
-
-
-@pytest.fixture
-def rig(tmp_path: Path, endpoint: LocalEndpoint) -> Iterator[Rig]:
-    made = Rig.build(tmp_path / "spool" / "events.spool", endpoint)
-    yield made
-    made.close()
 
 
 def our_threads(before: set[threading.Thread]) -> list[threading.Thread]:

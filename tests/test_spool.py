@@ -38,12 +38,6 @@ from spoolpost.spool import (
 BIG = 1 << 30
 
 
-@pytest.fixture
-def spool(spool_path: Path) -> Iterator[Spool]:
-    with Spool(spool_path) as s:
-        yield s
-
-
 def body(i: int, size: int = 0) -> bytes:
     text = f'{{"n":{i}}}'.encode()
     return text + b" " * max(0, size - len(text))
