@@ -16,7 +16,8 @@ import json
 import sys
 import time
 
-API_KEY = "phc_crash_test"
+# Run as a script, so its own folder (tests/) is first on sys.path: the kit imports.
+from kit import CRASH_API_KEY
 
 
 def capture(spool: str, host: str, n: int, send: bool) -> None:
@@ -24,7 +25,7 @@ def capture(spool: str, host: str, n: int, send: bool) -> None:
 
     # lease_ttl is an hour: only the owner-is-dead check can free its batches soon.
     client = Client(
-        API_KEY,
+        CRASH_API_KEY,
         host,
         spool=spool,
         send=send,

@@ -5,73 +5,20 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
+from kit import API_KEY, OTHER_API_KEY, T0, add_events, kill, states
 
 from spoolpost import ops
-from spoolpost.capture.encoding import encode_event
-from spoolpost.capture.events import capture_event
 from spoolpost.cli.options import parse_duration
 from spoolpost.delivery import DeliveryConfig, Dispatcher, FlushResult
 from spoolpost.delivery.transport import HttpTransport
 from spoolpost.errors import ConfigError, ImportRejected, KeyMismatch, SpoolFull
 from spoolpost.spool import Filter, Spool
-from spoolpost.spool.maintenance import STATES
 from spoolpost.testing import LocalEndpoint, Response, reject_uuids
 
-API_KEY = "phc_admin_test_key"
-T0 = 1_700_000_000.0  # 2023-11-14T22:13:20Z
 DAY = 86_400.0
-
-
-# -- helpers (also used by test_cli.py) ------------------------------------------------
-
-
-def add_events(
-    spool: Spool, names: Sequence[str], *, at: float = T0, distinct_id: str = "u1"
-) -> list[str]:
-    """Append one event per name, captured at ``at``, ``at + 1``, …; return uuids."""
-    uuids = []
-    for n, name in enumerate(names):
-        event = capture_event(name, distinct_id, {"n": n}, now=at + n)
-        assert spool.append(event["uuid"], encode_event(event), at + n)
-        uuids.append(event["uuid"])
-    return uuids
-
-
-def kill(
-    spool: Spool,
-    uuids: Sequence[str],
-    *,
-    at: float = T0,
-    reason: str = "rejected",
-    status: int | None = 400,
-    detail: str = '{"error":"bad event"}',
-) -> None:
-    """Dead-letter the pending events ``uuids`` at time ``at`` (the rest stay pending)."""
-    batch = spool.claim(at, max_events=10_000, max_bytes=1 << 30, lease_ttl=60)
-    assert batch is not None
-    doomed = [r.id for r in batch.rows if r.uuid in set(uuids)]
-    assert len(doomed) == len(uuids)
-    assert spool.dead_letter(batch.token, doomed, at, reason, status, detail) == len(doomed)
-    spool.release(batch.token)
-
-
-def states(spool: Spool) -> dict[str, list[str]]:
-    """uuids by state, in the order select_events gives them."""
-    found: dict[str, list[str]] = {s: [] for s in STATES}
-    for e in spool.events(now=time.time()):
-        found[e.state].append(e.uuid)
-    return found
-
-
-@pytest.fixture
-def spool(spool_path: Path) -> Iterator[Spool]:
-    s = Spool(spool_path)
-    yield s
-    s.close()
 
 
 # -- open_spool ---------------------------------------------------------------------------
@@ -455,7 +402,7 @@ def test_capture_one_commits_a_capture_only_event(spool_path: Path) -> None:
 def test_capture_one_refuses_a_spool_of_another_key(spool_path: Path) -> None:
     ops.capture_one(spool_path, API_KEY, "a", "u1")
     with pytest.raises(KeyMismatch, match="another project API key"):
-        ops.capture_one(spool_path, "phc_other", "b", "u1")
+        ops.capture_one(spool_path, OTHER_API_KEY, "b", "u1")
 
 
 def test_capture_one_reports_a_dropped_event(spool_path: Path) -> None:

@@ -17,13 +17,13 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+from kit import API_KEY
 
 import spoolpost
 from spoolpost import Client, ConfigError, SpoolClosed
 from spoolpost.delivery import FlushResult
 from spoolpost.testing import LocalEndpoint, RecordedRequest
 
-API_KEY = "phc_test_key"
 GIVEN_UUID = "0194e0f7-0000-7000-8000-000000000001"
 TS = "2025-01-02T08:34:05+05:30"
 ENVELOPE = {"api_key", "historical_migration", "sent_at", "batch"}

@@ -21,7 +21,7 @@ from typing import Any
 import click
 import pytest
 from click.testing import CliRunner, Result
-from test_admin import add_events, kill, states
+from kit import OTHER_API_KEY, add_events, kill, states
 
 from spoolpost.cli import cli
 from spoolpost.client import key_fingerprint
@@ -48,14 +48,6 @@ def run(
     if result.exception is not None and not isinstance(result.exception, SystemExit):
         raise result.exception
     return result
-
-
-@pytest.fixture
-def spool(spool_path: Path) -> Iterator[Spool]:
-    """A spool with three events, captured long ago: a and b pending, c dead."""
-    s = Spool(spool_path)
-    yield s
-    s.close()
 
 
 @pytest.fixture
@@ -442,15 +434,7 @@ def test_capture_refuses_bad_input(
     result = run("capture", "e", spool_path, "--distinct-id", "u", "--api-key", SECRET, *flags)
     assert result.exit_code == code
     assert message in result.stderr
-    assert not spool_path.exists() or states_of(spool_path)["pending"] == []
-
-
-def states_of(path: Path) -> dict[str, list[str]]:
-    s = Spool(path)
-    try:
-        return states(s)
-    finally:
-        s.close()
+    assert not spool_path.exists() or states(spool_path)["pending"] == []
 
 
 def test_capture_needs_an_api_key_and_a_distinct_id(spool_path: Path) -> None:
@@ -658,7 +642,7 @@ def test_drain_interrupted_by_ctrl_c_stops_within_the_grace_and_prints_its_summa
         }
     else:
         assert stdout == "delivered 0, dead-lettered 0, remaining 3; interrupted\n"
-    left = states_of(spool_path)
+    left = states(spool_path)
     assert len(left["pending"] + left["leased"]) == 3 and left["dead"] == []  # kept
 
 
@@ -707,7 +691,7 @@ def test_drain_interrupted_twice_quits_without_waiting_out_the_grace(
     assert stdout == ""  # no summary
     assert "interrupted again: quitting without a summary; undelivered events stay in" in rest
     assert "Traceback" not in rest and "Aborted!" not in rest
-    left = states_of(spool_path)
+    left = states(spool_path)
     assert len(left["pending"] + left["leased"]) == 3
 
 
@@ -800,7 +784,7 @@ def test_drain_refuses_a_spool_of_another_key_unless_forced(
     spool_path: Path, spool: Spool, endpoint: LocalEndpoint
 ) -> None:
     (uuid,) = add_events(spool, ["e"], at=time.time() - 100)
-    spool.bind_key(key_fingerprint("phc_other_project"))
+    spool.bind_key(key_fingerprint(OTHER_API_KEY))
     refused = drain(spool_path, endpoint)
     assert refused.exit_code == 1
     assert "holds events for another project API key" in refused.stderr

@@ -1,14 +1,12 @@
 """Client: capture into the spool, limits, before_send, lifecycle (DESIGN §6, §7, §9).
 
 Real spool files under tmp_path and the real loopback endpoint. What reached disk is
-read back with a plain sqlite3 connection, the way a second process would see it.
+read back by a new Spool on the file (kit.stored), the way a second process would see it.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -20,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from kit import API_KEY, live, stored
 
 from spoolpost import Client, ConfigError, KeyMismatch, SpoolClosed
 from spoolpost._version import __version__
@@ -29,28 +28,8 @@ from spoolpost.delivery import FlushResult
 from spoolpost.errors import EncodingError, EventTooLarge
 from spoolpost.testing import LocalEndpoint, Response
 
-API_KEY = "phc_test_key"
 MakeClient = Callable[..., Client]
 FIXED_UUID = "0194e0f7-0000-7000-8000-000000000001"
-
-
-def stored(path: Path) -> list[dict[str, Any]]:
-    """The events in the spool file, in capture order, read by another connection."""
-    conn = sqlite3.connect(path)
-    try:
-        rows = conn.execute("SELECT body FROM events ORDER BY id").fetchall()
-    finally:
-        conn.close()
-    return [json.loads(body) for (body,) in rows]
-
-
-def stored_sizes(path: Path) -> list[int]:
-    """The byte size of each stored event body."""
-    conn = sqlite3.connect(path)
-    try:
-        return [n for (n,) in conn.execute("SELECT length(body) FROM events ORDER BY id")]
-    finally:
-        conn.close()
 
 
 def spoolpost_threads() -> list[str]:
@@ -315,7 +294,7 @@ def test_max_event_bytes_is_inclusive(make_client: MakeClient, spool_path: Path)
     fixed: dict[str, Any] = {"timestamp": "2025-01-02T03:04:05Z", "uuid": FIXED_UUID}
     probe = make_client(send=False, spool=spool_path.with_name("probe.spool"))
     probe.capture("e", distinct_id="u", properties={"pad": "x" * 100}, **fixed)
-    [size] = stored_sizes(probe.spool.path)
+    [size] = [len(e.body) for e in live(probe.spool.path)]
     client = make_client(send=False, max_event_bytes=size)
 
     assert (

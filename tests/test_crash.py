@@ -11,13 +11,13 @@ import sqlite3
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import IO
 
 import pytest
+from kit import CRASH_API_KEY, T0, live
 
 from spoolpost import Client
 from spoolpost.spool import Spool
@@ -25,8 +25,6 @@ from spoolpost.spool.owner import Owner, current_owner, owner_alive, process_sta
 from spoolpost.testing import LocalEndpoint, Response
 
 CHILD = Path(__file__).with_name("crash_child.py")
-API_KEY = "phc_crash_test"  # the key crash_child.py captures with
-T0 = 1_700_000_000.0
 
 
 class Child:
@@ -91,7 +89,7 @@ def test_events_captured_by_a_killed_capture_only_process_are_delivered_by_a_new
     proc.kill()
 
     assert len(captured) == 40 and len(set(captured)) == 40
-    client = make_client(api_key=API_KEY)
+    client = make_client(api_key=CRASH_API_KEY)
     result = client.flush(timeout=20)
 
     assert result.pending == 0 and result.delivered == 40
@@ -120,7 +118,7 @@ def test_batches_in_flight_when_the_sender_is_killed_are_reclaimed_at_once(
     with Spool(spool_path) as probe:
         leased_by_dead_child = probe.stats(T0).counts["leased"]
 
-    client = make_client(api_key=API_KEY)
+    client = make_client(api_key=CRASH_API_KEY)
     result = client.flush(timeout=20)
 
     assert leased_by_dead_child > 0
@@ -137,7 +135,7 @@ def test_a_killed_owners_lease_is_reclaimed_before_expiry_and_its_stale_ack_dele
     proc.kill()
     spool = Spool(spool_path)
     try:
-        now = max_captured(spool)
+        now = max(e.captured_at for e in live(spool))  # the child stamped real wall-clock times
         assert spool.claim(now, max_events=10, max_bytes=1 << 20, lease_ttl=60) is None
 
         assert spool.reclaim(now) == 5  # long before the hour is up
@@ -150,11 +148,6 @@ def test_a_killed_owners_lease_is_reclaimed_before_expiry_and_its_stale_ack_dele
         assert spool.counters()["delivered"] == 5
     finally:
         spool.close()
-
-
-def max_captured(spool: Spool) -> float:
-    """The newest capture time in ``spool`` (the child stamped real wall-clock times)."""
-    return max(e.captured_at for e in spool.events(now=time.time()))
 
 
 def test_a_live_owners_lease_is_not_taken_before_it_expires(spool_path: Path) -> None:

@@ -13,9 +13,8 @@ import re
 import subprocess
 import sys
 import threading
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta, timezone
 from datetime import time as dtime
 from decimal import Decimal
@@ -43,19 +42,6 @@ KOLKATA = "IST-5:30"
 
 UUID4 = uuid.UUID("3f2b8c9e-6a1d-4e5f-9b7c-2d4e6f8a0b1c")
 IST = timezone(timedelta(hours=5, minutes=30))
-
-
-@pytest.fixture
-def set_tz(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[str], None]]:
-    """Switch the process time zone (TZ + tzset) for one test, restored afterwards."""
-
-    def set_tz(name: str) -> None:
-        monkeypatch.setenv("TZ", name)
-        time.tzset()
-
-    yield set_tz
-    monkeypatch.undo()
-    time.tzset()
 
 
 class Color(enum.Enum):

@@ -1,7 +1,7 @@
 """The failure table of DESIGN §5, row by row, against the real loopback endpoint.
 
 Time is simulated: the dispatcher is never started and the tests drive it with
-``step(now)`` on a ManualClock (see test_failure_kit). Request times come from the
+``step(now)`` on a ManualClock (see kit.py). Request times come from the
 ``sent_at`` each request carries, which is stamped from that clock.
 """
 
@@ -14,18 +14,17 @@ import math
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 import pytest
-from test_failure_kit import API_KEY, INLINE, START, Rig, gaps, make_event, sent_at
+from kit import API_KEY, INLINE, START, MakeRig, Rig, dead_letters, gaps, make_event, sent_at
 
 from spoolpost import Client
 from spoolpost.delivery import DeliveryConfig, Dispatcher, FlushResult
 from spoolpost.delivery.policy import RetryPolicy
 from spoolpost.delivery.transport import HttpTransport, PostHogV0
-from spoolpost.spool import Filter, Spool
+from spoolpost.spool import Spool
 from spoolpost.testing import (
     LocalEndpoint,
     RecordedRequest,
@@ -33,27 +32,6 @@ from spoolpost.testing import (
     reject_uuids,
     status_over_size,
 )
-
-MakeRig = Callable[..., Rig]
-
-
-@pytest.fixture
-def make_rig(tmp_path: Path, endpoint: LocalEndpoint) -> Iterator[MakeRig]:
-    made: list[Rig] = []
-
-    def make(**options: Any) -> Rig:
-        rig = Rig.build(tmp_path / "spool" / "events.spool", endpoint, **options)
-        made.append(rig)
-        return rig
-
-    yield make
-    for rig in made:
-        rig.close()
-
-
-@pytest.fixture
-def rig(make_rig: MakeRig) -> Rig:
-    return make_rig()
 
 
 def errors(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
@@ -210,7 +188,7 @@ def test_a_1_2_mb_event_among_50_small_ones(
 
     assert (result.delivered, result.dead, result.pending) == (50, 1, 0)
     assert sorted(endpoint.delivered_uuids()) == sorted(small)  # each exactly once
-    dead = client.spool.events(Filter(states=frozenset({"dead"})), now=time.time())
+    dead = dead_letters(client.spool)
     assert [(e.uuid, e.reason, e.status) for e in dead] == [(big, "too_large", 413)]
     # One batch of 51, then 2 requests per halving: no endless 413 loop.
     assert len(endpoint.requests) <= 1 + 2 * math.ceil(math.log2(51))
@@ -344,19 +322,14 @@ def test_retry_after_is_a_lower_bound_on_the_wait(
     high: float,
     rig: Rig,
     endpoint: LocalEndpoint,
-    monkeypatch: pytest.MonkeyPatch,
+    set_tz: Callable[[str], None],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    monkeypatch.setenv("TZ", tz)
-    time.tzset()
-    try:
-        endpoint.respond(Response(status, headers={"Retry-After": header(START)}))
-        [uuid] = rig.capture()
+    set_tz(tz)
+    endpoint.respond(Response(status, headers={"Retry-After": header(START)}))
+    [uuid] = rig.capture()
 
-        rig.run(high + 1.0)
-    finally:
-        monkeypatch.undo()
-        time.tzset()
+    rig.run(high + 1.0)
 
     assert endpoint.delivered_uuids() == [uuid]  # the sender survived the header
     first, second = endpoint.requests
@@ -731,10 +704,7 @@ def test_a_sender_thread_survives_unexpected_errors(
 
         assert (result.delivered, result.dead, result.pending) == (3, 1, 0)
         assert sorted(endpoint.delivered_uuids()) == sorted(u for u, _ in good)
-        dead = [
-            (e.uuid, e.reason, e.attempts, e.detail)
-            for e in spool.events(Filter(states=frozenset({"dead"})), now=time.time())
-        ]
+        dead = [(e.uuid, e.reason, e.attempts, e.detail) for e in dead_letters(spool)]
         assert dead == [
             (bad[0], "max_attempts", 3, "internal error: RuntimeError: wire format broke")
         ]

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import email.utils
-import time
-from collections.abc import Iterator
 
 import pytest
 from hypothesis import given
@@ -22,16 +20,6 @@ from spoolpost.errors import ConfigError
 
 NOW = 1_700_000_000.0  # 2023-11-14T22:13:20Z, a whole second
 TIMEZONES = ["UTC", "America/New_York", "Asia/Kolkata", "Pacific/Chatham"]
-
-
-@pytest.fixture(params=TIMEZONES)
-def local_tz(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """Run the test with the process in another local timezone."""
-    monkeypatch.setenv("TZ", request.param)
-    time.tzset()
-    yield request.param
-    monkeypatch.undo()
-    time.tzset()
 
 
 # -- classification (DESIGN §5) ---------------------------------------------------
@@ -130,6 +118,7 @@ def http_date(at: float) -> str:
         ("Fri, 31 Dec 9999 23:59:59 GMT", 253402300799.0 - NOW),
     ],
 )
+@pytest.mark.parametrize("local_tz", TIMEZONES, indirect=True)  # the process's local zone
 def test_parse_retry_after(header: str, seconds: float, local_tz: str) -> None:
     assert parse_retry_after(header, NOW) == pytest.approx(seconds)
 

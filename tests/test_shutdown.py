@@ -11,11 +11,11 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
-from test_failure_kit import API_KEY, Rig, make_event
+from kit import API_KEY, Rig, counts, make_event
 
 from spoolpost import Client
 from spoolpost.client import stop_reserve
@@ -26,22 +26,6 @@ from spoolpost.testing import LocalEndpoint, RecordedRequest, Response
 
 #: Slack allowed on top of a shutdown deadline (thread joins, closing the spool).
 SLACK = 1.5
-
-
-@pytest.fixture
-def rig(tmp_path: Path, endpoint: LocalEndpoint) -> Iterator[Rig]:
-    made = Rig.build(tmp_path / "spool" / "events.spool", endpoint)
-    yield made
-    made.close()
-
-
-def left_in_spool(path: Path) -> dict[str, int]:
-    """Counts by state, read by a new spool object (as the next process would)."""
-    spool = Spool(path)
-    try:
-        return spool.stats(time.time()).counts
-    finally:
-        spool.close()
 
 
 def our_threads(before: set[threading.Thread]) -> list[threading.Thread]:
@@ -67,8 +51,8 @@ def test_shutdown_returns_by_its_deadline_when_the_endpoint_never_answers(
     assert elapsed <= 2.0 + SLACK
     assert result.timed_out and result.delivered == 0
     assert result.pending == len(uuids)
-    counts = left_in_spool(spool_path)
-    assert counts["pending"] + counts["leased"] == len(uuids)  # nothing dropped
+    left = counts(spool_path)
+    assert left["pending"] + left["leased"] == len(uuids)  # nothing dropped
     assert endpoint.delivered_uuids() == []
     assert any("stay in the spool" in r.getMessage() for r in caplog.records)
     [warning] = [r.getMessage() for r in caplog.records if "deadline reached" in r.getMessage()]
@@ -114,7 +98,7 @@ def test_shutdown_during_an_outage_does_not_warn_about_busy_threads(
     assert elapsed <= 1.0 + SLACK
     assert (result.timed_out, result.pending, result.delivered) == (True, 1, 0)
     assert deadline_warnings(caplog) == []  # the senders were idle, waiting out backoff
-    assert left_in_spool(spool_path) == {"pending": 1, "leased": 0, "dead": 0}
+    assert counts(spool_path) == {"pending": 1, "leased": 0, "dead": 0}
     assert uuid is not None
 
 
@@ -176,7 +160,7 @@ def test_stop_returns_by_its_deadline_when_a_sender_hangs_outside_the_network(
         [warning] = deadline_warnings(caplog)
         assert re.match(r"stop deadline reached with 1 request\(s\) still in flight", warning)
         assert dispatcher.requests_in_flight == 1
-        assert left_in_spool(path)["leased"] == 1  # still there, under its lease
+        assert counts(path)["leased"] == 1  # still there, under its lease
     finally:
         wire.release.set()
         for thread in threads:
@@ -184,7 +168,7 @@ def test_stop_returns_by_its_deadline_when_a_sender_hangs_outside_the_network(
     # Released, the stuck sender finishes the request it had begun, and settles it.
     assert not any(t.is_alive() for t in threads)
     assert endpoint.delivered_uuids() == [uuid]
-    assert left_in_spool(path) == {"pending": 0, "leased": 0, "dead": 0}
+    assert counts(path) == {"pending": 0, "leased": 0, "dead": 0}
     spool.close()
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from kit import T0, dead_letters, live, rows
 
 from spoolpost import Client
 from spoolpost.errors import (
@@ -29,21 +30,12 @@ from spoolpost.errors import (
 from spoolpost.spool import (
     SQLITE_HEADER,
     Batch,
-    Filter,
     Spool,
-    SpooledEvent,
     check_filesystem,
     mount_of,
 )
 
-T0 = 1_700_000_000.0
 BIG = 1 << 30
-
-
-@pytest.fixture
-def spool(spool_path: Path) -> Iterator[Spool]:
-    with Spool(spool_path) as s:
-        yield s
 
 
 def body(i: int, size: int = 0) -> bytes:
@@ -63,27 +55,6 @@ def claim(spool: Spool, now: float = T0, **options: Any) -> Batch:
     batch = spool.claim(now, **options)
     assert batch is not None
     return batch
-
-
-def _field(e: SpooledEvent, name: str) -> Any:
-    if name == "size":
-        return len(e.body)
-    if name == "length(last_error)":
-        return None if e.last_error is None else len(e.last_error)
-    return getattr(e, name)
-
-
-def rows(spool: Spool, columns: str = "id, uuid, state, attempts") -> list[tuple[Any, ...]]:
-    """These fields of the pending and leased events, in capture order."""
-    names = [c.strip() for c in columns.split(",")]
-    live = spool.events(Filter(states=frozenset({"pending", "leased"})), now=T0)
-    return [tuple(_field(e, name) for name in names) for e in live]
-
-
-def dead(spool: Spool) -> list[tuple[Any, ...]]:
-    """(id, uuid, reason, status, detail, attempts) of each dead letter, in the order they died."""
-    found = spool.events(Filter(states=frozenset({"dead"})), now=T0)
-    return [(e.id, e.uuid, e.reason, e.status, e.detail, e.attempts) for e in found]
 
 
 # -- settings and lifecycle -------------------------------------------------------
@@ -120,7 +91,7 @@ def test_pragmas_are_set_explicitly(spool_path: Path, durability: Any, synchrono
 def test_append_stores_the_body_as_given(spool: Spool) -> None:
     payload = '{"event":"x","properties":{"é":1}}'.encode()
     assert spool.append("uuid-1", payload, T0) is True
-    assert rows(spool, "uuid, body, size, captured_at, next_attempt_at, state, attempts") == [
+    assert rows(live(spool), "uuid, body, size, captured_at, next_attempt_at, state, attempts") == [
         ("uuid-1", payload, len(payload), T0, T0, "pending", 0)
     ]
 
@@ -260,7 +231,7 @@ def test_appends_from_many_threads_are_all_written_once(spool: Spool) -> None:
         w.join()
 
     assert errors == []
-    uuids = [uuid for _, uuid, _, _ in rows(spool)]
+    uuids = [uuid for _, uuid, _, _ in rows(live(spool))]
     assert len(uuids) == threads * each
     assert set(uuids) == {f"t{t}-{i}" for t in range(threads) for i in range(each)}
 
@@ -303,9 +274,9 @@ def test_claim_cuts_a_batch_at_max_events_or_max_bytes(
     assert batch.ids == ids
     assert batch.size == 100 * len(ids)
     assert batch.expires_at == T0 + 60
-    assert [state for _, _, state, _ in rows(spool)][: len(ids) + 1] == ["leased"] * len(ids) + [
-        "pending"
-    ] * (len(ids) < 5)
+    assert [e.state for e in live(spool)][: len(ids) + 1] == ["leased"] * len(ids) + ["pending"] * (
+        len(ids) < 5
+    )
 
 
 def test_claim_dead_letters_events_older_than_max_event_age(spool: Spool) -> None:
@@ -315,7 +286,7 @@ def test_claim_dead_letters_events_older_than_max_event_age(spool: Spool) -> Non
     batch = claim(spool, T0 + 150, max_events=1, max_event_age=120)
 
     assert batch.ids == [4]  # it looked past the expired ones
-    assert [(row[0], row[2]) for row in dead(spool)] == [
+    assert rows(dead_letters(spool), "id, reason") == [
         (1, "expired"),
         (2, "expired"),
         (3, "expired"),
@@ -338,9 +309,9 @@ def test_ack_deletes_the_rows_and_counts_them(spool: Spool) -> None:
     fill(spool, 3)
     batch = claim(spool)
     assert spool.ack(batch.token, [1, 2]) == 2
-    assert [r[0] for r in rows(spool)] == [3]
+    assert [r[0] for r in rows(live(spool))] == [3]
     assert spool.ack(batch.token, [3]) == 1
-    assert rows(spool) == []
+    assert rows(live(spool)) == []
     assert spool.counters()["delivered"] == 3
     with sqlite3.connect(spool.path) as conn:  # the lease records, read from the file
         assert conn.execute("SELECT count(*) FROM leases").fetchone()[0] == 0
@@ -351,7 +322,7 @@ def test_reschedule_counts_an_attempt_and_records_the_error(spool: Spool) -> Non
     batch = claim(spool)
     assert spool.reschedule(batch.token, batch.ids, T0 + 1, T0 + 31, "HTTP 503 " * 200) == (2, 0)
     got = rows(
-        spool,
+        live(spool),
         "state, attempts, next_attempt_at, lease_token, lease_expires_at, length(last_error),"
         " first_failed_at, last_failed_at",
     )
@@ -365,8 +336,8 @@ def test_reschedule_dead_letters_rows_at_max_attempts(spool: Spool) -> None:
     assert spool.reschedule(batch.token, batch.ids, T0, T0, "HTTP 503", 2, status=503) == (2, 0)
     batch = claim(spool, T0 + 1)
     assert spool.reschedule(batch.token, batch.ids, T0 + 1, T0 + 2, "HTTP 502", 2, 502) == (0, 2)
-    assert rows(spool) == []
-    assert dead(spool) == [
+    assert rows(live(spool)) == []
+    assert rows(dead_letters(spool), "id, uuid, reason, status, detail, attempts") == [
         (1, "u0", "max_attempts", 502, "HTTP 502", 2),
         (2, "u1", "max_attempts", 502, "HTTP 502", 2),
     ]
@@ -390,7 +361,7 @@ def test_dead_letter_keeps_reason_status_and_an_excerpt(spool: Spool) -> None:
     fill(spool, 2)
     batch = claim(spool)
     assert spool.dead_letter(batch.token, [1], T0, "rejected", 400, "bad " * 500) == 1
-    (row,) = dead(spool)
+    (row,) = rows(dead_letters(spool), "id, uuid, reason, status, detail, attempts")
     assert row[:4] == (1, "u0", "rejected", 400) and len(row[4]) == 1000
     assert row[5] == 1  # the rejected request counts as an attempt, as max_attempts' do
     stats = spool.stats(T0)
@@ -417,7 +388,7 @@ def test_extend_moves_the_lease_expiry(spool: Spool) -> None:
     batch = claim(spool, lease_ttl=10)
     assert spool.extend(batch.token, T0 + 100) is True
     assert spool.reclaim(T0 + 50) == 0
-    assert {r[0] for r in rows(spool, "lease_expires_at")} == {T0 + 100}
+    assert {r[0] for r in rows(live(spool), "lease_expires_at")} == {T0 + 100}
     assert spool.reclaim(T0 + 100) == 2
 
 
@@ -438,15 +409,18 @@ def test_a_stale_lease_token_changes_nothing(spool: Spool, op: str) -> None:
     zombie = claim(spool, lease_ttl=60)
     assert spool.reclaim(T0 + 60) == 3  # the zombie's lease expired
     current = claim(spool, T0 + 60, lease_ttl=60)
-    before = rows(spool, "id, state, attempts, lease_token, lease_expires_at, next_attempt_at")
+    before = rows(
+        live(spool), "id, state, attempts, lease_token, lease_expires_at, next_attempt_at"
+    )
 
     assert settle(spool, zombie.token, zombie.ids) == expected
 
     assert (
-        rows(spool, "id, state, attempts, lease_token, lease_expires_at, next_attempt_at") == before
+        rows(live(spool), "id, state, attempts, lease_token, lease_expires_at, next_attempt_at")
+        == before
     )
     assert {r[3] for r in before} == {current.token}
-    assert dead(spool) == []
+    assert dead_letters(spool) == []
     assert spool.counters() == {"delivered": 0, "dead": 0, "dropped": 0, "filtered": 0}
     assert spool.ack(current.token, current.ids) == 3
 
@@ -514,7 +488,7 @@ def test_watermark_tells_reused_ids_apart_by_capture_time(spool: Spool) -> None:
     spool.ack(batch.token, batch.ids)  # the spool is empty: ids start over
 
     fill(spool, 2, now=T0 + 5, first=10)
-    assert [r[0] for r in rows(spool)] == [1, 2]
+    assert [r[0] for r in rows(live(spool))] == [1, 2]
 
     assert spool.states_through(mark) == {"pending": 0, "leased": 0, "dead": 0}
     assert spool.states_through(spool.watermark(T0 + 5)) == {
@@ -581,7 +555,7 @@ def test_drop_oldest_makes_room_by_dropping_the_oldest_pending(
         leased = claim(s, max_events=1)  # leased rows are never dropped
         for n in range(40):
             assert s.append(f"e{n}", body(n, EVENT), T0) is True
-        uuids = [uuid for _, uuid, _, _ in rows(s)]
+        uuids = [uuid for _, uuid, _, _ in rows(live(s))]
         dropped = s.counters()["dropped"]
 
     assert uuids[0] == "first" and leased.ids == [1]
@@ -599,7 +573,7 @@ def test_drop_oldest_warns_once_over_a_long_episode_and_counts_every_drop(
     caplog.set_level(logging.INFO, "spoolpost")
     with Spool(spool_path, max_spool_bytes=100_000, on_full="drop_oldest") as s:
         assert all(s.append(f"e{i}", body(i, 260), T0) for i in range(2000))
-        kept = [uuid for _, uuid, _, _ in rows(s)]
+        kept = [uuid for _, uuid, _, _ in rows(live(s))]
         dropped = s.counters()["dropped"]
         assert [r.levelno for r in caplog.records] == [logging.WARNING]
         assert "is full (max_spool_bytes=100000); on_full=drop_oldest" in caplog.messages[0]
@@ -699,7 +673,7 @@ def test_block_policy_unblocks_when_an_ack_frees_room(spool_path: Path) -> None:
             logging.getLogger("spoolpost").removeHandler(spy)
 
         assert not writer.is_alive() and result == [True]
-        assert rows(s)[-1][1] == "waiting"
+        assert rows(live(s))[-1][1] == "waiting"
 
 
 # -- corruption and schema -----------------------------------------------------------------
@@ -740,7 +714,7 @@ def test_corruption_found_while_capturing_moves_the_spool_aside_and_capture_goes
 
     with Spool(spool_path) as s:  # the schema (page 1) still reads fine
         assert s.append("after", body(1), T0)
-        assert [r[1] for r in rows(s)] == ["after"]
+        assert [r[1] for r in rows(live(s))] == ["after"]
     (aside,) = spool_path.parent.glob("events.spool.corrupt-*[0-9TZ]")
     (error,) = [r for r in caplog.records if r.levelno == logging.ERROR]
     assert str(aside) in error.getMessage()
@@ -759,7 +733,7 @@ def test_a_spool_replaced_by_another_process_is_followed(spool_path: Path) -> No
             assert other.append("new", body(2), T0)
         s.reclaim(T0)  # the dispatcher's periodic check
         assert s.append("after", body(3), T0)
-        assert [r[1] for r in rows(s)] == ["new", "after"]
+        assert [r[1] for r in rows(live(s))] == ["new", "after"]
 
 
 def test_a_second_corrupt_file_does_not_overwrite_the_first(spool_path: Path) -> None:
@@ -1037,7 +1011,7 @@ def test_a_forked_child_appends_through_its_own_connection(spool: Spool) -> None
     assert in_child(lambda: fill(spool, 5, first=1)) == 0
 
     fill(spool, 1, first=6)  # the parent's connection still works
-    assert [r[1] for r in rows(spool)] == [f"u{i}" for i in range(7)]
+    assert [r[1] for r in rows(live(spool))] == [f"u{i}" for i in range(7)]
 
 
 def test_a_forked_childs_commits_survive_the_parent_closing_the_spool(
@@ -1074,7 +1048,7 @@ def test_a_forked_childs_commits_survive_the_parent_closing_the_spool(
 
     assert os.waitstatus_to_exitcode(status) == 0
     with Spool(spool_path) as again:
-        assert len(rows(again)) == 12
+        assert len(rows(live(again))) == 12
 
 
 # -- locks held by others -----------------------------------------------------------------
@@ -1091,7 +1065,7 @@ def test_a_writer_lock_held_past_busy_timeout_raises_spool_locked(spool_path: Pa
             other.execute("COMMIT")
             other.close()
         assert s.append("u2", b"{}", T0) is True  # nothing was left half-done
-        assert [r[1] for r in rows(s)] == ["u2"]
+        assert [r[1] for r in rows(live(s))] == ["u2"]
 
 
 def test_opening_a_file_another_process_holds_exclusively_raises_spool_locked(

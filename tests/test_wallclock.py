@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import time_machine
+from kit import API_KEY
 
 from spoolpost import Client
 from spoolpost.delivery.transport import HttpTransport
@@ -14,7 +15,6 @@ from spoolpost.ops import drain_spool
 from spoolpost.spool import Spool
 from spoolpost.testing import LocalEndpoint, Response
 
-API_KEY = "phc_test_key"
 DAY = 24 * 3600.0
 
 
