@@ -13,11 +13,14 @@ from spoolpost.spool.core import (
     Spool,
     SpoolStats,
     Watermark,
+)
+from spoolpost.spool.files import (
+    SQLITE_HEADER,
     check_filesystem,
+    check_spool_file,
     is_network_fs,
     mount_of,
 )
-from spoolpost.spool.files import SQLITE_HEADER, check_spool_file
 from spoolpost.spool.maintenance import Filter, SpooledEvent
 
 __all__ = [

@@ -21,11 +21,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import re
 import secrets
 import sqlite3
-import stat
-import tempfile
 import threading
 import time
 import weakref
@@ -41,10 +38,8 @@ from spoolpost.errors import (
     SpoolCorrupt,
     SpoolFull,
     SpoolLocked,
-    UnsupportedFilesystem,
 )
-from spoolpost.spool import maintenance, migrations
-from spoolpost.spool.files import SQLITE_HEADER
+from spoolpost.spool import files, maintenance, migrations
 from spoolpost.spool.maintenance import Filter, SpooledEvent, add_counter
 from spoolpost.spool.owner import Owner, current_owner, owner_alive
 
@@ -63,13 +58,6 @@ JOURNAL_SIZE_LIMIT = 64 * 1024 * 1024
 #: Seconds a checkpoint may wait for other connections; it runs under the writer
 #: lock, so it must never hold captures up for a whole ``busy_timeout``.
 CHECKPOINT_BUSY_TIMEOUT = 0.1
-_NETWORK_FS = frozenset(
-    {"nfs", "nfs4", "cifs", "smbfs", "smb3", "9p", "afs", "ceph", "glusterfs", "lustre", "gpfs"}
-    | {"fuse.sshfs", "fuse.glusterfs", "fuse.ceph", "davfs", "fuse.davfs2", "ncpfs", "coda"}
-    | {"fuse.s3fs", "fuse.rclone", "fuse.gcsfuse", "fuse.juicefs", "fuse.goofys"}
-)
-#: The first 16 bytes of every SQLite database file.
-
 _CORRUPT_CODES = frozenset({sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB})
 _BUSY_CODES = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
 _INSERT = (
@@ -175,59 +163,6 @@ def _ids_json(ids: Sequence[int]) -> str:
 
 
 _IN_IDS = "id IN (SELECT value FROM json_each(?))"
-
-
-_OCTAL_ESCAPE = re.compile(r"\\([0-7]{3})")
-
-
-def _unescape_mount(field: str) -> str:
-    """Undo the octal escapes of /proc/mounts (``\\040`` space, ``\\011`` tab, …)."""
-    return _OCTAL_ESCAPE.sub(lambda m: chr(int(m[1], 8)), field)
-
-
-def mount_of(target: str, mounts: str) -> tuple[str, str]:
-    """(mount point, filesystem type) of the mount holding the absolute path
-    ``target``, given the text of ``/proc/mounts``; ("", "") if none matches.
-    The last of equally long matches wins (it is mounted over the others)."""
-    best, fstype = "", ""
-    for line in mounts.splitlines():
-        fields = line.split()
-        if len(fields) < 3:
-            continue
-        mount = _unescape_mount(fields[1])
-        inside = target == mount or target.startswith(mount.rstrip("/") + "/")
-        if inside and len(mount) >= len(best):
-            best, fstype = mount, fields[2]
-    return best, fstype
-
-
-def is_network_fs(fstype: str) -> bool:
-    """True for a filesystem type on which SQLite WAL is unsafe (NFS, SMB, FUSE
-    network mounts, …)."""
-    return fstype in _NETWORK_FS or fstype.startswith("nfs")
-
-
-def check_filesystem(path: Path, mounts: str | None = None) -> None:
-    """Raise :class:`UnsupportedFilesystem` if ``path`` lies on a network filesystem.
-
-    SQLite's WAL mode needs shared memory between processes on one host and
-    does not work over NFS/SMB and the like (https://sqlite.org/wal.html).
-    ``mounts`` is the text of ``/proc/mounts`` (default: read it; where it is
-    missing nothing is checked).
-    """
-    if mounts is None:
-        try:
-            with open("/proc/mounts", encoding="utf-8", errors="replace") as f:
-                mounts = f.read()
-        except OSError:
-            return
-    mount, fstype = mount_of(str(path.resolve()), mounts)
-    if is_network_fs(fstype):
-        raise UnsupportedFilesystem(
-            f"spool {path} is on a {fstype} filesystem mounted at {mount}; SQLite WAL "
-            "does not work on network filesystems. Put the spool on a local disk "
-            "(or pass allow_network_fs=True if you know better)."
-        )
 
 
 def _states_through(conn: sqlite3.Connection, watermark: Watermark) -> dict[str, int]:
@@ -406,19 +341,19 @@ class Spool:
         self._reset_locks()
 
     def _open(self) -> None:
-        self._make_folders()
+        files.make_folders(self.path)
         if not self.allow_network_fs:
-            check_filesystem(self.path)
+            files.check_filesystem(self.path)
         try:
             self._connect_and_migrate()
         except sqlite3.DatabaseError as exc:
             if exc.sqlite_errorcode in _BUSY_CODES:
                 raise SpoolLocked(f"spool {self.path} is locked: {exc}") from exc
             if exc.sqlite_errorcode not in _CORRUPT_CODES:
-                why = self._folder_problem()
+                why = files.folder_problem(self.path)
                 raise ConfigError(f"cannot open spool {self.path}: {exc}{why}") from exc
             try:
-                self._move_aside(exc)
+                files.move_aside(self.path, self._file_id, exc)
             finally:
                 # Closed only now: closing it first would let SQLite delete the
                 # -wal file, which may hold the last commits (and is evidence).
@@ -427,44 +362,6 @@ class Spool:
                         self._failed_conn.close()
                     self._failed_conn = None
             self._connect_and_migrate()
-
-    def _make_folders(self) -> None:
-        """Create the spool's missing folders one by one, each ``0700`` (``mkdir
-        -p`` would give only the last one that mode). Folders that already exist
-        are left as they are. Raises :class:`ConfigError`."""
-        missing: list[Path] = []
-        folder = self.path.parent
-        try:
-            while not folder.exists() and folder != folder.parent:
-                missing.append(folder)
-                folder = folder.parent
-            for folder in reversed(missing):
-                with contextlib.suppress(FileExistsError):  # another process was first
-                    folder.mkdir(mode=0o700)
-        except OSError as exc:
-            raise ConfigError(
-                f"cannot create or reach the folder of spool {self.path}: {exc}"
-            ) from exc
-
-    def _folder_problem(self) -> str:
-        """The OS error that SQLite hides when it cannot create the -wal and -shm
-        files beside the spool (it says only "attempt to write a readonly
-        database"), found by creating and removing a file of our own there;
-        "" if that works."""
-        try:
-            fd, probe = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=self.path.parent)
-        except OSError as exc:
-            return (
-                f" (SQLite must create {self.path.name}-wal and {self.path.name}-shm"
-                f" in {self.path.parent}: {exc.strerror})"
-            )
-        os.close(fd)
-        os.unlink(probe)
-        return ""
-
-    def _side_files(self) -> tuple[Path, Path]:
-        """The spool's ``-wal`` and ``-shm`` files (they may not exist)."""
-        return Path(f"{self.path}-wal"), Path(f"{self.path}-shm")
 
     def _discard(self, conn: sqlite3.Connection, exc: BaseException) -> None:
         """Close a connection that failed while opening, unless the file is corrupt
@@ -476,7 +373,7 @@ class Spool:
             conn.close()
 
     def _connect_and_migrate(self) -> None:
-        self._prepare_file()
+        self._file_id = files.prepare_file(self.path)
         conn = self._connect(first=True)
         try:
             migrations.migrate(conn, f"spool {self.path}")
@@ -484,69 +381,6 @@ class Spool:
             self._discard(conn, exc)
             raise
         self._writer_conn = conn
-
-    def _prepare_file(self) -> None:
-        """Create the spool file ``0600`` if it is missing, make sure that SQLite
-        may have it, and make it private before SQLite opens it.
-
-        Only an empty file or one that starts with the SQLite header is handed to
-        SQLite: anything else (a file the path was pointed at by mistake) raises
-        :class:`SpoolCorrupt` and is left untouched, where SQLite would call it
-        corrupt and it would be moved aside. The exception: a file without the
-        header that has a ``-wal`` or ``-shm`` beside it was an SQLite database
-        in WAL mode (a spool whose first page was destroyed); it is moved aside
-        and a new spool started, so the app keeps running. Raises
-        :class:`ConfigError` for OS errors.
-        """
-        try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-        except OSError as exc:
-            raise ConfigError(f"cannot open spool {self.path}: {exc}") from exc
-        try:
-            st = os.fstat(fd)
-            if st.st_size and os.pread(fd, len(SQLITE_HEADER), 0) != SQLITE_HEADER:
-                if any(os.path.exists(f"{self.path}{side}") for side in ("-wal", "-shm")):
-                    os.close(fd)
-                    fd = -1
-                    self._file_id = (st.st_dev, st.st_ino)
-                    self._move_aside(SpoolCorrupt("its SQLite header is destroyed"))
-                    self._prepare_file()
-                    return
-                raise SpoolCorrupt(
-                    f"spool {self.path} is not an SQLite database; refusing to change it. "
-                    "Point spoolpost at another path or remove the file"
-                )
-            self._make_private(fd, st.st_mode)
-        except OSError as exc:
-            raise ConfigError(f"cannot open spool {self.path}: {exc}") from exc
-        finally:
-            if fd >= 0:
-                os.close(fd)
-        self._file_id = (st.st_dev, st.st_ino)
-
-    def _make_private(self, fd: int, mode: int) -> None:
-        """Take group and other access away (``0600``) from the spool file, open
-        as ``fd`` with ``mode``, and from its existing -wal and -shm: events carry
-        personal data, and SQLite gives the -wal and -shm it creates the spool
-        file's mode. Logged at INFO when a mode changes."""
-        changed = []
-        if mode & 0o077:
-            os.fchmod(fd, 0o600)
-            changed.append(f"{self.path.name} (was {stat.S_IMODE(mode):04o})")
-        for side in self._side_files():
-            try:
-                side_mode = os.stat(side).st_mode
-            except FileNotFoundError:
-                continue
-            if side_mode & 0o077:
-                os.chmod(side, 0o600)
-                changed.append(f"{side.name} (was {stat.S_IMODE(side_mode):04o})")
-        if changed:
-            log.info(
-                "spool %s: other users could access %s; made it 0600 (events carry personal data)",
-                self.path,
-                ", ".join(changed),
-            )
 
     def _connect(self, first: bool = False) -> sqlite3.Connection:
         """A connection with spoolpost's pragmas set. ``first``: the spool is being
@@ -589,57 +423,17 @@ class Spool:
             time.sleep(0.005)
 
     def _refuse_foreign(self, conn: sqlite3.Connection) -> None:
-        """Raise :class:`SpoolCorrupt` if the file holds tables but no spoolpost
-        schema version (:func:`migrations.migrate` checks again under its write
-        lock; this check runs before the journal mode is switched to WAL). Both
-        reads share one snapshot: another process may be migrating a new spool."""
+        """Raise :class:`SpoolCorrupt` if the file is another application's database
+        (:func:`files.foreign_tables`; :func:`migrations.migrate` checks again under
+        its write lock; this check runs before the journal mode is switched to WAL).
+        Both reads share one snapshot: another process may be migrating a new spool."""
         conn.execute("BEGIN")
         try:
-            if migrations.schema_version(conn):
-                return
-            foreign = [
-                name
-                for (name,) in conn.execute(
-                    "SELECT name FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'"
-                )
-            ]
+            foreign = files.foreign_tables(conn)
         finally:
             conn.execute("COMMIT")
         if foreign:
-            raise SpoolCorrupt(
-                f"spool {self.path} is a SQLite database but not a spoolpost spool "
-                f"(it holds {', '.join(sorted(foreign)[:5])}); refusing to change it"
-            )
-
-    def _move_aside(self, exc: BaseException) -> None:
-        """Move the corrupt file (and its -wal, -shm) to ``<path>.corrupt-<UTC time>``.
-
-        If the file at ``path`` is no longer the one that failed (another process
-        moved it aside first and started a new spool), leave the new one alone.
-        """
-        try:
-            st = os.stat(self.path)
-        except FileNotFoundError:
-            return
-        if self._file_id is not None and (st.st_dev, st.st_ino) != self._file_id:
-            return
-        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-        aside = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
-        n = 1
-        while aside.exists():
-            aside = self.path.with_name(f"{self.path.name}.corrupt-{stamp}-{n}")
-            n += 1
-        os.replace(self.path, aside)
-        for suffix in ("-wal", "-shm"):
-            side = Path(str(self.path) + suffix)
-            with contextlib.suppress(FileNotFoundError):
-                os.replace(side, Path(str(aside) + suffix))
-        log.error(
-            "spool %s is corrupt (%s); moved it aside to %s and started a new spool",
-            self.path,
-            exc,
-            aside,
-        )
+            raise files.foreign_error(f"spool {self.path}", foreign)
 
     def _reopen(self, exc: BaseException | None) -> None:
         """Start over on the file now at ``path``: after ``exc`` (a corruption found
@@ -651,7 +445,7 @@ class Spool:
             self._writer_conn = self._reader_conn = None
             try:
                 if exc is not None:
-                    self._move_aside(exc)
+                    files.move_aside(self.path, self._file_id, exc)
             finally:
                 for conn in old:
                     with contextlib.suppress(sqlite3.Error):
@@ -663,13 +457,7 @@ class Spool:
     def _follow_file(self) -> None:
         """Reopen if the file at ``path`` is no longer the one this spool has open
         (another process moved a corrupt spool aside and started a new one)."""
-        try:
-            st = os.stat(self.path)
-        except FileNotFoundError:
-            current = None
-        else:
-            current = (st.st_dev, st.st_ino)
-        if current != self._file_id and not self._closed:
+        if files.file_id(self.path) != self._file_id and not self._closed:
             log.warning("spool %s was replaced by another process; reopening it", self.path)
             self._reopen(None)
 
@@ -1396,7 +1184,7 @@ class Spool:
             )
             version = migrations.schema_version(conn)
             counters = self._counters(conn)
-        wal = self._side_files()[0]
+        wal = files.side_files(self.path)[0]
         return SpoolStats(
             path=str(self.path),
             schema_version=version,
