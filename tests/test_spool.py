@@ -109,7 +109,7 @@ def test_bad_settings_raise_config_error(
 
 @pytest.mark.parametrize(("durability", "synchronous"), [("process", 1), ("power", 2)])
 def test_pragmas_are_set_explicitly(spool_path: Path, durability: Any, synchronous: int) -> None:
-    with Spool(spool_path, durability=durability, busy_timeout=2.5) as s, s._read() as conn:
+    with Spool(spool_path, durability=durability, busy_timeout=2.5) as s, s._db.read() as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert conn.execute("PRAGMA synchronous").fetchone()[0] == synchronous
         assert conn.execute("PRAGMA busy_timeout").fetchone()[0] == 2500
@@ -1114,7 +1114,7 @@ def test_opening_a_file_another_process_holds_exclusively_raises_spool_locked(
 def test_a_failed_write_transaction_is_rolled_back_and_the_spool_goes_on(spool: Spool) -> None:
     with (
         pytest.raises(sqlite3.OperationalError, match="no such table"),
-        spool._write() as conn,
+        spool._db.write() as conn,
     ):
         conn.execute("INSERT INTO counters (name, value) VALUES ('delivered', 5)")
         conn.execute("DELETE FROM no_such_table")

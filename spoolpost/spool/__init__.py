@@ -4,16 +4,15 @@ statement of spoolpost lives in this package (see docs/architecture.md)."""
 
 from spoolpost.spool.core import (
     DEFAULT_MAX_SPOOL_BYTES,
-    DURABILITY_MODES,
     ON_FULL_POLICIES,
     Batch,
-    Durability,
     OnFull,
     Row,
     Spool,
     SpoolStats,
     Watermark,
 )
+from spoolpost.spool.db import DURABILITY_MODES, Durability
 from spoolpost.spool.files import (
     SQLITE_HEADER,
     check_filesystem,

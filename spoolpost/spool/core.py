@@ -25,7 +25,6 @@ import secrets
 import sqlite3
 import threading
 import time
-import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,32 +33,28 @@ from typing import Any, Literal, NamedTuple
 from spoolpost.errors import (
     ConfigError,
     KeyMismatch,
-    SpoolClosed,
-    SpoolCorrupt,
     SpoolFull,
     SpoolLocked,
 )
 from spoolpost.spool import files, maintenance, migrations
+from spoolpost.spool.db import (
+    BUSY_CODES,
+    DEFAULT_BUSY_TIMEOUT,
+    DURABILITY_MODES,
+    Database,
+    Durability,
+    is_corrupt,
+)
 from spoolpost.spool.maintenance import Filter, SpooledEvent, add_counter
 from spoolpost.spool.owner import Owner, current_owner, owner_alive
 
 log = logging.getLogger("spoolpost")
 
-Durability = Literal["process", "power"]
 Watermark = tuple[int, float]
 OnFull = Literal["drop_newest", "drop_oldest", "block", "raise"]
-DURABILITY_MODES: tuple[str, ...] = ("process", "power")
 ON_FULL_POLICIES: tuple[str, ...] = ("drop_newest", "drop_oldest", "block", "raise")
 
 DEFAULT_MAX_SPOOL_BYTES = 512 * 1024 * 1024
-DEFAULT_BUSY_TIMEOUT = 10.0
-#: WAL growth bound: SQLite truncates the -wal file to this after a checkpoint.
-JOURNAL_SIZE_LIMIT = 64 * 1024 * 1024
-#: Seconds a checkpoint may wait for other connections; it runs under the writer
-#: lock, so it must never hold captures up for a whole ``busy_timeout``.
-CHECKPOINT_BUSY_TIMEOUT = 0.1
-_CORRUPT_CODES = frozenset({sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB})
-_BUSY_CODES = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
 _INSERT = (
     "INSERT INTO events (uuid, body, size, captured_at, next_attempt_at) VALUES (?, ?, ?, ?, ?)"
 )
@@ -196,33 +191,6 @@ class SpoolSnapshot:
         return maintenance.select(self._conn, where, now)
 
 
-# Every open Spool, so that one set of fork hooks serves them all without
-# keeping any of them alive.
-_LIVE: weakref.WeakSet[Spool] = weakref.WeakSet()
-
-
-def _before_fork() -> None:
-    for spool in list(_LIVE):
-        spool._hold_for_fork()
-
-
-def _after_fork_in_parent() -> None:
-    for spool in list(_LIVE):
-        spool._release_after_fork()
-
-
-def _after_fork_in_child() -> None:
-    for spool in list(_LIVE):
-        spool._after_fork_in_child()
-
-
-os.register_at_fork(
-    before=_before_fork,
-    after_in_parent=_after_fork_in_parent,
-    after_in_child=_after_fork_in_child,
-)
-
-
 class Spool:
     """One spool file. Thread-safe; one instance per process and path is enough.
 
@@ -281,25 +249,27 @@ class Spool:
         self.block_timeout = block_timeout
         self.busy_timeout = busy_timeout
         self.allow_network_fs = allow_network_fs
-        self._closed = False
         self._cursor = 0
         self._space = _Space()
         self._reset_locks()
-        self._fork_held: list[threading.Lock] = []
-        self._writer_conn: sqlite3.Connection | None = None
-        self._reader_conn: sqlite3.Connection | None = None
-        self._file_id: tuple[int, int] | None = None
-        self._failed_conn: sqlite3.Connection | None = None
-        self._opening = True
-        self._open()
-        self._opening = False
-        _LIVE.add(self)
+        self._db = Database(
+            self.path,
+            durability=durability,
+            busy_timeout=busy_timeout,
+            allow_network_fs=allow_network_fs,
+        )
+        self._db.on_start_over(self._start_over)
+        self._db.open()
 
     # -- opening ---------------------------------------------------------------
 
+    def _start_over(self, forked: bool) -> None:
+        self._cursor = 0
+        self._space = _Space()
+        if forked:
+            self._reset_locks()
+
     def _reset_locks(self) -> None:
-        self._wlock = threading.Lock()
-        self._rlock = threading.Lock()
         self._gc_lock = threading.Lock()
         self._gc_cond = threading.Condition(self._gc_lock)
         self._gc_queue: list[_Append] = []
@@ -308,261 +278,27 @@ class Spool:
         self._space_freed = threading.Condition(threading.Lock())
         self._freed = 0  # bumped when an ack frees room (on_full='block')
 
-    def _hold_for_fork(self) -> None:
-        # No transaction of ours may be open when the process forks, or the
-        # child would inherit SQLite's view of locks it does not hold.
-        # Bounded, so that a fork from inside transaction() cannot deadlock.
-        for lock in (self._wlock, self._rlock):
-            if lock.acquire(timeout=self.busy_timeout + 1.0):
-                self._fork_held.append(lock)
-            else:
-                log.warning("spool %s: forking while a transaction is open", self.path)
-
-    def _release_after_fork(self) -> None:
-        held, self._fork_held = self._fork_held, []
-        for lock in held:
-            lock.release()
-
-    def _after_fork_in_child(self) -> None:
-        # A connection never crosses a fork. The child closes its copies: SQLite
-        # keeps per-process lock state for each file, and a copy left open would
-        # make the child's new connections believe they hold locks that belong to
-        # the parent, so the parent could checkpoint and delete the WAL under the
-        # child's writes. Closing a copy cannot release the parent's locks (POSIX
-        # locks belong to the process that took them).
-        for conn in (self._writer_conn, self._reader_conn):
-            if conn is not None:
-                with contextlib.suppress(sqlite3.Error):
-                    conn.close()
-        self._writer_conn = self._reader_conn = None
-        self._fork_held = []
-        self._cursor = 0
-        self._space = _Space()
-        self._reset_locks()
-
-    def _open(self) -> None:
-        files.make_folders(self.path)
-        if not self.allow_network_fs:
-            files.check_filesystem(self.path)
-        try:
-            self._connect_and_migrate()
-        except sqlite3.DatabaseError as exc:
-            if exc.sqlite_errorcode in _BUSY_CODES:
-                raise SpoolLocked(f"spool {self.path} is locked: {exc}") from exc
-            if exc.sqlite_errorcode not in _CORRUPT_CODES:
-                why = files.folder_problem(self.path)
-                raise ConfigError(f"cannot open spool {self.path}: {exc}{why}") from exc
-            try:
-                files.move_aside(self.path, self._file_id, exc)
-            finally:
-                # Closed only now: closing it first would let SQLite delete the
-                # -wal file, which may hold the last commits (and is evidence).
-                if self._failed_conn is not None:
-                    with contextlib.suppress(sqlite3.Error):
-                        self._failed_conn.close()
-                    self._failed_conn = None
-            self._connect_and_migrate()
-
-    def _discard(self, conn: sqlite3.Connection, exc: BaseException) -> None:
-        """Close a connection that failed while opening, unless the file is corrupt
-        (then :meth:`_open` closes it after moving the files aside)."""
-        corrupt = _is_corrupt(exc)
-        if corrupt and self._opening and self._failed_conn is None:
-            self._failed_conn = conn
-        else:
-            conn.close()
-
-    def _connect_and_migrate(self) -> None:
-        self._file_id = files.prepare_file(self.path)
-        conn = self._connect(first=True)
-        try:
-            migrations.migrate(conn, f"spool {self.path}")
-        except BaseException as exc:
-            self._discard(conn, exc)
-            raise
-        self._writer_conn = conn
-
-    def _connect(self, first: bool = False) -> sqlite3.Connection:
-        """A connection with spoolpost's pragmas set. ``first``: the spool is being
-        opened, so refuse another application's database before any pragma (even
-        the journal mode, which is stored in the file) changes it."""
-        conn = sqlite3.connect(
-            self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False
-        )
-        try:
-            if first:
-                self._refuse_foreign(conn)
-            mode = self._enable_wal(conn)
-            if str(mode).lower() != "wal":
-                raise SpoolCorrupt(f"spool {self.path} could not be put in WAL mode (got {mode})")
-            conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout * 1000)}")
-            sync = "FULL" if self.durability == "power" else "NORMAL"
-            conn.execute(f"PRAGMA synchronous={sync}")
-            conn.execute("PRAGMA foreign_keys=ON")
-            conn.execute(f"PRAGMA journal_size_limit={JOURNAL_SIZE_LIMIT}")
-            conn.execute("PRAGMA wal_autocheckpoint=1000")
-            # Touch the schema so a non-database file fails here, not later.
-            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
-        except BaseException as exc:
-            self._discard(conn, exc)
-            raise
-        return conn
-
-    def _enable_wal(self, conn: sqlite3.Connection) -> str:
-        """``PRAGMA journal_mode=WAL``, retried within ``busy_timeout``: switching a
-        new file to WAL needs an exclusive lock, and SQLite answers "database is
-        locked" at once, without its busy handler, while another process opening
-        the same new spool holds the file."""
-        deadline = time.monotonic() + self.busy_timeout
-        while True:
-            try:
-                return str(conn.execute("PRAGMA journal_mode=WAL").fetchone()[0])
-            except sqlite3.OperationalError as exc:
-                if exc.sqlite_errorcode not in _BUSY_CODES or time.monotonic() >= deadline:
-                    raise
-            time.sleep(0.005)
-
-    def _refuse_foreign(self, conn: sqlite3.Connection) -> None:
-        """Raise :class:`SpoolCorrupt` if the file is another application's database
-        (:func:`files.foreign_tables`; :func:`migrations.migrate` checks again under
-        its write lock; this check runs before the journal mode is switched to WAL).
-        Both reads share one snapshot: another process may be migrating a new spool."""
-        conn.execute("BEGIN")
-        try:
-            foreign = files.foreign_tables(conn)
-        finally:
-            conn.execute("COMMIT")
-        if foreign:
-            raise files.foreign_error(f"spool {self.path}", foreign)
-
-    def _reopen(self, exc: BaseException | None) -> None:
-        """Start over on the file now at ``path``: after ``exc`` (a corruption found
-        in use) move the corrupt file aside first, unless another process already
-        did. Later captures go to the new spool; nothing already in the old file
-        is deleted (it stays at ``<path>.corrupt-<timestamp>`` for an operator)."""
-        with self._wlock, self._rlock:
-            old = [c for c in (self._writer_conn, self._reader_conn) if c is not None]
-            self._writer_conn = self._reader_conn = None
-            try:
-                if exc is not None:
-                    files.move_aside(self.path, self._file_id, exc)
-            finally:
-                for conn in old:
-                    with contextlib.suppress(sqlite3.Error):
-                        conn.close()
-            self._cursor = 0
-            self._space = _Space()
-            self._connect_and_migrate()
-
-    def _follow_file(self) -> None:
-        """Reopen if the file at ``path`` is no longer the one this spool has open
-        (another process moved a corrupt spool aside and started a new one)."""
-        if files.file_id(self.path) != self._file_id and not self._closed:
-            log.warning("spool %s was replaced by another process; reopening it", self.path)
-            self._reopen(None)
-
-    def _writer(self) -> sqlite3.Connection:
-        if self._closed:
-            raise SpoolClosed(f"spool {self.path} is closed")
-        if self._writer_conn is None:
-            self._writer_conn = self._connect()
-        return self._writer_conn
-
-    def _begin(self, conn: sqlite3.Connection) -> None:
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.OperationalError as exc:
-            if exc.sqlite_errorcode in _BUSY_CODES:
-                raise SpoolLocked(f"spool {self.path} stayed locked: {exc}") from exc
-            raise
-
-    def _abort(self, conn: sqlite3.Connection) -> None:
-        """Roll back after a failed statement or COMMIT; a connection that cannot
-        even roll back is dropped (reopened on next use), never left mid-transaction."""
-        if not conn.in_transaction:
-            return
-        try:
-            conn.execute("ROLLBACK")
-        except sqlite3.Error:
-            log.exception("spool %s: ROLLBACK failed; reopening the connection", self.path)
-            with contextlib.suppress(sqlite3.Error):
-                conn.close()
-            if self._writer_conn is conn:
-                self._writer_conn = None
-
-    @contextlib.contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        """One short write transaction: ``BEGIN IMMEDIATE`` … ``COMMIT``."""
-        with self._wlock:
-            conn = self._writer()
-            try:
-                if conn.in_transaction:  # left open by an interrupted caller
-                    self._abort(conn)
-                    conn = self._writer()
-                self._begin(conn)
-                yield conn
-                conn.execute("COMMIT")
-            except BaseException:
-                self._abort(conn)
-                raise
-
-    @contextlib.contextmanager
-    def _read(self, snapshot: bool = False) -> Iterator[sqlite3.Connection]:
-        """The read connection; ``snapshot``: inside one read transaction, so that
-        several statements see one state of the spool."""
-        with self._rlock:
-            if self._closed:
-                raise SpoolClosed(f"spool {self.path} is closed")
-            if self._reader_conn is None:
-                self._reader_conn = self._connect()
-            conn = self._reader_conn
-            if not snapshot:
-                yield conn
-                return
-            try:
-                if conn.in_transaction:  # left open by an interrupted caller
-                    conn.execute("ROLLBACK")
-                conn.execute("BEGIN")
-                yield conn
-            finally:
-                if conn.in_transaction:
-                    conn.execute("COMMIT")
-
     @contextlib.contextmanager
     def snapshot(self) -> Iterator[SpoolSnapshot]:
         """A :class:`SpoolSnapshot`: a private read connection holding one WAL
         snapshot, taken on entry, so that what it reads is the spool as it was
         then, whatever is written meanwhile. For counting a large spool while
         delivery already runs. Raises :class:`SpoolClosed`."""
-        if self._closed:
-            raise SpoolClosed(f"spool {self.path} is closed")
-        conn = self._connect()
-        try:
-            conn.execute("BEGIN")
-            conn.execute("SELECT 1 FROM events LIMIT 1").fetchall()  # pins the snapshot
+        with self._db.snapshot() as conn:
             yield SpoolSnapshot(conn)
-        finally:
-            with contextlib.suppress(sqlite3.Error):
-                conn.close()
 
     def close(self) -> None:
         """Close the connections. Idempotent. SQLite checkpoints the WAL into the
         file when the last connection to it (in any process) closes."""
-        if self._closed:
+        if self._db.closed:
             return
-        with self._gc_cond, self._wlock, self._rlock:
-            self._closed = True
-            for conn in (self._writer_conn, self._reader_conn):
-                if conn is not None:
-                    with contextlib.suppress(sqlite3.Error):
-                        conn.close()
-            self._writer_conn = self._reader_conn = None
-        _LIVE.discard(self)
+        with self._gc_lock:  # no group of appends is formed meanwhile
+            self._db.close()
 
     @property
     def closed(self) -> bool:
         """True once :meth:`close` was called."""
-        return self._closed
+        return self._db.closed
 
     def __enter__(self) -> Spool:
         return self
@@ -578,7 +314,7 @@ class Spool:
         Raises :class:`KeyMismatch` if the spool belongs to another key, unless
         ``force`` (then the spool is re-bound to the new key, logged at WARNING).
         """
-        with self._write() as conn:
+        with self._db.write() as conn:
             row = conn.execute("SELECT value FROM meta WHERE key='key_fingerprint'").fetchone()
             if row is not None and row[0] != fingerprint:
                 if not force:
@@ -601,12 +337,12 @@ class Spool:
 
     def add_counter(self, name: str, n: int = 1) -> None:
         """Add ``n`` to the persisted counter ``name`` (one short write)."""
-        with self._write() as conn:
+        with self._db.write() as conn:
             add_counter(conn, name, n)
 
     def meta(self) -> dict[str, str]:
         """The spool's meta table as a dict (host, key_fingerprint, …)."""
-        with self._read() as conn:
+        with self._db.read() as conn:
             return dict(conn.execute("SELECT key, value FROM meta").fetchall())
 
     # -- append (group commit) -----------------------------------------------
@@ -634,10 +370,10 @@ class Spool:
             self._group_commit(item)
             if item.error is None:
                 return item.written
-            if _is_corrupt(item.error) and not recovered:
+            if is_corrupt(item.error) and not recovered:
                 # DESIGN §1: a corrupt spool never stops the app.
                 recovered = True
-                self._reopen(item.error)
+                self._db.reopen(item.error)
                 continue
             if not (isinstance(item.error, _Full) and self.on_full == "block"):
                 raise item.error.as_public() if isinstance(item.error, _Full) else item.error
@@ -684,21 +420,22 @@ class Spool:
         # BEGIN IMMEDIATE would, and spares two statements (~20% of a capture).
         # Groups and size checks use an explicit BEGIN IMMEDIATE transaction.
         cost = 2 * (len(batch[0].body) if len(batch) == 1 else sum(len(it.body) for it in batch))
-        with self._wlock:
-            conn = self._writer_conn or self._writer()
+        db = self._db
+        with db.wlock:
+            conn = db.writer_conn or db.writer()
             space = self._space
             if len(batch) == 1 and cost < space.budget:
                 it = batch[0]
                 try:
                     conn.execute(_INSERT, (it.uuid, it.body, len(it.body), it.now, it.now))
                 except sqlite3.OperationalError as exc:
-                    if exc.sqlite_errorcode in _BUSY_CODES:
+                    if exc.sqlite_errorcode in BUSY_CODES:
                         raise SpoolLocked(f"spool {self.path} stayed locked: {exc}") from exc
                     raise
                 space.budget -= cost
                 it.written = it.done = True
                 return
-            self._begin(conn)
+            db.begin(conn)
             try:
                 if cost < space.budget:
                     space.budget -= cost
@@ -711,7 +448,7 @@ class Spool:
                     )
                 conn.execute("COMMIT")
             except BaseException:
-                self._abort(conn)
+                db.abort(conn)
                 raise
         for it in keep:
             it.written = it.done = True
@@ -865,7 +602,7 @@ class Spool:
         ``owner`` (default: this process) is recorded with the lease.
         """
         owner = owner or current_owner()
-        with self._write() as conn:
+        with self._db.write() as conn:
             for _ in range(_EXPIRE_ROUNDS):
                 rows = self._due_rows(
                     conn, now, max_events, "id, uuid, body, attempts, captured_at"
@@ -920,7 +657,7 @@ class Spool:
 
         Returns the number deleted (0 for a stale token: the rows were re-leased).
         """
-        with self._write() as conn:
+        with self._db.write() as conn:
             n = conn.execute(
                 f"DELETE FROM events WHERE {_IN_IDS} AND lease_token = ?",
                 (_ids_json(ids), token),
@@ -946,7 +683,7 @@ class Spool:
         instead, keeping the HTTP ``status`` of the last attempt (None: no
         response) and ``error``. Returns (rescheduled, dead); (0, 0) for a stale token.
         """
-        with self._write() as conn:
+        with self._db.write() as conn:
             updated = conn.execute(
                 "UPDATE events SET state = 'pending', lease_token = NULL,"
                 " lease_expires_at = NULL, attempts = attempts + 1, next_attempt_at = ?,"
@@ -967,7 +704,7 @@ class Spool:
 
         ``ids`` None releases the whole lease. Returns the number released.
         """
-        with self._write() as conn:
+        with self._db.write() as conn:
             n = self._release(conn, token, ids)
             self._forget_lease(conn, token)
         return n
@@ -998,7 +735,7 @@ class Spool:
         """Move leased rows to the dead letters with a ``reason`` (``too_large``,
         ``rejected``, …), the HTTP ``status`` if any and a ``detail`` (a body
         excerpt). Returns the number dead-lettered (0 for a stale token)."""
-        with self._write() as conn:
+        with self._db.write() as conn:
             n = self._kill(conn, ids, token, now, reason, status, detail, tried=1)
             self._forget_lease(conn, token)
         return n
@@ -1040,7 +777,7 @@ class Spool:
 
     def extend(self, token: str, expires_at: float) -> bool:
         """Extend a lease to ``expires_at``; False if the token no longer holds it."""
-        with self._write() as conn:
+        with self._db.write() as conn:
             n = conn.execute(
                 "UPDATE leases SET expires_at = ? WHERE token = ?", (expires_at, token)
             ).rowcount
@@ -1062,8 +799,8 @@ class Spool:
         # Rows that other processes gave back may lie behind the fresh-row
         # cursor; this runs every few seconds, so they wait at most that long.
         self._cursor = 0
-        self._follow_file()
-        with self._read() as conn:
+        self._db.follow_file()
+        with self._db.read() as conn:
             leases = conn.execute(
                 "SELECT token, host, pid, pid_start, expires_at FROM leases"
             ).fetchall()
@@ -1083,7 +820,7 @@ class Spool:
         if not candidates:
             return 0
         n = taken = 0
-        with self._write() as conn:
+        with self._db.write() as conn:
             for token in candidates:
                 row = conn.execute(
                     "SELECT expires_at FROM leases WHERE token = ?", (token,)
@@ -1103,7 +840,7 @@ class Spool:
         """A flush barrier: (newest event id, ``now``). The events "captured before"
         it are those with ``id <= wm[0]`` and ``captured_at <= wm[1]`` (ids are
         reused once the spool empties; the time tells those apart)."""
-        with self._read() as conn:
+        with self._db.read() as conn:
             row = conn.execute("SELECT max(id) FROM events").fetchone()
         return (int(row[0] or 0), now)
 
@@ -1113,7 +850,7 @@ class Spool:
         O(log n), unlike :meth:`states_through`: the lowest remaining id answers it.
         """
         last_id, at = watermark
-        with self._read() as conn:
+        with self._db.read() as conn:
             row = conn.execute(
                 "SELECT 1 FROM events WHERE id <= ? AND captured_at <= ? LIMIT 1", (last_id, at)
             ).fetchone()
@@ -1122,7 +859,7 @@ class Spool:
     def dead_through(self, watermark: Watermark) -> int:
         """How many dead letters lie inside ``watermark`` (an index range count)."""
         last_id, at = watermark
-        with self._read() as conn:
+        with self._db.read() as conn:
             return int(
                 conn.execute(
                     "SELECT count(*) FROM dead_events WHERE event_id <= ? AND captured_at <= ?",
@@ -1133,13 +870,13 @@ class Spool:
     def states_through(self, watermark: Watermark) -> dict[str, int]:
         """Counts by state (pending, leased, dead) of the events inside ``watermark``
         (a scan of the events table, in one read snapshot)."""
-        with self._read(snapshot=True) as conn:
+        with self._db.read(snapshot=True) as conn:
             return _states_through(conn, watermark)
 
     def due(self, now: float, limit: int) -> tuple[int, float | None, int]:
         """For the dispatcher: (how many pending events are due, up to ``limit``;
         when the first of them became due; the most attempts among them)."""
-        with self._read() as conn:
+        with self._db.read() as conn:
             rows = self._due_rows(conn, now, limit, "next_attempt_at, attempts")
         if not rows:
             return 0, None, 0
@@ -1148,7 +885,7 @@ class Spool:
     def next_due_at(self) -> float | None:
         """When the earliest retry becomes due (UTC seconds), or None.
         (Fresh events are due as soon as they are captured.)"""
-        with self._read() as conn:
+        with self._db.read() as conn:
             row = conn.execute(
                 "SELECT min(next_attempt_at) FROM events WHERE attempts > 0 AND state = 'pending'"
             ).fetchone()
@@ -1156,7 +893,7 @@ class Spool:
 
     def counters(self) -> dict[str, int]:
         """The persisted totals: delivered, dead, dropped, … (0 when never counted)."""
-        with self._read() as conn:
+        with self._db.read() as conn:
             return self._counters(conn)
 
     @staticmethod
@@ -1168,7 +905,7 @@ class Spool:
     def stats(self, now: float) -> SpoolStats:
         """A :class:`SpoolStats` snapshot at ``now`` (UTC seconds): one read
         transaction, one scan of the events table."""
-        with self._read(snapshot=True) as conn:
+        with self._db.read(snapshot=True) as conn:
             counts = {"pending": 0, "leased": 0, "dead": 0}
             sizes = dict.fromkeys(counts, 0)
             for state, n, size in conn.execute(
@@ -1216,12 +953,12 @@ class Spool:
         events by capture time, dead letters by the time they were dead-lettered."""
         if limit < 1:
             return []
-        with self._read(snapshot=True) as conn:
+        with self._db.read(snapshot=True) as conn:
             return maintenance.tail(conn, where or Filter(), limit, now)
 
     def count_dead(self, where: Filter | None = None, *, now: float) -> int:
         """How many dead letters match ``where`` (None: all)."""
-        with self._read() as conn:
+        with self._db.read() as conn:
             return maintenance.count_dead(conn, where or Filter(), now)
 
     def replay(self, where: Filter | None = None, *, now: float) -> int:
@@ -1229,13 +966,13 @@ class Spool:
         with ``attempts``, errors and the ``max_event_age`` clock reset (their
         ``captured_at`` becomes ``now``; the event's own timestamp is unchanged).
         Returns how many; counted as ``replayed``. Raises :class:`SpoolLocked`."""
-        with self._write() as conn:
+        with self._db.write() as conn:
             return maintenance.replay(conn, where or Filter(), now)
 
     def purge(self, where: Filter | None = None, *, now: float) -> int:
         """Delete the dead letters matching ``where``; return how many, counted as
         ``purged``. Raises :class:`SpoolLocked`."""
-        with self._write() as conn:
+        with self._db.write() as conn:
             return maintenance.purge(conn, where or Filter(), now)
 
     def import_events(self, events: Sequence[tuple[str, bytes]], *, now: float) -> int:
@@ -1243,7 +980,7 @@ class Spool:
         transaction; uuids already in the spool in any state, or repeated, are
         skipped. ``max_spool_bytes``/``on_full`` do not apply. Returns how many
         were added, counted as ``imported``. Raises :class:`SpoolLocked`."""
-        with self._write() as conn:
+        with self._db.write() as conn:
             return maintenance.insert_new(conn, events, now)
 
     def checkpoint(self) -> bool:
@@ -1254,18 +991,7 @@ class Spool:
         busy reader or writer makes it a partial, harmless checkpoint. Returns
         True if the whole WAL was folded back.
         """
-        with self._wlock:
-            conn = self._writer()
-            conn.execute(f"PRAGMA busy_timeout={int(CHECKPOINT_BUSY_TIMEOUT * 1000)}")
-            try:
-                busy, _, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
-            finally:
-                conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout * 1000)}")
-        return not busy
-
-
-def _is_corrupt(exc: BaseException) -> bool:
-    return isinstance(exc, sqlite3.DatabaseError) and exc.sqlite_errorcode in _CORRUPT_CODES
+        return self._db.checkpoint()
 
 
 class _Full(Exception):
