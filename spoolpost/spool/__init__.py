@@ -2,11 +2,9 @@
 delivered or dead-lettered. :class:`Spool` is the storage seam; every SQL
 statement of spoolpost lives in this package (see docs/architecture.md)."""
 
+from spoolpost.spool.append import DEFAULT_MAX_SPOOL_BYTES, ON_FULL_POLICIES, OnFull
 from spoolpost.spool.core import (
-    DEFAULT_MAX_SPOOL_BYTES,
-    ON_FULL_POLICIES,
     Batch,
-    OnFull,
     Row,
     Spool,
     SpoolStats,

@@ -23,44 +23,31 @@ import logging
 import os
 import secrets
 import sqlite3
-import threading
-import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import Any, NamedTuple
 
 from spoolpost.errors import (
     ConfigError,
     KeyMismatch,
-    SpoolFull,
-    SpoolLocked,
 )
 from spoolpost.spool import files, maintenance, migrations
+from spoolpost.spool.append import DEFAULT_MAX_SPOOL_BYTES, ON_FULL_POLICIES, Appender, OnFull
 from spoolpost.spool.db import (
-    BUSY_CODES,
     DEFAULT_BUSY_TIMEOUT,
     DURABILITY_MODES,
     Database,
     Durability,
-    is_corrupt,
 )
-from spoolpost.spool.maintenance import Filter, SpooledEvent, add_counter
+from spoolpost.spool.maintenance import Filter, SpooledEvent
 from spoolpost.spool.owner import Owner, current_owner, owner_alive
+from spoolpost.spool.sql import IN_IDS, add_counter, ids_json
 
 log = logging.getLogger("spoolpost")
 
 Watermark = tuple[int, float]
-OnFull = Literal["drop_newest", "drop_oldest", "block", "raise"]
-ON_FULL_POLICIES: tuple[str, ...] = ("drop_newest", "drop_oldest", "block", "raise")
 
-DEFAULT_MAX_SPOOL_BYTES = 512 * 1024 * 1024
-_INSERT = (
-    "INSERT INTO events (uuid, body, size, captured_at, next_attempt_at) VALUES (?, ?, ?, ?, ?)"
-)
-#: A full spool's episode ends once its used size is back down to this fraction
-#: of ``max_spool_bytes`` (then the next time it fills, it is warned about again).
-ROOM_AGAIN = 7 / 8
 #: Rows a claim may dead-letter as ``expired`` in one transaction, per ``max_events``.
 _EXPIRE_ROUNDS = 8
 
@@ -127,37 +114,6 @@ class SpoolStats:
             "file_bytes": self.file_bytes,
             "wal_bytes": self.wal_bytes,
         }
-
-
-@dataclass(slots=True)
-class _Append:
-    uuid: str
-    body: bytes
-    now: float
-    done: bool = False
-    written: bool = False
-    error: BaseException | None = None
-
-
-@dataclass
-class _FullEpisode:
-    active: bool = False
-    dropped: int = 0
-
-
-@dataclass
-class _Space:
-    # Bytes (estimated) that appends may still write before the used size is
-    # read again from the file; 0: read it on the next append.
-    budget: int = 0
-    episode: _FullEpisode = field(default_factory=_FullEpisode)
-
-
-def _ids_json(ids: Sequence[int]) -> str:
-    return "[" + ",".join(map(str, ids)) + "]"
-
-
-_IN_IDS = "id IN (SELECT value FROM json_each(?))"
 
 
 def _states_through(conn: sqlite3.Connection, watermark: Watermark) -> dict[str, int]:
@@ -250,13 +206,14 @@ class Spool:
         self.busy_timeout = busy_timeout
         self.allow_network_fs = allow_network_fs
         self._cursor = 0
-        self._space = _Space()
-        self._reset_locks()
         self._db = Database(
             self.path,
             durability=durability,
             busy_timeout=busy_timeout,
             allow_network_fs=allow_network_fs,
+        )
+        self._appender = Appender(
+            self._db, max_spool_bytes=max_spool_bytes, on_full=on_full, block_timeout=block_timeout
         )
         self._db.on_start_over(self._start_over)
         self._db.open()
@@ -265,18 +222,6 @@ class Spool:
 
     def _start_over(self, forked: bool) -> None:
         self._cursor = 0
-        self._space = _Space()
-        if forked:
-            self._reset_locks()
-
-    def _reset_locks(self) -> None:
-        self._gc_lock = threading.Lock()
-        self._gc_cond = threading.Condition(self._gc_lock)
-        self._gc_queue: list[_Append] = []
-        self._gc_leader = False
-        self._gc_waiting = 0
-        self._space_freed = threading.Condition(threading.Lock())
-        self._freed = 0  # bumped when an ack frees room (on_full='block')
 
     @contextlib.contextmanager
     def snapshot(self) -> Iterator[SpoolSnapshot]:
@@ -292,7 +237,7 @@ class Spool:
         file when the last connection to it (in any process) closes."""
         if self._db.closed:
             return
-        with self._gc_lock:  # no group of appends is formed meanwhile
+        with self._appender.gc_lock:  # no group of appends is formed meanwhile
             self._db.close()
 
     @property
@@ -362,198 +307,7 @@ class Spool:
         ``block`` past ``block_timeout`` seconds), :class:`SpoolLocked`,
         :class:`SpoolClosed`.
         """
-        deadline = None
-        recovered = False
-        while True:
-            freed = self._freed
-            item = _Append(uuid, body, now)
-            self._group_commit(item)
-            if item.error is None:
-                return item.written
-            if is_corrupt(item.error) and not recovered:
-                # DESIGN §1: a corrupt spool never stops the app.
-                recovered = True
-                self._db.reopen(item.error)
-                continue
-            if not (isinstance(item.error, _Full) and self.on_full == "block"):
-                raise item.error.as_public() if isinstance(item.error, _Full) else item.error
-            if deadline is None:
-                deadline = time.monotonic() + self.block_timeout
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise item.error.as_public()
-            with self._space_freed:
-                # Woken by an ack in this process; polled for frees by others.
-                if self._freed == freed:
-                    self._space_freed.wait(min(remaining, 0.5))
-            self._space.budget = 0
-
-    def _group_commit(self, item: _Append) -> None:
-        # The bare lock, not the Condition's Python-level context manager: this
-        # runs on every capture.
-        with self._gc_lock:
-            self._gc_queue.append(item)
-            while self._gc_leader:
-                self._gc_waiting += 1
-                self._gc_cond.wait()
-                self._gc_waiting -= 1
-                if item.done:
-                    return
-            self._gc_leader = True
-            batch, self._gc_queue = self._gc_queue, []
-        try:
-            self._write_appends(batch)
-        except BaseException as exc:
-            for it in batch:
-                if not it.done:
-                    it.error, it.done = exc, True
-        finally:
-            with self._gc_lock:
-                self._gc_leader = False
-                if self._gc_waiting:
-                    self._gc_cond.notify_all()
-
-    def _write_appends(self, batch: list[_Append]) -> None:
-        # The capture path. A lone event within the size budget is one INSERT in
-        # autocommit mode: a single-statement transaction, which takes the write
-        # lock (waiting up to busy_timeout) before it reads anything, exactly as
-        # BEGIN IMMEDIATE would, and spares two statements (~20% of a capture).
-        # Groups and size checks use an explicit BEGIN IMMEDIATE transaction.
-        cost = 2 * (len(batch[0].body) if len(batch) == 1 else sum(len(it.body) for it in batch))
-        db = self._db
-        with db.wlock:
-            conn = db.writer_conn or db.writer()
-            space = self._space
-            if len(batch) == 1 and cost < space.budget:
-                it = batch[0]
-                try:
-                    conn.execute(_INSERT, (it.uuid, it.body, len(it.body), it.now, it.now))
-                except sqlite3.OperationalError as exc:
-                    if exc.sqlite_errorcode in BUSY_CODES:
-                        raise SpoolLocked(f"spool {self.path} stayed locked: {exc}") from exc
-                    raise
-                space.budget -= cost
-                it.written = it.done = True
-                return
-            db.begin(conn)
-            try:
-                if cost < space.budget:
-                    space.budget -= cost
-                    keep = batch
-                else:
-                    keep = self._make_room(conn, batch, cost)
-                if keep:
-                    conn.executemany(
-                        _INSERT, [(it.uuid, it.body, len(it.body), it.now, it.now) for it in keep]
-                    )
-                conn.execute("COMMIT")
-            except BaseException:
-                db.abort(conn)
-                raise
-        for it in keep:
-            it.written = it.done = True
-
-    def _used_bytes(self, conn: sqlite3.Connection) -> int:
-        page_size = conn.execute("PRAGMA page_size").fetchone()[0]
-        pages = conn.execute("PRAGMA page_count").fetchone()[0]
-        free = conn.execute("PRAGMA freelist_count").fetchone()[0]
-        return int((pages - free) * page_size)
-
-    def _make_room(
-        self, conn: sqlite3.Connection, batch: list[_Append], cost: int
-    ) -> list[_Append]:
-        """Apply ``max_spool_bytes`` and ``on_full`` to a group of appends that
-        will take about ``cost`` bytes (each event costs its body plus index
-        entries and row overhead: ~2x); return the appends to write.
-
-        The used size is read from the file's page counts. It is read again
-        once appends wrote half the headroom left, or 1/64 of the bound (so
-        that other processes' writes and deletes are seen too).
-
-        A full episode (one WARNING) lasts until the used size is back down to
-        :data:`ROOM_AGAIN` of the bound: the little room that ``drop_oldest``
-        makes for each append, or that one delivery makes while captures keep
-        the spool at its bound, does not end it.
-        """
-        space = self._space
-        used = self._used_bytes(conn)
-        headroom = self.max_spool_bytes - used
-        if cost <= headroom:
-            space.budget = min(self.max_spool_bytes // 64, (headroom - cost) // 2)
-            if space.episode.active and used <= self.max_spool_bytes * ROOM_AGAIN:
-                self._end_full_episode()
-            return batch
-        need = cost - headroom
-        space.budget = 0
-        if self.on_full == "drop_oldest" and self._drop_oldest(conn, need) >= need:
-            return batch
-        self._note_full(len(batch))
-        if self.on_full == "drop_newest" or self.on_full == "drop_oldest":
-            add_counter(conn, "dropped", len(batch))
-            for it in batch:
-                it.done = True
-            return []
-        full = _Full(self.path, self.max_spool_bytes, self.on_full)
-        for it in batch:
-            it.error, it.done = full, True
-        return []
-
-    def _drop_oldest(self, conn: sqlite3.Connection, need: int) -> int:
-        """Delete the oldest pending events until about ``need`` bytes are free
-        (at most 10 000 at a time); count them as dropped. Returns the estimate freed."""
-        freed, ids = 0, []
-        rows = conn.execute(
-            "SELECT id, size FROM events WHERE state = 'pending' ORDER BY id LIMIT 10000"
-        )
-        for row_id, size in rows:
-            ids.append(row_id)
-            freed += 2 * size
-            if freed >= need:
-                break
-        if ids:
-            conn.execute(f"DELETE FROM events WHERE {_IN_IDS}", (_ids_json(ids),))
-            add_counter(conn, "dropped", len(ids))
-            self._note_full(len(ids))
-        return freed
-
-    def _note_full(self, dropped: int) -> None:
-        """One WARNING per full episode, whatever the policy; counts what it dropped."""
-        episode = self._space.episode
-        if self.on_full in ("drop_newest", "drop_oldest"):
-            episode.dropped += dropped
-        if not episode.active:
-            episode.active = True
-            doing = {
-                "drop_newest": "dropping new events",
-                "drop_oldest": "dropping the oldest pending events",
-                "block": "blocking capture until there is room",
-                "raise": "refusing new events (SpoolFull)",
-            }[self.on_full]
-            log.warning(
-                "spool %s is full (max_spool_bytes=%d); on_full=%s is %s "
-                "(drops are counted as 'dropped'; not logged again until it is back down to"
-                " %d bytes)",
-                self.path,
-                self.max_spool_bytes,
-                self.on_full,
-                doing,
-                int(self.max_spool_bytes * ROOM_AGAIN),
-            )
-
-    def _end_full_episode(self) -> None:
-        episode = self._space.episode
-        log.info(
-            "spool %s has room again; %d event(s) were dropped while it was full",
-            self.path,
-            episode.dropped,
-        )
-        self._space.episode = _FullEpisode()
-
-    def _signal_space(self) -> None:
-        if self.on_full == "block":
-            with self._space_freed:
-                self._freed += 1
-                self._space_freed.notify_all()
+        return self._appender.append(uuid, body, now)
 
     # -- claim and settle -------------------------------------------------------
 
@@ -640,8 +394,8 @@ class Spool:
             )
             conn.execute(
                 f"UPDATE events SET state = 'leased', lease_token = ?, lease_expires_at = ?"
-                f" WHERE {_IN_IDS}",
-                (token, expires_at, _ids_json([r.id for r in taken])),
+                f" WHERE {IN_IDS}",
+                (token, expires_at, ids_json([r.id for r in taken])),
             )
         return Batch(token, tuple(taken), expires_at)
 
@@ -659,12 +413,12 @@ class Spool:
         """
         with self._db.write() as conn:
             n = conn.execute(
-                f"DELETE FROM events WHERE {_IN_IDS} AND lease_token = ?",
-                (_ids_json(ids), token),
+                f"DELETE FROM events WHERE {IN_IDS} AND lease_token = ?",
+                (ids_json(ids), token),
             ).rowcount
             add_counter(conn, "delivered", n)
             self._forget_lease(conn, token)
-        self._signal_space()
+        self._appender.signal_space()
         return n
 
     def reschedule(
@@ -688,9 +442,9 @@ class Spool:
                 "UPDATE events SET state = 'pending', lease_token = NULL,"
                 " lease_expires_at = NULL, attempts = attempts + 1, next_attempt_at = ?,"
                 " last_error = ?, first_failed_at = coalesce(first_failed_at, ?),"
-                f" last_failed_at = ? WHERE {_IN_IDS} AND lease_token = ?"
+                f" last_failed_at = ? WHERE {IN_IDS} AND lease_token = ?"
                 " RETURNING id, attempts",
-                (next_attempt_at, error[:1000], now, now, _ids_json(ids), token),
+                (next_attempt_at, error[:1000], now, now, ids_json(ids), token),
             ).fetchall()
             dead_ids = []
             if max_attempts is not None:
@@ -710,8 +464,8 @@ class Spool:
         return n
 
     def _release(self, conn: sqlite3.Connection, token: str, ids: Sequence[int] | None) -> int:
-        where = "lease_token = ?" if ids is None else f"{_IN_IDS} AND lease_token = ?"
-        params: tuple[Any, ...] = (token,) if ids is None else (_ids_json(ids), token)
+        where = "lease_token = ?" if ids is None else f"{IN_IDS} AND lease_token = ?"
+        params: tuple[Any, ...] = (token,) if ids is None else (ids_json(ids), token)
         n = int(
             conn.execute(
                 f"UPDATE events SET state = 'pending', lease_token = NULL,"
@@ -757,9 +511,9 @@ class Spool:
             return 0
         params: tuple[str, ...]
         if token is None:
-            where, params = f"{_IN_IDS} AND lease_token IS NULL", (_ids_json(ids),)
+            where, params = f"{IN_IDS} AND lease_token IS NULL", (ids_json(ids),)
         else:
-            where, params = f"{_IN_IDS} AND lease_token = ?", (_ids_json(ids), token)
+            where, params = f"{IN_IDS} AND lease_token = ?", (ids_json(ids), token)
         n = int(
             conn.execute(
                 "INSERT INTO dead_events (event_id, uuid, body, size, captured_at, attempts,"
@@ -992,17 +746,3 @@ class Spool:
         True if the whole WAL was folded back.
         """
         return self._db.checkpoint()
-
-
-class _Full(Exception):
-    """Internal: a group of appends found the spool full (on_full raise/block)."""
-
-    def __init__(self, path: Path, limit: int, policy: str) -> None:
-        super().__init__(path, limit, policy)
-        self.message = (
-            f"spool {path} is full (max_spool_bytes={limit}, on_full={policy}); "
-            "the event was not written"
-        )
-
-    def as_public(self) -> SpoolFull:
-        return SpoolFull(self.message)
