@@ -1,15 +1,10 @@
 """The spool: one SQLite file (WAL) holding every captured event until it is
-delivered or dead-lettered. :class:`Spool` is the storage seam; every SQL
-statement of spoolpost lives in this package (see docs/architecture.md)."""
+delivered or dead-lettered. :class:`Spool` (in :mod:`~spoolpost.spool.core`) is
+the storage seam; every SQL statement of spoolpost lives in this package (see
+docs/architecture.md, "Module map")."""
 
 from spoolpost.spool.append import DEFAULT_MAX_SPOOL_BYTES, ON_FULL_POLICIES, OnFull
-from spoolpost.spool.core import (
-    Batch,
-    Row,
-    Spool,
-    SpoolStats,
-    Watermark,
-)
+from spoolpost.spool.core import Spool
 from spoolpost.spool.db import DURABILITY_MODES, Durability
 from spoolpost.spool.files import (
     SQLITE_HEADER,
@@ -18,7 +13,9 @@ from spoolpost.spool.files import (
     is_network_fs,
     mount_of,
 )
+from spoolpost.spool.leases import Batch, Row
 from spoolpost.spool.maintenance import Filter, SpooledEvent
+from spoolpost.spool.queries import SpoolStats, Watermark
 
 __all__ = [
     "DEFAULT_MAX_SPOOL_BYTES",

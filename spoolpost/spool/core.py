@@ -1,150 +1,48 @@
-"""The spool: one SQLite file (WAL) holding every captured event until it is
-delivered or dead-lettered.
+"""The :class:`Spool` facade: one spool file, and the storage seam everything
+above it (client, dispatcher, CLI) talks to.
 
-:class:`Spool` is the storage seam. Everything above it (client, dispatcher, CLI)
-talks only to its short surface:
+The surface, each method documented here and implemented in one module:
 
-- :meth:`Spool.append` — write one event (group commit across threads);
+- :meth:`Spool.append` — write one event (group commit across threads;
+  ``max_spool_bytes``/``on_full``) — :mod:`~spoolpost.spool.append`;
 - :meth:`Spool.claim` — lease a batch of due events to one sender;
-- :meth:`Spool.ack`, :meth:`Spool.reschedule`, :meth:`Spool.dead_letter`,
-  :meth:`Spool.release` — settle a leased batch, by lease token;
-- :meth:`Spool.reclaim` — take back leases that expired or whose owner died;
-- :meth:`Spool.stats` and friends — counts derived from the rows themselves.
+  :meth:`Spool.ack`, :meth:`Spool.reschedule`, :meth:`Spool.dead_letter`,
+  :meth:`Spool.release`, :meth:`Spool.extend` — settle or keep a lease, by token;
+  :meth:`Spool.reclaim` — take back leases that expired or whose owner died;
+  :meth:`Spool.due` — what a claim would find — :mod:`~spoolpost.spool.leases`;
+- :meth:`Spool.watermark`, :meth:`Spool.any_open_through`,
+  :meth:`Spool.dead_through`, :meth:`Spool.states_through` — the flush barrier;
+  :meth:`Spool.stats`, :meth:`Spool.counters`, :meth:`Spool.next_due_at`,
+  :meth:`Spool.snapshot`; :meth:`Spool.bind_key`, :meth:`Spool.meta`,
+  :meth:`Spool.add_counter` — :mod:`~spoolpost.spool.queries`;
+- :meth:`Spool.events`, :meth:`Spool.tail`, :meth:`Spool.count_dead`,
+  :meth:`Spool.replay`, :meth:`Spool.purge`, :meth:`Spool.import_events` —
+  operators' views and repairs — :mod:`~spoolpost.spool.maintenance`;
+- :meth:`Spool.checkpoint`, :meth:`Spool.close` — :mod:`~spoolpost.spool.db`
+  (connections, transactions, reopening, fork); files at the path:
+  :mod:`~spoolpost.spool.files`.
 
-Rules kept here: every write transaction starts with ``BEGIN IMMEDIATE`` and does
-no network I/O; a settle call carrying a stale lease token changes nothing;
-stored times are wall-clock UTC seconds passed in as ``now``.
+Rules kept underneath: every write transaction starts with ``BEGIN IMMEDIATE``
+and does no network I/O; a settle call carrying a stale lease token changes
+nothing; stored times are wall-clock UTC seconds passed in as ``now``; no
+connection leaves the spool.
 """
 
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
-import secrets
-import sqlite3
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
 
-from spoolpost.errors import (
-    ConfigError,
-    KeyMismatch,
-)
-from spoolpost.spool import files, maintenance, migrations
+from spoolpost.errors import ConfigError
+from spoolpost.spool import maintenance, queries
 from spoolpost.spool.append import DEFAULT_MAX_SPOOL_BYTES, ON_FULL_POLICIES, Appender, OnFull
-from spoolpost.spool.db import (
-    DEFAULT_BUSY_TIMEOUT,
-    DURABILITY_MODES,
-    Database,
-    Durability,
-)
+from spoolpost.spool.db import DEFAULT_BUSY_TIMEOUT, DURABILITY_MODES, Database, Durability
+from spoolpost.spool.leases import Batch, Leases
 from spoolpost.spool.maintenance import Filter, SpooledEvent
-from spoolpost.spool.owner import Owner, current_owner, owner_alive
-from spoolpost.spool.sql import IN_IDS, add_counter, ids_json
-
-log = logging.getLogger("spoolpost")
-
-Watermark = tuple[int, float]
-
-#: Rows a claim may dead-letter as ``expired`` in one transaction, per ``max_events``.
-_EXPIRE_ROUNDS = 8
-
-
-class Row(NamedTuple):
-    """One leased event: spool ``id``, ``uuid``, encoded ``body``, prior ``attempts``.
-
-    A NamedTuple rather than a dataclass: a claim builds hundreds at a time."""
-
-    id: int
-    uuid: str
-    body: bytes
-    attempts: int
-    captured_at: float
-
-
-@dataclass(frozen=True)
-class Batch:
-    """Events leased to one sender under ``token`` until ``expires_at`` (UTC seconds)."""
-
-    token: str
-    rows: tuple[Row, ...]
-    expires_at: float
-
-    @property
-    def ids(self) -> list[int]:
-        return [r.id for r in self.rows]
-
-    @property
-    def size(self) -> int:
-        """Sum of the encoded event sizes, in bytes."""
-        return sum(len(r.body) for r in self.rows)
-
-
-@dataclass(frozen=True)
-class SpoolStats:
-    """A snapshot of a spool, all derived from its rows and files.
-
-    ``counts``/``bytes`` are per state (pending, leased, dead); ages are seconds;
-    ``counters`` are the persisted totals (delivered, dead, dropped, …).
-    """
-
-    path: str
-    schema_version: int
-    counts: dict[str, int]
-    bytes: dict[str, int]
-    oldest_pending_age: float | None
-    next_attempt_in: float | None
-    dead_reasons: dict[str, int]
-    counters: dict[str, int]
-    file_bytes: int
-    wal_bytes: int
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "path": self.path,
-            "schema_version": self.schema_version,
-            "counts": self.counts,
-            "bytes": self.bytes,
-            "oldest_pending_age": self.oldest_pending_age,
-            "next_attempt_in": self.next_attempt_in,
-            "dead_reasons": self.dead_reasons,
-            "counters": self.counters,
-            "file_bytes": self.file_bytes,
-            "wal_bytes": self.wal_bytes,
-        }
-
-
-def _states_through(conn: sqlite3.Connection, watermark: Watermark) -> dict[str, int]:
-    last_id, at = watermark
-    found = dict(
-        conn.execute(
-            "SELECT state, count(*) FROM events WHERE id <= ? AND captured_at <= ? GROUP BY state",
-            (last_id, at),
-        ).fetchall()
-    )
-    found["dead"] = conn.execute(
-        "SELECT count(*) FROM dead_events WHERE event_id <= ? AND captured_at <= ?",
-        (last_id, at),
-    ).fetchone()[0]
-    return {state: int(found.get(state, 0)) for state in ("pending", "leased", "dead")}
-
-
-class SpoolSnapshot:
-    """The spool as it was when :meth:`Spool.snapshot` was entered (one pinned
-    WAL snapshot on a private connection); valid inside that ``with`` block."""
-
-    def __init__(self, conn: sqlite3.Connection) -> None:
-        self._conn = conn
-
-    def states_through(self, watermark: Watermark) -> dict[str, int]:
-        """:meth:`Spool.states_through`, as of the snapshot."""
-        return _states_through(self._conn, watermark)
-
-    def events(self, where: Filter, now: float) -> Iterator[SpooledEvent]:
-        """:meth:`Spool.events`, as of the snapshot."""
-        return maintenance.select(self._conn, where, now)
+from spoolpost.spool.owner import Owner
+from spoolpost.spool.queries import SpoolSnapshot, SpoolStats, Watermark
 
 
 class Spool:
@@ -205,7 +103,6 @@ class Spool:
         self.block_timeout = block_timeout
         self.busy_timeout = busy_timeout
         self.allow_network_fs = allow_network_fs
-        self._cursor = 0
         self._db = Database(
             self.path,
             durability=durability,
@@ -215,13 +112,10 @@ class Spool:
         self._appender = Appender(
             self._db, max_spool_bytes=max_spool_bytes, on_full=on_full, block_timeout=block_timeout
         )
-        self._db.on_start_over(self._start_over)
+        self._leases = Leases(self._db)
         self._db.open()
 
-    # -- opening ---------------------------------------------------------------
-
-    def _start_over(self, forked: bool) -> None:
-        self._cursor = 0
+    # -- lifecycle ---------------------------------------------------------------
 
     @contextlib.contextmanager
     def snapshot(self) -> Iterator[SpoolSnapshot]:
@@ -259,36 +153,15 @@ class Spool:
         Raises :class:`KeyMismatch` if the spool belongs to another key, unless
         ``force`` (then the spool is re-bound to the new key, logged at WARNING).
         """
-        with self._db.write() as conn:
-            row = conn.execute("SELECT value FROM meta WHERE key='key_fingerprint'").fetchone()
-            if row is not None and row[0] != fingerprint:
-                if not force:
-                    raise KeyMismatch(
-                        f"spool {self.path} holds events for another project API key "
-                        f"(fingerprint {row[0]}, this key {fingerprint}); refusing to deliver "
-                        "them with this key. Use another spool, or force=True / --force-key."
-                    )
-                log.warning("spool %s re-bound to key fingerprint %s", self.path, fingerprint)
-            if row is None or row[0] != fingerprint:
-                conn.execute(
-                    "INSERT INTO meta (key, value) VALUES ('key_fingerprint', ?) "
-                    "ON CONFLICT(key) DO UPDATE SET value=excluded.value",
-                    (fingerprint,),
-                )
-                conn.execute(
-                    "INSERT OR IGNORE INTO meta (key, value) VALUES ('host', ?)",
-                    (current_owner().host,),
-                )
+        queries.bind_key(self._db, fingerprint, force)
 
     def add_counter(self, name: str, n: int = 1) -> None:
         """Add ``n`` to the persisted counter ``name`` (one short write)."""
-        with self._db.write() as conn:
-            add_counter(conn, name, n)
+        queries.count(self._db, name, n)
 
     def meta(self) -> dict[str, str]:
         """The spool's meta table as a dict (host, key_fingerprint, …)."""
-        with self._db.read() as conn:
-            return dict(conn.execute("SELECT key, value FROM meta").fetchall())
+        return queries.meta(self._db)
 
     # -- append (group commit) -----------------------------------------------
 
@@ -311,30 +184,6 @@ class Spool:
 
     # -- claim and settle -------------------------------------------------------
 
-    def _due_rows(
-        self, conn: sqlite3.Connection, now: float, limit: int, columns: str
-    ) -> list[Any]:
-        """Due pending rows, retries (oldest schedule first) before fresh rows
-        (capture order). Fresh rows are found from an in-memory cursor, so rows
-        already leased are not scanned again; the cursor restarts from the
-        beginning when it finds nothing (ids are reused once the spool empties)."""
-        rows = conn.execute(
-            f"SELECT {columns} FROM events WHERE attempts > 0 AND state = 'pending'"
-            " AND next_attempt_at <= ? ORDER BY next_attempt_at LIMIT ?",
-            (now, limit),
-        ).fetchall()
-        if len(rows) < limit:
-            fresh_sql = (
-                f"SELECT {columns} FROM events WHERE id > ? AND attempts = 0"
-                " AND state = 'pending' ORDER BY id LIMIT ?"
-            )
-            fresh = conn.execute(fresh_sql, (self._cursor, limit - len(rows))).fetchall()
-            if not fresh and self._cursor:
-                self._cursor = 0
-                fresh = conn.execute(fresh_sql, (0, limit - len(rows))).fetchall()
-            rows += fresh
-        return rows
-
     def claim(
         self,
         now: float,
@@ -355,55 +204,13 @@ class Spool:
         looks further (up to a bound per transaction) for events to lease.
         ``owner`` (default: this process) is recorded with the lease.
         """
-        owner = owner or current_owner()
-        with self._db.write() as conn:
-            for _ in range(_EXPIRE_ROUNDS):
-                rows = self._due_rows(
-                    conn, now, max_events, "id, uuid, body, attempts, captured_at"
-                )
-                if not rows:
-                    return None
-                taken: list[Row] = []
-                expired: list[int] = []
-                total = 0
-                for row_id, uuid, body, attempts, captured_at in rows:
-                    if max_event_age is not None and captured_at < now - max_event_age:
-                        expired.append(row_id)
-                        continue
-                    if taken and total + len(body) > max_bytes:
-                        break
-                    total += len(body)
-                    taken.append(Row(row_id, uuid, bytes(body), attempts, captured_at))
-                if expired:
-                    self._kill(
-                        conn, expired, None, now, "expired", None, "older than max_event_age"
-                    )
-                if taken:
-                    break
-            else:
-                return None
-            fresh = [r.id for r in taken if r.attempts == 0]
-            if fresh:
-                self._cursor = max(self._cursor, max(fresh))
-            token = secrets.token_hex(16)
-            expires_at = now + lease_ttl
-            conn.execute(
-                "INSERT INTO leases (token, host, pid, pid_start, created_at, expires_at)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                (token, owner.host, owner.pid, owner.start, now, expires_at),
-            )
-            conn.execute(
-                f"UPDATE events SET state = 'leased', lease_token = ?, lease_expires_at = ?"
-                f" WHERE {IN_IDS}",
-                (token, expires_at, ids_json([r.id for r in taken])),
-            )
-        return Batch(token, tuple(taken), expires_at)
-
-    def _forget_lease(self, conn: sqlite3.Connection, token: str) -> None:
-        conn.execute(
-            "DELETE FROM leases WHERE token = ?"
-            " AND NOT EXISTS (SELECT 1 FROM events WHERE lease_token = ?)",
-            (token, token),
+        return self._leases.claim(
+            now,
+            max_events=max_events,
+            max_bytes=max_bytes,
+            lease_ttl=lease_ttl,
+            max_event_age=max_event_age,
+            owner=owner,
         )
 
     def ack(self, token: str, ids: Sequence[int]) -> int:
@@ -411,13 +218,7 @@ class Spool:
 
         Returns the number deleted (0 for a stale token: the rows were re-leased).
         """
-        with self._db.write() as conn:
-            n = conn.execute(
-                f"DELETE FROM events WHERE {IN_IDS} AND lease_token = ?",
-                (ids_json(ids), token),
-            ).rowcount
-            add_counter(conn, "delivered", n)
-            self._forget_lease(conn, token)
+        n = self._leases.ack(token, ids)
         self._appender.signal_space()
         return n
 
@@ -437,45 +238,16 @@ class Spool:
         instead, keeping the HTTP ``status`` of the last attempt (None: no
         response) and ``error``. Returns (rescheduled, dead); (0, 0) for a stale token.
         """
-        with self._db.write() as conn:
-            updated = conn.execute(
-                "UPDATE events SET state = 'pending', lease_token = NULL,"
-                " lease_expires_at = NULL, attempts = attempts + 1, next_attempt_at = ?,"
-                " last_error = ?, first_failed_at = coalesce(first_failed_at, ?),"
-                f" last_failed_at = ? WHERE {IN_IDS} AND lease_token = ?"
-                " RETURNING id, attempts",
-                (next_attempt_at, error[:1000], now, now, ids_json(ids), token),
-            ).fetchall()
-            dead_ids = []
-            if max_attempts is not None:
-                dead_ids = [row_id for row_id, attempts in updated if attempts >= max_attempts]
-                self._kill(conn, dead_ids, None, now, "max_attempts", status, error)
-            self._forget_lease(conn, token)
-        return len(updated) - len(dead_ids), len(dead_ids)
+        return self._leases.reschedule(
+            token, ids, now, next_attempt_at, error, max_attempts, status
+        )
 
     def release(self, token: str, ids: Sequence[int] | None = None) -> int:
         """Give leased rows back, due now, without counting an attempt.
 
         ``ids`` None releases the whole lease. Returns the number released.
         """
-        with self._db.write() as conn:
-            n = self._release(conn, token, ids)
-            self._forget_lease(conn, token)
-        return n
-
-    def _release(self, conn: sqlite3.Connection, token: str, ids: Sequence[int] | None) -> int:
-        where = "lease_token = ?" if ids is None else f"{IN_IDS} AND lease_token = ?"
-        params: tuple[Any, ...] = (token,) if ids is None else (ids_json(ids), token)
-        n = int(
-            conn.execute(
-                f"UPDATE events SET state = 'pending', lease_token = NULL,"
-                f" lease_expires_at = NULL WHERE {where}",
-                params,
-            ).rowcount
-        )
-        if n:
-            self._cursor = 0
-        return n
+        return self._leases.release(token, ids)
 
     def dead_letter(
         self,
@@ -489,57 +261,11 @@ class Spool:
         """Move leased rows to the dead letters with a ``reason`` (``too_large``,
         ``rejected``, …), the HTTP ``status`` if any and a ``detail`` (a body
         excerpt). Returns the number dead-lettered (0 for a stale token)."""
-        with self._db.write() as conn:
-            n = self._kill(conn, ids, token, now, reason, status, detail, tried=1)
-            self._forget_lease(conn, token)
-        return n
-
-    def _kill(
-        self,
-        conn: sqlite3.Connection,
-        ids: Sequence[int],
-        token: str | None,
-        now: float,
-        reason: str,
-        status: int | None,
-        detail: str,
-        tried: int = 0,
-    ) -> int:
-        """Move rows ``ids`` (held by ``token``, or unleased when None) to dead_events;
-        ``tried`` is 1 when a request that was not yet counted in ``attempts`` failed."""
-        if not ids:
-            return 0
-        params: tuple[str, ...]
-        if token is None:
-            where, params = f"{IN_IDS} AND lease_token IS NULL", (ids_json(ids),)
-        else:
-            where, params = f"{IN_IDS} AND lease_token = ?", (ids_json(ids), token)
-        n = int(
-            conn.execute(
-                "INSERT INTO dead_events (event_id, uuid, body, size, captured_at, attempts,"
-                " reason, status, detail, first_failed_at, last_failed_at, dead_at)"
-                " SELECT id, uuid, body, size, captured_at, attempts + ?, ?, ?, ?,"
-                f" coalesce(first_failed_at, ?), ?, ? FROM events WHERE {where}",
-                (tried, reason, status, detail[:1000], now, now, now, *params),
-            ).rowcount
-        )
-        conn.execute(f"DELETE FROM events WHERE {where}", params)
-        add_counter(conn, "dead", n)
-        if n:
-            log.warning("dead-lettered %d event(s): %s %s", n, reason, status or "")
-        return n
+        return self._leases.dead_letter(token, ids, now, reason, status, detail)
 
     def extend(self, token: str, expires_at: float) -> bool:
         """Extend a lease to ``expires_at``; False if the token no longer holds it."""
-        with self._db.write() as conn:
-            n = conn.execute(
-                "UPDATE leases SET expires_at = ? WHERE token = ?", (expires_at, token)
-            ).rowcount
-            conn.execute(
-                "UPDATE events SET lease_expires_at = ? WHERE lease_token = ?",
-                (expires_at, token),
-            )
-        return n > 0
+        return self._leases.extend(token, expires_at)
 
     def reclaim(self, now: float) -> int:
         """Take back leases that expired by ``now`` (UTC seconds), or whose owner
@@ -550,43 +276,7 @@ class Spool:
         is missing are taken back once their expiry passed. Returns the number of
         events made pending again.
         """
-        # Rows that other processes gave back may lie behind the fresh-row
-        # cursor; this runs every few seconds, so they wait at most that long.
-        self._cursor = 0
-        self._db.follow_file()
-        with self._db.read() as conn:
-            leases = conn.execute(
-                "SELECT token, host, pid, pid_start, expires_at FROM leases"
-            ).fetchall()
-            orphans = conn.execute(
-                "SELECT DISTINCT lease_token FROM events WHERE lease_token IS NOT NULL"
-                " AND lease_expires_at <= ? AND lease_token NOT IN (SELECT token FROM leases)",
-                (now,),
-            ).fetchall()
-        # Owner checks read /proc: done before the write transaction, not in it.
-        owner_gone = {
-            token
-            for token, host, pid, start, expires_at in leases
-            if expires_at > now and not owner_alive(Owner(host, pid, start))
-        }
-        candidates = [token for token, *_, expires_at in leases if expires_at <= now]
-        candidates += [*owner_gone, *(token for (token,) in orphans)]
-        if not candidates:
-            return 0
-        n = taken = 0
-        with self._db.write() as conn:
-            for token in candidates:
-                row = conn.execute(
-                    "SELECT expires_at FROM leases WHERE token = ?", (token,)
-                ).fetchone()
-                if row is not None and row[0] > now and token not in owner_gone:
-                    continue  # extended since it was read: its owner is still at work
-                n += self._release(conn, token, None)
-                conn.execute("DELETE FROM leases WHERE token = ?", (token,))
-                taken += 1
-        if n:
-            log.info("reclaimed %d event(s) from %d abandoned lease(s)", n, taken)
-        return n
+        return self._leases.reclaim(now)
 
     # -- reading -----------------------------------------------------------------
 
@@ -594,100 +284,42 @@ class Spool:
         """A flush barrier: (newest event id, ``now``). The events "captured before"
         it are those with ``id <= wm[0]`` and ``captured_at <= wm[1]`` (ids are
         reused once the spool empties; the time tells those apart)."""
-        with self._db.read() as conn:
-            row = conn.execute("SELECT max(id) FROM events").fetchone()
-        return (int(row[0] or 0), now)
+        return queries.watermark(self._db, now)
 
     def any_open_through(self, watermark: Watermark) -> bool:
         """True while an event inside ``watermark`` is pending or leased.
 
         O(log n), unlike :meth:`states_through`: the lowest remaining id answers it.
         """
-        last_id, at = watermark
-        with self._db.read() as conn:
-            row = conn.execute(
-                "SELECT 1 FROM events WHERE id <= ? AND captured_at <= ? LIMIT 1", (last_id, at)
-            ).fetchone()
-        return row is not None
+        return queries.any_open_through(self._db, watermark)
 
     def dead_through(self, watermark: Watermark) -> int:
         """How many dead letters lie inside ``watermark`` (an index range count)."""
-        last_id, at = watermark
-        with self._db.read() as conn:
-            return int(
-                conn.execute(
-                    "SELECT count(*) FROM dead_events WHERE event_id <= ? AND captured_at <= ?",
-                    (last_id, at),
-                ).fetchone()[0]
-            )
+        return queries.dead_through(self._db, watermark)
 
     def states_through(self, watermark: Watermark) -> dict[str, int]:
         """Counts by state (pending, leased, dead) of the events inside ``watermark``
         (a scan of the events table, in one read snapshot)."""
-        with self._db.read(snapshot=True) as conn:
-            return _states_through(conn, watermark)
+        return queries.states_through(self._db, watermark)
 
     def due(self, now: float, limit: int) -> tuple[int, float | None, int]:
         """For the dispatcher: (how many pending events are due, up to ``limit``;
         when the first of them became due; the most attempts among them)."""
-        with self._db.read() as conn:
-            rows = self._due_rows(conn, now, limit, "next_attempt_at, attempts")
-        if not rows:
-            return 0, None, 0
-        return len(rows), min(float(r[0]) for r in rows), max(int(r[1]) for r in rows)
+        return self._leases.due(now, limit)
 
     def next_due_at(self) -> float | None:
         """When the earliest retry becomes due (UTC seconds), or None.
         (Fresh events are due as soon as they are captured.)"""
-        with self._db.read() as conn:
-            row = conn.execute(
-                "SELECT min(next_attempt_at) FROM events WHERE attempts > 0 AND state = 'pending'"
-            ).fetchone()
-        return None if row[0] is None else float(row[0])
+        return queries.next_due_at(self._db)
 
     def counters(self) -> dict[str, int]:
         """The persisted totals: delivered, dead, dropped, … (0 when never counted)."""
-        with self._db.read() as conn:
-            return self._counters(conn)
-
-    @staticmethod
-    def _counters(conn: sqlite3.Connection) -> dict[str, int]:
-        found = dict(conn.execute("SELECT name, value FROM counters").fetchall())
-        base = dict.fromkeys(("delivered", "dead", "dropped", "filtered"), 0)
-        return base | {str(k): int(v) for k, v in found.items()}
+        return queries.counters(self._db)
 
     def stats(self, now: float) -> SpoolStats:
         """A :class:`SpoolStats` snapshot at ``now`` (UTC seconds): one read
         transaction, one scan of the events table."""
-        with self._db.read(snapshot=True) as conn:
-            counts = {"pending": 0, "leased": 0, "dead": 0}
-            sizes = dict.fromkeys(counts, 0)
-            for state, n, size in conn.execute(
-                "SELECT state, count(*), coalesce(sum(size), 0) FROM events GROUP BY state"
-                " UNION ALL SELECT 'dead', count(*), coalesce(sum(size), 0) FROM dead_events"
-            ):
-                counts[state], sizes[state] = int(n), int(size)
-            oldest, next_at = conn.execute(
-                "SELECT min(captured_at), min(next_attempt_at) FROM events WHERE state = 'pending'"
-            ).fetchone()
-            reasons = dict(
-                conn.execute("SELECT reason, count(*) FROM dead_events GROUP BY reason").fetchall()
-            )
-            version = migrations.schema_version(conn)
-            counters = self._counters(conn)
-        wal = files.side_files(self.path)[0]
-        return SpoolStats(
-            path=str(self.path),
-            schema_version=version,
-            counts=counts,
-            bytes=sizes,
-            oldest_pending_age=None if oldest is None else max(0.0, now - oldest),
-            next_attempt_in=None if next_at is None else max(0.0, next_at - now),
-            dead_reasons={str(k): int(v) for k, v in reasons.items()},
-            counters=counters,
-            file_bytes=self.path.stat().st_size if self.path.exists() else 0,
-            wal_bytes=wal.stat().st_size if wal.exists() else 0,
-        )
+        return queries.stats(self._db, now)
 
     # -- operators' views and repairs (SQL in spool/maintenance.py) ---------------
 
