@@ -35,6 +35,7 @@ from spoolpost.spool import (
     check_filesystem,
     mount_of,
 )
+from spoolpost.spool.files import FileKind, classify
 
 T0 = 1_700_000_000.0
 BIG = 1 << 30
@@ -840,6 +841,38 @@ def test_a_sqlite_database_that_is_not_a_spool_is_left_alone(spool_path: Path) -
     # Byte for byte: not even its journal mode was switched to WAL.
     assert spool_path.read_bytes() == before
     assert [p.name for p in spool_path.parent.iterdir()] == ["events.spool"]
+
+
+def _make_at(path: Path, kind: FileKind) -> None:
+    if kind is FileKind.FOLDER:
+        path.mkdir()
+    elif kind is FileKind.EMPTY:
+        path.touch()
+    elif kind is FileKind.SPOOL:
+        Spool(path).close()
+    elif kind is FileKind.NOT_SQLITE:
+        path.write_bytes(b"hello\n")
+    elif kind is FileKind.DESTROYED:
+        path.write_bytes(b"\x00" * 4096)
+        Path(f"{path}-wal").write_bytes(b"")
+    elif kind is FileKind.FOREIGN:
+        with contextlib.closing(sqlite3.connect(path)) as conn:
+            conn.execute("CREATE TABLE users (name TEXT)")
+
+
+@pytest.mark.parametrize("kind", list(FileKind), ids=lambda k: k.value)
+def test_classify_tells_what_is_at_a_path_and_changes_nothing(
+    tmp_path: Path, kind: FileKind
+) -> None:
+    path = tmp_path / "f"
+    _make_at(path, kind)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    content = path.read_bytes() if path.is_file() else None
+    assert classify(path) is kind
+    # Reading a spool, even read-only, lets SQLite create its -wal and -shm.
+    sqlite_own = {"f-wal", "f-shm"} if kind is FileKind.SPOOL else set()
+    assert set(before) <= {p.name for p in tmp_path.iterdir()} <= set(before) | sqlite_own
+    assert (path.read_bytes() if path.is_file() else None) == content
 
 
 @pytest.mark.parametrize(
