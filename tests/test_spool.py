@@ -34,6 +34,7 @@ from spoolpost.spool import (
     check_filesystem,
     mount_of,
 )
+from spoolpost.spool.files import FileKind, classify
 
 BIG = 1 << 30
 
@@ -80,7 +81,7 @@ def test_bad_settings_raise_config_error(
 
 @pytest.mark.parametrize(("durability", "synchronous"), [("process", 1), ("power", 2)])
 def test_pragmas_are_set_explicitly(spool_path: Path, durability: Any, synchronous: int) -> None:
-    with Spool(spool_path, durability=durability, busy_timeout=2.5) as s, s._read() as conn:
+    with Spool(spool_path, durability=durability, busy_timeout=2.5) as s, s._db.read() as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert conn.execute("PRAGMA synchronous").fetchone()[0] == synchronous
         assert conn.execute("PRAGMA busy_timeout").fetchone()[0] == 2500
@@ -816,6 +817,38 @@ def test_a_sqlite_database_that_is_not_a_spool_is_left_alone(spool_path: Path) -
     assert [p.name for p in spool_path.parent.iterdir()] == ["events.spool"]
 
 
+def _make_at(path: Path, kind: FileKind) -> None:
+    if kind is FileKind.FOLDER:
+        path.mkdir()
+    elif kind is FileKind.EMPTY:
+        path.touch()
+    elif kind is FileKind.SPOOL:
+        Spool(path).close()
+    elif kind is FileKind.NOT_SQLITE:
+        path.write_bytes(b"hello\n")
+    elif kind is FileKind.DESTROYED:
+        path.write_bytes(b"\x00" * 4096)
+        Path(f"{path}-wal").write_bytes(b"")
+    elif kind is FileKind.FOREIGN:
+        with contextlib.closing(sqlite3.connect(path)) as conn:
+            conn.execute("CREATE TABLE users (name TEXT)")
+
+
+@pytest.mark.parametrize("kind", list(FileKind), ids=lambda k: k.value)
+def test_classify_tells_what_is_at_a_path_and_changes_nothing(
+    tmp_path: Path, kind: FileKind
+) -> None:
+    path = tmp_path / "f"
+    _make_at(path, kind)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    content = path.read_bytes() if path.is_file() else None
+    assert classify(path) is kind
+    # Reading a spool, even read-only, lets SQLite create its -wal and -shm.
+    sqlite_own = {"f-wal", "f-shm"} if kind is FileKind.SPOOL else set()
+    assert set(before) <= {p.name for p in tmp_path.iterdir()} <= set(before) | sqlite_own
+    assert (path.read_bytes() if path.is_file() else None) == content
+
+
 @pytest.mark.parametrize(
     ("given", "message"),
     [
@@ -1088,7 +1121,7 @@ def test_opening_a_file_another_process_holds_exclusively_raises_spool_locked(
 def test_a_failed_write_transaction_is_rolled_back_and_the_spool_goes_on(spool: Spool) -> None:
     with (
         pytest.raises(sqlite3.OperationalError, match="no such table"),
-        spool._write() as conn,
+        spool._db.write() as conn,
     ):
         conn.execute("INSERT INTO counters (name, value) VALUES ('delivered', 5)")
         conn.execute("DELETE FROM no_such_table")

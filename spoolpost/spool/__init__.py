@@ -1,24 +1,21 @@
 """The spool: one SQLite file (WAL) holding every captured event until it is
-delivered or dead-lettered. :class:`Spool` is the storage seam; every SQL
-statement of spoolpost lives in this package (see docs/architecture.md)."""
+delivered or dead-lettered. :class:`Spool` (in :mod:`~spoolpost.spool.core`) is
+the storage seam; every SQL statement of spoolpost lives in this package (see
+docs/architecture.md, "Module map")."""
 
-from spoolpost.spool.core import (
-    DEFAULT_MAX_SPOOL_BYTES,
-    DURABILITY_MODES,
-    ON_FULL_POLICIES,
-    Batch,
-    Durability,
-    OnFull,
-    Row,
-    Spool,
-    SpoolStats,
-    Watermark,
+from spoolpost.spool.append import DEFAULT_MAX_SPOOL_BYTES, ON_FULL_POLICIES, OnFull
+from spoolpost.spool.core import Spool
+from spoolpost.spool.db import DURABILITY_MODES, Durability
+from spoolpost.spool.files import (
+    SQLITE_HEADER,
     check_filesystem,
+    check_spool_file,
     is_network_fs,
     mount_of,
 )
-from spoolpost.spool.files import SQLITE_HEADER, check_spool_file
+from spoolpost.spool.leases import Batch, Row
 from spoolpost.spool.maintenance import Filter, SpooledEvent
+from spoolpost.spool.queries import SpoolStats, Watermark
 
 __all__ = [
     "DEFAULT_MAX_SPOOL_BYTES",

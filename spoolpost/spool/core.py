@@ -1,291 +1,48 @@
-"""The spool: one SQLite file (WAL) holding every captured event until it is
-delivered or dead-lettered.
+"""The :class:`Spool` facade: one spool file, and the storage seam everything
+above it (client, dispatcher, CLI) talks to.
 
-:class:`Spool` is the storage seam. Everything above it (client, dispatcher, CLI)
-talks only to its short surface:
+The surface, each method documented here and implemented in one module:
 
-- :meth:`Spool.append` — write one event (group commit across threads);
+- :meth:`Spool.append` — write one event (group commit across threads;
+  ``max_spool_bytes``/``on_full``) — :mod:`~spoolpost.spool.append`;
 - :meth:`Spool.claim` — lease a batch of due events to one sender;
-- :meth:`Spool.ack`, :meth:`Spool.reschedule`, :meth:`Spool.dead_letter`,
-  :meth:`Spool.release` — settle a leased batch, by lease token;
-- :meth:`Spool.reclaim` — take back leases that expired or whose owner died;
-- :meth:`Spool.stats` and friends — counts derived from the rows themselves.
+  :meth:`Spool.ack`, :meth:`Spool.reschedule`, :meth:`Spool.dead_letter`,
+  :meth:`Spool.release`, :meth:`Spool.extend` — settle or keep a lease, by token;
+  :meth:`Spool.reclaim` — take back leases that expired or whose owner died;
+  :meth:`Spool.due` — what a claim would find — :mod:`~spoolpost.spool.leases`;
+- :meth:`Spool.watermark`, :meth:`Spool.any_open_through`,
+  :meth:`Spool.dead_through`, :meth:`Spool.states_through` — the flush barrier;
+  :meth:`Spool.stats`, :meth:`Spool.counters`, :meth:`Spool.next_due_at`,
+  :meth:`Spool.snapshot`; :meth:`Spool.bind_key`, :meth:`Spool.meta`,
+  :meth:`Spool.add_counter` — :mod:`~spoolpost.spool.queries`;
+- :meth:`Spool.events`, :meth:`Spool.tail`, :meth:`Spool.count_dead`,
+  :meth:`Spool.replay`, :meth:`Spool.purge`, :meth:`Spool.import_events` —
+  operators' views and repairs — :mod:`~spoolpost.spool.maintenance`;
+- :meth:`Spool.checkpoint`, :meth:`Spool.close` — :mod:`~spoolpost.spool.db`
+  (connections, transactions, reopening, fork); files at the path:
+  :mod:`~spoolpost.spool.files`.
 
-Rules kept here: every write transaction starts with ``BEGIN IMMEDIATE`` and does
-no network I/O; a settle call carrying a stale lease token changes nothing;
-stored times are wall-clock UTC seconds passed in as ``now``.
+Rules kept underneath: every write transaction starts with ``BEGIN IMMEDIATE``
+and does no network I/O; a settle call carrying a stale lease token changes
+nothing; stored times are wall-clock UTC seconds passed in as ``now``; no
+connection leaves the spool.
 """
 
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
-import re
-import secrets
-import sqlite3
-import stat
-import tempfile
-import threading
-import time
-import weakref
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
 
-from spoolpost.errors import (
-    ConfigError,
-    KeyMismatch,
-    SpoolClosed,
-    SpoolCorrupt,
-    SpoolFull,
-    SpoolLocked,
-    UnsupportedFilesystem,
-)
-from spoolpost.spool import maintenance, migrations
-from spoolpost.spool.files import SQLITE_HEADER
-from spoolpost.spool.maintenance import Filter, SpooledEvent, add_counter
-from spoolpost.spool.owner import Owner, current_owner, owner_alive
-
-log = logging.getLogger("spoolpost")
-
-Durability = Literal["process", "power"]
-Watermark = tuple[int, float]
-OnFull = Literal["drop_newest", "drop_oldest", "block", "raise"]
-DURABILITY_MODES: tuple[str, ...] = ("process", "power")
-ON_FULL_POLICIES: tuple[str, ...] = ("drop_newest", "drop_oldest", "block", "raise")
-
-DEFAULT_MAX_SPOOL_BYTES = 512 * 1024 * 1024
-DEFAULT_BUSY_TIMEOUT = 10.0
-#: WAL growth bound: SQLite truncates the -wal file to this after a checkpoint.
-JOURNAL_SIZE_LIMIT = 64 * 1024 * 1024
-#: Seconds a checkpoint may wait for other connections; it runs under the writer
-#: lock, so it must never hold captures up for a whole ``busy_timeout``.
-CHECKPOINT_BUSY_TIMEOUT = 0.1
-_NETWORK_FS = frozenset(
-    {"nfs", "nfs4", "cifs", "smbfs", "smb3", "9p", "afs", "ceph", "glusterfs", "lustre", "gpfs"}
-    | {"fuse.sshfs", "fuse.glusterfs", "fuse.ceph", "davfs", "fuse.davfs2", "ncpfs", "coda"}
-    | {"fuse.s3fs", "fuse.rclone", "fuse.gcsfuse", "fuse.juicefs", "fuse.goofys"}
-)
-#: The first 16 bytes of every SQLite database file.
-
-_CORRUPT_CODES = frozenset({sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB})
-_BUSY_CODES = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
-_INSERT = (
-    "INSERT INTO events (uuid, body, size, captured_at, next_attempt_at) VALUES (?, ?, ?, ?, ?)"
-)
-#: A full spool's episode ends once its used size is back down to this fraction
-#: of ``max_spool_bytes`` (then the next time it fills, it is warned about again).
-ROOM_AGAIN = 7 / 8
-#: Rows a claim may dead-letter as ``expired`` in one transaction, per ``max_events``.
-_EXPIRE_ROUNDS = 8
-
-
-class Row(NamedTuple):
-    """One leased event: spool ``id``, ``uuid``, encoded ``body``, prior ``attempts``.
-
-    A NamedTuple rather than a dataclass: a claim builds hundreds at a time."""
-
-    id: int
-    uuid: str
-    body: bytes
-    attempts: int
-    captured_at: float
-
-
-@dataclass(frozen=True)
-class Batch:
-    """Events leased to one sender under ``token`` until ``expires_at`` (UTC seconds)."""
-
-    token: str
-    rows: tuple[Row, ...]
-    expires_at: float
-
-    @property
-    def ids(self) -> list[int]:
-        return [r.id for r in self.rows]
-
-    @property
-    def size(self) -> int:
-        """Sum of the encoded event sizes, in bytes."""
-        return sum(len(r.body) for r in self.rows)
-
-
-@dataclass(frozen=True)
-class SpoolStats:
-    """A snapshot of a spool, all derived from its rows and files.
-
-    ``counts``/``bytes`` are per state (pending, leased, dead); ages are seconds;
-    ``counters`` are the persisted totals (delivered, dead, dropped, …).
-    """
-
-    path: str
-    schema_version: int
-    counts: dict[str, int]
-    bytes: dict[str, int]
-    oldest_pending_age: float | None
-    next_attempt_in: float | None
-    dead_reasons: dict[str, int]
-    counters: dict[str, int]
-    file_bytes: int
-    wal_bytes: int
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "path": self.path,
-            "schema_version": self.schema_version,
-            "counts": self.counts,
-            "bytes": self.bytes,
-            "oldest_pending_age": self.oldest_pending_age,
-            "next_attempt_in": self.next_attempt_in,
-            "dead_reasons": self.dead_reasons,
-            "counters": self.counters,
-            "file_bytes": self.file_bytes,
-            "wal_bytes": self.wal_bytes,
-        }
-
-
-@dataclass(slots=True)
-class _Append:
-    uuid: str
-    body: bytes
-    now: float
-    done: bool = False
-    written: bool = False
-    error: BaseException | None = None
-
-
-@dataclass
-class _FullEpisode:
-    active: bool = False
-    dropped: int = 0
-
-
-@dataclass
-class _Space:
-    # Bytes (estimated) that appends may still write before the used size is
-    # read again from the file; 0: read it on the next append.
-    budget: int = 0
-    episode: _FullEpisode = field(default_factory=_FullEpisode)
-
-
-def _ids_json(ids: Sequence[int]) -> str:
-    return "[" + ",".join(map(str, ids)) + "]"
-
-
-_IN_IDS = "id IN (SELECT value FROM json_each(?))"
-
-
-_OCTAL_ESCAPE = re.compile(r"\\([0-7]{3})")
-
-
-def _unescape_mount(field: str) -> str:
-    """Undo the octal escapes of /proc/mounts (``\\040`` space, ``\\011`` tab, …)."""
-    return _OCTAL_ESCAPE.sub(lambda m: chr(int(m[1], 8)), field)
-
-
-def mount_of(target: str, mounts: str) -> tuple[str, str]:
-    """(mount point, filesystem type) of the mount holding the absolute path
-    ``target``, given the text of ``/proc/mounts``; ("", "") if none matches.
-    The last of equally long matches wins (it is mounted over the others)."""
-    best, fstype = "", ""
-    for line in mounts.splitlines():
-        fields = line.split()
-        if len(fields) < 3:
-            continue
-        mount = _unescape_mount(fields[1])
-        inside = target == mount or target.startswith(mount.rstrip("/") + "/")
-        if inside and len(mount) >= len(best):
-            best, fstype = mount, fields[2]
-    return best, fstype
-
-
-def is_network_fs(fstype: str) -> bool:
-    """True for a filesystem type on which SQLite WAL is unsafe (NFS, SMB, FUSE
-    network mounts, …)."""
-    return fstype in _NETWORK_FS or fstype.startswith("nfs")
-
-
-def check_filesystem(path: Path, mounts: str | None = None) -> None:
-    """Raise :class:`UnsupportedFilesystem` if ``path`` lies on a network filesystem.
-
-    SQLite's WAL mode needs shared memory between processes on one host and
-    does not work over NFS/SMB and the like (https://sqlite.org/wal.html).
-    ``mounts`` is the text of ``/proc/mounts`` (default: read it; where it is
-    missing nothing is checked).
-    """
-    if mounts is None:
-        try:
-            with open("/proc/mounts", encoding="utf-8", errors="replace") as f:
-                mounts = f.read()
-        except OSError:
-            return
-    mount, fstype = mount_of(str(path.resolve()), mounts)
-    if is_network_fs(fstype):
-        raise UnsupportedFilesystem(
-            f"spool {path} is on a {fstype} filesystem mounted at {mount}; SQLite WAL "
-            "does not work on network filesystems. Put the spool on a local disk "
-            "(or pass allow_network_fs=True if you know better)."
-        )
-
-
-def _states_through(conn: sqlite3.Connection, watermark: Watermark) -> dict[str, int]:
-    last_id, at = watermark
-    found = dict(
-        conn.execute(
-            "SELECT state, count(*) FROM events WHERE id <= ? AND captured_at <= ? GROUP BY state",
-            (last_id, at),
-        ).fetchall()
-    )
-    found["dead"] = conn.execute(
-        "SELECT count(*) FROM dead_events WHERE event_id <= ? AND captured_at <= ?",
-        (last_id, at),
-    ).fetchone()[0]
-    return {state: int(found.get(state, 0)) for state in ("pending", "leased", "dead")}
-
-
-class SpoolSnapshot:
-    """The spool as it was when :meth:`Spool.snapshot` was entered (one pinned
-    WAL snapshot on a private connection); valid inside that ``with`` block."""
-
-    def __init__(self, conn: sqlite3.Connection) -> None:
-        self._conn = conn
-
-    def states_through(self, watermark: Watermark) -> dict[str, int]:
-        """:meth:`Spool.states_through`, as of the snapshot."""
-        return _states_through(self._conn, watermark)
-
-    def events(self, where: Filter, now: float) -> Iterator[SpooledEvent]:
-        """:meth:`Spool.events`, as of the snapshot."""
-        return maintenance.select(self._conn, where, now)
-
-
-# Every open Spool, so that one set of fork hooks serves them all without
-# keeping any of them alive.
-_LIVE: weakref.WeakSet[Spool] = weakref.WeakSet()
-
-
-def _before_fork() -> None:
-    for spool in list(_LIVE):
-        spool._hold_for_fork()
-
-
-def _after_fork_in_parent() -> None:
-    for spool in list(_LIVE):
-        spool._release_after_fork()
-
-
-def _after_fork_in_child() -> None:
-    for spool in list(_LIVE):
-        spool._after_fork_in_child()
-
-
-os.register_at_fork(
-    before=_before_fork,
-    after_in_parent=_after_fork_in_parent,
-    after_in_child=_after_fork_in_child,
-)
+from spoolpost.errors import ConfigError
+from spoolpost.spool import maintenance, queries
+from spoolpost.spool.append import DEFAULT_MAX_SPOOL_BYTES, ON_FULL_POLICIES, Appender, OnFull
+from spoolpost.spool.db import DEFAULT_BUSY_TIMEOUT, DURABILITY_MODES, Database, Durability
+from spoolpost.spool.leases import Batch, Leases
+from spoolpost.spool.maintenance import Filter, SpooledEvent
+from spoolpost.spool.owner import Owner
+from spoolpost.spool.queries import SpoolSnapshot, SpoolStats, Watermark
 
 
 class Spool:
@@ -346,399 +103,19 @@ class Spool:
         self.block_timeout = block_timeout
         self.busy_timeout = busy_timeout
         self.allow_network_fs = allow_network_fs
-        self._closed = False
-        self._cursor = 0
-        self._space = _Space()
-        self._reset_locks()
-        self._fork_held: list[threading.Lock] = []
-        self._writer_conn: sqlite3.Connection | None = None
-        self._reader_conn: sqlite3.Connection | None = None
-        self._file_id: tuple[int, int] | None = None
-        self._failed_conn: sqlite3.Connection | None = None
-        self._opening = True
-        self._open()
-        self._opening = False
-        _LIVE.add(self)
-
-    # -- opening ---------------------------------------------------------------
-
-    def _reset_locks(self) -> None:
-        self._wlock = threading.Lock()
-        self._rlock = threading.Lock()
-        self._gc_lock = threading.Lock()
-        self._gc_cond = threading.Condition(self._gc_lock)
-        self._gc_queue: list[_Append] = []
-        self._gc_leader = False
-        self._gc_waiting = 0
-        self._space_freed = threading.Condition(threading.Lock())
-        self._freed = 0  # bumped when an ack frees room (on_full='block')
-
-    def _hold_for_fork(self) -> None:
-        # No transaction of ours may be open when the process forks, or the
-        # child would inherit SQLite's view of locks it does not hold.
-        # Bounded, so that a fork from inside transaction() cannot deadlock.
-        for lock in (self._wlock, self._rlock):
-            if lock.acquire(timeout=self.busy_timeout + 1.0):
-                self._fork_held.append(lock)
-            else:
-                log.warning("spool %s: forking while a transaction is open", self.path)
-
-    def _release_after_fork(self) -> None:
-        held, self._fork_held = self._fork_held, []
-        for lock in held:
-            lock.release()
-
-    def _after_fork_in_child(self) -> None:
-        # A connection never crosses a fork. The child closes its copies: SQLite
-        # keeps per-process lock state for each file, and a copy left open would
-        # make the child's new connections believe they hold locks that belong to
-        # the parent, so the parent could checkpoint and delete the WAL under the
-        # child's writes. Closing a copy cannot release the parent's locks (POSIX
-        # locks belong to the process that took them).
-        for conn in (self._writer_conn, self._reader_conn):
-            if conn is not None:
-                with contextlib.suppress(sqlite3.Error):
-                    conn.close()
-        self._writer_conn = self._reader_conn = None
-        self._fork_held = []
-        self._cursor = 0
-        self._space = _Space()
-        self._reset_locks()
-
-    def _open(self) -> None:
-        self._make_folders()
-        if not self.allow_network_fs:
-            check_filesystem(self.path)
-        try:
-            self._connect_and_migrate()
-        except sqlite3.DatabaseError as exc:
-            if exc.sqlite_errorcode in _BUSY_CODES:
-                raise SpoolLocked(f"spool {self.path} is locked: {exc}") from exc
-            if exc.sqlite_errorcode not in _CORRUPT_CODES:
-                why = self._folder_problem()
-                raise ConfigError(f"cannot open spool {self.path}: {exc}{why}") from exc
-            try:
-                self._move_aside(exc)
-            finally:
-                # Closed only now: closing it first would let SQLite delete the
-                # -wal file, which may hold the last commits (and is evidence).
-                if self._failed_conn is not None:
-                    with contextlib.suppress(sqlite3.Error):
-                        self._failed_conn.close()
-                    self._failed_conn = None
-            self._connect_and_migrate()
-
-    def _make_folders(self) -> None:
-        """Create the spool's missing folders one by one, each ``0700`` (``mkdir
-        -p`` would give only the last one that mode). Folders that already exist
-        are left as they are. Raises :class:`ConfigError`."""
-        missing: list[Path] = []
-        folder = self.path.parent
-        try:
-            while not folder.exists() and folder != folder.parent:
-                missing.append(folder)
-                folder = folder.parent
-            for folder in reversed(missing):
-                with contextlib.suppress(FileExistsError):  # another process was first
-                    folder.mkdir(mode=0o700)
-        except OSError as exc:
-            raise ConfigError(
-                f"cannot create or reach the folder of spool {self.path}: {exc}"
-            ) from exc
-
-    def _folder_problem(self) -> str:
-        """The OS error that SQLite hides when it cannot create the -wal and -shm
-        files beside the spool (it says only "attempt to write a readonly
-        database"), found by creating and removing a file of our own there;
-        "" if that works."""
-        try:
-            fd, probe = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=self.path.parent)
-        except OSError as exc:
-            return (
-                f" (SQLite must create {self.path.name}-wal and {self.path.name}-shm"
-                f" in {self.path.parent}: {exc.strerror})"
-            )
-        os.close(fd)
-        os.unlink(probe)
-        return ""
-
-    def _side_files(self) -> tuple[Path, Path]:
-        """The spool's ``-wal`` and ``-shm`` files (they may not exist)."""
-        return Path(f"{self.path}-wal"), Path(f"{self.path}-shm")
-
-    def _discard(self, conn: sqlite3.Connection, exc: BaseException) -> None:
-        """Close a connection that failed while opening, unless the file is corrupt
-        (then :meth:`_open` closes it after moving the files aside)."""
-        corrupt = _is_corrupt(exc)
-        if corrupt and self._opening and self._failed_conn is None:
-            self._failed_conn = conn
-        else:
-            conn.close()
-
-    def _connect_and_migrate(self) -> None:
-        self._prepare_file()
-        conn = self._connect(first=True)
-        try:
-            migrations.migrate(conn, f"spool {self.path}")
-        except BaseException as exc:
-            self._discard(conn, exc)
-            raise
-        self._writer_conn = conn
-
-    def _prepare_file(self) -> None:
-        """Create the spool file ``0600`` if it is missing, make sure that SQLite
-        may have it, and make it private before SQLite opens it.
-
-        Only an empty file or one that starts with the SQLite header is handed to
-        SQLite: anything else (a file the path was pointed at by mistake) raises
-        :class:`SpoolCorrupt` and is left untouched, where SQLite would call it
-        corrupt and it would be moved aside. The exception: a file without the
-        header that has a ``-wal`` or ``-shm`` beside it was an SQLite database
-        in WAL mode (a spool whose first page was destroyed); it is moved aside
-        and a new spool started, so the app keeps running. Raises
-        :class:`ConfigError` for OS errors.
-        """
-        try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-        except OSError as exc:
-            raise ConfigError(f"cannot open spool {self.path}: {exc}") from exc
-        try:
-            st = os.fstat(fd)
-            if st.st_size and os.pread(fd, len(SQLITE_HEADER), 0) != SQLITE_HEADER:
-                if any(os.path.exists(f"{self.path}{side}") for side in ("-wal", "-shm")):
-                    os.close(fd)
-                    fd = -1
-                    self._file_id = (st.st_dev, st.st_ino)
-                    self._move_aside(SpoolCorrupt("its SQLite header is destroyed"))
-                    self._prepare_file()
-                    return
-                raise SpoolCorrupt(
-                    f"spool {self.path} is not an SQLite database; refusing to change it. "
-                    "Point spoolpost at another path or remove the file"
-                )
-            self._make_private(fd, st.st_mode)
-        except OSError as exc:
-            raise ConfigError(f"cannot open spool {self.path}: {exc}") from exc
-        finally:
-            if fd >= 0:
-                os.close(fd)
-        self._file_id = (st.st_dev, st.st_ino)
-
-    def _make_private(self, fd: int, mode: int) -> None:
-        """Take group and other access away (``0600``) from the spool file, open
-        as ``fd`` with ``mode``, and from its existing -wal and -shm: events carry
-        personal data, and SQLite gives the -wal and -shm it creates the spool
-        file's mode. Logged at INFO when a mode changes."""
-        changed = []
-        if mode & 0o077:
-            os.fchmod(fd, 0o600)
-            changed.append(f"{self.path.name} (was {stat.S_IMODE(mode):04o})")
-        for side in self._side_files():
-            try:
-                side_mode = os.stat(side).st_mode
-            except FileNotFoundError:
-                continue
-            if side_mode & 0o077:
-                os.chmod(side, 0o600)
-                changed.append(f"{side.name} (was {stat.S_IMODE(side_mode):04o})")
-        if changed:
-            log.info(
-                "spool %s: other users could access %s; made it 0600 (events carry personal data)",
-                self.path,
-                ", ".join(changed),
-            )
-
-    def _connect(self, first: bool = False) -> sqlite3.Connection:
-        """A connection with spoolpost's pragmas set. ``first``: the spool is being
-        opened, so refuse another application's database before any pragma (even
-        the journal mode, which is stored in the file) changes it."""
-        conn = sqlite3.connect(
-            self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False
-        )
-        try:
-            if first:
-                self._refuse_foreign(conn)
-            mode = self._enable_wal(conn)
-            if str(mode).lower() != "wal":
-                raise SpoolCorrupt(f"spool {self.path} could not be put in WAL mode (got {mode})")
-            conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout * 1000)}")
-            sync = "FULL" if self.durability == "power" else "NORMAL"
-            conn.execute(f"PRAGMA synchronous={sync}")
-            conn.execute("PRAGMA foreign_keys=ON")
-            conn.execute(f"PRAGMA journal_size_limit={JOURNAL_SIZE_LIMIT}")
-            conn.execute("PRAGMA wal_autocheckpoint=1000")
-            # Touch the schema so a non-database file fails here, not later.
-            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
-        except BaseException as exc:
-            self._discard(conn, exc)
-            raise
-        return conn
-
-    def _enable_wal(self, conn: sqlite3.Connection) -> str:
-        """``PRAGMA journal_mode=WAL``, retried within ``busy_timeout``: switching a
-        new file to WAL needs an exclusive lock, and SQLite answers "database is
-        locked" at once, without its busy handler, while another process opening
-        the same new spool holds the file."""
-        deadline = time.monotonic() + self.busy_timeout
-        while True:
-            try:
-                return str(conn.execute("PRAGMA journal_mode=WAL").fetchone()[0])
-            except sqlite3.OperationalError as exc:
-                if exc.sqlite_errorcode not in _BUSY_CODES or time.monotonic() >= deadline:
-                    raise
-            time.sleep(0.005)
-
-    def _refuse_foreign(self, conn: sqlite3.Connection) -> None:
-        """Raise :class:`SpoolCorrupt` if the file holds tables but no spoolpost
-        schema version (:func:`migrations.migrate` checks again under its write
-        lock; this check runs before the journal mode is switched to WAL). Both
-        reads share one snapshot: another process may be migrating a new spool."""
-        conn.execute("BEGIN")
-        try:
-            if migrations.schema_version(conn):
-                return
-            foreign = [
-                name
-                for (name,) in conn.execute(
-                    "SELECT name FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'"
-                )
-            ]
-        finally:
-            conn.execute("COMMIT")
-        if foreign:
-            raise SpoolCorrupt(
-                f"spool {self.path} is a SQLite database but not a spoolpost spool "
-                f"(it holds {', '.join(sorted(foreign)[:5])}); refusing to change it"
-            )
-
-    def _move_aside(self, exc: BaseException) -> None:
-        """Move the corrupt file (and its -wal, -shm) to ``<path>.corrupt-<UTC time>``.
-
-        If the file at ``path`` is no longer the one that failed (another process
-        moved it aside first and started a new spool), leave the new one alone.
-        """
-        try:
-            st = os.stat(self.path)
-        except FileNotFoundError:
-            return
-        if self._file_id is not None and (st.st_dev, st.st_ino) != self._file_id:
-            return
-        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-        aside = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
-        n = 1
-        while aside.exists():
-            aside = self.path.with_name(f"{self.path.name}.corrupt-{stamp}-{n}")
-            n += 1
-        os.replace(self.path, aside)
-        for suffix in ("-wal", "-shm"):
-            side = Path(str(self.path) + suffix)
-            with contextlib.suppress(FileNotFoundError):
-                os.replace(side, Path(str(aside) + suffix))
-        log.error(
-            "spool %s is corrupt (%s); moved it aside to %s and started a new spool",
+        self._db = Database(
             self.path,
-            exc,
-            aside,
+            durability=durability,
+            busy_timeout=busy_timeout,
+            allow_network_fs=allow_network_fs,
         )
+        self._appender = Appender(
+            self._db, max_spool_bytes=max_spool_bytes, on_full=on_full, block_timeout=block_timeout
+        )
+        self._leases = Leases(self._db)
+        self._db.open()
 
-    def _reopen(self, exc: BaseException | None) -> None:
-        """Start over on the file now at ``path``: after ``exc`` (a corruption found
-        in use) move the corrupt file aside first, unless another process already
-        did. Later captures go to the new spool; nothing already in the old file
-        is deleted (it stays at ``<path>.corrupt-<timestamp>`` for an operator)."""
-        with self._wlock, self._rlock:
-            old = [c for c in (self._writer_conn, self._reader_conn) if c is not None]
-            self._writer_conn = self._reader_conn = None
-            try:
-                if exc is not None:
-                    self._move_aside(exc)
-            finally:
-                for conn in old:
-                    with contextlib.suppress(sqlite3.Error):
-                        conn.close()
-            self._cursor = 0
-            self._space = _Space()
-            self._connect_and_migrate()
-
-    def _follow_file(self) -> None:
-        """Reopen if the file at ``path`` is no longer the one this spool has open
-        (another process moved a corrupt spool aside and started a new one)."""
-        try:
-            st = os.stat(self.path)
-        except FileNotFoundError:
-            current = None
-        else:
-            current = (st.st_dev, st.st_ino)
-        if current != self._file_id and not self._closed:
-            log.warning("spool %s was replaced by another process; reopening it", self.path)
-            self._reopen(None)
-
-    def _writer(self) -> sqlite3.Connection:
-        if self._closed:
-            raise SpoolClosed(f"spool {self.path} is closed")
-        if self._writer_conn is None:
-            self._writer_conn = self._connect()
-        return self._writer_conn
-
-    def _begin(self, conn: sqlite3.Connection) -> None:
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.OperationalError as exc:
-            if exc.sqlite_errorcode in _BUSY_CODES:
-                raise SpoolLocked(f"spool {self.path} stayed locked: {exc}") from exc
-            raise
-
-    def _abort(self, conn: sqlite3.Connection) -> None:
-        """Roll back after a failed statement or COMMIT; a connection that cannot
-        even roll back is dropped (reopened on next use), never left mid-transaction."""
-        if not conn.in_transaction:
-            return
-        try:
-            conn.execute("ROLLBACK")
-        except sqlite3.Error:
-            log.exception("spool %s: ROLLBACK failed; reopening the connection", self.path)
-            with contextlib.suppress(sqlite3.Error):
-                conn.close()
-            if self._writer_conn is conn:
-                self._writer_conn = None
-
-    @contextlib.contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        """One short write transaction: ``BEGIN IMMEDIATE`` … ``COMMIT``."""
-        with self._wlock:
-            conn = self._writer()
-            try:
-                if conn.in_transaction:  # left open by an interrupted caller
-                    self._abort(conn)
-                    conn = self._writer()
-                self._begin(conn)
-                yield conn
-                conn.execute("COMMIT")
-            except BaseException:
-                self._abort(conn)
-                raise
-
-    @contextlib.contextmanager
-    def _read(self, snapshot: bool = False) -> Iterator[sqlite3.Connection]:
-        """The read connection; ``snapshot``: inside one read transaction, so that
-        several statements see one state of the spool."""
-        with self._rlock:
-            if self._closed:
-                raise SpoolClosed(f"spool {self.path} is closed")
-            if self._reader_conn is None:
-                self._reader_conn = self._connect()
-            conn = self._reader_conn
-            if not snapshot:
-                yield conn
-                return
-            try:
-                if conn.in_transaction:  # left open by an interrupted caller
-                    conn.execute("ROLLBACK")
-                conn.execute("BEGIN")
-                yield conn
-            finally:
-                if conn.in_transaction:
-                    conn.execute("COMMIT")
+    # -- lifecycle ---------------------------------------------------------------
 
     @contextlib.contextmanager
     def snapshot(self) -> Iterator[SpoolSnapshot]:
@@ -746,35 +123,21 @@ class Spool:
         snapshot, taken on entry, so that what it reads is the spool as it was
         then, whatever is written meanwhile. For counting a large spool while
         delivery already runs. Raises :class:`SpoolClosed`."""
-        if self._closed:
-            raise SpoolClosed(f"spool {self.path} is closed")
-        conn = self._connect()
-        try:
-            conn.execute("BEGIN")
-            conn.execute("SELECT 1 FROM events LIMIT 1").fetchall()  # pins the snapshot
+        with self._db.snapshot() as conn:
             yield SpoolSnapshot(conn)
-        finally:
-            with contextlib.suppress(sqlite3.Error):
-                conn.close()
 
     def close(self) -> None:
         """Close the connections. Idempotent. SQLite checkpoints the WAL into the
         file when the last connection to it (in any process) closes."""
-        if self._closed:
+        if self._db.closed:
             return
-        with self._gc_cond, self._wlock, self._rlock:
-            self._closed = True
-            for conn in (self._writer_conn, self._reader_conn):
-                if conn is not None:
-                    with contextlib.suppress(sqlite3.Error):
-                        conn.close()
-            self._writer_conn = self._reader_conn = None
-        _LIVE.discard(self)
+        with self._appender.gc_lock:  # no group of appends is formed meanwhile
+            self._db.close()
 
     @property
     def closed(self) -> bool:
         """True once :meth:`close` was called."""
-        return self._closed
+        return self._db.closed
 
     def __enter__(self) -> Spool:
         return self
@@ -790,36 +153,15 @@ class Spool:
         Raises :class:`KeyMismatch` if the spool belongs to another key, unless
         ``force`` (then the spool is re-bound to the new key, logged at WARNING).
         """
-        with self._write() as conn:
-            row = conn.execute("SELECT value FROM meta WHERE key='key_fingerprint'").fetchone()
-            if row is not None and row[0] != fingerprint:
-                if not force:
-                    raise KeyMismatch(
-                        f"spool {self.path} holds events for another project API key "
-                        f"(fingerprint {row[0]}, this key {fingerprint}); refusing to deliver "
-                        "them with this key. Use another spool, or force=True / --force-key."
-                    )
-                log.warning("spool %s re-bound to key fingerprint %s", self.path, fingerprint)
-            if row is None or row[0] != fingerprint:
-                conn.execute(
-                    "INSERT INTO meta (key, value) VALUES ('key_fingerprint', ?) "
-                    "ON CONFLICT(key) DO UPDATE SET value=excluded.value",
-                    (fingerprint,),
-                )
-                conn.execute(
-                    "INSERT OR IGNORE INTO meta (key, value) VALUES ('host', ?)",
-                    (current_owner().host,),
-                )
+        queries.bind_key(self._db, fingerprint, force)
 
     def add_counter(self, name: str, n: int = 1) -> None:
         """Add ``n`` to the persisted counter ``name`` (one short write)."""
-        with self._write() as conn:
-            add_counter(conn, name, n)
+        queries.count(self._db, name, n)
 
     def meta(self) -> dict[str, str]:
         """The spool's meta table as a dict (host, key_fingerprint, …)."""
-        with self._read() as conn:
-            return dict(conn.execute("SELECT key, value FROM meta").fetchall())
+        return queries.meta(self._db)
 
     # -- append (group commit) -----------------------------------------------
 
@@ -838,223 +180,9 @@ class Spool:
         ``block`` past ``block_timeout`` seconds), :class:`SpoolLocked`,
         :class:`SpoolClosed`.
         """
-        deadline = None
-        recovered = False
-        while True:
-            freed = self._freed
-            item = _Append(uuid, body, now)
-            self._group_commit(item)
-            if item.error is None:
-                return item.written
-            if _is_corrupt(item.error) and not recovered:
-                # DESIGN §1: a corrupt spool never stops the app.
-                recovered = True
-                self._reopen(item.error)
-                continue
-            if not (isinstance(item.error, _Full) and self.on_full == "block"):
-                raise item.error.as_public() if isinstance(item.error, _Full) else item.error
-            if deadline is None:
-                deadline = time.monotonic() + self.block_timeout
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise item.error.as_public()
-            with self._space_freed:
-                # Woken by an ack in this process; polled for frees by others.
-                if self._freed == freed:
-                    self._space_freed.wait(min(remaining, 0.5))
-            self._space.budget = 0
-
-    def _group_commit(self, item: _Append) -> None:
-        # The bare lock, not the Condition's Python-level context manager: this
-        # runs on every capture.
-        with self._gc_lock:
-            self._gc_queue.append(item)
-            while self._gc_leader:
-                self._gc_waiting += 1
-                self._gc_cond.wait()
-                self._gc_waiting -= 1
-                if item.done:
-                    return
-            self._gc_leader = True
-            batch, self._gc_queue = self._gc_queue, []
-        try:
-            self._write_appends(batch)
-        except BaseException as exc:
-            for it in batch:
-                if not it.done:
-                    it.error, it.done = exc, True
-        finally:
-            with self._gc_lock:
-                self._gc_leader = False
-                if self._gc_waiting:
-                    self._gc_cond.notify_all()
-
-    def _write_appends(self, batch: list[_Append]) -> None:
-        # The capture path. A lone event within the size budget is one INSERT in
-        # autocommit mode: a single-statement transaction, which takes the write
-        # lock (waiting up to busy_timeout) before it reads anything, exactly as
-        # BEGIN IMMEDIATE would, and spares two statements (~20% of a capture).
-        # Groups and size checks use an explicit BEGIN IMMEDIATE transaction.
-        cost = 2 * (len(batch[0].body) if len(batch) == 1 else sum(len(it.body) for it in batch))
-        with self._wlock:
-            conn = self._writer_conn or self._writer()
-            space = self._space
-            if len(batch) == 1 and cost < space.budget:
-                it = batch[0]
-                try:
-                    conn.execute(_INSERT, (it.uuid, it.body, len(it.body), it.now, it.now))
-                except sqlite3.OperationalError as exc:
-                    if exc.sqlite_errorcode in _BUSY_CODES:
-                        raise SpoolLocked(f"spool {self.path} stayed locked: {exc}") from exc
-                    raise
-                space.budget -= cost
-                it.written = it.done = True
-                return
-            self._begin(conn)
-            try:
-                if cost < space.budget:
-                    space.budget -= cost
-                    keep = batch
-                else:
-                    keep = self._make_room(conn, batch, cost)
-                if keep:
-                    conn.executemany(
-                        _INSERT, [(it.uuid, it.body, len(it.body), it.now, it.now) for it in keep]
-                    )
-                conn.execute("COMMIT")
-            except BaseException:
-                self._abort(conn)
-                raise
-        for it in keep:
-            it.written = it.done = True
-
-    def _used_bytes(self, conn: sqlite3.Connection) -> int:
-        page_size = conn.execute("PRAGMA page_size").fetchone()[0]
-        pages = conn.execute("PRAGMA page_count").fetchone()[0]
-        free = conn.execute("PRAGMA freelist_count").fetchone()[0]
-        return int((pages - free) * page_size)
-
-    def _make_room(
-        self, conn: sqlite3.Connection, batch: list[_Append], cost: int
-    ) -> list[_Append]:
-        """Apply ``max_spool_bytes`` and ``on_full`` to a group of appends that
-        will take about ``cost`` bytes (each event costs its body plus index
-        entries and row overhead: ~2x); return the appends to write.
-
-        The used size is read from the file's page counts. It is read again
-        once appends wrote half the headroom left, or 1/64 of the bound (so
-        that other processes' writes and deletes are seen too).
-
-        A full episode (one WARNING) lasts until the used size is back down to
-        :data:`ROOM_AGAIN` of the bound: the little room that ``drop_oldest``
-        makes for each append, or that one delivery makes while captures keep
-        the spool at its bound, does not end it.
-        """
-        space = self._space
-        used = self._used_bytes(conn)
-        headroom = self.max_spool_bytes - used
-        if cost <= headroom:
-            space.budget = min(self.max_spool_bytes // 64, (headroom - cost) // 2)
-            if space.episode.active and used <= self.max_spool_bytes * ROOM_AGAIN:
-                self._end_full_episode()
-            return batch
-        need = cost - headroom
-        space.budget = 0
-        if self.on_full == "drop_oldest" and self._drop_oldest(conn, need) >= need:
-            return batch
-        self._note_full(len(batch))
-        if self.on_full == "drop_newest" or self.on_full == "drop_oldest":
-            add_counter(conn, "dropped", len(batch))
-            for it in batch:
-                it.done = True
-            return []
-        full = _Full(self.path, self.max_spool_bytes, self.on_full)
-        for it in batch:
-            it.error, it.done = full, True
-        return []
-
-    def _drop_oldest(self, conn: sqlite3.Connection, need: int) -> int:
-        """Delete the oldest pending events until about ``need`` bytes are free
-        (at most 10 000 at a time); count them as dropped. Returns the estimate freed."""
-        freed, ids = 0, []
-        rows = conn.execute(
-            "SELECT id, size FROM events WHERE state = 'pending' ORDER BY id LIMIT 10000"
-        )
-        for row_id, size in rows:
-            ids.append(row_id)
-            freed += 2 * size
-            if freed >= need:
-                break
-        if ids:
-            conn.execute(f"DELETE FROM events WHERE {_IN_IDS}", (_ids_json(ids),))
-            add_counter(conn, "dropped", len(ids))
-            self._note_full(len(ids))
-        return freed
-
-    def _note_full(self, dropped: int) -> None:
-        """One WARNING per full episode, whatever the policy; counts what it dropped."""
-        episode = self._space.episode
-        if self.on_full in ("drop_newest", "drop_oldest"):
-            episode.dropped += dropped
-        if not episode.active:
-            episode.active = True
-            doing = {
-                "drop_newest": "dropping new events",
-                "drop_oldest": "dropping the oldest pending events",
-                "block": "blocking capture until there is room",
-                "raise": "refusing new events (SpoolFull)",
-            }[self.on_full]
-            log.warning(
-                "spool %s is full (max_spool_bytes=%d); on_full=%s is %s "
-                "(drops are counted as 'dropped'; not logged again until it is back down to"
-                " %d bytes)",
-                self.path,
-                self.max_spool_bytes,
-                self.on_full,
-                doing,
-                int(self.max_spool_bytes * ROOM_AGAIN),
-            )
-
-    def _end_full_episode(self) -> None:
-        episode = self._space.episode
-        log.info(
-            "spool %s has room again; %d event(s) were dropped while it was full",
-            self.path,
-            episode.dropped,
-        )
-        self._space.episode = _FullEpisode()
-
-    def _signal_space(self) -> None:
-        if self.on_full == "block":
-            with self._space_freed:
-                self._freed += 1
-                self._space_freed.notify_all()
+        return self._appender.append(uuid, body, now)
 
     # -- claim and settle -------------------------------------------------------
-
-    def _due_rows(
-        self, conn: sqlite3.Connection, now: float, limit: int, columns: str
-    ) -> list[Any]:
-        """Due pending rows, retries (oldest schedule first) before fresh rows
-        (capture order). Fresh rows are found from an in-memory cursor, so rows
-        already leased are not scanned again; the cursor restarts from the
-        beginning when it finds nothing (ids are reused once the spool empties)."""
-        rows = conn.execute(
-            f"SELECT {columns} FROM events WHERE attempts > 0 AND state = 'pending'"
-            " AND next_attempt_at <= ? ORDER BY next_attempt_at LIMIT ?",
-            (now, limit),
-        ).fetchall()
-        if len(rows) < limit:
-            fresh_sql = (
-                f"SELECT {columns} FROM events WHERE id > ? AND attempts = 0"
-                " AND state = 'pending' ORDER BY id LIMIT ?"
-            )
-            fresh = conn.execute(fresh_sql, (self._cursor, limit - len(rows))).fetchall()
-            if not fresh and self._cursor:
-                self._cursor = 0
-                fresh = conn.execute(fresh_sql, (0, limit - len(rows))).fetchall()
-            rows += fresh
-        return rows
 
     def claim(
         self,
@@ -1076,55 +204,13 @@ class Spool:
         looks further (up to a bound per transaction) for events to lease.
         ``owner`` (default: this process) is recorded with the lease.
         """
-        owner = owner or current_owner()
-        with self._write() as conn:
-            for _ in range(_EXPIRE_ROUNDS):
-                rows = self._due_rows(
-                    conn, now, max_events, "id, uuid, body, attempts, captured_at"
-                )
-                if not rows:
-                    return None
-                taken: list[Row] = []
-                expired: list[int] = []
-                total = 0
-                for row_id, uuid, body, attempts, captured_at in rows:
-                    if max_event_age is not None and captured_at < now - max_event_age:
-                        expired.append(row_id)
-                        continue
-                    if taken and total + len(body) > max_bytes:
-                        break
-                    total += len(body)
-                    taken.append(Row(row_id, uuid, bytes(body), attempts, captured_at))
-                if expired:
-                    self._kill(
-                        conn, expired, None, now, "expired", None, "older than max_event_age"
-                    )
-                if taken:
-                    break
-            else:
-                return None
-            fresh = [r.id for r in taken if r.attempts == 0]
-            if fresh:
-                self._cursor = max(self._cursor, max(fresh))
-            token = secrets.token_hex(16)
-            expires_at = now + lease_ttl
-            conn.execute(
-                "INSERT INTO leases (token, host, pid, pid_start, created_at, expires_at)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                (token, owner.host, owner.pid, owner.start, now, expires_at),
-            )
-            conn.execute(
-                f"UPDATE events SET state = 'leased', lease_token = ?, lease_expires_at = ?"
-                f" WHERE {_IN_IDS}",
-                (token, expires_at, _ids_json([r.id for r in taken])),
-            )
-        return Batch(token, tuple(taken), expires_at)
-
-    def _forget_lease(self, conn: sqlite3.Connection, token: str) -> None:
-        conn.execute(
-            "DELETE FROM leases WHERE token = ?"
-            " AND NOT EXISTS (SELECT 1 FROM events WHERE lease_token = ?)",
-            (token, token),
+        return self._leases.claim(
+            now,
+            max_events=max_events,
+            max_bytes=max_bytes,
+            lease_ttl=lease_ttl,
+            max_event_age=max_event_age,
+            owner=owner,
         )
 
     def ack(self, token: str, ids: Sequence[int]) -> int:
@@ -1132,14 +218,8 @@ class Spool:
 
         Returns the number deleted (0 for a stale token: the rows were re-leased).
         """
-        with self._write() as conn:
-            n = conn.execute(
-                f"DELETE FROM events WHERE {_IN_IDS} AND lease_token = ?",
-                (_ids_json(ids), token),
-            ).rowcount
-            add_counter(conn, "delivered", n)
-            self._forget_lease(conn, token)
-        self._signal_space()
+        n = self._leases.ack(token, ids)
+        self._appender.signal_space()
         return n
 
     def reschedule(
@@ -1158,45 +238,16 @@ class Spool:
         instead, keeping the HTTP ``status`` of the last attempt (None: no
         response) and ``error``. Returns (rescheduled, dead); (0, 0) for a stale token.
         """
-        with self._write() as conn:
-            updated = conn.execute(
-                "UPDATE events SET state = 'pending', lease_token = NULL,"
-                " lease_expires_at = NULL, attempts = attempts + 1, next_attempt_at = ?,"
-                " last_error = ?, first_failed_at = coalesce(first_failed_at, ?),"
-                f" last_failed_at = ? WHERE {_IN_IDS} AND lease_token = ?"
-                " RETURNING id, attempts",
-                (next_attempt_at, error[:1000], now, now, _ids_json(ids), token),
-            ).fetchall()
-            dead_ids = []
-            if max_attempts is not None:
-                dead_ids = [row_id for row_id, attempts in updated if attempts >= max_attempts]
-                self._kill(conn, dead_ids, None, now, "max_attempts", status, error)
-            self._forget_lease(conn, token)
-        return len(updated) - len(dead_ids), len(dead_ids)
+        return self._leases.reschedule(
+            token, ids, now, next_attempt_at, error, max_attempts, status
+        )
 
     def release(self, token: str, ids: Sequence[int] | None = None) -> int:
         """Give leased rows back, due now, without counting an attempt.
 
         ``ids`` None releases the whole lease. Returns the number released.
         """
-        with self._write() as conn:
-            n = self._release(conn, token, ids)
-            self._forget_lease(conn, token)
-        return n
-
-    def _release(self, conn: sqlite3.Connection, token: str, ids: Sequence[int] | None) -> int:
-        where = "lease_token = ?" if ids is None else f"{_IN_IDS} AND lease_token = ?"
-        params: tuple[Any, ...] = (token,) if ids is None else (_ids_json(ids), token)
-        n = int(
-            conn.execute(
-                f"UPDATE events SET state = 'pending', lease_token = NULL,"
-                f" lease_expires_at = NULL WHERE {where}",
-                params,
-            ).rowcount
-        )
-        if n:
-            self._cursor = 0
-        return n
+        return self._leases.release(token, ids)
 
     def dead_letter(
         self,
@@ -1210,57 +261,11 @@ class Spool:
         """Move leased rows to the dead letters with a ``reason`` (``too_large``,
         ``rejected``, …), the HTTP ``status`` if any and a ``detail`` (a body
         excerpt). Returns the number dead-lettered (0 for a stale token)."""
-        with self._write() as conn:
-            n = self._kill(conn, ids, token, now, reason, status, detail, tried=1)
-            self._forget_lease(conn, token)
-        return n
-
-    def _kill(
-        self,
-        conn: sqlite3.Connection,
-        ids: Sequence[int],
-        token: str | None,
-        now: float,
-        reason: str,
-        status: int | None,
-        detail: str,
-        tried: int = 0,
-    ) -> int:
-        """Move rows ``ids`` (held by ``token``, or unleased when None) to dead_events;
-        ``tried`` is 1 when a request that was not yet counted in ``attempts`` failed."""
-        if not ids:
-            return 0
-        params: tuple[str, ...]
-        if token is None:
-            where, params = f"{_IN_IDS} AND lease_token IS NULL", (_ids_json(ids),)
-        else:
-            where, params = f"{_IN_IDS} AND lease_token = ?", (_ids_json(ids), token)
-        n = int(
-            conn.execute(
-                "INSERT INTO dead_events (event_id, uuid, body, size, captured_at, attempts,"
-                " reason, status, detail, first_failed_at, last_failed_at, dead_at)"
-                " SELECT id, uuid, body, size, captured_at, attempts + ?, ?, ?, ?,"
-                f" coalesce(first_failed_at, ?), ?, ? FROM events WHERE {where}",
-                (tried, reason, status, detail[:1000], now, now, now, *params),
-            ).rowcount
-        )
-        conn.execute(f"DELETE FROM events WHERE {where}", params)
-        add_counter(conn, "dead", n)
-        if n:
-            log.warning("dead-lettered %d event(s): %s %s", n, reason, status or "")
-        return n
+        return self._leases.dead_letter(token, ids, now, reason, status, detail)
 
     def extend(self, token: str, expires_at: float) -> bool:
         """Extend a lease to ``expires_at``; False if the token no longer holds it."""
-        with self._write() as conn:
-            n = conn.execute(
-                "UPDATE leases SET expires_at = ? WHERE token = ?", (expires_at, token)
-            ).rowcount
-            conn.execute(
-                "UPDATE events SET lease_expires_at = ? WHERE lease_token = ?",
-                (expires_at, token),
-            )
-        return n > 0
+        return self._leases.extend(token, expires_at)
 
     def reclaim(self, now: float) -> int:
         """Take back leases that expired by ``now`` (UTC seconds), or whose owner
@@ -1271,43 +276,7 @@ class Spool:
         is missing are taken back once their expiry passed. Returns the number of
         events made pending again.
         """
-        # Rows that other processes gave back may lie behind the fresh-row
-        # cursor; this runs every few seconds, so they wait at most that long.
-        self._cursor = 0
-        self._follow_file()
-        with self._read() as conn:
-            leases = conn.execute(
-                "SELECT token, host, pid, pid_start, expires_at FROM leases"
-            ).fetchall()
-            orphans = conn.execute(
-                "SELECT DISTINCT lease_token FROM events WHERE lease_token IS NOT NULL"
-                " AND lease_expires_at <= ? AND lease_token NOT IN (SELECT token FROM leases)",
-                (now,),
-            ).fetchall()
-        # Owner checks read /proc: done before the write transaction, not in it.
-        owner_gone = {
-            token
-            for token, host, pid, start, expires_at in leases
-            if expires_at > now and not owner_alive(Owner(host, pid, start))
-        }
-        candidates = [token for token, *_, expires_at in leases if expires_at <= now]
-        candidates += [*owner_gone, *(token for (token,) in orphans)]
-        if not candidates:
-            return 0
-        n = taken = 0
-        with self._write() as conn:
-            for token in candidates:
-                row = conn.execute(
-                    "SELECT expires_at FROM leases WHERE token = ?", (token,)
-                ).fetchone()
-                if row is not None and row[0] > now and token not in owner_gone:
-                    continue  # extended since it was read: its owner is still at work
-                n += self._release(conn, token, None)
-                conn.execute("DELETE FROM leases WHERE token = ?", (token,))
-                taken += 1
-        if n:
-            log.info("reclaimed %d event(s) from %d abandoned lease(s)", n, taken)
-        return n
+        return self._leases.reclaim(now)
 
     # -- reading -----------------------------------------------------------------
 
@@ -1315,100 +284,42 @@ class Spool:
         """A flush barrier: (newest event id, ``now``). The events "captured before"
         it are those with ``id <= wm[0]`` and ``captured_at <= wm[1]`` (ids are
         reused once the spool empties; the time tells those apart)."""
-        with self._read() as conn:
-            row = conn.execute("SELECT max(id) FROM events").fetchone()
-        return (int(row[0] or 0), now)
+        return queries.watermark(self._db, now)
 
     def any_open_through(self, watermark: Watermark) -> bool:
         """True while an event inside ``watermark`` is pending or leased.
 
         O(log n), unlike :meth:`states_through`: the lowest remaining id answers it.
         """
-        last_id, at = watermark
-        with self._read() as conn:
-            row = conn.execute(
-                "SELECT 1 FROM events WHERE id <= ? AND captured_at <= ? LIMIT 1", (last_id, at)
-            ).fetchone()
-        return row is not None
+        return queries.any_open_through(self._db, watermark)
 
     def dead_through(self, watermark: Watermark) -> int:
         """How many dead letters lie inside ``watermark`` (an index range count)."""
-        last_id, at = watermark
-        with self._read() as conn:
-            return int(
-                conn.execute(
-                    "SELECT count(*) FROM dead_events WHERE event_id <= ? AND captured_at <= ?",
-                    (last_id, at),
-                ).fetchone()[0]
-            )
+        return queries.dead_through(self._db, watermark)
 
     def states_through(self, watermark: Watermark) -> dict[str, int]:
         """Counts by state (pending, leased, dead) of the events inside ``watermark``
         (a scan of the events table, in one read snapshot)."""
-        with self._read(snapshot=True) as conn:
-            return _states_through(conn, watermark)
+        return queries.states_through(self._db, watermark)
 
     def due(self, now: float, limit: int) -> tuple[int, float | None, int]:
         """For the dispatcher: (how many pending events are due, up to ``limit``;
         when the first of them became due; the most attempts among them)."""
-        with self._read() as conn:
-            rows = self._due_rows(conn, now, limit, "next_attempt_at, attempts")
-        if not rows:
-            return 0, None, 0
-        return len(rows), min(float(r[0]) for r in rows), max(int(r[1]) for r in rows)
+        return self._leases.due(now, limit)
 
     def next_due_at(self) -> float | None:
         """When the earliest retry becomes due (UTC seconds), or None.
         (Fresh events are due as soon as they are captured.)"""
-        with self._read() as conn:
-            row = conn.execute(
-                "SELECT min(next_attempt_at) FROM events WHERE attempts > 0 AND state = 'pending'"
-            ).fetchone()
-        return None if row[0] is None else float(row[0])
+        return queries.next_due_at(self._db)
 
     def counters(self) -> dict[str, int]:
         """The persisted totals: delivered, dead, dropped, … (0 when never counted)."""
-        with self._read() as conn:
-            return self._counters(conn)
-
-    @staticmethod
-    def _counters(conn: sqlite3.Connection) -> dict[str, int]:
-        found = dict(conn.execute("SELECT name, value FROM counters").fetchall())
-        base = dict.fromkeys(("delivered", "dead", "dropped", "filtered"), 0)
-        return base | {str(k): int(v) for k, v in found.items()}
+        return queries.counters(self._db)
 
     def stats(self, now: float) -> SpoolStats:
         """A :class:`SpoolStats` snapshot at ``now`` (UTC seconds): one read
         transaction, one scan of the events table."""
-        with self._read(snapshot=True) as conn:
-            counts = {"pending": 0, "leased": 0, "dead": 0}
-            sizes = dict.fromkeys(counts, 0)
-            for state, n, size in conn.execute(
-                "SELECT state, count(*), coalesce(sum(size), 0) FROM events GROUP BY state"
-                " UNION ALL SELECT 'dead', count(*), coalesce(sum(size), 0) FROM dead_events"
-            ):
-                counts[state], sizes[state] = int(n), int(size)
-            oldest, next_at = conn.execute(
-                "SELECT min(captured_at), min(next_attempt_at) FROM events WHERE state = 'pending'"
-            ).fetchone()
-            reasons = dict(
-                conn.execute("SELECT reason, count(*) FROM dead_events GROUP BY reason").fetchall()
-            )
-            version = migrations.schema_version(conn)
-            counters = self._counters(conn)
-        wal = self._side_files()[0]
-        return SpoolStats(
-            path=str(self.path),
-            schema_version=version,
-            counts=counts,
-            bytes=sizes,
-            oldest_pending_age=None if oldest is None else max(0.0, now - oldest),
-            next_attempt_in=None if next_at is None else max(0.0, next_at - now),
-            dead_reasons={str(k): int(v) for k, v in reasons.items()},
-            counters=counters,
-            file_bytes=self.path.stat().st_size if self.path.exists() else 0,
-            wal_bytes=wal.stat().st_size if wal.exists() else 0,
-        )
+        return queries.stats(self._db, now)
 
     # -- operators' views and repairs (SQL in spool/maintenance.py) ---------------
 
@@ -1428,12 +339,12 @@ class Spool:
         events by capture time, dead letters by the time they were dead-lettered."""
         if limit < 1:
             return []
-        with self._read(snapshot=True) as conn:
+        with self._db.read(snapshot=True) as conn:
             return maintenance.tail(conn, where or Filter(), limit, now)
 
     def count_dead(self, where: Filter | None = None, *, now: float) -> int:
         """How many dead letters match ``where`` (None: all)."""
-        with self._read() as conn:
+        with self._db.read() as conn:
             return maintenance.count_dead(conn, where or Filter(), now)
 
     def replay(self, where: Filter | None = None, *, now: float) -> int:
@@ -1441,13 +352,13 @@ class Spool:
         with ``attempts``, errors and the ``max_event_age`` clock reset (their
         ``captured_at`` becomes ``now``; the event's own timestamp is unchanged).
         Returns how many; counted as ``replayed``. Raises :class:`SpoolLocked`."""
-        with self._write() as conn:
+        with self._db.write() as conn:
             return maintenance.replay(conn, where or Filter(), now)
 
     def purge(self, where: Filter | None = None, *, now: float) -> int:
         """Delete the dead letters matching ``where``; return how many, counted as
         ``purged``. Raises :class:`SpoolLocked`."""
-        with self._write() as conn:
+        with self._db.write() as conn:
             return maintenance.purge(conn, where or Filter(), now)
 
     def import_events(self, events: Sequence[tuple[str, bytes]], *, now: float) -> int:
@@ -1455,7 +366,7 @@ class Spool:
         transaction; uuids already in the spool in any state, or repeated, are
         skipped. ``max_spool_bytes``/``on_full`` do not apply. Returns how many
         were added, counted as ``imported``. Raises :class:`SpoolLocked`."""
-        with self._write() as conn:
+        with self._db.write() as conn:
             return maintenance.insert_new(conn, events, now)
 
     def checkpoint(self) -> bool:
@@ -1466,29 +377,4 @@ class Spool:
         busy reader or writer makes it a partial, harmless checkpoint. Returns
         True if the whole WAL was folded back.
         """
-        with self._wlock:
-            conn = self._writer()
-            conn.execute(f"PRAGMA busy_timeout={int(CHECKPOINT_BUSY_TIMEOUT * 1000)}")
-            try:
-                busy, _, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
-            finally:
-                conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout * 1000)}")
-        return not busy
-
-
-def _is_corrupt(exc: BaseException) -> bool:
-    return isinstance(exc, sqlite3.DatabaseError) and exc.sqlite_errorcode in _CORRUPT_CODES
-
-
-class _Full(Exception):
-    """Internal: a group of appends found the spool full (on_full raise/block)."""
-
-    def __init__(self, path: Path, limit: int, policy: str) -> None:
-        super().__init__(path, limit, policy)
-        self.message = (
-            f"spool {path} is full (max_spool_bytes={limit}, on_full={policy}); "
-            "the event was not written"
-        )
-
-    def as_public(self) -> SpoolFull:
-        return SpoolFull(self.message)
+        return self._db.checkpoint()

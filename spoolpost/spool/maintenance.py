@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from spoolpost.errors import ConfigError, SpoolpostError
+from spoolpost.spool.sql import IN_IDS, INSERT_EVENT, add_counter
 
 STATES: tuple[str, ...] = ("pending", "leased", "dead")
 LIVE_STATES: tuple[str, ...] = ("pending", "leased")
@@ -30,11 +31,7 @@ LIVE_STATES: tuple[str, ...] = ("pending", "leased")
 META_KEY = "spoolpost"
 
 _COMPACT = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
-_IN_IDS = "id IN (SELECT value FROM json_each(?))"
 _EVENT_NAME = "json_extract(CAST(body AS TEXT), '$.event') = ?"
-_INSERT = (
-    "INSERT INTO events (uuid, body, size, captured_at, next_attempt_at) VALUES (?, ?, ?, ?, ?)"
-)
 
 
 @dataclass(frozen=True)
@@ -244,16 +241,6 @@ def count_dead(conn: sqlite3.Connection, where: Filter, now: float) -> int:
     return int(row.fetchone()[0])
 
 
-def add_counter(conn: sqlite3.Connection, name: str, n: int) -> None:
-    """Add ``n`` to the persisted counter ``name`` (nothing for 0)."""
-    if n:
-        conn.execute(
-            "INSERT INTO counters (name, value) VALUES (?, ?) "
-            "ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
-            (name, n),
-        )
-
-
 def _dead_ids(conn: sqlite3.Connection, where: Filter, now: float) -> list[int]:
     clause = where.dead_where(now)
     if clause is None:
@@ -270,10 +257,10 @@ def replay(conn: sqlite3.Connection, where: Filter, now: float) -> int:
         ids_json = json.dumps(ids)
         conn.execute(
             "INSERT INTO events (uuid, body, size, captured_at, next_attempt_at)"
-            f" SELECT uuid, body, size, ?, ? FROM dead_events WHERE {_IN_IDS} ORDER BY id",
+            f" SELECT uuid, body, size, ?, ? FROM dead_events WHERE {IN_IDS} ORDER BY id",
             (now, now, ids_json),
         )
-        conn.execute(f"DELETE FROM dead_events WHERE {_IN_IDS}", (ids_json,))
+        conn.execute(f"DELETE FROM dead_events WHERE {IN_IDS}", (ids_json,))
         add_counter(conn, "replayed", len(ids))
     return len(ids)
 
@@ -282,7 +269,7 @@ def purge(conn: sqlite3.Connection, where: Filter, now: float) -> int:
     """Delete matching dead letters; return how many."""
     ids = _dead_ids(conn, where, now)
     if ids:
-        conn.execute(f"DELETE FROM dead_events WHERE {_IN_IDS}", (json.dumps(ids),))
+        conn.execute(f"DELETE FROM dead_events WHERE {IN_IDS}", (json.dumps(ids),))
         add_counter(conn, "purged", len(ids))
     return len(ids)
 
@@ -305,6 +292,6 @@ def insert_new(conn: sqlite3.Connection, events: Sequence[tuple[str, bytes]], no
         if uuid not in seen:
             seen.add(uuid)
             rows.append((uuid, body, len(body), now, now))
-    conn.executemany(_INSERT, rows)
+    conn.executemany(INSERT_EVENT, rows)
     add_counter(conn, "imported", len(rows))
     return len(rows)

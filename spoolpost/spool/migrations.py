@@ -19,6 +19,7 @@ from pathlib import Path
 
 from spoolpost._version import __version__
 from spoolpost.errors import SchemaTooNew, SpoolCorrupt
+from spoolpost.spool.files import foreign_error, foreign_tables
 
 _NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 
@@ -122,17 +123,9 @@ def migrate(conn: sqlite3.Connection, where: str = "") -> int:
         if version > LATEST_VERSION:
             raise _too_new(version, where)
         if version == 0:
-            foreign = [
-                name
-                for (name,) in conn.execute(
-                    "SELECT name FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'"
-                )
-            ]
+            foreign = foreign_tables(conn)
             if foreign:
-                raise SpoolCorrupt(
-                    f"{where or 'the file'} is a SQLite database but not a spoolpost spool "
-                    f"(it holds {', '.join(sorted(foreign)[:5])}); refusing to change it"
-                )
+                raise foreign_error(where or "the file", foreign)
             conn.execute(
                 "CREATE TABLE schema_migrations ("
                 " version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at REAL NOT NULL)"

@@ -1,0 +1,328 @@
+"""Leases: handing due events to senders and settling them.
+
+:class:`Leases` finds due events (retries whose backoff is over first, then
+fresh events in capture order), leases a batch to one sender under a random
+token, and settles it by that token: ack (delete), reschedule, release,
+dead-letter, extend. A settle call carrying a stale token changes nothing.
+:meth:`Leases.reclaim` takes back leases that expired or whose owner process is
+gone; it checks owners (reading /proc) before its write transaction, not in it.
+Every write is one ``BEGIN IMMEDIATE`` transaction with no network I/O (see
+docs/architecture.md, "An event row's states").
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import sqlite3
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+from spoolpost.spool.db import Database
+from spoolpost.spool.owner import Owner, current_owner, owner_alive
+from spoolpost.spool.sql import IN_IDS, add_counter, ids_json
+
+log = logging.getLogger("spoolpost")
+
+#: Rows a claim may dead-letter as ``expired`` in one transaction, per ``max_events``.
+_EXPIRE_ROUNDS = 8
+
+
+class Row(NamedTuple):
+    """One leased event: spool ``id``, ``uuid``, encoded ``body``, prior ``attempts``.
+
+    A NamedTuple rather than a dataclass: a claim builds hundreds at a time."""
+
+    id: int
+    uuid: str
+    body: bytes
+    attempts: int
+    captured_at: float
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Events leased to one sender under ``token`` until ``expires_at`` (UTC seconds)."""
+
+    token: str
+    rows: tuple[Row, ...]
+    expires_at: float
+
+    @property
+    def ids(self) -> list[int]:
+        return [r.id for r in self.rows]
+
+    @property
+    def size(self) -> int:
+        """Sum of the encoded event sizes, in bytes."""
+        return sum(len(r.body) for r in self.rows)
+
+
+class Leases:
+    """Leases on the spool ``db``; thread-safe (every call is one transaction)."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        # Fresh rows (never tried) above this id are the next to lease; see _due_rows.
+        self._cursor = 0
+        db.on_start_over(self._start_over)
+
+    def _start_over(self, forked: bool) -> None:
+        # The cursor points into the file that was open.
+        self._cursor = 0
+
+    def _due_rows(
+        self, conn: sqlite3.Connection, now: float, limit: int, columns: str
+    ) -> list[Any]:
+        """Due pending rows, retries (oldest schedule first) before fresh rows
+        (capture order). Fresh rows are found from an in-memory cursor, so rows
+        already leased are not scanned again; the cursor restarts from the
+        beginning when it finds nothing (ids are reused once the spool empties)."""
+        rows = conn.execute(
+            f"SELECT {columns} FROM events WHERE attempts > 0 AND state = 'pending'"
+            " AND next_attempt_at <= ? ORDER BY next_attempt_at LIMIT ?",
+            (now, limit),
+        ).fetchall()
+        if len(rows) < limit:
+            fresh_sql = (
+                f"SELECT {columns} FROM events WHERE id > ? AND attempts = 0"
+                " AND state = 'pending' ORDER BY id LIMIT ?"
+            )
+            fresh = conn.execute(fresh_sql, (self._cursor, limit - len(rows))).fetchall()
+            if not fresh and self._cursor:
+                self._cursor = 0
+                fresh = conn.execute(fresh_sql, (0, limit - len(rows))).fetchall()
+            rows += fresh
+        return rows
+
+    def claim(
+        self,
+        now: float,
+        *,
+        max_events: int,
+        max_bytes: int,
+        lease_ttl: float,
+        max_event_age: float | None = None,
+        owner: Owner | None = None,
+    ) -> Batch | None:
+        """Lease due pending events to one sender; see :meth:`Spool.claim`."""
+        owner = owner or current_owner()
+        with self._db.write() as conn:
+            for _ in range(_EXPIRE_ROUNDS):
+                rows = self._due_rows(
+                    conn, now, max_events, "id, uuid, body, attempts, captured_at"
+                )
+                if not rows:
+                    return None
+                taken: list[Row] = []
+                expired: list[int] = []
+                total = 0
+                for row_id, uuid, body, attempts, captured_at in rows:
+                    if max_event_age is not None and captured_at < now - max_event_age:
+                        expired.append(row_id)
+                        continue
+                    if taken and total + len(body) > max_bytes:
+                        break
+                    total += len(body)
+                    taken.append(Row(row_id, uuid, bytes(body), attempts, captured_at))
+                if expired:
+                    self._kill(
+                        conn, expired, None, now, "expired", None, "older than max_event_age"
+                    )
+                if taken:
+                    break
+            else:
+                return None
+            fresh = [r.id for r in taken if r.attempts == 0]
+            if fresh:
+                self._cursor = max(self._cursor, max(fresh))
+            token = secrets.token_hex(16)
+            expires_at = now + lease_ttl
+            conn.execute(
+                "INSERT INTO leases (token, host, pid, pid_start, created_at, expires_at)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (token, owner.host, owner.pid, owner.start, now, expires_at),
+            )
+            conn.execute(
+                f"UPDATE events SET state = 'leased', lease_token = ?, lease_expires_at = ?"
+                f" WHERE {IN_IDS}",
+                (token, expires_at, ids_json([r.id for r in taken])),
+            )
+        return Batch(token, tuple(taken), expires_at)
+
+    def _forget_lease(self, conn: sqlite3.Connection, token: str) -> None:
+        conn.execute(
+            "DELETE FROM leases WHERE token = ?"
+            " AND NOT EXISTS (SELECT 1 FROM events WHERE lease_token = ?)",
+            (token, token),
+        )
+
+    def ack(self, token: str, ids: Sequence[int]) -> int:
+        """Delete delivered rows still leased to ``token``; see :meth:`Spool.ack`."""
+        with self._db.write() as conn:
+            n = conn.execute(
+                f"DELETE FROM events WHERE {IN_IDS} AND lease_token = ?",
+                (ids_json(ids), token),
+            ).rowcount
+            add_counter(conn, "delivered", n)
+            self._forget_lease(conn, token)
+        return n
+
+    def reschedule(
+        self,
+        token: str,
+        ids: Sequence[int],
+        now: float,
+        next_attempt_at: float,
+        error: str,
+        max_attempts: int | None = None,
+        status: int | None = None,
+    ) -> tuple[int, int]:
+        """A failed attempt; see :meth:`Spool.reschedule`."""
+        with self._db.write() as conn:
+            updated = conn.execute(
+                "UPDATE events SET state = 'pending', lease_token = NULL,"
+                " lease_expires_at = NULL, attempts = attempts + 1, next_attempt_at = ?,"
+                " last_error = ?, first_failed_at = coalesce(first_failed_at, ?),"
+                f" last_failed_at = ? WHERE {IN_IDS} AND lease_token = ?"
+                " RETURNING id, attempts",
+                (next_attempt_at, error[:1000], now, now, ids_json(ids), token),
+            ).fetchall()
+            dead_ids = []
+            if max_attempts is not None:
+                dead_ids = [row_id for row_id, attempts in updated if attempts >= max_attempts]
+                self._kill(conn, dead_ids, None, now, "max_attempts", status, error)
+            self._forget_lease(conn, token)
+        return len(updated) - len(dead_ids), len(dead_ids)
+
+    def release(self, token: str, ids: Sequence[int] | None = None) -> int:
+        """Give leased rows back, due now; see :meth:`Spool.release`."""
+        with self._db.write() as conn:
+            n = self._release(conn, token, ids)
+            self._forget_lease(conn, token)
+        return n
+
+    def _release(self, conn: sqlite3.Connection, token: str, ids: Sequence[int] | None) -> int:
+        where = "lease_token = ?" if ids is None else f"{IN_IDS} AND lease_token = ?"
+        params: tuple[Any, ...] = (token,) if ids is None else (ids_json(ids), token)
+        n = int(
+            conn.execute(
+                f"UPDATE events SET state = 'pending', lease_token = NULL,"
+                f" lease_expires_at = NULL WHERE {where}",
+                params,
+            ).rowcount
+        )
+        if n:
+            self._cursor = 0
+        return n
+
+    def dead_letter(
+        self,
+        token: str,
+        ids: Sequence[int],
+        now: float,
+        reason: str,
+        status: int | None = None,
+        detail: str = "",
+    ) -> int:
+        """Dead-letter leased rows; see :meth:`Spool.dead_letter`."""
+        with self._db.write() as conn:
+            n = self._kill(conn, ids, token, now, reason, status, detail, tried=1)
+            self._forget_lease(conn, token)
+        return n
+
+    def _kill(
+        self,
+        conn: sqlite3.Connection,
+        ids: Sequence[int],
+        token: str | None,
+        now: float,
+        reason: str,
+        status: int | None,
+        detail: str,
+        tried: int = 0,
+    ) -> int:
+        """Move rows ``ids`` (held by ``token``, or unleased when None) to dead_events;
+        ``tried`` is 1 when a request that was not yet counted in ``attempts`` failed."""
+        if not ids:
+            return 0
+        params: tuple[str, ...]
+        if token is None:
+            where, params = f"{IN_IDS} AND lease_token IS NULL", (ids_json(ids),)
+        else:
+            where, params = f"{IN_IDS} AND lease_token = ?", (ids_json(ids), token)
+        n = int(
+            conn.execute(
+                "INSERT INTO dead_events (event_id, uuid, body, size, captured_at, attempts,"
+                " reason, status, detail, first_failed_at, last_failed_at, dead_at)"
+                " SELECT id, uuid, body, size, captured_at, attempts + ?, ?, ?, ?,"
+                f" coalesce(first_failed_at, ?), ?, ? FROM events WHERE {where}",
+                (tried, reason, status, detail[:1000], now, now, now, *params),
+            ).rowcount
+        )
+        conn.execute(f"DELETE FROM events WHERE {where}", params)
+        add_counter(conn, "dead", n)
+        if n:
+            log.warning("dead-lettered %d event(s): %s %s", n, reason, status or "")
+        return n
+
+    def extend(self, token: str, expires_at: float) -> bool:
+        """Extend a lease; see :meth:`Spool.extend`."""
+        with self._db.write() as conn:
+            n = conn.execute(
+                "UPDATE leases SET expires_at = ? WHERE token = ?", (expires_at, token)
+            ).rowcount
+            conn.execute(
+                "UPDATE events SET lease_expires_at = ? WHERE lease_token = ?",
+                (expires_at, token),
+            )
+        return n > 0
+
+    def reclaim(self, now: float) -> int:
+        """Take back abandoned leases; see :meth:`Spool.reclaim`."""
+        # Rows that other processes gave back may lie behind the fresh-row
+        # cursor; this runs every few seconds, so they wait at most that long.
+        self._cursor = 0
+        self._db.follow_file()
+        with self._db.read() as conn:
+            leases = conn.execute(
+                "SELECT token, host, pid, pid_start, expires_at FROM leases"
+            ).fetchall()
+            orphans = conn.execute(
+                "SELECT DISTINCT lease_token FROM events WHERE lease_token IS NOT NULL"
+                " AND lease_expires_at <= ? AND lease_token NOT IN (SELECT token FROM leases)",
+                (now,),
+            ).fetchall()
+        # Owner checks read /proc: done before the write transaction, not in it.
+        owner_gone = {
+            token
+            for token, host, pid, start, expires_at in leases
+            if expires_at > now and not owner_alive(Owner(host, pid, start))
+        }
+        candidates = [token for token, *_, expires_at in leases if expires_at <= now]
+        candidates += [*owner_gone, *(token for (token,) in orphans)]
+        if not candidates:
+            return 0
+        n = taken = 0
+        with self._db.write() as conn:
+            for token in candidates:
+                row = conn.execute(
+                    "SELECT expires_at FROM leases WHERE token = ?", (token,)
+                ).fetchone()
+                if row is not None and row[0] > now and token not in owner_gone:
+                    continue  # extended since it was read: its owner is still at work
+                n += self._release(conn, token, None)
+                conn.execute("DELETE FROM leases WHERE token = ?", (token,))
+                taken += 1
+        if n:
+            log.info("reclaimed %d event(s) from %d abandoned lease(s)", n, taken)
+        return n
+
+    def due(self, now: float, limit: int) -> tuple[int, float | None, int]:
+        """What a claim would find due; see :meth:`Spool.due`."""
+        with self._db.read() as conn:
+            rows = self._due_rows(conn, now, limit, "next_attempt_at, attempts")
+        if not rows:
+            return 0, None, 0
+        return len(rows), min(float(r[0]) for r in rows), max(int(r[1]) for r in rows)

@@ -1,0 +1,227 @@
+"""Reads of the spool, and its bookkeeping: the meta table and the counters.
+
+Each function runs on a :class:`~spoolpost.spool.db.Database` in one read (or,
+for the bookkeeping writes, one ``BEGIN IMMEDIATE`` transaction); counts are
+derived from the rows themselves. The flush barrier is a :data:`Watermark`.
+:class:`SpoolSnapshot` answers the same questions inside one pinned WAL snapshot.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from spoolpost.errors import KeyMismatch
+from spoolpost.spool import files, maintenance, migrations
+from spoolpost.spool.db import Database
+from spoolpost.spool.maintenance import Filter, SpooledEvent
+from spoolpost.spool.owner import current_owner
+from spoolpost.spool.sql import add_counter
+
+log = logging.getLogger("spoolpost")
+
+#: A flush barrier: (newest event id, UTC seconds); see :func:`watermark`.
+Watermark = tuple[int, float]
+
+
+@dataclass(frozen=True)
+class SpoolStats:
+    """A snapshot of a spool, all derived from its rows and files.
+
+    ``counts``/``bytes`` are per state (pending, leased, dead); ages are seconds;
+    ``counters`` are the persisted totals (delivered, dead, dropped, …).
+    """
+
+    path: str
+    schema_version: int
+    counts: dict[str, int]
+    bytes: dict[str, int]
+    oldest_pending_age: float | None
+    next_attempt_in: float | None
+    dead_reasons: dict[str, int]
+    counters: dict[str, int]
+    file_bytes: int
+    wal_bytes: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "schema_version": self.schema_version,
+            "counts": self.counts,
+            "bytes": self.bytes,
+            "oldest_pending_age": self.oldest_pending_age,
+            "next_attempt_in": self.next_attempt_in,
+            "dead_reasons": self.dead_reasons,
+            "counters": self.counters,
+            "file_bytes": self.file_bytes,
+            "wal_bytes": self.wal_bytes,
+        }
+
+
+def _states_through(conn: sqlite3.Connection, watermark: Watermark) -> dict[str, int]:
+    last_id, at = watermark
+    found = dict(
+        conn.execute(
+            "SELECT state, count(*) FROM events WHERE id <= ? AND captured_at <= ? GROUP BY state",
+            (last_id, at),
+        ).fetchall()
+    )
+    found["dead"] = conn.execute(
+        "SELECT count(*) FROM dead_events WHERE event_id <= ? AND captured_at <= ?",
+        (last_id, at),
+    ).fetchone()[0]
+    return {state: int(found.get(state, 0)) for state in ("pending", "leased", "dead")}
+
+
+class SpoolSnapshot:
+    """The spool as it was when :meth:`Spool.snapshot` was entered (one pinned
+    WAL snapshot on a private connection); valid inside that ``with`` block."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+
+    def states_through(self, watermark: Watermark) -> dict[str, int]:
+        """:meth:`Spool.states_through`, as of the snapshot."""
+        return _states_through(self._conn, watermark)
+
+    def events(self, where: Filter, now: float) -> Iterator[SpooledEvent]:
+        """:meth:`Spool.events`, as of the snapshot."""
+        return maintenance.select(self._conn, where, now)
+
+
+# -- the flush barrier -------------------------------------------------------------------
+
+
+def watermark(db: Database, now: float) -> Watermark:
+    """:meth:`Spool.watermark`: (newest event id, ``now``)."""
+    with db.read() as conn:
+        row = conn.execute("SELECT max(id) FROM events").fetchone()
+    return (int(row[0] or 0), now)
+
+
+def any_open_through(db: Database, watermark: Watermark) -> bool:
+    """:meth:`Spool.any_open_through`: is an event inside ``watermark`` still live?"""
+    last_id, at = watermark
+    with db.read() as conn:
+        row = conn.execute(
+            "SELECT 1 FROM events WHERE id <= ? AND captured_at <= ? LIMIT 1", (last_id, at)
+        ).fetchone()
+    return row is not None
+
+
+def dead_through(db: Database, watermark: Watermark) -> int:
+    """:meth:`Spool.dead_through`: dead letters inside ``watermark``."""
+    last_id, at = watermark
+    with db.read() as conn:
+        return int(
+            conn.execute(
+                "SELECT count(*) FROM dead_events WHERE event_id <= ? AND captured_at <= ?",
+                (last_id, at),
+            ).fetchone()[0]
+        )
+
+
+def states_through(db: Database, watermark: Watermark) -> dict[str, int]:
+    """:meth:`Spool.states_through`: counts by state inside ``watermark``."""
+    with db.read(snapshot=True) as conn:
+        return _states_through(conn, watermark)
+
+
+# -- schedule and totals -------------------------------------------------------------------
+
+
+def next_due_at(db: Database) -> float | None:
+    """:meth:`Spool.next_due_at`: when the earliest retry becomes due, or None."""
+    with db.read() as conn:
+        row = conn.execute(
+            "SELECT min(next_attempt_at) FROM events WHERE attempts > 0 AND state = 'pending'"
+        ).fetchone()
+    return None if row[0] is None else float(row[0])
+
+
+def _counters(conn: sqlite3.Connection) -> dict[str, int]:
+    found = dict(conn.execute("SELECT name, value FROM counters").fetchall())
+    base = dict.fromkeys(("delivered", "dead", "dropped", "filtered"), 0)
+    return base | {str(k): int(v) for k, v in found.items()}
+
+
+def counters(db: Database) -> dict[str, int]:
+    """:meth:`Spool.counters`: the persisted totals."""
+    with db.read() as conn:
+        return _counters(conn)
+
+
+def stats(db: Database, now: float) -> SpoolStats:
+    """:meth:`Spool.stats`: a :class:`SpoolStats` at ``now`` (UTC seconds)."""
+    with db.read(snapshot=True) as conn:
+        counts = {"pending": 0, "leased": 0, "dead": 0}
+        sizes = dict.fromkeys(counts, 0)
+        for state, n, size in conn.execute(
+            "SELECT state, count(*), coalesce(sum(size), 0) FROM events GROUP BY state"
+            " UNION ALL SELECT 'dead', count(*), coalesce(sum(size), 0) FROM dead_events"
+        ):
+            counts[state], sizes[state] = int(n), int(size)
+        oldest, next_at = conn.execute(
+            "SELECT min(captured_at), min(next_attempt_at) FROM events WHERE state = 'pending'"
+        ).fetchone()
+        reasons = dict(
+            conn.execute("SELECT reason, count(*) FROM dead_events GROUP BY reason").fetchall()
+        )
+        version = migrations.schema_version(conn)
+        totals = _counters(conn)
+    path = db.path
+    wal = files.side_files(path)[0]
+    return SpoolStats(
+        path=str(path),
+        schema_version=version,
+        counts=counts,
+        bytes=sizes,
+        oldest_pending_age=None if oldest is None else max(0.0, now - oldest),
+        next_attempt_in=None if next_at is None else max(0.0, next_at - now),
+        dead_reasons={str(k): int(v) for k, v in reasons.items()},
+        counters=totals,
+        file_bytes=path.stat().st_size if path.exists() else 0,
+        wal_bytes=wal.stat().st_size if wal.exists() else 0,
+    )
+
+
+# -- bookkeeping -----------------------------------------------------------------------------
+
+
+def bind_key(db: Database, fingerprint: str, force: bool) -> None:
+    """:meth:`Spool.bind_key`: record or check the project-key ``fingerprint``."""
+    with db.write() as conn:
+        row = conn.execute("SELECT value FROM meta WHERE key='key_fingerprint'").fetchone()
+        if row is not None and row[0] != fingerprint:
+            if not force:
+                raise KeyMismatch(
+                    f"spool {db.path} holds events for another project API key "
+                    f"(fingerprint {row[0]}, this key {fingerprint}); refusing to deliver "
+                    "them with this key. Use another spool, or force=True / --force-key."
+                )
+            log.warning("spool %s re-bound to key fingerprint %s", db.path, fingerprint)
+        if row is None or row[0] != fingerprint:
+            conn.execute(
+                "INSERT INTO meta (key, value) VALUES ('key_fingerprint', ?) "
+                "ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+                (fingerprint,),
+            )
+            conn.execute(
+                "INSERT OR IGNORE INTO meta (key, value) VALUES ('host', ?)",
+                (current_owner().host,),
+            )
+
+
+def count(db: Database, name: str, n: int) -> None:
+    """:meth:`Spool.add_counter`: add ``n`` to the counter ``name``, one short write."""
+    with db.write() as conn:
+        add_counter(conn, name, n)
+
+
+def meta(db: Database) -> dict[str, str]:
+    """:meth:`Spool.meta`: the meta table as a dict."""
+    with db.read() as conn:
+        return dict(conn.execute("SELECT key, value FROM meta").fetchall())
