@@ -55,7 +55,7 @@ def wire_events(endpoint: LocalEndpoint) -> dict[str, dict[str, Any]]:
 
 
 def check_request(request: RecordedRequest) -> None:
-    """Every field of one batch request, as DESIGN §4 has it."""
+    """Every field of one batch request in the PostHog v0 wire format (delivery/transport.py)."""
     assert (request.method, request.path) == ("POST", "/batch/")
     assert request.headers["User-Agent"] == f"spoolpost/{__version__}"
     assert request.headers["Content-Type"] == "application/json"
@@ -450,7 +450,7 @@ def values(bad: bool) -> st.SearchStrategy[Any]:
 
 
 def expected_json(value: Any) -> Any:
-    """The documented encoding (DESIGN §7, encode_event's docstring), written out plainly."""
+    """The documented encoding (encode_event's docstring), written out plainly."""
     if isinstance(value, Opaque) or type(value) is type(threading.Lock()):
         raise LookupError  # unencodable
     if value is None or isinstance(value, bool | int):

@@ -1,4 +1,4 @@
-"""Fork safety (DESIGN §2): a forked child reopens the spool lazily and starts its own
+"""Fork safety: a forked child reopens the spool lazily and starts its own
 delivery threads; the parent keeps working; no lock or connection of the parent is
 used in the child.
 

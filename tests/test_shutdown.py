@@ -1,4 +1,4 @@
-"""Bounded shutdown and the DESIGN §12 pitfalls around it.
+"""Bounded shutdown, and the pitfalls around it seen in in-memory SDK transports.
 
 Nothing here sleeps: hung requests are real (the loopback endpoint never answers, or
 a handler blocks on an Event the test controls), and the only wall-clock measurements
