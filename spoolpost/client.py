@@ -33,16 +33,23 @@ from typing import Any
 from uuid import UUID
 
 from spoolpost.capture import events as ev
-from spoolpost.capture.encoding import Timestamp, encode_event
+from spoolpost.capture.encoding import Timestamp
+from spoolpost.capture.pipeline import (
+    DEFAULT_MAX_EVENT_BYTES,
+    FILTERED_COUNT_EVERY,
+    BeforeSend,
+    CapturePipeline,
+)
 from spoolpost.clock import SYSTEM_CLOCK, Clock
 from spoolpost.delivery.dispatcher import DeliveryConfig, Dispatcher, FlushResult
 from spoolpost.delivery.policy import PausePolicy, RetryPolicy
 from spoolpost.delivery.transport import DEFAULT_HOST, HttpTransport, PostHogV0, Timeout
-from spoolpost.errors import ConfigError, EventTooLarge, SpoolClosed
+from spoolpost.errors import ConfigError, SpoolClosed
 from spoolpost.spool import DEFAULT_MAX_SPOOL_BYTES, Durability, OnFull, Spool
 
 __all__ = [
     "DEFAULT_MAX_EVENT_BYTES",
+    "FILTERED_COUNT_EVERY",
     "BeforeSend",
     "Client",
     "default_spool_path",
@@ -51,12 +58,8 @@ __all__ = [
 
 log = logging.getLogger("spoolpost")
 
-DEFAULT_MAX_EVENT_BYTES = 900 * 1024
-BeforeSend = Callable[[dict[str, Any]], "Mapping[str, Any] | None"]
 EventUuid = UUID | str | None
 
-#: Seconds between writes of the ``filtered`` counter while ``before_send`` drops events.
-FILTERED_COUNT_EVERY = 1.0
 #: Most of a shutdown's deadline kept for stopping the threads (see :func:`stop_reserve`).
 STOP_RESERVE = 1.0
 
@@ -180,9 +183,7 @@ class Client:
         self.disabled = disabled
         self.send = send
         self.clock = clock
-        self.before_send = before_send
         self.disable_geoip = disable_geoip
-        self.max_event_bytes = max_event_bytes
         self.shutdown_timeout = shutdown_timeout
         self._shut = False
         self._shutdown_result = FlushResult()
@@ -215,6 +216,9 @@ class Client:
             max_spool_bytes=max_spool_bytes,
             on_full=on_full,
         )
+        self._capture = CapturePipeline(
+            self.spool, before_send=before_send, max_event_bytes=max_event_bytes, clock=clock
+        )
         try:
             self.spool.bind_key(key_fingerprint(api_key), force=force_key)
             self.dispatcher = Dispatcher(
@@ -232,14 +236,12 @@ class Client:
         parent may have held one at the time of the fork."""
         self._lock = threading.Lock()  # serializes shutdown()
         self._start_lock = threading.Lock()
-        self._filtered_lock = threading.Lock()
-        self._filtered = 0  # before_send drops not yet added to the spool's counter
-        self._filtered_due = 0.0  # monotonic time of the next counter write
 
     def _after_fork_in_child(self) -> None:
         # The parent's threads do not exist here; the spool reopens its connections
         # lazily (its own fork hook) and the next capture or flush starts delivery.
         self._reset_locks()
+        self._capture.after_fork_in_child()
         self._delivering = False
 
     # -- capture -------------------------------------------------------------------
@@ -385,81 +387,26 @@ class Client:
     def _emit(
         self, build: Callable[..., dict[str, Any]], disable_geoip: bool | None, *args: Any
     ) -> str | None:
-        """Build an event with ``build(*args, now=…, disable_geoip=…)`` and write it
-        (nothing at all when the client is disabled)."""
+        """Build an event with ``build(*args, now=…, disable_geoip=…)``, write it through
+        the capture pipeline and tell delivery (nothing at all when the client is
+        disabled)."""
         if self.disabled:
             return None
         now = self.clock.now()
         geoip = self.disable_geoip if disable_geoip is None else disable_geoip
-        return self._write(build(*args, now=now, disable_geoip=geoip), now)
-
-    def _write(self, event: dict[str, Any], now: float) -> str | None:
-        """Filter, encode and commit one built event (the capture hot path)."""
+        event = build(*args, now=now, disable_geoip=geoip)
         if self._shut:
             raise SpoolClosed("this client was shut down; create a new Client to capture")
-        if self.before_send is not None:
-            kept = self._run_before_send(event)
-            if kept is None:
-                self._count_filtered()
-                return None
-            event = kept
-        body = encode_event(event)
-        if len(body) > self.max_event_bytes:
-            raise EventTooLarge(len(body), self.max_event_bytes)
-        uuid: str = event["uuid"]
-        if not self.spool.append(uuid, body, now):
-            return None
-        if self.send:
+        uuid = self._capture.write(event, now)
+        if uuid is not None and self.send:
             if not self._delivering:
                 self._start_delivery()  # a forked child starts its own threads
             self.dispatcher.notify_captured()
         return uuid
 
-    def _run_before_send(self, event: dict[str, Any]) -> dict[str, Any] | None:
-        """The hook's verdict on ``event``: the event to write, or None to drop it."""
-        assert self.before_send is not None
-        copy = dict(event)
-        copy["properties"] = dict(event["properties"])
-        try:
-            changed: object = self.before_send(copy)
-        except Exception:
-            log.exception("before_send raised; the event %s is kept unmodified", event["uuid"])
-            return event
-        if changed is None:
-            return None
-        if not isinstance(changed, Mapping):
-            log.error(
-                "before_send returned a %s instead of an event dict or None; the event %s "
-                "is kept unmodified",
-                type(changed).__name__,
-                event["uuid"],
-            )
-            return event
-        try:
-            return ev.check_event(changed, event)
-        except ValueError as exc:
-            log.error(
-                "before_send returned an invalid event (%s); the event %s is kept unmodified",
-                exc,
-                event["uuid"],
-            )
-            return event
-
-    def _count_filtered(self) -> None:
-        """Count a ``before_send`` drop; the spool's counter is written at most once
-        per :data:`FILTERED_COUNT_EVERY` seconds, and by flush and shutdown."""
-        with self._filtered_lock:
-            self._filtered += 1
-            due = self.clock.monotonic() >= self._filtered_due
-        if due:
-            self._save_filtered()
-
     def _save_filtered(self) -> None:
-        with self._filtered_lock:
-            n, self._filtered = self._filtered, 0
-            self._filtered_due = self.clock.monotonic() + FILTERED_COUNT_EVERY
-        if n:
-            self.spool.add_counter("filtered", n)
+        """Write the ``before_send`` drops counted so far to the spool's counter."""
+        self._capture.save_filtered()
 
     # -- delivery, flush and shutdown -------------------------------------------------
 
