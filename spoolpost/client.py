@@ -33,13 +33,13 @@ from typing import Any
 from uuid import UUID
 
 from spoolpost.capture import events as ev
-from spoolpost.capture.encoding import Timestamp
 from spoolpost.capture.pipeline import (
     DEFAULT_MAX_EVENT_BYTES,
     FILTERED_COUNT_EVERY,
     BeforeSend,
     CapturePipeline,
 )
+from spoolpost.capture.timestamps import Timestamp
 from spoolpost.clock import SYSTEM_CLOCK, Clock
 from spoolpost.delivery.dispatcher import DeliveryConfig, Dispatcher, FlushResult
 from spoolpost.delivery.policy import PausePolicy, RetryPolicy
