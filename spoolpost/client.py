@@ -41,14 +41,24 @@ from spoolpost.capture.pipeline import (
 )
 from spoolpost.capture.timestamps import Timestamp
 from spoolpost.clock import SYSTEM_CLOCK, Clock
-from spoolpost.delivery.dispatcher import DeliveryConfig, Dispatcher, FlushResult
-from spoolpost.delivery.policy import PausePolicy, RetryPolicy
-from spoolpost.delivery.transport import DEFAULT_HOST, HttpTransport, PostHogV0, Timeout
+from spoolpost.delivery import (
+    DEFAULT_HOST,
+    DeliveryConfig,
+    Dispatcher,
+    FlushResult,
+    HttpTransport,
+    PausePolicy,
+    PostHogV0,
+    RetryPolicy,
+)
+from spoolpost.delivery.transport import Timeout
 from spoolpost.errors import ConfigError, SpoolClosed
 from spoolpost.spool import DEFAULT_MAX_SPOOL_BYTES, Durability, OnFull, Spool
 
 __all__ = [
+    "DEFAULT_FLUSH_TIMEOUT",
     "DEFAULT_MAX_EVENT_BYTES",
+    "DEFAULT_SHUTDOWN_TIMEOUT",
     "FILTERED_COUNT_EVERY",
     "BeforeSend",
     "Client",
@@ -60,6 +70,10 @@ log = logging.getLogger("spoolpost")
 
 EventUuid = UUID | str | None
 
+#: Seconds :meth:`Client.flush` waits by default.
+DEFAULT_FLUSH_TIMEOUT = 30.0
+#: Seconds :meth:`Client.shutdown` may take by default; also ``shutdown_timeout``'s default.
+DEFAULT_SHUTDOWN_TIMEOUT = 5.0
 #: Most of a shutdown's deadline kept for stopping the threads (see :func:`stop_reserve`).
 STOP_RESERVE = 1.0
 
@@ -109,20 +123,22 @@ class Client:
     """A spoolpost client: PostHog-shaped capture into a crash-safe spool.
 
     ``api_key``: the project API key (applied at send time, never stored per
-    event). ``host``: the ingestion base URL (default ``https://us.i.posthog.com``),
-    checked by :func:`~spoolpost.delivery.transport.check_host`; credentials in it
+    event). ``host``: the ingestion base URL (default
+    :data:`~spoolpost.delivery.transport.DEFAULT_HOST`), checked by
+    :func:`~spoolpost.delivery.transport.check_host`; credentials in it
     (``user:password@``) are sent as HTTP basic auth and logged as ``user:***@``.
     ``spool``: the spool file (default :func:`default_spool_path`).
     ``send``: False makes a capture-only client that starts no threads at all (for
     short-lived scripts and serverless handlers; deliver with ``spoolpost drain``
     from cron).
-    ``durability``: ``"process"`` or ``"power"``; ``max_spool_bytes`` (default
-    512 MiB) and ``on_full`` bound the spool. ``flush_at`` (100),
-    ``flush_interval`` (5.0 s), ``max_batch_size`` (500), ``max_batch_bytes``
-    (5 MiB), ``senders`` (``min(cpu, 4)``), ``lease_ttl`` (120 s) shape delivery;
-    ``retry`` sets backoff and limits (:class:`~spoolpost.delivery.policy.RetryPolicy`),
-    ``pause`` the pause after a configuration fault. ``max_event_bytes``
-    (900 KiB) bounds one encoded event.
+    ``durability``, ``max_spool_bytes`` and ``on_full`` go to the
+    :class:`~spoolpost.spool.Spool`, which documents them and their defaults;
+    ``flush_at``, ``flush_interval``, ``max_batch_size``, ``max_batch_bytes``,
+    ``senders`` and ``lease_ttl`` shape delivery, as documented (defaults too) by
+    :class:`~spoolpost.delivery.DeliveryConfig`; ``retry`` sets backoff and limits
+    (:class:`~spoolpost.delivery.policy.RetryPolicy`), ``pause`` the pause after a
+    configuration fault. ``max_event_bytes`` bounds one encoded event (default
+    :data:`~spoolpost.capture.pipeline.DEFAULT_MAX_EVENT_BYTES`).
     ``before_send(event) -> event | None`` runs at capture, in the caller's
     thread, before the event reaches disk: it gets a copy of the event dict (and
     of its ``properties`` dict; deeper values are shared) and returns the event to
@@ -140,9 +156,10 @@ class Client:
     PostHog does not locate people from the server's IP address.
     ``historical_migration`` is sent with every batch (PostHog's flag for
     back-filled data). ``gzip`` compresses request bodies. ``timeout``:
-    seconds per request, a positive number or a (connect, read) pair (default
-    (5, 30)). ``shutdown_timeout``: seconds the ``atexit``
-    shutdown and the ``with`` block exit may take (5). ``force_key``: deliver a
+    seconds per request, a positive number or a (connect, read) pair (default:
+    :class:`~spoolpost.delivery.transport.HttpTransport`'s). ``shutdown_timeout``:
+    seconds the ``atexit`` shutdown and the ``with`` block exit may take (default
+    :data:`DEFAULT_SHUTDOWN_TIMEOUT`). ``force_key``: deliver a
     spool created for another API key (re-binds it). ``clock``: time source (tests).
 
     Raises :class:`~spoolpost.errors.ConfigError` for settings that cannot work,
@@ -158,15 +175,15 @@ class Client:
         *,
         spool: str | os.PathLike[str] | None = None,
         send: bool = True,
-        durability: Durability = "process",
+        durability: Durability = "process",  # kept equal to Spool's default
         max_spool_bytes: int = DEFAULT_MAX_SPOOL_BYTES,
-        on_full: OnFull = "drop_newest",
-        flush_at: int = 100,
-        flush_interval: float = 5.0,
-        max_batch_size: int = 500,
-        max_batch_bytes: int = 5 * 1024 * 1024,
-        senders: int = 0,
-        lease_ttl: float = 120.0,
+        on_full: OnFull = "drop_newest",  # kept equal to Spool's default
+        flush_at: int = DeliveryConfig.flush_at,
+        flush_interval: float = DeliveryConfig.flush_interval,
+        max_batch_size: int = DeliveryConfig.max_batch_size,
+        max_batch_bytes: int = DeliveryConfig.max_batch_bytes,
+        senders: int = DeliveryConfig.senders,
+        lease_ttl: float = DeliveryConfig.lease_ttl,
         retry: RetryPolicy | None = None,
         pause: PausePolicy | None = None,
         max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
@@ -175,8 +192,8 @@ class Client:
         disable_geoip: bool = True,
         historical_migration: bool = False,
         gzip: bool = False,
-        timeout: Timeout = (5.0, 30.0),
-        shutdown_timeout: float = 5.0,
+        timeout: Timeout = (5.0, 30.0),  # kept equal to HttpTransport's default
+        shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT,
         force_key: bool = False,
         clock: Clock = SYSTEM_CLOCK,
     ) -> None:
@@ -417,7 +434,7 @@ class Client:
                 self.dispatcher.start()
                 self._delivering = True
 
-    def flush(self, timeout: float = 30.0) -> FlushResult:
+    def flush(self, timeout: float = DEFAULT_FLUSH_TIMEOUT) -> FlushResult:
         """Deliver everything captured before this call; wait up to ``timeout`` seconds.
 
         Returns when every such event is delivered or dead, when delivery is paused
@@ -450,7 +467,7 @@ class Client:
             self._start_delivery()  # a forked child that has not captured yet
         return self.dispatcher.flush(watermark, timeout, before)
 
-    def shutdown(self, timeout: float = 5.0) -> FlushResult:
+    def shutdown(self, timeout: float = DEFAULT_SHUTDOWN_TIMEOUT) -> FlushResult:
         """Flush, then stop the threads and close the spool, all within ``timeout``
         seconds; return the flush's :class:`FlushResult`.
 
