@@ -1,4 +1,4 @@
-"""posthog-python call forms and the module-level default client (issue 4, DESIGN §7).
+"""posthog-python call forms and the module-level default client (issue 4).
 
 The calls users already write against posthog-python are made against a spoolpost
 Client and against the spoolpost module, and the bodies the loopback endpoint

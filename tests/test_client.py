@@ -1,4 +1,4 @@
-"""Client: capture into the spool, limits, before_send, lifecycle (DESIGN §6, §7, §9).
+"""Client: capture into the spool, limits, before_send, lifecycle (see docs/architecture.md).
 
 Real spool files under tmp_path and the real loopback endpoint. What reached disk is
 read back with a plain sqlite3 connection, the way a second process would see it.
