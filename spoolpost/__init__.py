@@ -29,7 +29,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from spoolpost._version import __version__
-from spoolpost.client import BeforeSend, Client
+from spoolpost.client import DEFAULT_FLUSH_TIMEOUT, DEFAULT_SHUTDOWN_TIMEOUT, BeforeSend, Client
 from spoolpost.delivery.dispatcher import FlushResult
 from spoolpost.delivery.policy import PausePolicy, RetryPolicy
 from spoolpost.delivery.transport import DEFAULT_HOST
@@ -179,13 +179,13 @@ alias = _on_default_client(Client.alias)
 group_identify = _on_default_client(Client.group_identify)
 
 
-def flush(timeout: float = 30.0) -> FlushResult:
+def flush(timeout: float = DEFAULT_FLUSH_TIMEOUT) -> FlushResult:
     """:meth:`Client.flush` on the default client; an empty result if there is none."""
     client = default_client
     return client.flush(timeout) if client is not None else FlushResult()
 
 
-def shutdown(timeout: float = 5.0) -> FlushResult:
+def shutdown(timeout: float = DEFAULT_SHUTDOWN_TIMEOUT) -> FlushResult:
     """Shut the default client down and forget it (a later capture makes a new one);
     an empty result if there is none."""
     global default_client

@@ -7,16 +7,10 @@ threads) delivers it. ``flush()`` is a barrier over everything captured before
 the call; ``shutdown()`` flushes within a deadline and stops, leaving whatever is
 not delivered in the spool for the next start or a cron ``spoolpost drain``.
 
-The capture methods take current posthog-python's (7.x) call forms:
-``capture(event, *, distinct_id, properties=…, timestamp=…, uuid=…, groups=…,
-disable_geoip=…)`` and ``set``/``set_once(*, distinct_id, properties, …)`` take
-everything by keyword, so the old ``capture(distinct_id, event)`` order raises
-``TypeError`` instead of silently swapping the two; ``alias`` and
-``group_identify`` keep posthog-python's positional order. Two posthog-python options
-have no meaning here and are refused with ``TypeError`` when they ask for
-something (a false value is accepted): ``send_feature_flags`` and ``flags``,
-because spoolpost does not evaluate feature flags, and a flag value looked up
-at send time, maybe days later from the spool, would be wrong.
+The capture methods and their posthog-python call forms come from
+:class:`~spoolpost.capture.api.CaptureApi`; the steps between building an event and
+its commit from :class:`~spoolpost.capture.pipeline.CapturePipeline`. This module
+wires them to the spool and to delivery and owns the client's lifecycle.
 """
 
 from __future__ import annotations
@@ -27,22 +21,37 @@ import logging
 import os
 import threading
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-from uuid import UUID
 
-from spoolpost.capture import events as ev
-from spoolpost.capture.encoding import Timestamp, encode_event
+from spoolpost.capture.api import CaptureApi
+from spoolpost.capture.pipeline import (
+    DEFAULT_MAX_EVENT_BYTES,
+    FILTERED_COUNT_EVERY,
+    BeforeSend,
+    CapturePipeline,
+)
 from spoolpost.clock import SYSTEM_CLOCK, Clock
-from spoolpost.delivery.dispatcher import DeliveryConfig, Dispatcher, FlushResult
-from spoolpost.delivery.policy import PausePolicy, RetryPolicy
-from spoolpost.delivery.transport import DEFAULT_HOST, HttpTransport, PostHogV0, Timeout
-from spoolpost.errors import ConfigError, EventTooLarge, SpoolClosed
+from spoolpost.delivery import (
+    DEFAULT_HOST,
+    DeliveryConfig,
+    Dispatcher,
+    FlushResult,
+    HttpTransport,
+    PausePolicy,
+    PostHogV0,
+    RetryPolicy,
+)
+from spoolpost.delivery.transport import Timeout
+from spoolpost.errors import ConfigError, SpoolClosed
 from spoolpost.spool import DEFAULT_MAX_SPOOL_BYTES, Durability, OnFull, Spool
 
 __all__ = [
+    "DEFAULT_FLUSH_TIMEOUT",
     "DEFAULT_MAX_EVENT_BYTES",
+    "DEFAULT_SHUTDOWN_TIMEOUT",
+    "FILTERED_COUNT_EVERY",
     "BeforeSend",
     "Client",
     "default_spool_path",
@@ -51,12 +60,10 @@ __all__ = [
 
 log = logging.getLogger("spoolpost")
 
-DEFAULT_MAX_EVENT_BYTES = 900 * 1024
-BeforeSend = Callable[[dict[str, Any]], "Mapping[str, Any] | None"]
-EventUuid = UUID | str | None
-
-#: Seconds between writes of the ``filtered`` counter while ``before_send`` drops events.
-FILTERED_COUNT_EVERY = 1.0
+#: Seconds :meth:`Client.flush` waits by default.
+DEFAULT_FLUSH_TIMEOUT = 30.0
+#: Seconds :meth:`Client.shutdown` may take by default; also ``shutdown_timeout``'s default.
+DEFAULT_SHUTDOWN_TIMEOUT = 5.0
 #: Most of a shutdown's deadline kept for stopping the threads (see :func:`stop_reserve`).
 STOP_RESERVE = 1.0
 
@@ -83,43 +90,31 @@ def default_spool_path(api_key: str) -> Path:
     return Path(state).expanduser() / "spoolpost" / f"{key_fingerprint(api_key)}.spool"
 
 
-def _no_feature_flags(send_feature_flags: object, flags: object) -> None:
-    if send_feature_flags:
-        raise TypeError(
-            "capture(send_feature_flags=...) is not supported: spoolpost does not evaluate "
-            "feature flags. Put the flag values you branched on in properties, e.g. "
-            '{"$feature/my-flag": "variant"}.'
-        )
-    if flags is not None:
-        raise TypeError(
-            "capture(flags=...) is not supported: spoolpost does not evaluate feature "
-            'flags. Put the flag values in properties, e.g. {"$feature/my-flag": "variant"}.'
-        )
-
-
 def _check_timeout(timeout: float) -> None:
     if not timeout >= 0:  # also refuses NaN
         raise ValueError(f"timeout must be >= 0 seconds (inf: no limit), not {timeout!r}")
 
 
-class Client:
+class Client(CaptureApi):
     """A spoolpost client: PostHog-shaped capture into a crash-safe spool.
 
     ``api_key``: the project API key (applied at send time, never stored per
-    event). ``host``: the ingestion base URL (default ``https://us.i.posthog.com``),
-    checked by :func:`~spoolpost.delivery.transport.check_host`; credentials in it
+    event). ``host``: the ingestion base URL (default
+    :data:`~spoolpost.delivery.transport.DEFAULT_HOST`), checked by
+    :func:`~spoolpost.delivery.transport.check_host`; credentials in it
     (``user:password@``) are sent as HTTP basic auth and logged as ``user:***@``.
     ``spool``: the spool file (default :func:`default_spool_path`).
     ``send``: False makes a capture-only client that starts no threads at all (for
     short-lived scripts and serverless handlers; deliver with ``spoolpost drain``
     from cron).
-    ``durability``: ``"process"`` or ``"power"``; ``max_spool_bytes`` (default
-    512 MiB) and ``on_full`` bound the spool. ``flush_at`` (100),
-    ``flush_interval`` (5.0 s), ``max_batch_size`` (500), ``max_batch_bytes``
-    (5 MiB), ``senders`` (``min(cpu, 4)``), ``lease_ttl`` (120 s) shape delivery;
-    ``retry`` sets backoff and limits (:class:`~spoolpost.delivery.policy.RetryPolicy`),
-    ``pause`` the pause after a configuration fault. ``max_event_bytes``
-    (900 KiB) bounds one encoded event.
+    ``durability``, ``max_spool_bytes`` and ``on_full`` go to the
+    :class:`~spoolpost.spool.Spool`, which documents them and their defaults;
+    ``flush_at``, ``flush_interval``, ``max_batch_size``, ``max_batch_bytes``,
+    ``senders`` and ``lease_ttl`` shape delivery, as documented (defaults too) by
+    :class:`~spoolpost.delivery.DeliveryConfig`; ``retry`` sets backoff and limits
+    (:class:`~spoolpost.delivery.policy.RetryPolicy`), ``pause`` the pause after a
+    configuration fault. ``max_event_bytes`` bounds one encoded event (default
+    :data:`~spoolpost.capture.pipeline.DEFAULT_MAX_EVENT_BYTES`).
     ``before_send(event) -> event | None`` runs at capture, in the caller's
     thread, before the event reaches disk: it gets a copy of the event dict (and
     of its ``properties`` dict; deeper values are shared) and returns the event to
@@ -137,9 +132,10 @@ class Client:
     PostHog does not locate people from the server's IP address.
     ``historical_migration`` is sent with every batch (PostHog's flag for
     back-filled data). ``gzip`` compresses request bodies. ``timeout``:
-    seconds per request, a positive number or a (connect, read) pair (default
-    (5, 30)). ``shutdown_timeout``: seconds the ``atexit``
-    shutdown and the ``with`` block exit may take (5). ``force_key``: deliver a
+    seconds per request, a positive number or a (connect, read) pair (default:
+    :class:`~spoolpost.delivery.transport.HttpTransport`'s). ``shutdown_timeout``:
+    seconds the ``atexit`` shutdown and the ``with`` block exit may take (default
+    :data:`DEFAULT_SHUTDOWN_TIMEOUT`). ``force_key``: deliver a
     spool created for another API key (re-binds it). ``clock``: time source (tests).
 
     Raises :class:`~spoolpost.errors.ConfigError` for settings that cannot work,
@@ -155,15 +151,15 @@ class Client:
         *,
         spool: str | os.PathLike[str] | None = None,
         send: bool = True,
-        durability: Durability = "process",
+        durability: Durability = "process",  # kept equal to Spool's default
         max_spool_bytes: int = DEFAULT_MAX_SPOOL_BYTES,
-        on_full: OnFull = "drop_newest",
-        flush_at: int = 100,
-        flush_interval: float = 5.0,
-        max_batch_size: int = 500,
-        max_batch_bytes: int = 5 * 1024 * 1024,
-        senders: int = 0,
-        lease_ttl: float = 120.0,
+        on_full: OnFull = "drop_newest",  # kept equal to Spool's default
+        flush_at: int = DeliveryConfig.flush_at,
+        flush_interval: float = DeliveryConfig.flush_interval,
+        max_batch_size: int = DeliveryConfig.max_batch_size,
+        max_batch_bytes: int = DeliveryConfig.max_batch_bytes,
+        senders: int = DeliveryConfig.senders,
+        lease_ttl: float = DeliveryConfig.lease_ttl,
         retry: RetryPolicy | None = None,
         pause: PausePolicy | None = None,
         max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
@@ -172,17 +168,15 @@ class Client:
         disable_geoip: bool = True,
         historical_migration: bool = False,
         gzip: bool = False,
-        timeout: Timeout = (5.0, 30.0),
-        shutdown_timeout: float = 5.0,
+        timeout: Timeout = (5.0, 30.0),  # kept equal to HttpTransport's default
+        shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT,
         force_key: bool = False,
         clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.disabled = disabled
         self.send = send
         self.clock = clock
-        self.before_send = before_send
         self.disable_geoip = disable_geoip
-        self.max_event_bytes = max_event_bytes
         self.shutdown_timeout = shutdown_timeout
         self._shut = False
         self._shutdown_result = FlushResult()
@@ -215,6 +209,9 @@ class Client:
             max_spool_bytes=max_spool_bytes,
             on_full=on_full,
         )
+        self._capture = CapturePipeline(
+            self.spool, before_send=before_send, max_event_bytes=max_event_bytes, clock=clock
+        )
         try:
             self.spool.bind_key(key_fingerprint(api_key), force=force_key)
             self.dispatcher = Dispatcher(
@@ -232,234 +229,37 @@ class Client:
         parent may have held one at the time of the fork."""
         self._lock = threading.Lock()  # serializes shutdown()
         self._start_lock = threading.Lock()
-        self._filtered_lock = threading.Lock()
-        self._filtered = 0  # before_send drops not yet added to the spool's counter
-        self._filtered_due = 0.0  # monotonic time of the next counter write
 
     def _after_fork_in_child(self) -> None:
         # The parent's threads do not exist here; the spool reopens its connections
         # lazily (its own fork hook) and the next capture or flush starts delivery.
         self._reset_locks()
+        self._capture.after_fork_in_child()
         self._delivering = False
-
-    # -- capture -------------------------------------------------------------------
-
-    def capture(
-        self,
-        event: str,
-        *,
-        distinct_id: ev.DistinctId,
-        properties: Mapping[str, Any] | None = None,
-        timestamp: Timestamp = None,
-        uuid: EventUuid = None,
-        groups: Mapping[str, Any] | None = None,
-        disable_geoip: bool | None = None,
-        send_feature_flags: object = False,
-        flags: object = None,
-    ) -> str | None:
-        """Capture ``event`` (a non-empty str) for ``distinct_id``; return its uuid once
-        it is committed to the spool, or None if ``before_send`` or ``on_full`` dropped
-        it (or the client is disabled).
-
-        Everything after ``event`` is keyword-only, as in posthog-python 7.x: the
-        old ``capture(distinct_id, event)`` call raises ``TypeError``.
-        ``distinct_id`` is a non-empty str, an int or a UUID (sent as a str); it is
-        required: posthog-python's personless events (no distinct_id) are not supported.
-        ``properties`` is copied, never mutated; values are encoded here, in the
-        caller's thread (see :func:`~spoolpost.capture.encoding.encode_event`).
-        ``timestamp`` (aware or naive-local datetime, date, or ISO 8601 string; default
-        now) is sent as RFC 3339 UTC. ``uuid`` defaults to a new UUIDv7; a given
-        one is normalized (canonical lowercase) and kept, and an event captured twice
-        with the same uuid is stored and sent twice (PostHog deduplicates by uuid).
-        ``groups`` maps group type → key.
-        ``disable_geoip`` overrides the client's setting for this event.
-        ``send_feature_flags`` and ``flags`` are accepted for posthog-python
-        compatibility only when false/None.
-
-        Raises ``ValueError`` for a bad event name, distinct_id, uuid or timestamp,
-        or properties/groups that are not mappings; ``TypeError`` for
-        ``send_feature_flags``/``flags`` and for arguments passed by position;
-        :class:`~spoolpost.errors.EncodingError` naming the property path that
-        cannot be encoded; :class:`~spoolpost.errors.EventTooLarge` over
-        ``max_event_bytes``; :class:`~spoolpost.errors.SpoolFull` (``on_full``
-        ``raise``/``block``); :class:`~spoolpost.errors.SpoolClosed` after
-        :meth:`shutdown`. Nothing is written when it raises.
-        """
-        if self.disabled:
-            return None
-        if send_feature_flags or flags is not None:
-            _no_feature_flags(send_feature_flags, flags)
-        return self._emit(
-            ev.capture_event, disable_geoip, event, distinct_id, properties, timestamp, uuid, groups
-        )
-
-    def identify(
-        self,
-        distinct_id: ev.DistinctId,
-        properties: Mapping[str, Any] | None = None,
-        *,
-        timestamp: Timestamp = None,
-        uuid: EventUuid = None,
-        disable_geoip: bool | None = None,
-    ) -> str | None:
-        """``$identify``: set person ``properties`` on ``distinct_id`` (sent as
-        ``properties.$set``). Returns and raises as :meth:`capture`.
-
-        posthog-python 7.x has no ``identify`` (use :meth:`set`); its earlier
-        ``identify(distinct_id, properties, context, timestamp, …)`` had ``context``
-        third, so everything after ``properties`` is keyword-only here: a third
-        positional argument raises ``TypeError`` instead of being misread."""
-        return self._emit(
-            ev.identify_event, disable_geoip, distinct_id, properties, timestamp, uuid
-        )
-
-    def set(
-        self,
-        *,
-        distinct_id: ev.DistinctId,
-        properties: Mapping[str, Any],
-        timestamp: Timestamp = None,
-        uuid: EventUuid = None,
-        disable_geoip: bool | None = None,
-    ) -> str | None:
-        """``$set`` person ``properties`` (a mapping, required) on ``distinct_id``,
-        overwriting earlier values. Returns and raises as :meth:`capture`.
-        Keyword-only, as in posthog-python 7.x."""
-        return self._emit(ev.set_event, disable_geoip, distinct_id, properties, timestamp, uuid)
-
-    def set_once(
-        self,
-        *,
-        distinct_id: ev.DistinctId,
-        properties: Mapping[str, Any],
-        timestamp: Timestamp = None,
-        uuid: EventUuid = None,
-        disable_geoip: bool | None = None,
-    ) -> str | None:
-        """``$set_once`` person ``properties`` (a mapping, required) on
-        ``distinct_id``, only where not set yet. Returns and raises as :meth:`capture`.
-        Keyword-only, as in posthog-python 7.x."""
-        return self._emit(
-            ev.set_once_event, disable_geoip, distinct_id, properties, timestamp, uuid
-        )
-
-    def alias(
-        self,
-        previous_id: ev.DistinctId,
-        distinct_id: ev.DistinctId,
-        timestamp: Timestamp = None,
-        uuid: EventUuid = None,
-        disable_geoip: bool | None = None,
-    ) -> str | None:
-        """``$create_alias``: make ``distinct_id`` an alias of ``previous_id`` (sent
-        by ``previous_id``, properties ``{"distinct_id": previous_id, "alias":
-        distinct_id}``). Arguments in posthog-python's order. Returns and raises as
-        :meth:`capture`."""
-        return self._emit(ev.alias_event, disable_geoip, previous_id, distinct_id, timestamp, uuid)
-
-    def group_identify(
-        self,
-        group_type: str,
-        group_key: ev.DistinctId,
-        properties: Mapping[str, Any] | None = None,
-        timestamp: Timestamp = None,
-        uuid: EventUuid = None,
-        disable_geoip: bool | None = None,
-        distinct_id: ev.DistinctId | None = None,
-    ) -> str | None:
-        """``$groupidentify``: set ``properties`` on the group ``group_type``/
-        ``group_key`` (properties ``$group_type``, ``$group_key``, ``$group_set``),
-        sent by ``distinct_id`` (default ``"$<group_type>_<group_key>"``).
-        Arguments in posthog-python's order. Returns and raises as :meth:`capture`."""
-        return self._emit(
-            ev.group_identify_event,
-            disable_geoip,
-            group_type,
-            group_key,
-            properties,
-            timestamp,
-            uuid,
-            distinct_id,
-        )
 
     def _emit(
         self, build: Callable[..., dict[str, Any]], disable_geoip: bool | None, *args: Any
     ) -> str | None:
-        """Build an event with ``build(*args, now=…, disable_geoip=…)`` and write it
-        (nothing at all when the client is disabled)."""
+        """Build an event with ``build(*args, now=…, disable_geoip=…)``, write it through
+        the capture pipeline and tell delivery (nothing at all when the client is
+        disabled)."""
         if self.disabled:
             return None
         now = self.clock.now()
         geoip = self.disable_geoip if disable_geoip is None else disable_geoip
-        return self._write(build(*args, now=now, disable_geoip=geoip), now)
-
-    def _write(self, event: dict[str, Any], now: float) -> str | None:
-        """Filter, encode and commit one built event (the capture hot path)."""
+        event = build(*args, now=now, disable_geoip=geoip)
         if self._shut:
             raise SpoolClosed("this client was shut down; create a new Client to capture")
-        if self.before_send is not None:
-            kept = self._run_before_send(event)
-            if kept is None:
-                self._count_filtered()
-                return None
-            event = kept
-        body = encode_event(event)
-        if len(body) > self.max_event_bytes:
-            raise EventTooLarge(len(body), self.max_event_bytes)
-        uuid: str = event["uuid"]
-        if not self.spool.append(uuid, body, now):
-            return None
-        if self.send:
+        uuid = self._capture.write(event, now)
+        if uuid is not None and self.send:
             if not self._delivering:
                 self._start_delivery()  # a forked child starts its own threads
             self.dispatcher.notify_captured()
         return uuid
 
-    def _run_before_send(self, event: dict[str, Any]) -> dict[str, Any] | None:
-        """The hook's verdict on ``event``: the event to write, or None to drop it."""
-        assert self.before_send is not None
-        copy = dict(event)
-        copy["properties"] = dict(event["properties"])
-        try:
-            changed: object = self.before_send(copy)
-        except Exception:
-            log.exception("before_send raised; the event %s is kept unmodified", event["uuid"])
-            return event
-        if changed is None:
-            return None
-        if not isinstance(changed, Mapping):
-            log.error(
-                "before_send returned a %s instead of an event dict or None; the event %s "
-                "is kept unmodified",
-                type(changed).__name__,
-                event["uuid"],
-            )
-            return event
-        try:
-            return ev.check_event(changed, event)
-        except ValueError as exc:
-            log.error(
-                "before_send returned an invalid event (%s); the event %s is kept unmodified",
-                exc,
-                event["uuid"],
-            )
-            return event
-
-    def _count_filtered(self) -> None:
-        """Count a ``before_send`` drop; the spool's counter is written at most once
-        per :data:`FILTERED_COUNT_EVERY` seconds, and by flush and shutdown."""
-        with self._filtered_lock:
-            self._filtered += 1
-            due = self.clock.monotonic() >= self._filtered_due
-        if due:
-            self._save_filtered()
-
     def _save_filtered(self) -> None:
-        with self._filtered_lock:
-            n, self._filtered = self._filtered, 0
-            self._filtered_due = self.clock.monotonic() + FILTERED_COUNT_EVERY
-        if n:
-            self.spool.add_counter("filtered", n)
+        """Write the ``before_send`` drops counted so far to the spool's counter."""
+        self._capture.save_filtered()
 
     # -- delivery, flush and shutdown -------------------------------------------------
 
@@ -470,7 +270,7 @@ class Client:
                 self.dispatcher.start()
                 self._delivering = True
 
-    def flush(self, timeout: float = 30.0) -> FlushResult:
+    def flush(self, timeout: float = DEFAULT_FLUSH_TIMEOUT) -> FlushResult:
         """Deliver everything captured before this call; wait up to ``timeout`` seconds.
 
         Returns when every such event is delivered or dead, when delivery is paused
@@ -503,7 +303,7 @@ class Client:
             self._start_delivery()  # a forked child that has not captured yet
         return self.dispatcher.flush(watermark, timeout, before)
 
-    def shutdown(self, timeout: float = 5.0) -> FlushResult:
+    def shutdown(self, timeout: float = DEFAULT_SHUTDOWN_TIMEOUT) -> FlushResult:
         """Flush, then stop the threads and close the spool, all within ``timeout``
         seconds; return the flush's :class:`FlushResult`.
 
@@ -541,6 +341,12 @@ class Client:
 
     def __exit__(self, *exc: object) -> None:
         self.shutdown(self.shutdown_timeout)
+
+
+# Argument errors name a capture method as applications call it ("Client.capture() takes
+# 2 positional arguments but 3 were given"), not by the class that defines it.
+for _method in CaptureApi.METHODS:
+    getattr(Client, _method).__qualname__ = f"Client.{_method}"
 
 
 # -- process-wide: atexit and fork --------------------------------------------------

@@ -1,4 +1,4 @@
-"""Client: capture into the spool, limits, before_send, lifecycle (docs/architecture.md).
+"""Client: capture into the spool, limits, before_send, lifecycle (see docs/architecture.md).
 
 Real spool files under tmp_path and the real loopback endpoint. What reached disk is
 read back by a new Spool on the file (kit.stored), the way a second process would see it.

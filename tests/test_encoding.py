@@ -26,14 +26,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from spoolpost.capture.encoding import (
-    _encode_fast,
-    _encode_slow,
-    encode_event,
-    format_timestamp,
-    uuid7,
-    uuid7_str,
-)
+from spoolpost.capture.encoding import _encode_fast, _encode_slow, encode_event
+from spoolpost.capture.ids import uuid7, uuid7_str
+from spoolpost.capture.timestamps import format_timestamp
 from spoolpost.errors import EncodingError
 
 # POSIX TZ strings need no tz database: "EST5" is UTC-5, "IST-5:30" is UTC+05:30.

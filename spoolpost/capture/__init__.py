@@ -1,2 +1,5 @@
-"""Capture: build an event, encode it, and hand it to the spool (see
-docs/architecture.md)."""
+"""Capture: build an event (:mod:`~spoolpost.capture.events`, stamped by
+:mod:`~spoolpost.capture.ids` and :mod:`~spoolpost.capture.timestamps`), encode it
+(:mod:`~spoolpost.capture.encoding`), and hand it to the spool
+(:mod:`~spoolpost.capture.pipeline`); :mod:`~spoolpost.capture.api` holds the
+PostHog-shaped capture methods (see docs/architecture.md)."""

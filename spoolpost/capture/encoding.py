@@ -1,12 +1,8 @@
 """Turning events into the bytes that are spooled and later sent verbatim.
 
-Three things live here, all on the capture hot path:
-
-- :func:`uuid7` / :func:`uuid7_str`: RFC 9562 version 7 UUIDs (time-ordered) for event ids.
-- :func:`format_timestamp`: RFC 3339 UTC timestamps with a trailing ``Z``.
-- :func:`encode_event`: compact UTF-8 JSON for one event, with the extra Python types
-  analytics properties tend to carry (``datetime``, ``Decimal``, ``UUID``, ``Enum``,
-  sets, ``bytes``, dataclasses, NumPy values).
+:func:`encode_event` gives compact UTF-8 JSON for one event, with the extra Python types
+analytics properties tend to carry (``datetime``, ``Decimal``, ``UUID``, ``Enum``, sets,
+``bytes``, dataclasses, NumPy values). It is on the capture hot path.
 
 :func:`encode_event` has two paths that produce the same bytes. The fast path is one
 ``json`` C-encoder call with a ``default`` hook for the extra types. Only if that fails
@@ -15,12 +11,15 @@ cycle) does the slow path walk the event, keeping track of where it is, to sanit
 can be sanitized and to name the offending value in an :class:`EncodingError`. Both
 paths convert the extra types with the one function :func:`_convert`.
 
+Event ids (:func:`uuid7`, :func:`uuid7_str`) live in :mod:`spoolpost.capture.ids` and
+timestamps (:func:`format_timestamp`, :data:`Timestamp`) in
+:mod:`spoolpost.capture.timestamps`; both are re-exported here.
+
 Sanity figures (timeit, best of 7, CPython 3.11 on a shared 2-core VM where ``{}`` costs
 ~57 ns; read them as ratios): a typical 10-property event encodes in ~11 µs, less than
 ``json.dumps`` with the same settings (~13 µs, it builds an encoder per call); one
 ``datetime`` property adds ~6 µs (the hook), a NaN sends the event down the slow path
-(~41 µs). ``uuid7_str()`` ~3.8 µs, ``uuid7()`` ~4.7 µs (``uuid.UUID.__init__``),
-``format_timestamp(None, now)`` ~1.6 µs. Not asserted anywhere: benchmarks, not tests.
+(~41 µs). Not asserted anywhere: benchmarks, not tests.
 """
 
 from __future__ import annotations
@@ -29,193 +28,20 @@ import binascii
 import dataclasses
 import json
 import math
-import os
 import re
 import sys
-import threading
-import time as _time
 import uuid
 from collections.abc import Callable, Mapping
-from datetime import UTC, date, datetime, time
+from datetime import date, datetime, time
 from decimal import Decimal
 from enum import Enum
 from typing import Any, TypeAlias
 
+from spoolpost.capture.ids import uuid7, uuid7_str
+from spoolpost.capture.timestamps import Timestamp, format_date, format_datetime, format_timestamp
 from spoolpost.errors import EncodingError
 
 __all__ = ["Timestamp", "encode_event", "format_timestamp", "uuid7", "uuid7_str"]
-
-Timestamp: TypeAlias = datetime | date | str | None
-"""What the ``timestamp`` argument of the capture API accepts."""
-
-# --------------------------------------------------------------------------- uuid7
-
-_RANDOM_POOL_BYTES = 4096  # one os.urandom() call serves ~400 UUIDs
-_MAX_CLOCK_STEP_BACK_MS = 10_000  # a smaller step back keeps ids monotonic; a larger one resets
-_RAND_B_MASK = (1 << 62) - 1
-_VERSION_AND_VARIANT = (0x7 << 76) | (0b10 << 62)
-
-
-class _Uuid7State:
-    """Per-process generator state; replaced in a forked child (see below)."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.last_ms = -1
-        self.counter = 0
-        self.pool = b""
-        self.pool_pos = 0
-
-
-_state = _Uuid7State()
-
-
-def _reset_after_fork() -> None:
-    # A child must not reuse the parent's random pool (it would repeat the parent's
-    # random bits) nor a lock another parent thread may have held at fork time.
-    global _state
-    _state = _Uuid7State()
-
-
-if hasattr(os, "register_at_fork"):  # POSIX
-    os.register_at_fork(after_in_child=_reset_after_fork)
-
-
-def _uuid7_int(now: float | None) -> int:
-    """The 128-bit integer value of a new UUIDv7; see :func:`uuid7`."""
-    ms = _time.time_ns() // 1_000_000 if now is None else int(now * 1000)
-    state = _state
-    lock = state.lock
-    lock.acquire()  # acquire/release: measurably cheaper than `with` on this hot path
-    try:
-        pos = state.pool_pos
-        pool = state.pool
-        if pos + 10 > len(pool):
-            state.pool = pool = os.urandom(_RANDOM_POOL_BYTES)
-            pos = 0
-        state.pool_pos = pos + 10
-        rand = int.from_bytes(pool[pos : pos + 10])  # 80 random bits
-        last = state.last_ms
-        if ms > last or ms < last - _MAX_CLOCK_STEP_BACK_MS:
-            # New millisecond: seed the counter from 11 random bits, leaving at least
-            # 2048 increments of headroom in the 12-bit field.
-            state.last_ms = ms
-            state.counter = counter = rand >> 69
-        else:
-            # Same millisecond (or the clock stepped back a little): count up; on
-            # overflow borrow the next millisecond (RFC 9562 §6.2, methods 1 and 3).
-            counter = state.counter + 1
-            if counter > 0xFFF:
-                state.last_ms = ms = last + 1
-                counter = rand >> 69
-            else:
-                ms = last
-            state.counter = counter
-    finally:
-        lock.release()
-    return (
-        ((ms & 0xFFFF_FFFF_FFFF) << 80)
-        | _VERSION_AND_VARIANT
-        | (counter << 64)
-        | (rand & _RAND_B_MASK)
-    )
-
-
-def uuid7(now: float | None = None) -> uuid.UUID:
-    """Return a new version 7 UUID (RFC 9562 §5.7).
-
-    Layout: 48-bit Unix timestamp in milliseconds (``floor(now * 1000)``; ``now`` is
-    wall-clock seconds since the epoch, default ``time.time()``), version ``7``, a
-    12-bit counter in ``rand_a``, variant ``0b10``, and 62 random bits from
-    ``os.urandom``. Within one process the values are strictly increasing while the
-    clock does not step back by more than 10 s (the counter starts at a random value
-    each millisecond and borrows the next millisecond on overflow, RFC 9562 §6.2).
-    Thread-safe and fork-safe.
-    """
-    return uuid.UUID(int=_uuid7_int(now))
-
-
-def uuid7_str(now: float | None = None) -> str:
-    """Return ``str(uuid7(now))`` (canonical lowercase, 36 characters), about twice as
-    fast; the event builders use it on the capture hot path."""
-    h = _uuid7_int(now).to_bytes(16).hex()
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
-
-
-# --------------------------------------------------------------------- timestamps
-
-# One-entry cache of the formatted whole second, so capture() in a busy second only
-# formats the microseconds. Replaced as a whole tuple: safe to share between threads.
-_second_cache: tuple[int, str] = (0, "1970-01-01T00:00:00")
-
-
-def _format_epoch(now: float) -> str:
-    micros = round(now * 1_000_000)
-    seconds, micro = divmod(micros, 1_000_000)
-    global _second_cache
-    cached_seconds, prefix = _second_cache
-    if seconds != cached_seconds:
-        prefix = _time.strftime("%Y-%m-%dT%H:%M:%S", _time.gmtime(seconds))
-        _second_cache = (seconds, prefix)
-    return f"{prefix}.{micro:06d}Z" if micro else f"{prefix}Z"
-
-
-def _format_datetime(value: datetime) -> str:
-    # astimezone() takes a naive datetime as local time (TZ environment variable).
-    try:
-        utc = value.astimezone(UTC)
-    except OverflowError as exc:
-        raise ValueError(f"timestamp {value!r} is out of range in UTC") from exc
-    # The base-class isoformat, so subclasses (pandas.Timestamp) give the same shape;
-    # it leaves out the fraction when the microseconds are zero, as RFC 3339 allows.
-    return datetime.isoformat(utc)[:-6] + "Z"
-
-
-def _format_date(value: date) -> str:
-    return date.isoformat(value) + "T00:00:00Z"
-
-
-def format_timestamp(value: Timestamp, now: float) -> str:
-    """Return ``value`` as an RFC 3339 UTC timestamp: ``2025-01-02T03:04:05Z``, or
-    ``2025-01-02T03:04:05.123456Z`` when the microseconds are not zero.
-
-    - ``None``: the instant ``now`` (wall-clock seconds since the epoch, as from
-      ``time.time()``), rounded to the microsecond.
-    - aware ``datetime``: converted to UTC.
-    - naive ``datetime``: taken as **local time** (the process time zone, from the
-      ``TZ`` environment variable), then converted to UTC. Pass aware datetimes to
-      avoid that guess.
-    - ``date``: midnight UTC of that day.
-    - ``str``: ISO 8601 as read by ``datetime.fromisoformat`` (``Z`` or an offset
-      such as ``+05:30``); without an offset it is taken as local time, like a naive
-      datetime; a date alone (``2025-01-02``) is midnight UTC, like a ``date``.
-
-    Raises ``ValueError`` for an unparsable string, a value out of range once in UTC,
-    or any other type.
-    """
-    if value is None:
-        return _format_epoch(now)
-    if isinstance(value, datetime):
-        return _format_datetime(value)
-    if isinstance(value, date):
-        return _format_date(value)
-    if isinstance(value, str):
-        try:
-            return _format_date(date.fromisoformat(value))
-        except ValueError:
-            pass
-        try:
-            parsed = datetime.fromisoformat(value)
-        except ValueError:
-            raise ValueError(
-                f"invalid timestamp {value!r}: expected an ISO 8601 date-time "
-                "such as '2025-01-02T03:04:05Z' or '2025-01-02T08:34:05+05:30'"
-            ) from None
-        return _format_datetime(parsed)
-    raise ValueError(
-        f"timestamp must be a datetime, a date, an ISO 8601 str or None, not {type(value).__name__}"
-    )
-
 
 # ------------------------------------------------------------ the extra JSON types
 
@@ -275,9 +101,9 @@ def _converter_for(tp: type) -> Callable[[Any], Any]:
     if issubclass(tp, Enum):
         return _enum_value
     if issubclass(tp, datetime):
-        return _format_datetime
+        return format_datetime
     if issubclass(tp, date):
-        return _format_date
+        return format_date
     if issubclass(tp, time):
         return time.isoformat
     if issubclass(tp, Decimal):
