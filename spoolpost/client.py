@@ -45,7 +45,14 @@ from spoolpost.delivery import (
 )
 from spoolpost.delivery.transport import Timeout
 from spoolpost.errors import ConfigError, SpoolClosed
-from spoolpost.spool import DEFAULT_MAX_SPOOL_BYTES, Durability, OnFull, Spool
+from spoolpost.spool import (
+    DEFAULT_DURABILITY,
+    DEFAULT_MAX_SPOOL_BYTES,
+    DEFAULT_ON_FULL,
+    Durability,
+    OnFull,
+    Spool,
+)
 
 __all__ = [
     "DEFAULT_FLUSH_TIMEOUT",
@@ -151,9 +158,9 @@ class Client(CaptureApi):
         *,
         spool: str | os.PathLike[str] | None = None,
         send: bool = True,
-        durability: Durability = "process",  # kept equal to Spool's default
+        durability: Durability = DEFAULT_DURABILITY,
         max_spool_bytes: int = DEFAULT_MAX_SPOOL_BYTES,
-        on_full: OnFull = "drop_newest",  # kept equal to Spool's default
+        on_full: OnFull = DEFAULT_ON_FULL,
         flush_at: int = DeliveryConfig.flush_at,
         flush_interval: float = DeliveryConfig.flush_interval,
         max_batch_size: int = DeliveryConfig.max_batch_size,

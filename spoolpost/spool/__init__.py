@@ -3,9 +3,20 @@ delivered or dead-lettered. :class:`Spool` (in :mod:`~spoolpost.spool.core`) is
 the storage seam; every SQL statement of spoolpost lives in this package (see
 docs/architecture.md, "Module map")."""
 
-from spoolpost.spool.append import DEFAULT_MAX_SPOOL_BYTES, ON_FULL_POLICIES, OnFull
+from spoolpost.spool.append import (
+    DEFAULT_BLOCK_TIMEOUT,
+    DEFAULT_MAX_SPOOL_BYTES,
+    DEFAULT_ON_FULL,
+    ON_FULL_POLICIES,
+    OnFull,
+)
 from spoolpost.spool.core import Spool
-from spoolpost.spool.db import DURABILITY_MODES, Durability
+from spoolpost.spool.db import (
+    DEFAULT_BUSY_TIMEOUT,
+    DEFAULT_DURABILITY,
+    DURABILITY_MODES,
+    Durability,
+)
 from spoolpost.spool.files import (
     SQLITE_HEADER,
     check_filesystem,
@@ -18,7 +29,11 @@ from spoolpost.spool.maintenance import Filter, SpooledEvent
 from spoolpost.spool.queries import SpoolStats, Watermark
 
 __all__ = [
+    "DEFAULT_BLOCK_TIMEOUT",
+    "DEFAULT_BUSY_TIMEOUT",
+    "DEFAULT_DURABILITY",
     "DEFAULT_MAX_SPOOL_BYTES",
+    "DEFAULT_ON_FULL",
     "DURABILITY_MODES",
     "ON_FULL_POLICIES",
     "SQLITE_HEADER",

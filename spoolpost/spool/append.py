@@ -31,6 +31,9 @@ log = logging.getLogger("spoolpost")
 OnFull = Literal["drop_newest", "drop_oldest", "block", "raise"]
 ON_FULL_POLICIES: tuple[str, ...] = ("drop_newest", "drop_oldest", "block", "raise")
 DEFAULT_MAX_SPOOL_BYTES = 512 * 1024 * 1024
+DEFAULT_ON_FULL: OnFull = "drop_newest"
+#: Seconds ``on_full="block"`` waits for room before :class:`SpoolFull`.
+DEFAULT_BLOCK_TIMEOUT = 5.0
 #: A full spool's episode ends once its used size is back down to this fraction
 #: of ``max_spool_bytes`` (then the next time it fills, it is warned about again).
 ROOM_AGAIN = 7 / 8

@@ -37,8 +37,21 @@ from pathlib import Path
 
 from spoolpost.errors import ConfigError
 from spoolpost.spool import maintenance, queries
-from spoolpost.spool.append import DEFAULT_MAX_SPOOL_BYTES, ON_FULL_POLICIES, Appender, OnFull
-from spoolpost.spool.db import DEFAULT_BUSY_TIMEOUT, DURABILITY_MODES, Database, Durability
+from spoolpost.spool.append import (
+    DEFAULT_BLOCK_TIMEOUT,
+    DEFAULT_MAX_SPOOL_BYTES,
+    DEFAULT_ON_FULL,
+    ON_FULL_POLICIES,
+    Appender,
+    OnFull,
+)
+from spoolpost.spool.db import (
+    DEFAULT_BUSY_TIMEOUT,
+    DEFAULT_DURABILITY,
+    DURABILITY_MODES,
+    Database,
+    Durability,
+)
 from spoolpost.spool.leases import Batch, Leases
 from spoolpost.spool.maintenance import Filter, SpooledEvent
 from spoolpost.spool.owner import Owner
@@ -77,10 +90,10 @@ class Spool:
         self,
         path: str | os.PathLike[str],
         *,
-        durability: Durability = "process",
+        durability: Durability = DEFAULT_DURABILITY,
         max_spool_bytes: int = DEFAULT_MAX_SPOOL_BYTES,
-        on_full: OnFull = "drop_newest",
-        block_timeout: float = 5.0,
+        on_full: OnFull = DEFAULT_ON_FULL,
+        block_timeout: float = DEFAULT_BLOCK_TIMEOUT,
         busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
         allow_network_fs: bool = False,
     ) -> None:

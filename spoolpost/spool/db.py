@@ -31,6 +31,7 @@ log = logging.getLogger("spoolpost")
 Durability = Literal["process", "power"]
 DURABILITY_MODES: tuple[str, ...] = ("process", "power")
 DEFAULT_BUSY_TIMEOUT = 10.0
+DEFAULT_DURABILITY: Durability = "process"
 #: WAL growth bound: SQLite truncates the -wal file to this after a checkpoint.
 JOURNAL_SIZE_LIMIT = 64 * 1024 * 1024
 #: Seconds a checkpoint may wait for other connections; it runs under the writer
