@@ -35,6 +35,7 @@ from uuid import UUID
 from spoolpost.capture import events as ev
 from spoolpost.capture.encoding import Timestamp, encode_event
 from spoolpost.clock import SYSTEM_CLOCK, Clock
+from spoolpost.delivery.barrier import FlushBarrier
 from spoolpost.delivery.dispatcher import DeliveryConfig, Dispatcher, FlushResult
 from spoolpost.delivery.policy import PausePolicy, RetryPolicy
 from spoolpost.delivery.transport import DEFAULT_HOST, HttpTransport, PostHogV0, Timeout
@@ -493,15 +494,14 @@ class Client:
             raise SpoolClosed("this client was shut down; its shutdown() result says what is left")
         try:
             self._save_filtered()
-            watermark = self.spool.watermark(self.clock.now())
-            before = self.spool.states_through(watermark)
+            barrier = FlushBarrier.take(self.spool, self.clock.now())
         except SpoolClosed:  # a shutdown() in another thread got there first
             return FlushResult()
         if not self.send:
-            return FlushResult(pending=before["pending"] + before["leased"])
+            return FlushResult(pending=barrier.unsettled)
         if not self._delivering:
             self._start_delivery()  # a forked child that has not captured yet
-        return self.dispatcher.flush(watermark, timeout, before)
+        return self.dispatcher.flush(barrier, timeout)
 
     def shutdown(self, timeout: float = 5.0) -> FlushResult:
         """Flush, then stop the threads and close the spool, all within ``timeout``

@@ -1,6 +1,5 @@
-"""Delivery settings and the values delivery reports: what to send and when
-(:class:`DeliveryConfig`), what one dispatch step did (:class:`Step`), what one
-flush came to (:class:`FlushResult`), and the dispatcher's timing constants."""
+"""Delivery settings: what to send and when (:class:`DeliveryConfig`), what one
+dispatch step did (:class:`Step`), and the dispatcher's timing constants."""
 
 from __future__ import annotations
 
@@ -72,46 +71,3 @@ class Step:
     reclaimed: int = 0
     wait: float | None = None
     blocked_by: str = ""  # "", "gate", "paused", "busy", "idle", "not_due"
-
-
-@dataclass(frozen=True)
-class FlushResult:
-    """What one flush call came to, over the events captured before it (its
-    watermark).
-
-    The counts cover what **this call** settled, not what reached the server:
-
-    - ``delivered``: events of the watermark that were still pending or leased
-      when the call began and were delivered by the time it returned (by any
-      sender of this process, or by another process).
-    - ``dead``: events of the watermark dead-lettered while the call ran.
-    - ``pending``: events of the watermark still in the spool when it returned
-      (pending or leased: not delivered yet, never lost).
-
-    Events the background senders had delivered before the call began are in
-    no count. Capture 500 events, call ``flush()`` once the senders have sent
-    310 of them, and it reports ``delivered=190`` although all 500 reached the
-    server. To know whether everything captured before the call is out of the
-    spool, read :attr:`complete`, not ``delivered``.
-
-    ``paused`` says why delivery is paused by a configuration fault (None if it
-    is not); ``timed_out`` is True when the timeout ended the wait; ``outage``
-    is the last transient failure when a drain stopped on an outage (None
-    otherwise).
-    """
-
-    delivered: int = 0
-    dead: int = 0
-    pending: int = 0
-    paused: str | None = None
-    timed_out: bool = False
-    outage: str | None = None
-
-    @property
-    def complete(self) -> bool:
-        """True when no event captured before the flush is left in the spool:
-        each was delivered (by this call or earlier) or dead-lettered (see
-        ``dead``, and ``spoolpost tail --state dead`` for older ones). False while
-        ``pending`` > 0: after a timeout, a pause or an outage, or for a
-        capture-only client."""
-        return self.pending == 0

@@ -31,12 +31,12 @@ from collections import Counter
 from collections.abc import Callable
 
 from spoolpost.clock import SYSTEM_CLOCK, Clock
+from spoolpost.delivery.barrier import FlushBarrier, FlushResult
 from spoolpost.delivery.config import (
     CHECKPOINT_EVERY,
     IDLE_POLL,
     RECLAIM_EVERY,
     DeliveryConfig,
-    FlushResult,
     Step,
 )
 from spoolpost.delivery.health import EndpointHealth
@@ -46,7 +46,7 @@ from spoolpost.delivery.threads import Threads
 from spoolpost.delivery.transport import HttpTransport
 from spoolpost.spool import Batch, Spool, Watermark
 
-__all__ = ["DeliveryConfig", "Dispatcher", "FlushResult", "Step"]
+__all__ = ["DeliveryConfig", "Dispatcher", "FlushBarrier", "FlushResult", "Step"]
 
 log = logging.getLogger("spoolpost")
 
@@ -162,28 +162,25 @@ class Dispatcher:
 
     def flush(
         self,
-        watermark: Watermark,
+        barrier: FlushBarrier,
         timeout: float,
-        before: dict[str, int] | None = None,
         *,
         outage_after: int | None = None,
         progress: Callable[[int], None] | None = None,
     ) -> FlushResult:
-        """Send every event inside ``watermark`` (:meth:`Spool.watermark`) now; wait
-        up to ``timeout`` seconds.
+        """Send every event inside ``barrier`` (:meth:`FlushBarrier.take`) now; wait
+        up to ``timeout`` seconds; return what the flush came to
+        (:meth:`FlushBarrier.result`).
 
         Returns when each is delivered or dead, when delivery is paused by a
         configuration fault (at once if a pause is in effect: ``paused`` says
         why), when ``outage_after`` transient failures in a row suggest an outage
         (for the cron drain), or at the timeout. ``progress(pending)`` is called
-        on each check. ``before`` is ``spool.states_through(watermark)`` as it was
-        when the caller's flush began. Backoff and ``Retry-After`` are honoured
-        throughout. Without started threads the sending happens inline, in this
-        thread, driven by ``clock``.
+        on each check. Backoff and ``Retry-After`` are honoured throughout.
+        Without started threads the sending happens inline, in this thread,
+        driven by ``clock``.
         """
-        if before is None:
-            before = self.spool.states_through(watermark)
-        unsettled = before.get("pending", 0) + before.get("leased", 0)
+        watermark = barrier.watermark
         with self._cond:
             settled_at_start = self._settler.settled
         deadline = self.clock.monotonic() + max(0.0, timeout)
@@ -201,7 +198,7 @@ class Dispatcher:
                         outage = self.health.outage(outage_after)
                     settled = self._settler.settled - settled_at_start
                 if progress is not None:
-                    progress(max(0, unsettled - settled) if still_open else 0)
+                    progress(max(0, barrier.unsettled - settled) if still_open else 0)
                 remaining = deadline - self.clock.monotonic()
                 if not still_open or paused is not None or outage:
                     break
@@ -217,17 +214,10 @@ class Dispatcher:
                         self.clock.sleep(min(step.wait or IDLE_POLL, remaining))
         finally:
             self.end_flush(watermark)
-        if still_open:
-            states = self.spool.states_through(watermark)
-            pending, dead_now = states["pending"] + states["leased"], states["dead"]
-        else:
-            pending, dead_now = 0, self.spool.dead_through(watermark)
-        dead = dead_now - before.get("dead", 0)
-        return FlushResult(
-            delivered=max(0, unsettled - pending - dead),
-            dead=dead,
-            pending=pending,
-            paused=self.paused_reason if pending else None,
+        return barrier.result(
+            self.spool,
+            open_left=still_open,
+            paused=self.paused_reason,
             timed_out=timed_out,
             outage=outage,
         )
