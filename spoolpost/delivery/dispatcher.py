@@ -80,7 +80,7 @@ class Dispatcher:
         self.retry = retry or RetryPolicy()
         self.pause_policy = pause or PausePolicy()
         self.clock = clock
-        self.health = EndpointHealth(self.retry, self.pause_policy, transport.display_url)
+        self._health = EndpointHealth(self.retry, self.pause_policy, transport.display_url)
         self._cond = threading.Condition()  # guards health, the settler's tallies, the rest
         self._flushes: Counter[Watermark] = Counter()
         self._next_reclaim = 0.0
@@ -94,7 +94,7 @@ class Dispatcher:
             self.spool,
             self.transport,
             self.retry,
-            self.health,
+            self._health,
             lock=self._cond,
             stopping=self._threads.stopping,
             clock=self.clock,
@@ -111,20 +111,20 @@ class Dispatcher:
         pause itself lasts until :attr:`paused_until`, then one probe batch is sent.
         """
         with self._cond:
-            return self.health.paused_reason
+            return self._health.paused_reason
 
     @property
     def paused_until(self) -> float:
         """When the current pause ends (UTC seconds); in the past when not paused."""
         with self._cond:
-            return self.health.pause_until
+            return self._health.pause_until
 
     @property
     def gate_until(self) -> float:
         """When the endpoint gate opens for the next probe (UTC seconds); in the
         past when it is open."""
         with self._cond:
-            return self.health.gate_until
+            return self._health.gate_until
 
     @property
     def requests_in_flight(self) -> int:
@@ -193,9 +193,9 @@ class Dispatcher:
                 still_open = self.spool.any_open_through(watermark)
                 now = self.clock.now()
                 with self._cond:
-                    paused = self.health.paused_at(now)
+                    paused = self._health.paused_at(now)
                     if outage_after is not None:
-                        outage = self.health.outage(outage_after)
+                        outage = self._health.outage(outage_after)
                     settled = self._settler.settled - settled_at_start
                 if progress is not None:
                     progress(max(0, barrier.unsettled - settled) if still_open else 0)
@@ -236,12 +236,12 @@ class Dispatcher:
             self._next_reclaim = now + min(RECLAIM_EVERY, self.config.lease_ttl / 4)
             reclaimed = self.spool.reclaim(now)
         with self._cond:
-            blocked_by, blocked_for = self.health.blocked(now)
+            blocked_by, blocked_for = self._health.blocked(now)
             if blocked_by:
                 return Step(reclaimed=reclaimed, wait=blocked_for, blocked_by=blocked_by)
             threaded = self.running
             limit = self.config.sender_count if threaded else 1
-            capacity = (1 if self.health.probing else limit) - self._threads.inflight
+            capacity = (1 if self._health.probing else limit) - self._threads.inflight
             if capacity <= 0:
                 return Step(reclaimed=reclaimed, blocked_by="busy")
             flushing = bool(self._flushes)
