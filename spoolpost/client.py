@@ -37,6 +37,7 @@ from spoolpost.delivery import (
     DEFAULT_HOST,
     DeliveryConfig,
     Dispatcher,
+    FlushBarrier,
     FlushResult,
     HttpTransport,
     PausePolicy,
@@ -300,15 +301,14 @@ class Client(CaptureApi):
             raise SpoolClosed("this client was shut down; its shutdown() result says what is left")
         try:
             self._save_filtered()
-            watermark = self.spool.watermark(self.clock.now())
-            before = self.spool.states_through(watermark)
+            barrier = FlushBarrier.take(self.spool, self.clock.now())
         except SpoolClosed:  # a shutdown() in another thread got there first
             return FlushResult()
         if not self.send:
-            return FlushResult(pending=before["pending"] + before["leased"])
+            return FlushResult(pending=barrier.unsettled)
         if not self._delivering:
             self._start_delivery()  # a forked child that has not captured yet
-        return self.dispatcher.flush(watermark, timeout, before)
+        return self.dispatcher.flush(barrier, timeout)
 
     def shutdown(self, timeout: float = DEFAULT_SHUTDOWN_TIMEOUT) -> FlushResult:
         """Flush, then stop the threads and close the spool, all within ``timeout``

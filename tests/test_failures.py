@@ -1,4 +1,5 @@
-"""The failure table of DESIGN §5, row by row, against the real loopback endpoint.
+"""The failure policy (status → action, backoff, gate, pause, poison), row by row,
+against the real loopback endpoint.
 
 Time is simulated: the dispatcher is never started and the tests drive it with
 ``step(now)`` on a ManualClock (see kit.py). Request times come from the
@@ -21,7 +22,7 @@ import pytest
 from kit import API_KEY, INLINE, START, MakeRig, Rig, dead_letters, gaps, make_event, sent_at
 
 from spoolpost import Client
-from spoolpost.delivery import DeliveryConfig, Dispatcher, FlushResult
+from spoolpost.delivery import DeliveryConfig, Dispatcher, FlushBarrier, FlushResult
 from spoolpost.delivery.policy import RetryPolicy
 from spoolpost.delivery.transport import HttpTransport, PostHogV0
 from spoolpost.spool import Spool
@@ -234,7 +235,7 @@ def test_configuration_fault_keeps_the_event_and_pauses(
     assert rig.dispatcher.paused_until == START + 5.0
 
     before = rig.clock.monotonic()
-    result = rig.dispatcher.flush(rig.spool.watermark(rig.clock.now()), timeout=30.0)
+    result = rig.dispatcher.flush(FlushBarrier.take(rig.spool, rig.clock.now()), timeout=30.0)
 
     assert rig.clock.monotonic() == before  # returned at once, waiting for nothing
     assert result.paused == reason
@@ -519,7 +520,7 @@ def test_after_a_failure_one_probe_goes_alone_then_full_concurrency(
         assert len(endpoint.requests) == 2
 
         release.set()
-        result = dispatcher.flush(spool.watermark(time.time()), timeout=30.0)
+        result = dispatcher.flush(FlushBarrier.take(spool, time.time()), timeout=30.0)
 
         assert result.pending == 0
         delivered = endpoint.delivered_uuids()
@@ -700,7 +701,7 @@ def test_a_sender_thread_survives_unexpected_errors(
         spool.append(uuid, body, now)
     dispatcher.start()
     try:
-        result = dispatcher.flush(spool.watermark(time.time()), timeout=30.0)
+        result = dispatcher.flush(FlushBarrier.take(spool, time.time()), timeout=30.0)
 
         assert (result.delivered, result.dead, result.pending) == (3, 1, 0)
         assert sorted(endpoint.delivered_uuids()) == sorted(u for u, _ in good)
@@ -712,7 +713,7 @@ def test_a_sender_thread_survives_unexpected_errors(
 
         later = make_event(time.time(), 10)  # the one sender is still at work
         spool.append(*later, time.time())
-        assert dispatcher.flush(spool.watermark(time.time()), timeout=30.0).delivered == 1
+        assert dispatcher.flush(FlushBarrier.take(spool, time.time()), timeout=30.0).delivered == 1
         assert later[0] in endpoint.delivered_uuids()
     finally:
         dispatcher.stop(2.0)
@@ -744,7 +745,7 @@ def test_the_dispatcher_thread_survives_a_failing_step(
     spool.append(uuid, body, time.time())
     dispatcher.start()
     try:
-        result = dispatcher.flush(spool.watermark(time.time()), timeout=30.0)
+        result = dispatcher.flush(FlushBarrier.take(spool, time.time()), timeout=30.0)
 
         assert result.delivered == 1 and endpoint.delivered_uuids() == [uuid]
         [error] = errors(caplog)
@@ -885,8 +886,8 @@ def test_flush_counts_what_it_settled_not_what_reached_the_server(
     rig.step()  # the background senders got 310 of them out before the flush call
     assert len(endpoint.delivered_uuids()) == 310
 
-    result = rig.dispatcher.flush(rig.spool.watermark(rig.clock.now()), timeout=30.0)
-    again = rig.dispatcher.flush(rig.spool.watermark(rig.clock.now()), timeout=30.0)
+    result = rig.dispatcher.flush(FlushBarrier.take(rig.spool, rig.clock.now()), timeout=30.0)
+    again = rig.dispatcher.flush(FlushBarrier.take(rig.spool, rig.clock.now()), timeout=30.0)
 
     assert sorted(endpoint.delivered_uuids()) == sorted(captured)  # all 500 reached it
     assert result == FlushResult(delivered=190)

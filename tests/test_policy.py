@@ -5,6 +5,7 @@ from __future__ import annotations
 import email.utils
 
 import pytest
+import tenacity
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -22,7 +23,7 @@ NOW = 1_700_000_000.0  # 2023-11-14T22:13:20Z, a whole second
 TIMEZONES = ["UTC", "America/New_York", "Asia/Kolkata", "Pacific/Chatham"]
 
 
-# -- classification (DESIGN §5) ---------------------------------------------------
+# -- classification (the status → action table) -----------------------------------
 
 
 @pytest.mark.parametrize(
@@ -228,6 +229,62 @@ def test_retry_policy_refuses_values_that_cannot_work(options: dict[str, float])
         RetryPolicy(**options)  # type: ignore[arg-type]
 
 
+@given(
+    initial=st.floats(0.01, 10.0),
+    ratio=st.floats(1.0, 1000.0),
+    attempt=st.integers(1, 80),
+)
+def test_default_backoff_is_the_documented_formula(
+    initial: float, ratio: float, attempt: int
+) -> None:
+    policy = RetryPolicy(initial_backoff=initial, max_backoff=initial * ratio)
+    base = min(initial * 2.0 ** min(attempt - 1, 64), policy.max_backoff)
+    assert base <= policy.backoff(attempt) <= min(base + initial, policy.max_backoff)
+
+
+@pytest.mark.parametrize(
+    ("wait", "expected"),
+    [
+        (tenacity.wait_fixed(2), [2.0, 2.0, 2.0, 2.0]),
+        (tenacity.wait_incrementing(start=10, increment=10), [10.0, 20.0, 30.0, 30.0]),
+        (tenacity.wait_chain(tenacity.wait_fixed(1), tenacity.wait_fixed(7)), [1.0, 7.0, 7.0, 7.0]),
+        (tenacity.wait_exponential(multiplier=3, max=1000), [3.0, 6.0, 12.0, 24.0]),
+    ],
+)
+def test_retry_policy_takes_a_tenacity_wait_capped_at_max_backoff(
+    wait: tenacity.wait.wait_base, expected: list[float]
+) -> None:
+    policy = RetryPolicy(max_backoff=30.0, wait=wait)
+    assert [policy.backoff(n) for n in range(1, 5)] == expected
+    assert policy.delay(1, 45.0) == 45.0  # Retry-After is still the lower bound
+
+
+def test_retry_policy_composes_tenacity_waits() -> None:
+    policy = RetryPolicy(wait=tenacity.wait_fixed(2) + tenacity.wait_random(0, 1))
+    waits = {policy.backoff(3) for _ in range(200)}
+    assert all(2.0 <= w <= 3.0 for w in waits)
+    assert len(waits) > 1
+    jittered = RetryPolicy(wait=tenacity.wait_random_exponential(multiplier=1, max=8))
+    assert all(0.0 <= jittered.backoff(n) <= 8.0 for n in range(1, 10))
+
+
+def test_policies_compare_by_numbers_and_wait_object() -> None:
+    fixed = tenacity.wait_fixed(2)
+    assert RetryPolicy() == RetryPolicy()
+    assert RetryPolicy(wait=fixed) == RetryPolicy(wait=fixed)
+    assert RetryPolicy(wait=fixed) != RetryPolicy(wait=tenacity.wait_fixed(2))
+    assert PausePolicy(wait=fixed) != PausePolicy()
+    assert len({RetryPolicy(), RetryPolicy(), RetryPolicy(wait=fixed), PausePolicy()}) == 3
+
+
+@pytest.mark.parametrize("policy", [RetryPolicy, PausePolicy])
+def test_a_wait_that_is_not_a_tenacity_strategy_is_refused(
+    policy: type[RetryPolicy] | type[PausePolicy],
+) -> None:
+    with pytest.raises(ConfigError, match="tenacity wait strategy"):
+        policy(wait=2.0)  # type: ignore[arg-type]
+
+
 # -- pause on configuration faults ---------------------------------------------------
 
 
@@ -248,9 +305,27 @@ def test_pause_grows_while_the_fault_lasts() -> None:
     assert policy.pause(0) == 5.0
 
 
+@given(
+    initial=st.floats(0.01, 100.0),
+    ratio=st.floats(1.0, 10_000.0),
+    faults=st.integers(0, 2000),
+)
+def test_default_pause_is_the_documented_formula(initial: float, ratio: float, faults: int) -> None:
+    policy = PausePolicy(initial=initial, maximum=initial * ratio)
+    doublings = min(max(0, faults - 1), 64)
+    assert policy.pause(faults) == min(policy.maximum, initial * 2.0**doublings)
+
+
+def test_pause_policy_takes_a_tenacity_wait_capped_at_maximum() -> None:
+    policy = PausePolicy(maximum=60.0, wait=tenacity.wait_incrementing(start=15, increment=15))
+    assert [policy.pause(n) for n in range(1, 7)] == [15.0, 30.0, 45.0, 60.0, 60.0, 60.0]
+    steady = PausePolicy(wait=tenacity.wait_fixed(30) + tenacity.wait_random(0, 5))
+    assert all(30.0 <= steady.pause(n) <= 35.0 for n in range(1, 20))
+
+
 @pytest.mark.parametrize(
     "options", [{"initial": 0.0}, {"initial": -1.0}, {"initial": 10.0, "maximum": 5.0}]
 )
 def test_pause_policy_refuses_values_that_cannot_work(options: dict[str, float]) -> None:
     with pytest.raises(ConfigError):
-        PausePolicy(**options)
+        PausePolicy(**options)  # type: ignore[arg-type]

@@ -1,4 +1,4 @@
-"""Bounded shutdown, and the pitfalls around it seen in in-memory SDK transports.
+"""Bounded shutdown and its pitfalls: hung requests, stopping mid-split, concurrent flushes.
 
 Nothing here sleeps: hung requests are real (the loopback endpoint never answers, or
 a handler blocks on an Event the test controls), and the only wall-clock measurements
@@ -19,7 +19,7 @@ from kit import API_KEY, Rig, counts, make_event
 
 from spoolpost import Client
 from spoolpost.client import stop_reserve
-from spoolpost.delivery import DeliveryConfig, Dispatcher
+from spoolpost.delivery import DeliveryConfig, Dispatcher, FlushBarrier
 from spoolpost.delivery.transport import HttpTransport, PostHogV0
 from spoolpost.spool import Spool
 from spoolpost.testing import LocalEndpoint, RecordedRequest, Response
@@ -265,13 +265,13 @@ def test_concurrent_flushes_each_wait_for_their_own_watermark(
 
     endpoint.set_handler(hold_the_late_event)
     spool.append(early, early_body, time.time())
-    first_mark = spool.watermark(time.time())
+    first_mark = FlushBarrier.take(spool, time.time())
     spool.append(late, late_body, time.time())
-    second_mark = spool.watermark(time.time())
+    second_mark = FlushBarrier.take(spool, time.time())
     dispatcher.start()
     results = {}
 
-    def flush(name: str, mark: tuple[int, float]) -> None:
+    def flush(name: str, mark: FlushBarrier) -> None:
         results[name] = dispatcher.flush(mark, timeout=30.0)
 
     second = threading.Thread(target=flush, args=("second", second_mark))

@@ -1,9 +1,17 @@
 """Delivery policy as data: what each response means, and how long to wait.
 
-- :data:`CLASSIFIER` maps an HTTP status to an :class:`Action` (DESIGN §5).
-  Adding a rule is one line.
-- :class:`RetryPolicy` builds backoff from tenacity's wait strategies
-  (exponential with jitter) and takes ``Retry-After`` as a lower bound.
+- :data:`CLASSIFIER` maps an HTTP status to an :class:`Action` (see
+  docs/architecture.md, "Failure policy"). Adding a rule is one line.
+- :class:`RetryPolicy` (backoff after a transient failure) and
+  :class:`PausePolicy` (pause after a configuration fault) each hold a tenacity
+  wait strategy; :class:`RetryPolicy` takes ``Retry-After`` as a lower bound.
+  A policy's ``wait=`` may hold any strategy that reads nothing but the attempt
+  number: ``wait_fixed``, ``wait_none``, ``wait_random``, ``wait_incrementing``,
+  ``wait_exponential``, ``wait_random_exponential``, ``wait_exponential_jitter``,
+  ``wait_chain``, and sums of them (``wait_fixed(2) + wait_random(0, 1)``).
+  ``wait_exception`` (it reads the outcome) and functions reading other
+  attributes of a ``RetryCallState`` are not supported: they are called with
+  an object carrying only ``attempt_number``.
 - :func:`parse_retry_after` reads ``Retry-After`` as delay-seconds or an
   HTTP-date (RFC 9110 §10.2.3), in UTC whatever the local timezone.
 """
@@ -14,8 +22,9 @@ import email.utils
 import enum
 import functools
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC
+from typing import cast
 
 import tenacity
 
@@ -32,7 +41,8 @@ class Action(enum.Enum):
     PAUSE = "paused"  # 401, 403, 404, 3xx: configuration fault, keep everything, pause
 
 
-#: Status → action, from DESIGN §5. Statuses not listed fall to :func:`classify`'s ranges.
+#: Status → action: transient statuses are retried, 413 and rejections split, faults of
+#: configuration (auth, wrong host) pause. Statuses not listed fall to :func:`classify`'s ranges.
 CLASSIFIER: dict[int, Action] = {
     408: Action.RETRY,
     429: Action.RETRY,
@@ -103,10 +113,18 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
 
 
 class _Attempt:
-    """The one attribute tenacity's wait strategies read from a RetryCallState."""
+    """The one attribute of a ``tenacity.RetryCallState`` that the supported wait
+    strategies read."""
 
     def __init__(self, attempt_number: int) -> None:
         self.attempt_number = attempt_number
+
+
+def wait_seconds(strategy: tenacity.wait.wait_base, attempt: int) -> float:
+    """Seconds ``strategy`` waits before retry number ``attempt`` (1 for the first;
+    anything lower is read as 1)."""
+    state = cast(tenacity.RetryCallState, _Attempt(max(1, attempt)))
+    return float(strategy(state))
 
 
 @dataclass(frozen=True)
@@ -114,12 +132,27 @@ class RetryPolicy:
     """Backoff and limits for failed deliveries.
 
     ``initial_backoff`` and ``max_backoff`` in seconds (defaults 0.5 s and 30 s):
-    the n-th retry waits ``initial * 2**(n-1)`` plus up to ``initial`` of random
-    jitter, capped at ``max_backoff`` (tenacity ``wait_exponential`` +
-    ``wait_random``). ``max_retry_after`` (default 600 s) caps a server's
-    ``Retry-After``. ``max_attempts`` (default None: unlimited) and
-    ``max_event_age`` (seconds, default 7 days) end in the dead state.
-    Raises :class:`ConfigError` for values that cannot work.
+    by default the n-th retry waits ``initial * 2**(n-1)`` plus up to ``initial``
+    of random jitter, capped at ``max_backoff``, i.e.
+    ``wait_exponential(multiplier=initial_backoff, max=max_backoff) +
+    wait_random(0, initial_backoff)``. ``wait`` replaces that with your own
+    tenacity strategy (see the module docstring), e.g.
+    ``wait_random_exponential(multiplier=1, max=60)``; what it gives is still
+    capped at ``max_backoff``, which also sets how recent a success must be for
+    a failing batch to be suspected of poison (``2 * max_backoff``).
+    ``max_retry_after`` (default 600 s) caps a server's ``Retry-After``.
+
+    ``max_attempts`` (default None: unlimited) and ``max_event_age`` (seconds,
+    default 7 days) end in the dead state. They are data that the spool's SQL
+    enforces on each stored event, across restarts and processes; they are not
+    tenacity stop strategies, because ``stop_after_delay`` counts monotonic time
+    since one in-memory retry loop began (not an event's age since capture) and
+    ``stop_after_attempt`` counts that loop's attempts (not the attempts stored
+    with the event).
+
+    Raises :class:`ConfigError` for values that cannot work. Two policies are
+    equal when their numbers are and they hold the same ``wait`` object (tenacity
+    strategies compare by identity).
     """
 
     initial_backoff: float = 0.5
@@ -127,6 +160,7 @@ class RetryPolicy:
     max_retry_after: float = 600.0
     max_attempts: int | None = None
     max_event_age: float | None = 7 * 24 * 3600.0
+    wait: tenacity.wait.wait_base | None = field(default=None, kw_only=True)
 
     def __post_init__(self) -> None:
         if not 0 < self.initial_backoff <= self.max_backoff:
@@ -137,19 +171,23 @@ class RetryPolicy:
             raise ConfigError("max_attempts must be None or >= 1")
         if self.max_event_age is not None and self.max_event_age <= 0:
             raise ConfigError("max_event_age must be None or > 0 seconds")
+        _check_wait(self.wait)
 
     @functools.cached_property
-    def _wait(self) -> tenacity.wait.wait_base:
-        # Built once per policy (cached_property writes the instance __dict__,
-        # which a frozen dataclass allows), not on every failed request.
+    def strategy(self) -> tenacity.wait.wait_base:
+        """The tenacity wait strategy in use: ``wait``, or the default above. Built
+        once per policy (cached_property writes the instance ``__dict__``, which a
+        frozen dataclass allows), not on every failed request."""
+        if self.wait is not None:
+            return self.wait
         return tenacity.wait_exponential(
             multiplier=self.initial_backoff, max=self.max_backoff
         ) + tenacity.wait_random(0, self.initial_backoff)
 
     def backoff(self, attempt: int) -> float:
-        """Seconds to wait before retry number ``attempt`` (1 for the first retry)."""
-        wait = self._wait(_Attempt(max(1, attempt)))  # type: ignore[arg-type]
-        return min(float(wait), self.max_backoff)
+        """Seconds to wait before retry number ``attempt`` (1 for the first retry),
+        at most ``max_backoff``."""
+        return min(wait_seconds(self.strategy, attempt), self.max_backoff)
 
     def delay(self, attempt: int, retry_after: float | None) -> float:
         """``max(backoff(attempt), Retry-After)``, Retry-After capped by ``max_retry_after``."""
@@ -163,19 +201,38 @@ class RetryPolicy:
 class PausePolicy:
     """How long delivery pauses on a configuration fault (401/403/404/3xx).
 
-    The n-th pause of one episode lasts ``initial * 2**(n-1)`` seconds, capped at
-    ``maximum`` (defaults 5 s and 300 s). Raises :class:`ConfigError` unless
-    ``0 < initial <= maximum``.
+    By default the n-th pause of one episode lasts ``initial * 2**(n-1)``
+    seconds, capped at ``maximum`` (defaults 5 s and 300 s), i.e.
+    ``wait_exponential(multiplier=initial, max=maximum)``. ``wait`` replaces
+    that with your own tenacity strategy (see the module docstring); what it
+    gives is still capped at ``maximum``. Raises :class:`ConfigError` unless
+    ``0 < initial <= maximum``. Compared as :class:`RetryPolicy` is.
     """
 
     initial: float = 5.0
     maximum: float = 300.0
+    wait: tenacity.wait.wait_base | None = field(default=None, kw_only=True)
 
     def __post_init__(self) -> None:
         if not 0 < self.initial <= self.maximum:
             raise ConfigError("need 0 < initial <= maximum (seconds) for a pause")
+        _check_wait(self.wait)
+
+    @functools.cached_property
+    def strategy(self) -> tenacity.wait.wait_base:
+        """The tenacity wait strategy in use: ``wait``, or the default above."""
+        if self.wait is not None:
+            return self.wait
+        return tenacity.wait_exponential(multiplier=self.initial, max=self.maximum)
 
     def pause(self, episode_faults: int) -> float:
-        """Seconds to pause after the ``episode_faults``-th fault in a row (1 for the first)."""
-        doublings = min(max(0, episode_faults - 1), 64)  # 2**64 * initial is past any maximum
-        return float(min(self.maximum, self.initial * 2.0**doublings))
+        """Seconds to pause after the ``episode_faults``-th fault in a row (1 for the
+        first), at most ``maximum``."""
+        return min(wait_seconds(self.strategy, episode_faults), self.maximum)
+
+
+def _check_wait(wait: object) -> None:
+    if wait is not None and not isinstance(wait, tenacity.wait.wait_base):
+        raise ConfigError(
+            f"wait must be a tenacity wait strategy (tenacity.wait_*), not {type(wait).__name__}"
+        )

@@ -7,11 +7,12 @@ left, a time budget runs out, the endpoint is down or delivery is paused, and
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 
 from spoolpost.client import key_fingerprint
-from spoolpost.delivery.dispatcher import DeliveryConfig, Dispatcher, FlushResult
+from spoolpost.clock import SYSTEM_CLOCK, Clock
+from spoolpost.delivery.barrier import FlushBarrier, FlushResult
+from spoolpost.delivery.dispatcher import DeliveryConfig, Dispatcher
 from spoolpost.delivery.policy import RetryPolicy
 from spoolpost.delivery.transport import HttpTransport
 from spoolpost.spool import Spool
@@ -55,6 +56,7 @@ def drain_spool(
     config: DeliveryConfig | None = None,
     retry: RetryPolicy | None = None,
     progress: Callable[[int, int], None] | None = None,
+    clock: Clock = SYSTEM_CLOCK,
 ) -> FlushResult:
     """Deliver every event in ``spool`` captured before the call.
 
@@ -66,25 +68,25 @@ def drain_spool(
     gone). Backoff and ``Retry-After`` are honoured. ``progress(total, pending)``
     is called as delivery goes; a ``KeyboardInterrupt`` it raises stops the drain
     (within ``grace``) and becomes :class:`DrainInterrupted` carrying the result.
-    Returns a :class:`FlushResult`.
+    ``clock`` supplies the time of the barrier (what "before the call" means)
+    and the waits. Returns a :class:`FlushResult`.
 
     Raises :class:`~spoolpost.errors.KeyMismatch` if the spool belongs to another
     API key (unless ``force_key``), :class:`~spoolpost.errors.SpoolLocked`.
     """
     spool.bind_key(key_fingerprint(transport.api_key), force=force_key)
-    watermark = spool.watermark(time.time())
-    if not spool.any_open_through(watermark):
-        return FlushResult()
-    dispatcher = Dispatcher(spool, transport, config=config or DRAIN_CONFIG, retry=retry)
+    dispatcher = Dispatcher(
+        spool, transport, config=config or DRAIN_CONFIG, retry=retry, clock=clock
+    )
     # The exact count of what is to be sent is a scan of the spool (~0.7 s per
     # million events): it reads a snapshot pinned before the senders start, so
     # the first request goes out at once and the count is still exact.
     interrupted = False
     try:
-        with spool.snapshot() as before_start:
-            dispatcher.start()
-            before = before_start.states_through(watermark)
-        total = before["pending"] + before["leased"]
+        barrier = FlushBarrier.take_starting(spool, clock.now(), dispatcher.start)
+        if barrier is None:
+            return FlushResult()  # nothing to send: no thread was started
+        total = barrier.unsettled
         report: Callable[[int], None] | None = None
         if progress is not None:
             tell = progress
@@ -94,14 +96,14 @@ def drain_spool(
 
         timeout = float("inf") if budget is None else budget
         try:
-            dispatcher.flush(watermark, timeout, before, outage_after=outage_after, progress=report)
+            dispatcher.flush(barrier, timeout, outage_after=outage_after, progress=report)
         except KeyboardInterrupt:
             interrupted = True
     finally:
         dispatcher.stop(grace)
     # Requests that finished during the grace period settled their events: a flush
     # with no time left sends nothing and tallies the spool as it is now.
-    result = dispatcher.flush(watermark, 0.0, before, outage_after=outage_after)
+    result = dispatcher.flush(barrier, 0.0, outage_after=outage_after)
     if interrupted:
         raise DrainInterrupted(result)
     return result

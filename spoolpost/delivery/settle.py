@@ -1,0 +1,331 @@
+"""The settlement of one leased batch: POST it, then apply what the reply means.
+
+:class:`Settler` is what a sender thread (or an inline :meth:`Dispatcher.step`)
+runs for each batch it is handed. Outcomes follow the classifier table of
+:mod:`spoolpost.delivery.policy` (see docs/architecture.md, "Failure policy"):
+
+- 2xx → delete the rows.
+- Transient (408/429/5xx, no response) → reschedule in the spool
+  (``attempts += 1``, due after ``max(backoff, Retry-After)``; ``max_attempts``
+  ends in the dead state) and close the endpoint gate.
+- 413/other 4xx → split in halves, recursively; a lone event is dead-lettered
+  (``too_large``/``rejected``) with the status and a body excerpt.
+- 401/403/404/3xx → give the rows back and pause.
+- Poison: a batch holding events that failed twice, failing again while other
+  requests get through, is halved until the event that makes the server fail
+  is alone (two requests per halving; when both halves fail, it is an outage
+  after all: three requests, then the gate).
+
+No network I/O happens inside a spool transaction: each spool call is one short
+transaction before or after a POST.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from spoolpost.clock import Clock
+from spoolpost.delivery.config import POISON_AFTER, STUCK_AFTER
+from spoolpost.delivery.health import EndpointHealth, Notice
+from spoolpost.delivery.policy import Action, RetryPolicy, classify, parse_retry_after
+from spoolpost.delivery.transport import HttpTransport, Reply
+from spoolpost.errors import SpoolClosed
+from spoolpost.spool import Batch, Row, Spool
+
+log = logging.getLogger("spoolpost")
+
+
+@dataclass(frozen=True)
+class _Try:
+    """One POST: the ``reply``, what it means (``action``), when it came (``at``,
+    UTC seconds) and the gate ``epoch`` the request was sent in."""
+
+    reply: Reply
+    action: Action
+    at: float
+    epoch: int
+
+
+def _halves(rows: Sequence[Row]) -> tuple[Sequence[Row], Sequence[Row]]:
+    half = len(rows) // 2
+    return rows[:half], rows[half:]
+
+
+def _ids(rows: Sequence[Row]) -> list[int]:
+    return [r.id for r in rows]
+
+
+def probe_rows(rows: Sequence[Row]) -> Sequence[Row]:
+    """The part of a claimed batch that probes a closed gate; the rest goes back
+    to the spool unsent, so a probe is still one request.
+
+    - Events that failed fewer than :data:`POISON_AFTER` times go first when
+      the batch mixes them with events that did (retries are claimed first: a
+      poison event would otherwise be in every probe, and no probe could
+      succeed).
+    - A batch made only of events that failed :data:`STUCK_AFTER` times or
+      more is probed by its first half, so a poison event in a batch that
+      nothing else ever joins cannot hold the others back. Costs one request
+      more after a long outage.
+    """
+    fresher = [r for r in rows if r.attempts < POISON_AFTER]
+    if 0 < len(fresher) < len(rows):
+        return fresher
+    if len(rows) > 1 and min(r.attempts for r in rows) >= STUCK_AFTER:
+        return _halves(rows)[0]
+    return rows
+
+
+class Settler:
+    """Sends leased batches of ``spool`` through ``transport`` and settles them.
+
+    ``health`` is the dispatcher's :class:`EndpointHealth`, read and changed only
+    while holding ``lock`` (the dispatcher's); ``stopping`` set means send nothing
+    more. ``lease_ttl`` (seconds) is how long each lease is extended before a
+    further request for the same batch. :attr:`requests` (thread id → name, while
+    inside a POST) and :attr:`settled` (events delivered or dead-lettered) are
+    guarded by ``lock`` too.
+    """
+
+    def __init__(
+        self,
+        spool: Spool,
+        transport: HttpTransport,
+        retry: RetryPolicy,
+        health: EndpointHealth,
+        *,
+        lock: threading.Condition,
+        stopping: threading.Event,
+        clock: Clock,
+        lease_ttl: float,
+    ) -> None:
+        self.spool = spool
+        self.transport = transport
+        self.retry = retry
+        self.health = health
+        self.lock = lock
+        self.stopping = stopping
+        self.clock = clock
+        self.lease_ttl = lease_ttl
+        self.requests: dict[int, str] = {}
+        self.settled = 0
+
+    def deliver(self, batch: Batch) -> None:
+        """Send one leased batch and settle every row of it, in this thread.
+
+        Never raises: an unexpected error is logged and the rows still held by the
+        lease are rescheduled with backoff (an attempt is counted, so a batch that
+        always breaks something here ends at ``max_attempts``/``max_event_age``
+        instead of spinning). A batch handed out before a halt, a pause or the
+        closing of the endpoint gate goes back to the spool unsent.
+        """
+        try:
+            now = self.clock.now()
+            with self.lock:
+                hold = bool(self.health.blocked(now)[0])
+                probing = self.health.probing
+            if self.stopping.is_set() or hold:
+                self.spool.release(batch.token)
+                return
+            rows = probe_rows(batch.rows) if probing else batch.rows
+            if len(rows) < len(batch.rows):
+                sent = {r.id for r in rows}
+                self.spool.release(batch.token, [i for i in batch.ids if i not in sent])
+            self._send(batch.token, rows)
+        except SpoolClosed:
+            log.info(
+                "spool closed with %d event(s) in flight; they stay leased in the spool "
+                "and are sent again once the lease ends",
+                len(batch.rows),
+            )
+        except Exception as exc:
+            log.exception(
+                "delivering a batch of %d event(s) failed unexpectedly; they are "
+                "rescheduled and delivery goes on",
+                len(batch.rows),
+            )
+            self._reschedule_after_crash(batch, exc)
+
+    def _reschedule_after_crash(self, batch: Batch, exc: Exception) -> None:
+        now = self.clock.now()
+        attempt = max(r.attempts for r in batch.rows) + 1
+        try:
+            self.spool.reschedule(
+                batch.token,
+                batch.ids,
+                now,
+                now + self.retry.backoff(attempt),
+                f"internal error: {type(exc).__name__}: {exc}",
+                self.retry.max_attempts,
+            )
+        except Exception:
+            log.exception(
+                "could not reschedule lease %s; its events are sent again once it expires",
+                batch.token[:8],
+            )
+
+    def _post(self, rows: Sequence[Row]) -> _Try:
+        me = threading.current_thread()
+        with self.lock:
+            epoch = self.health.epoch
+            self.requests[me.ident or 0] = me.name
+        try:
+            reply = self.transport.post([r.body for r in rows], self.clock.now())
+        finally:
+            with self.lock:
+                self.requests.pop(me.ident or 0, None)
+        action = Action.RETRY if reply.status is None else classify(reply.status)
+        return _Try(reply, action, self.clock.now(), epoch)
+
+    def _send(self, token: str, rows: Sequence[Row]) -> Action:
+        """POST ``rows`` (held by ``token``) and settle them; return what the reply meant."""
+        attempt = self._post(rows)
+        self._settle(token, rows, attempt)
+        return attempt.action
+
+    def _settle(self, token: str, rows: Sequence[Row], t: _Try) -> None:
+        """Apply the failure policy (see the module docstring) to ``rows`` for the reply ``t``."""
+        ids = _ids(rows)
+        if t.action is Action.DELIVERED:
+            self._count_settled(self.spool.ack(token, ids))
+            self._on_success(t)
+        elif t.action is Action.PAUSE:
+            self.spool.release(token, ids)
+            self._on_config_fault(t)
+        elif t.action is Action.RETRY:
+            poisoned = self._looks_poisoned(rows, t.at)
+            if poisoned and len(rows) > 1:
+                self._isolate(token, rows, t)
+                return
+            self._retry_later(token, rows, t)
+            if not poisoned:  # a lone event failing while others get through: not an outage
+                self._on_transient(t)
+        elif len(rows) > 1:
+            self._split(token, rows, t.at)
+        else:
+            detail = t.reply.excerpt or t.reply.describe()
+            self._count_settled(
+                self.spool.dead_letter(token, ids, t.at, t.action.value, t.reply.status, detail)
+            )
+            self._on_success(t)  # the endpoint answered: it is up
+
+    def _retry_later(self, token: str, rows: Sequence[Row], t: _Try) -> None:
+        """Reschedule ``rows`` after ``max(backoff, Retry-After)``; those reaching
+        ``max_attempts`` die (reason ``max_attempts``, with the status)."""
+        retry_after = parse_retry_after(t.reply.retry_after, t.at)
+        attempt = max(r.attempts for r in rows) + 1
+        _, dead = self.spool.reschedule(
+            token,
+            _ids(rows),
+            t.at,
+            t.at + self.retry.delay(attempt, retry_after),
+            t.reply.describe(),
+            self.retry.max_attempts,
+            status=t.reply.status,
+        )
+        self._count_settled(dead)
+
+    def _count_settled(self, n: int) -> None:
+        """Tally events this dispatcher delivered or dead-lettered (for progress)."""
+        with self.lock:
+            self.settled += n
+
+    def _split(self, token: str, rows: Sequence[Row], now: float) -> None:
+        """413/4xx for several events: send each half (recursively, so a bad event
+        is isolated in about 2·log2(n) requests). Once a half meets endpoint
+        trouble (a retry or a pause), or a halt, the rest goes back to the spool
+        unsent."""
+        self.spool.extend(token, now + self.lease_ttl)
+        first, second = _halves(rows)
+        if self.stopping.is_set():
+            self.spool.release(token, _ids(rows))
+            return
+        outcome = self._send(token, first)
+        if outcome in (Action.RETRY, Action.PAUSE) or self.stopping.is_set():
+            self.spool.release(token, _ids(second))
+            return
+        self._send(token, second)
+
+    def _isolate(self, token: str, rows: Sequence[Row], t: _Try) -> None:
+        """``rows`` failed transiently again (``t``) while other batches get through:
+        find the event(s) that make the endpoint fail, so they cannot hold the
+        rest back.
+
+        Each round sends both halves (2 requests) and settles the half that
+        passes; a half that fails is halved again. When both halves fail, the
+        endpoint itself is in trouble: both are rescheduled and the gate closes
+        (3 requests in all). A single event left failing is rescheduled on its
+        own backoff, and logged.
+        """
+        while len(rows) > 1 and not self.stopping.is_set():
+            self.spool.extend(token, t.at + self.lease_ttl)
+            first, second = _halves(rows)
+            a = self._post(first)
+            if a.action is not Action.RETRY:
+                self._settle(token, first, a)
+                if a.action is Action.PAUSE or self.stopping.is_set():
+                    self.spool.release(token, _ids(second))
+                    return
+                b = self._post(second)
+                if b.action is not Action.RETRY:
+                    self._settle(token, second, b)  # the failure went away
+                    return
+                rows, t = second, b
+                continue
+            if self.stopping.is_set():
+                self._retry_later(token, first, a)
+                self.spool.release(token, _ids(second))
+                return
+            b = self._post(second)
+            if b.action is Action.RETRY:
+                self._retry_later(token, first, a)
+                self._retry_later(token, second, b)
+                self._on_transient(b)
+                return
+            self._settle(token, second, b)
+            if b.action is Action.PAUSE:
+                self._retry_later(token, first, a)
+                return
+            rows, t = first, a
+        self._retry_later(token, rows, t)
+        if len(rows) == 1:
+            log.warning(
+                "event %s makes %s fail (%s) while other events get through; it is "
+                "retried on its own schedule",
+                rows[0].uuid,
+                self.transport.display_url,
+                t.reply.describe(),
+            )
+
+    def _looks_poisoned(self, rows: Sequence[Row], now: float) -> bool:
+        """Rows of which one failed transiently at least :data:`POISON_AFTER` times
+        before, while other requests got through lately (within ``2 * max_backoff``)."""
+        with self.lock:
+            recent = self.health.recently_up(now)
+        return recent and max(r.attempts for r in rows) >= POISON_AFTER
+
+    # -- the endpoint's health, changed under the lock, logged after it -------------
+
+    def _on_success(self, t: _Try) -> None:
+        with self.lock:
+            notice = self.health.on_success(t.at, t.epoch)
+        _emit(notice)
+
+    def _on_transient(self, t: _Try) -> None:
+        retry_after = parse_retry_after(t.reply.retry_after, t.at)
+        with self.lock:
+            notice = self.health.on_transient(t.at, retry_after, t.reply.describe())
+        _emit(notice)
+
+    def _on_config_fault(self, t: _Try) -> None:
+        with self.lock:
+            notice = self.health.on_config_fault(t.at, t.reply.describe())
+        _emit(notice)
+
+
+def _emit(notice: Notice | None) -> None:
+    if notice is not None:
+        notice.emit()
