@@ -44,7 +44,7 @@ from spoolpost.delivery import (
     PostHogV0,
     RetryPolicy,
 )
-from spoolpost.delivery.transport import Timeout
+from spoolpost.delivery.transport import DEFAULT_TIMEOUT, Timeout
 from spoolpost.errors import ConfigError, SpoolClosed
 from spoolpost.spool import (
     DEFAULT_DURABILITY,
@@ -176,7 +176,7 @@ class Client(CaptureApi):
         disable_geoip: bool = True,
         historical_migration: bool = False,
         gzip: bool = False,
-        timeout: Timeout = (5.0, 30.0),  # kept equal to HttpTransport's default
+        timeout: Timeout = DEFAULT_TIMEOUT,
         shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT,
         force_key: bool = False,
         clock: Clock = SYSTEM_CLOCK,

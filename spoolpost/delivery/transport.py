@@ -28,6 +28,8 @@ from spoolpost.errors import ConfigError
 
 USER_AGENT = f"spoolpost/{__version__}"
 DEFAULT_HOST = "https://us.i.posthog.com"
+#: (connect, read) timeouts of one request, in seconds.
+DEFAULT_TIMEOUT: tuple[float, float] = (5.0, 30.0)
 
 
 class WireFormat(Protocol):
@@ -266,7 +268,7 @@ class HttpTransport:
         *,
         wire: WireFormat | None = None,
         gzip: bool = False,
-        timeout: Timeout = (5.0, 30.0),
+        timeout: Timeout = DEFAULT_TIMEOUT,
         verify: bool | str = True,
     ) -> None:
         if not isinstance(api_key, str) or not api_key.strip():
