@@ -41,10 +41,10 @@ from spoolpost.delivery import (
     FlushResult,
     HttpTransport,
     PausePolicy,
-    PostHogV0,
     RetryPolicy,
 )
 from spoolpost.delivery.transport import DEFAULT_TIMEOUT, Timeout
+from spoolpost.delivery.wire import resolve_capture_mode, wire_format
 from spoolpost.errors import ConfigError, SpoolClosed
 from spoolpost.spool import (
     DEFAULT_DURABILITY,
@@ -139,7 +139,14 @@ class Client(CaptureApi):
     ``"$geoip_disable": true`` to every event unless a call says otherwise, so
     PostHog does not locate people from the server's IP address.
     ``historical_migration`` is sent with every batch (PostHog's flag for
-    back-filled data). ``gzip`` compresses request bodies. ``timeout``:
+    back-filled data). ``gzip`` compresses request bodies. ``capture_mode``:
+    PostHog's wire protocol, ``"v0"`` (``/batch/``, alias ``legacy``) or ``"v1"``
+    (``/i/v1/analytics/events`` with per-event results, alias ``analytics_v1``);
+    default ``SPOOLPOST_CAPTURE_MODE``, then ``POSTHOG_CAPTURE_MODE``, then v0
+    (:func:`~spoolpost.delivery.wire.resolve_capture_mode`). The spool is the same
+    under both. ``capture_compression``: ``none``, ``gzip``, ``deflate`` or ``zstd``
+    (``pip install spoolpost[zstd]``) for v1; v0 takes gzip only (default: gzip if
+    ``gzip``, else none). ``timeout``:
     seconds per request, a positive number or a (connect, read) pair (default:
     :class:`~spoolpost.delivery.transport.HttpTransport`'s). ``shutdown_timeout``:
     seconds the ``atexit`` shutdown and the ``with`` block exit may take (default
@@ -176,6 +183,8 @@ class Client(CaptureApi):
         disable_geoip: bool = True,
         historical_migration: bool = False,
         gzip: bool = False,
+        capture_mode: str | None = None,
+        capture_compression: str | None = None,
         timeout: Timeout = DEFAULT_TIMEOUT,
         shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT,
         force_key: bool = False,
@@ -199,8 +208,9 @@ class Client(CaptureApi):
         self.transport = HttpTransport(
             host,
             api_key,
-            wire=PostHogV0(historical_migration),
+            wire=wire_format(resolve_capture_mode(capture_mode), historical_migration),
             gzip=gzip,
+            compression=capture_compression,
             timeout=timeout,
         )
         config = DeliveryConfig(

@@ -198,13 +198,16 @@ class Rig:
         retry: RetryPolicy | None = None,
         pause: PausePolicy | None = None,
         gzip: bool = False,
+        compression: str | None = None,
         wire: WireFormat | None = None,
         timeout: tuple[float, float] = (2.0, 5.0),
         clock: ManualClock | None = None,
     ) -> Rig:
         clock = clock or ManualClock(start=START)
         spool = Spool(path)
-        transport = HttpTransport(endpoint.url, API_KEY, gzip=gzip, wire=wire, timeout=timeout)
+        transport = HttpTransport(
+            endpoint.url, API_KEY, gzip=gzip, compression=compression, wire=wire, timeout=timeout
+        )
         dispatcher = Dispatcher(
             spool, transport, config=config, retry=retry, pause=pause, clock=clock
         )

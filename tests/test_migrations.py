@@ -37,7 +37,7 @@ def test_a_new_spool_gets_every_migration_once(spool_path: Path) -> None:
         migrations.LATEST_VERSION,
         [(m.version, m.name) for m in migrations.load_migrations()],
     )
-    assert migrations.LATEST_VERSION == 1
+    assert migrations.LATEST_VERSION == 2
 
 
 def test_the_source_tree_and_the_loader_agree() -> None:
@@ -82,7 +82,7 @@ def test_concurrent_first_opens_from_threads_apply_each_migration_once(spool_pat
         t.join()
 
     assert errors == []
-    assert applied(spool_path) == (1, [(1, "init")])
+    assert applied(spool_path) == (2, [(1, "init"), (2, "request_identity")])
 
 
 OPENER = """
@@ -116,7 +116,7 @@ def test_concurrent_first_opens_from_processes_apply_each_migration_once(
     results = [p.communicate(timeout=60) for p in procs]
 
     assert [p.returncode for p in procs] == [0] * 4, results
-    assert applied(spool_path) == (1, [(1, "init")])
+    assert applied(spool_path) == (2, [(1, "init"), (2, "request_identity")])
     with Spool(spool_path) as s:
         uuids = {e.uuid for e in s.events(now=time.time())}
     assert uuids == {"p0", "p1", "p2", "p3"}

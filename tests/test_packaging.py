@@ -46,6 +46,7 @@ def test_an_installed_wheel_finds_its_migrations_and_runs_the_demo(tmp_path: Pat
     names = set(zipfile.ZipFile(wheel).namelist())
     expected = {f"spoolpost/migrations/{p.name}" for p in (REPO / "migrations").glob("*.sql")}
     assert "spoolpost/migrations/0001_init.sql" in expected
+    assert "spoolpost/migrations/0002_request_identity.sql" in expected
     assert expected <= names
     assert "spoolpost/py.typed" in names
 

@@ -23,6 +23,7 @@ from spoolpost.cli.options import (
     spool_path,
 )
 from spoolpost.delivery.transport import HttpTransport
+from spoolpost.delivery.wire import resolve_capture_mode, wire_format
 from spoolpost.ops import EXIT_REMAIN, drain_exit_code, drain_spool
 
 #: ``spoolpost drain`` exit code after Ctrl-C (128 + SIGINT, as shells report it).
@@ -139,6 +140,20 @@ def _finite(value: float | None, name: str) -> float | None:
     help="At the end, wait this long for requests in flight.",
 )
 @click.option("--gzip", is_flag=True, help="Send gzip-compressed request bodies.")
+@click.option(
+    "--capture-mode",
+    type=click.Choice(["v0", "legacy", "v1", "analytics_v1"], case_sensitive=False),
+    default=None,
+    help="PostHog's wire protocol: v0 (/batch/) or v1 (/i/v1/analytics/events, per-event "
+    "results). Default: $SPOOLPOST_CAPTURE_MODE, $POSTHOG_CAPTURE_MODE, else v0.",
+)
+@click.option(
+    "--capture-compression",
+    type=click.Choice(["none", "gzip", "deflate", "zstd"], case_sensitive=False),
+    default=None,
+    help="Request-body compression for v1 (v0 takes gzip only). Default: gzip with "
+    "--gzip, else none.",
+)
 @click.option("--force-key", is_flag=True, help="Deliver a spool created for another API key.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
 def drain(
@@ -149,6 +164,8 @@ def drain(
     outage_after: int,
     grace: float,
     gzip: bool,
+    capture_mode: str | None,
+    capture_compression: str | None,
     force_key: bool,
     as_json: bool,
 ) -> None:
@@ -173,7 +190,13 @@ def drain(
         2  a usage error (unknown option, bad value)
     """
     path = spool_path(spool)
-    transport = HttpTransport(host, require_api_key(api_key), gzip=gzip)
+    transport = HttpTransport(
+        host,
+        require_api_key(api_key),
+        wire=wire_format(resolve_capture_mode(capture_mode)),
+        gzip=gzip,
+        compression=capture_compression,
+    )
     s = open_spool(path)
     bar = _Progress() if sys.stderr.isatty() and not as_json else None
     with _Interrupts(grace) as interrupts:

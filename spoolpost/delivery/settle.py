@@ -4,7 +4,11 @@
 runs for each batch it is handed. Outcomes follow the classifier table of
 :mod:`spoolpost.delivery.policy` (see docs/architecture.md, "Failure policy"):
 
-- 2xx → delete the rows.
+- 2xx → delete the rows; for a per-event format (v1), settle each row by its
+  verdict in the ``results`` map, in one transaction (see
+  :mod:`spoolpost.delivery.results`); a malformed map retries the batch.
+- An encoding refusal (415, "invalid encoding") that survives the transport's
+  fallback to an uncompressed body → give the rows back and pause (never dead).
 - Transient (408/429/5xx, no response) → reschedule in the spool
   (``attempts += 1``, due after ``max(backoff, Retry-After)``; ``max_attempts``
   ends in the dead state) and close the endpoint gate.
@@ -24,13 +28,16 @@ from __future__ import annotations
 
 import logging
 import threading
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from spoolpost.capture.encoding import format_timestamp
 from spoolpost.clock import Clock
 from spoolpost.delivery.config import POISON_AFTER, STUCK_AFTER
 from spoolpost.delivery.health import EndpointHealth, Notice
 from spoolpost.delivery.policy import Action, RetryPolicy, classify, parse_retry_after
+from spoolpost.delivery.results import settlement_for
 from spoolpost.delivery.transport import HttpTransport, Reply
 from spoolpost.errors import SpoolClosed
 from spoolpost.spool import Batch, Row, Spool
@@ -167,29 +174,46 @@ class Settler:
                 batch.token[:8],
             )
 
-    def _post(self, rows: Sequence[Row]) -> _Try:
+    def _post(self, token: str, rows: Sequence[Row]) -> _Try:
+        """POST ``rows`` (held by ``token``). A per-event (v1) request first gets its
+        stored identity (:meth:`Spool.stamp_request`, one short transaction before
+        the POST), so a retry, after a restart too, keeps its request id and
+        ``created_at`` and counts its attempts. An encoding refusal is a pause."""
+        stamp = None
+        if self.transport.wire.per_event:
+            now = self.clock.now()
+            stamp = self.spool.stamp_request(
+                token, _ids(rows), str(uuid.uuid4()), format_timestamp(None, now)
+            )
         me = threading.current_thread()
         with self.lock:
             epoch = self.health.epoch
             self.requests[me.ident or 0] = me.name
         try:
-            reply = self.transport.post([r.body for r in rows], self.clock.now())
+            reply = self.transport.post([r.body for r in rows], self.clock.now(), stamp)
         finally:
             with self.lock:
                 self.requests.pop(me.ident or 0, None)
-        action = Action.RETRY if reply.status is None else classify(reply.status)
+        if reply.status is None:
+            action = Action.RETRY
+        elif reply.encoding_fault:
+            action = Action.PAUSE
+        else:
+            action = classify(reply.status)
         return _Try(reply, action, self.clock.now(), epoch)
 
     def _send(self, token: str, rows: Sequence[Row]) -> Action:
         """POST ``rows`` (held by ``token``) and settle them; return what the reply meant."""
-        attempt = self._post(rows)
+        attempt = self._post(token, rows)
         self._settle(token, rows, attempt)
         return attempt.action
 
     def _settle(self, token: str, rows: Sequence[Row], t: _Try) -> None:
         """Apply the failure policy (see the module docstring) to ``rows`` for the reply ``t``."""
         ids = _ids(rows)
-        if t.action is Action.DELIVERED:
+        if t.action is Action.DELIVERED and self.transport.wire.per_event:
+            self._settle_results(token, rows, t)
+        elif t.action is Action.DELIVERED:
             self._count_settled(self.spool.ack(token, ids))
             self._on_success(t)
         elif t.action is Action.PAUSE:
@@ -212,7 +236,42 @@ class Settler:
             )
             self._on_success(t)  # the endpoint answered: it is up
 
-    def _retry_later(self, token: str, rows: Sequence[Row], t: _Try) -> None:
+    def _settle_results(self, token: str, rows: Sequence[Row], t: _Try) -> None:
+        """A v1 2xx: settle each row by its verdict (:mod:`~spoolpost.delivery.results`)
+        in one transaction. A malformed map retries the whole batch."""
+        if t.reply.results is None:
+            log.warning(
+                "%s answered %s without a readable results map; the batch is retried",
+                self.transport.display_url,
+                t.reply.status,
+            )
+            self._retry_later(token, rows, t, "malformed results map: ")
+            self._on_success(t)  # it answered: the endpoint is up
+            return
+        settlement, strangers = settlement_for(rows, t.reply.results)
+        if strangers:
+            log.warning(
+                "%s answered results for %d event(s) not in the request (ignored), e.g. %s",
+                self.transport.display_url,
+                len(strangers),
+                strangers[0],
+            )
+        again = set(settlement.retried)
+        attempt = max((r.attempts for r in rows if r.id in again), default=0) + 1
+        retry_after = parse_retry_after(t.reply.retry_after, t.at)
+        settled = self.spool.settle(
+            token,
+            settlement,
+            now=t.at,
+            next_attempt_at=t.at + self.retry.delay(attempt, retry_after),
+            error=f"HTTP {t.reply.status}",
+            max_attempts=self.retry.max_attempts,
+            status=t.reply.status,
+        )
+        self._count_settled(settled.delivered + settled.dead)
+        self._on_success(t)
+
+    def _retry_later(self, token: str, rows: Sequence[Row], t: _Try, why: str = "") -> None:
         """Reschedule ``rows`` after ``max(backoff, Retry-After)``; those reaching
         ``max_attempts`` die (reason ``max_attempts``, with the status)."""
         retry_after = parse_retry_after(t.reply.retry_after, t.at)
@@ -222,7 +281,7 @@ class Settler:
             _ids(rows),
             t.at,
             t.at + self.retry.delay(attempt, retry_after),
-            t.reply.describe(),
+            why + t.reply.describe(),
             self.retry.max_attempts,
             status=t.reply.status,
         )
@@ -263,13 +322,13 @@ class Settler:
         while len(rows) > 1 and not self.stopping.is_set():
             self.spool.extend(token, t.at + self.lease_ttl)
             first, second = _halves(rows)
-            a = self._post(first)
+            a = self._post(token, first)
             if a.action is not Action.RETRY:
                 self._settle(token, first, a)
                 if a.action is Action.PAUSE or self.stopping.is_set():
                     self.spool.release(token, _ids(second))
                     return
-                b = self._post(second)
+                b = self._post(token, second)
                 if b.action is not Action.RETRY:
                     self._settle(token, second, b)  # the failure went away
                     return
@@ -279,7 +338,7 @@ class Settler:
                 self._retry_later(token, first, a)
                 self.spool.release(token, _ids(second))
                 return
-            b = self._post(second)
+            b = self._post(token, second)
             if b.action is Action.RETRY:
                 self._retry_later(token, first, a)
                 self._retry_later(token, second, b)

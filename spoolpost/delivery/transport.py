@@ -1,71 +1,57 @@
 """Getting a batch of stored events onto the wire.
 
-A :class:`WireFormat` knows one ingestion API: its path, its headers and how to
-assemble a request body from the stored event bytes (never decoding and
-re-encoding them). :class:`PostHogV0` is PostHog's ``/batch/`` endpoint.
-:class:`HttpTransport` POSTs with one ``requests.Session`` per thread
-(keep-alive), TLS verification on, connect and read timeouts, and no redirects
-followed. It never raises for I/O trouble: it returns a :class:`Reply`.
+A :class:`~spoolpost.delivery.wire.WireFormat` (in :mod:`spoolpost.delivery.wire`:
+PostHog's v0 ``/batch/`` and v1 ``/i/v1/analytics/events``) builds each request.
+:class:`HttpTransport` compresses and POSTs it with one ``requests.Session`` per
+thread (keep-alive), TLS verification on, connect and read timeouts, and no
+redirects followed. It never raises for I/O trouble: it returns a :class:`Reply`.
 """
 
 from __future__ import annotations
 
-import gzip as gzip_module
-import json
+import logging
 import math
 import re
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
 from urllib.parse import unquote, urlsplit
 
 import requests
 
 from spoolpost._version import __version__
-from spoolpost.capture.encoding import format_timestamp
+from spoolpost.delivery.wire import (
+    Compression,
+    EventResult,
+    PostHogV0,
+    PostHogV1,
+    WireFormat,
+    compress,
+    parse_results,
+    resolve_compression,
+)
 from spoolpost.errors import ConfigError
+from spoolpost.spool import RequestStamp
+
+__all__ = [
+    "DEFAULT_HOST",
+    "DEFAULT_TIMEOUT",
+    "HttpTransport",
+    "PostHogV0",
+    "PostHogV1",
+    "Reply",
+    "WireFormat",
+    "check_host",
+    "check_timeout",
+    "redact_key",
+]
+
+log = logging.getLogger("spoolpost")
 
 USER_AGENT = f"spoolpost/{__version__}"
 DEFAULT_HOST = "https://us.i.posthog.com"
 #: (connect, read) timeouts of one request, in seconds.
 DEFAULT_TIMEOUT: tuple[float, float] = (5.0, 30.0)
-
-
-class WireFormat(Protocol):
-    """One ingestion API: where to POST, with which headers, and the body."""
-
-    path: str
-
-    def headers(self) -> dict[str, str]:
-        """Extra request headers (``Content-Type`` and the like)."""
-        ...
-
-    def body(self, api_key: str, events: Sequence[bytes], sent_at: str) -> bytes:
-        """The request body for ``events`` (stored JSON bytes), stamped ``sent_at``."""
-        ...
-
-
-class PostHogV0:
-    """PostHog's batch endpoint: ``POST {host}/batch/`` with
-    ``{"api_key", "historical_migration", "sent_at", "batch": [event, …]}``
-    (PostHog API docs, "Capture: batch events")."""
-
-    path = "/batch/"
-
-    def __init__(self, historical_migration: bool = False) -> None:
-        self.historical_migration = historical_migration
-
-    def headers(self) -> dict[str, str]:
-        return {"Content-Type": "application/json"}
-
-    def body(self, api_key: str, events: Sequence[bytes], sent_at: str) -> bytes:
-        flag = "true" if self.historical_migration else "false"
-        head = (
-            f'{{"api_key":{json.dumps(api_key)},"historical_migration":{flag},'
-            f'"sent_at":"{sent_at}","batch":['
-        ).encode()
-        return head + b",".join(events) + b"]}"
 
 
 @dataclass(frozen=True)
@@ -85,6 +71,11 @@ class Reply:
     retry_after: str | None = None
     excerpt: str = ""
     error: str = ""
+    #: A per-event format's 2xx ``results`` map (None: not one, or malformed).
+    results: dict[str, EventResult] | None = None
+    #: The server refused the body's encoding (415, or "invalid encoding") even
+    #: uncompressed: a transport fault, never the events' (see HttpTransport.post).
+    encoding_fault: bool = False
 
     def describe(self) -> str:
         """A short human description, for ``last_error`` and logs."""
@@ -268,6 +259,7 @@ class HttpTransport:
         *,
         wire: WireFormat | None = None,
         gzip: bool = False,
+        compression: str | None = None,
         timeout: Timeout = DEFAULT_TIMEOUT,
         verify: bool | str = True,
     ) -> None:
@@ -281,7 +273,13 @@ class HttpTransport:
         #: :attr:`url` with ``user:***@`` where the host had credentials: for logs.
         self.display_url = checked.display_url + self.wire.path
         self.auth = checked.auth
-        self.gzip = gzip
+        chosen = resolve_compression(compression, gzip=gzip)
+        if not self.wire.per_event and chosen != "none":
+            chosen = "gzip"
+        #: The compression in use; ``none`` after a fallback (see :meth:`post`).
+        self.compression: Compression = chosen
+        self.gzip = chosen == "gzip"
+        self._fallback_lock = threading.Lock()
         self.timeout = check_timeout(timeout)
         self.verify = verify
         self._local = threading.local()
@@ -305,14 +303,38 @@ class HttpTransport:
         """Forget this thread's session (after a fork, a session must not be shared)."""
         self._local = threading.local()
 
-    def post(self, events: Sequence[bytes], now: float) -> Reply:
-        """POST ``events`` (stored JSON bytes) with ``sent_at`` stamped from ``now``
-        (UTC seconds): a new stamp for every attempt. Never raises for I/O errors."""
-        body = self.wire.body(self.api_key, events, format_timestamp(None, now))
-        headers = self.wire.headers()
-        if self.gzip:
-            body = gzip_module.compress(body, compresslevel=5)
-            headers["Content-Encoding"] = "gzip"
+    def post(self, events: Sequence[bytes], now: float, stamp: RequestStamp | None = None) -> Reply:
+        """POST ``events`` (stored JSON bytes) built by the wire format at ``now``
+        (UTC seconds; v0's ``sent_at``, v1's ``PostHog-Request-Timestamp``) with the
+        stored v1 request identity ``stamp``. Never raises for I/O errors.
+
+        If the server refuses a compressed body's encoding (415, or a 4xx whose
+        body says "invalid encoding"), compression is turned off for this
+        transport (logged once, WARNING) and the request is sent again at once,
+        uncompressed, with the same identity. A refusal of an uncompressed body
+        comes back with :attr:`Reply.encoding_fault` set (a configuration fault:
+        the settler pauses, never dead-letters)."""
+        headers, raw = self.wire.request(self.api_key, events, now, stamp)
+        compression = self.compression
+        reply = self._post(headers, raw, compression)
+        if reply.encoding_fault and compression != "none":
+            with self._fallback_lock:
+                if self.compression != "none":
+                    self.compression = "none"
+                    self.gzip = False
+                    log.warning(
+                        "%s refused %s-compressed bodies (%s); sending uncompressed from now on",
+                        self.display_url,
+                        compression,
+                        reply.describe(),
+                    )
+            reply = self._post(headers, raw, "none")
+        return reply
+
+    def _post(self, headers: dict[str, str], raw: bytes, compression: Compression) -> Reply:
+        body, encoding = compress(raw, compression)
+        if encoding is not None:
+            headers = {**headers, "Content-Encoding": encoding}
         try:
             response = self._session().post(
                 self.url,
@@ -325,5 +347,18 @@ class HttpTransport:
         except requests.RequestException as exc:
             return Reply(None, error=redact_key(f"{type(exc).__name__}: {exc}", self.api_key)[:500])
         with response:
-            excerpt = _excerpt(response.content, self.api_key)
-            return Reply(response.status_code, response.headers.get("Retry-After"), excerpt)
+            status, content = response.status_code, response.content
+            excerpt = _excerpt(content, self.api_key)
+            results = None
+            if self.wire.per_event and 200 <= status < 300:
+                results = parse_results(content)
+            refused = status == 415 or (
+                400 <= status < 500 and "invalid encoding" in excerpt.lower().replace("_", " ")
+            )
+            return Reply(
+                status,
+                response.headers.get("Retry-After"),
+                excerpt,
+                results=results,
+                encoding_fault=refused,
+            )

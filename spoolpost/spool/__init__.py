@@ -24,9 +24,10 @@ from spoolpost.spool.files import (
     is_network_fs,
     mount_of,
 )
-from spoolpost.spool.leases import Batch, Row
+from spoolpost.spool.leases import Batch, RequestStamp, Row
 from spoolpost.spool.maintenance import Filter, SpooledEvent
 from spoolpost.spool.queries import SpoolStats, Watermark
+from spoolpost.spool.settlement import Doomed, Settled, Settlement
 
 __all__ = [
     "DEFAULT_BLOCK_TIMEOUT",
@@ -38,10 +39,14 @@ __all__ = [
     "ON_FULL_POLICIES",
     "SQLITE_HEADER",
     "Batch",
+    "Doomed",
     "Durability",
     "Filter",
     "OnFull",
+    "RequestStamp",
     "Row",
+    "Settled",
+    "Settlement",
     "Spool",
     "SpoolStats",
     "SpooledEvent",

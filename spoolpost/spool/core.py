@@ -52,10 +52,11 @@ from spoolpost.spool.db import (
     Database,
     Durability,
 )
-from spoolpost.spool.leases import Batch, Leases
+from spoolpost.spool.leases import Batch, Leases, RequestStamp
 from spoolpost.spool.maintenance import Filter, SpooledEvent
 from spoolpost.spool.owner import Owner
 from spoolpost.spool.queries import SpoolSnapshot, SpoolStats, Watermark
+from spoolpost.spool.settlement import Settled, Settlement, settle
 
 
 class Spool:
@@ -275,6 +276,46 @@ class Spool:
         ``rejected``, …), the HTTP ``status`` if any and a ``detail`` (a body
         excerpt). Returns the number dead-lettered (0 for a stale token)."""
         return self._leases.dead_letter(token, ids, now, reason, status, detail)
+
+    def settle(
+        self,
+        token: str,
+        settlement: Settlement,
+        *,
+        now: float,
+        next_attempt_at: float,
+        error: str,
+        max_attempts: int | None = None,
+        status: int | None = None,
+    ) -> Settled:
+        """Per-row outcomes of one answer, in one transaction (see
+        :class:`~spoolpost.spool.settlement.Settlement`): delete, reschedule (due at
+        ``next_attempt_at``, ``error`` as ``last_error``; ``max_attempts`` ends in
+        the dead state), dead-letter (with HTTP ``status``). Rows no longer held by
+        ``token`` are untouched. Returns the counts."""
+        settled = settle(
+            self._db,
+            self._leases,
+            token,
+            settlement,
+            now=now,
+            next_attempt_at=next_attempt_at,
+            error=error,
+            max_attempts=max_attempts,
+            status=status,
+        )
+        if settled.delivered or settled.dead:
+            self._appender.signal_space()
+        return settled
+
+    def stamp_request(
+        self, token: str, ids: Sequence[int], request_id: str, created_at: str
+    ) -> RequestStamp | None:
+        """Before a v1 POST: give rows held by ``token`` a stored request identity
+        (``request_id``, ``created_at``) unless they have one, and count one more
+        attempt. Returns the identity to send (a retry keeps its id, created_at
+        and goes on counting, across restarts), or None for a stale token."""
+        return self._leases.stamp_request(token, ids, request_id, created_at)
 
     def extend(self, token: str, expires_at: float) -> bool:
         """Extend a lease to ``expires_at``; False if the token no longer holds it."""

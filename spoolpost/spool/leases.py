@@ -30,7 +30,9 @@ _EXPIRE_ROUNDS = 8
 
 
 class Row(NamedTuple):
-    """One leased event: spool ``id``, ``uuid``, encoded ``body``, prior ``attempts``.
+    """One leased event: spool ``id``, ``uuid``, encoded ``body``, prior ``attempts``,
+    ``captured_at`` (UTC seconds) and the ``request_id`` of the stored v1 request
+    that carried it (None until it is first sent under v1).
 
     A NamedTuple rather than a dataclass: a claim builds hundreds at a time."""
 
@@ -39,6 +41,17 @@ class Row(NamedTuple):
     body: bytes
     attempts: int
     captured_at: float
+    request_id: str | None = None
+
+
+class RequestStamp(NamedTuple):
+    """The stored identity of one v1 request: ``request_id`` (PostHog-Request-Id),
+    ``created_at`` (the body's, RFC 3339) and ``attempt`` (PostHog-Attempt: 1 for the
+    first request, counting every request that carried these rows)."""
+
+    request_id: str
+    created_at: str
+    attempt: int
 
 
 @dataclass(frozen=True)
@@ -111,25 +124,29 @@ class Leases:
         with self._db.write() as conn:
             for _ in range(_EXPIRE_ROUNDS):
                 rows = self._due_rows(
-                    conn, now, max_events, "id, uuid, body, attempts, captured_at"
+                    conn, now, max_events, "id, uuid, body, attempts, captured_at, request_id"
                 )
                 if not rows:
                     return None
                 taken: list[Row] = []
                 expired: list[int] = []
                 total = 0
-                for row_id, uuid, body, attempts, captured_at in rows:
+                for row_id, uuid, body, attempts, captured_at, request_id in rows:
                     if max_event_age is not None and captured_at < now - max_event_age:
                         expired.append(row_id)
+                        continue
+                    if taken and request_id != taken[0].request_id:
+                        # A stored v1 request's rows go together and alone. A fresh
+                        # row is never skipped: the cursor must not pass it.
+                        if attempts == 0:
+                            break
                         continue
                     if taken and total + len(body) > max_bytes:
                         break
                     total += len(body)
-                    taken.append(Row(row_id, uuid, bytes(body), attempts, captured_at))
+                    taken.append(Row(row_id, uuid, bytes(body), attempts, captured_at, request_id))
                 if expired:
-                    self._kill(
-                        conn, expired, None, now, "expired", None, "older than max_event_age"
-                    )
+                    self.kill(conn, expired, None, now, "expired", None, "older than max_event_age")
                 if taken:
                     break
             else:
@@ -151,7 +168,7 @@ class Leases:
             )
         return Batch(token, tuple(taken), expires_at)
 
-    def _forget_lease(self, conn: sqlite3.Connection, token: str) -> None:
+    def forget_lease(self, conn: sqlite3.Connection, token: str) -> None:
         conn.execute(
             "DELETE FROM leases WHERE token = ?"
             " AND NOT EXISTS (SELECT 1 FROM events WHERE lease_token = ?)",
@@ -166,7 +183,7 @@ class Leases:
                 (ids_json(ids), token),
             ).rowcount
             add_counter(conn, "delivered", n)
-            self._forget_lease(conn, token)
+            self.forget_lease(conn, token)
         return n
 
     def reschedule(
@@ -181,26 +198,73 @@ class Leases:
     ) -> tuple[int, int]:
         """A failed attempt; see :meth:`Spool.reschedule`."""
         with self._db.write() as conn:
-            updated = conn.execute(
-                "UPDATE events SET state = 'pending', lease_token = NULL,"
-                " lease_expires_at = NULL, attempts = attempts + 1, next_attempt_at = ?,"
-                " last_error = ?, first_failed_at = coalesce(first_failed_at, ?),"
-                f" last_failed_at = ? WHERE {IN_IDS} AND lease_token = ?"
-                " RETURNING id, attempts",
-                (next_attempt_at, error[:1000], now, now, ids_json(ids), token),
-            ).fetchall()
-            dead_ids = []
-            if max_attempts is not None:
-                dead_ids = [row_id for row_id, attempts in updated if attempts >= max_attempts]
-                self._kill(conn, dead_ids, None, now, "max_attempts", status, error)
-            self._forget_lease(conn, token)
+            result = self.reschedule_in(
+                conn, token, ids, now, next_attempt_at, error, max_attempts, status
+            )
+            self.forget_lease(conn, token)
+        return result
+
+    def reschedule_in(
+        self,
+        conn: sqlite3.Connection,
+        token: str,
+        ids: Sequence[int],
+        now: float,
+        next_attempt_at: float,
+        error: str,
+        max_attempts: int | None,
+        status: int | None,
+        reason: str = "max_attempts",
+    ) -> tuple[int, int]:
+        """:meth:`reschedule` inside the caller's transaction ``conn``; rows reaching
+        ``max_attempts`` die with ``reason``. Returns (rescheduled, dead)."""
+        updated = conn.execute(
+            "UPDATE events SET state = 'pending', lease_token = NULL,"
+            " lease_expires_at = NULL, attempts = attempts + 1, next_attempt_at = ?,"
+            " last_error = ?, first_failed_at = coalesce(first_failed_at, ?),"
+            f" last_failed_at = ? WHERE {IN_IDS} AND lease_token = ?"
+            " RETURNING id, attempts",
+            (next_attempt_at, error[:1000], now, now, ids_json(ids), token),
+        ).fetchall()
+        dead_ids = []
+        if max_attempts is not None:
+            dead_ids = [row_id for row_id, attempts in updated if attempts >= max_attempts]
+            self.kill(conn, dead_ids, None, now, reason, status, error)
         return len(updated) - len(dead_ids), len(dead_ids)
+
+    def stamp_request(
+        self, token: str, ids: Sequence[int], request_id: str, created_at: str
+    ) -> RequestStamp | None:
+        """Count one more v1 request for rows held by ``token``; see
+        :meth:`Spool.stamp_request`."""
+        with self._db.write() as conn:
+            stamped = conn.execute(
+                "UPDATE events SET request_id = coalesce(request_id, ?),"
+                " request_created_at = coalesce(request_created_at, ?),"
+                " request_attempts = coalesce(request_attempts, 0) + 1"
+                f" WHERE {IN_IDS} AND lease_token = ?"
+                " RETURNING request_id, request_created_at, request_attempts",
+                (request_id, created_at, ids_json(ids), token),
+            ).fetchall()
+            if not stamped:
+                return None
+            if len({(r[0], r[1]) for r in stamped}) > 1:
+                # Rows of different stored requests (a claim never makes such a
+                # batch): they become one new request.
+                conn.execute(
+                    "UPDATE events SET request_id = ?, request_created_at = ?,"
+                    f" request_attempts = 1 WHERE {IN_IDS} AND lease_token = ?",
+                    (request_id, created_at, ids_json(ids), token),
+                )
+                return RequestStamp(request_id, created_at, 1)
+        first = stamped[0]
+        return RequestStamp(first[0], first[1], max(int(r[2]) for r in stamped))
 
     def release(self, token: str, ids: Sequence[int] | None = None) -> int:
         """Give leased rows back, due now; see :meth:`Spool.release`."""
         with self._db.write() as conn:
             n = self._release(conn, token, ids)
-            self._forget_lease(conn, token)
+            self.forget_lease(conn, token)
         return n
 
     def _release(self, conn: sqlite3.Connection, token: str, ids: Sequence[int] | None) -> int:
@@ -228,11 +292,11 @@ class Leases:
     ) -> int:
         """Dead-letter leased rows; see :meth:`Spool.dead_letter`."""
         with self._db.write() as conn:
-            n = self._kill(conn, ids, token, now, reason, status, detail, tried=1)
-            self._forget_lease(conn, token)
+            n = self.kill(conn, ids, token, now, reason, status, detail, tried=1)
+            self.forget_lease(conn, token)
         return n
 
-    def _kill(
+    def kill(
         self,
         conn: sqlite3.Connection,
         ids: Sequence[int],

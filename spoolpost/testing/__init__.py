@@ -1,11 +1,15 @@
 """A real HTTP endpoint on the loopback interface that can be told to fail.
 
 :class:`LocalEndpoint` serves HTTP/1.1 (keep-alive) on 127.0.0.1 from a background
-thread. Every request is recorded (headers, raw and gunzipped body, decoded JSON) and
+thread. Every request is recorded (headers, raw and decoded body: gzip, deflate, zstd;
+decoded JSON) and
 answered from a script of :class:`Response` objects, then a dynamic handler, then a
 default. A response can carry any status and headers (``Retry-After``), a delay, a
 dropped connection or a hang, so tests, benchmarks, ``spoolpost demo`` and users
 testing their integration exercise the real network path without mocking ``requests``.
+PostHog's v1 capture path (``/i/v1/analytics/events``) is answered with a per-event
+``results`` map whose verdicts can be scripted per uuid
+(:meth:`LocalEndpoint.script_results`: ok, warning, drop, retry, limited).
 
 Example::
 
@@ -34,18 +38,26 @@ from __future__ import annotations
 
 from spoolpost.testing.endpoint import LocalEndpoint
 from spoolpost.testing.responses import (
+    V1_PATH,
+    V1_RESULTS,
     Handler,
     RecordedRequest,
     Response,
+    Verdict,
     reject_uuids,
     status_over_size,
+    v1_answer,
 )
 
 __all__ = [
+    "V1_PATH",
+    "V1_RESULTS",
     "Handler",
     "LocalEndpoint",
     "RecordedRequest",
     "Response",
+    "Verdict",
     "reject_uuids",
     "status_over_size",
+    "v1_answer",
 ]

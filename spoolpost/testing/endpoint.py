@@ -13,7 +13,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from types import TracebackType
 
-from spoolpost.testing.responses import Handler, RecordedRequest, Response
+from spoolpost.testing.responses import (
+    V1_PATH,
+    Handler,
+    RecordedRequest,
+    Response,
+    Verdict,
+    v1_answer,
+)
 from spoolpost.testing.server import Run, Server, Server6, loopback_host, shutdown_connection
 
 logger = logging.getLogger("spoolpost.testing")
@@ -53,7 +60,9 @@ class LocalEndpoint:
 
     Answers come, in order, from the script (:meth:`respond`), then the handler
     (:meth:`set_handler`), then :attr:`default`. A handler that raises is logged and
-    answered with 500.
+    answered with 500. A request to PostHog's v1 path (``/i/v1/analytics/events``)
+    that gets a 2xx :attr:`default` is answered with a per-event ``results`` map
+    instead: each uuid's verdict scripted by :meth:`script_results`, else ``ok``.
     """
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
@@ -67,6 +76,7 @@ class LocalEndpoint:
         self._generation = 0
         self._script: deque[_Scripted] = deque()
         self._handler: Handler | None = None
+        self._verdicts: dict[str, deque[Verdict]] = {}
         self.default: Response = Response()
         """The answer when no scripted response is queued and the handler gives None."""
         self._running: Server | None = None
@@ -183,6 +193,15 @@ class LocalEndpoint:
         with self._lock:
             self._script.extend(_Scripted(response, times) for response in responses)
 
+    def script_results(self, verdicts: dict[str, Verdict]) -> None:
+        """Script v1 per-event verdicts: each uuid's verdict (``"ok"``, ``"warning"``,
+        ``"retry"``, ``"limited"``, ``("drop", "details")``, any other string, or None
+        to leave the uuid out of the map) answers the next v1 request carrying it,
+        once; calls queue further verdicts for the same uuid. Unscripted: ``ok``."""
+        with self._lock:
+            for uuid, verdict in verdicts.items():
+                self._verdicts.setdefault(uuid, deque()).append(verdict)
+
     def set_handler(self, handler: Handler | None) -> None:
         """Consult ``handler`` when no scripted answer is queued; None removes it."""
         with self._lock:
@@ -267,14 +286,22 @@ class LocalEndpoint:
                 return Response(status=500, body=b'{"error":"handler failed"}')
             if response is not None:
                 return response
-        return self.default
+        default = self.default
+        if record.path.split("?", 1)[0] == V1_PATH and 200 <= default.status < 300:
+            with self._lock:
+                verdicts = {
+                    u: self._verdicts[u].popleft() for u in record.uuids if self._verdicts.get(u)
+                }
+            return v1_answer(record, verdicts)
+        return default
 
-    def _answered(self, slot: _Slot, status: int) -> None:
+    def _answered(self, slot: _Slot, response: Response) -> None:
+        status = response.status
         record = dataclasses.replace(slot.record, status=status)
         with self._changed:
             slot.record = record
             if 200 <= status < 300 and slot.generation == self._generation:
-                uuids = record.uuids
+                uuids = record.uuids if response.delivered is None else list(response.delivered)
                 if uuids:
                     self._delivered.extend(uuids)
                     self._delivered_set.update(uuids)

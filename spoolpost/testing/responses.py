@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,7 +19,10 @@ class Response:
     short and the connection is then closed unanswered. ``drop`` closes the connection
     without answering (the client sees a connection error). ``hang`` reads the request
     and never answers until :meth:`LocalEndpoint.release_hung` or ``stop()``, which
-    close the connection unanswered. Raises ``ValueError`` for an impossible response.
+    close the connection unanswered. ``delivered``: the uuids a 2xx answer counts as
+    delivered in :meth:`LocalEndpoint.delivered_uuids` (None: every uuid of the
+    request), for answers that accept only some events (PostHog v1's results map).
+    Raises ``ValueError`` for an impossible response.
     """
 
     status: int = 200
@@ -27,6 +31,7 @@ class Response:
     delay: float = 0.0
     drop: bool = False
     hang: bool = False
+    delivered: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         if not 100 <= self.status <= 599:
@@ -44,7 +49,9 @@ class RecordedRequest:
     ``time`` is ``time.time()`` (UTC epoch seconds) and ``monotonic`` is
     ``time.monotonic()`` (seconds), both taken when the request was fully read.
     ``headers`` look up case-insensitively. ``raw_body`` is as received on the wire,
-    ``body`` after gunzip when ``Content-Encoding: gzip`` (the raw bytes if that fails),
+    ``body`` decoded per ``Content-Encoding`` (gzip, deflate as zlib, zstd when the
+    ``zstandard`` package is importable; the raw bytes if that fails or the encoding
+    is unknown),
     ``json`` the decoded body or None when it is not JSON. ``status`` is the status
     answered, 0 while unanswered and for dropped or hung requests.
     """
@@ -73,6 +80,35 @@ class RecordedRequest:
     def uuids(self) -> list[str]:
         """The ``uuid`` of each event in :attr:`events` that has a string one, in order."""
         return [e["uuid"] for e in self.events if isinstance(e.get("uuid"), str)]
+
+
+V1_PATH = "/i/v1/analytics/events"
+"""PostHog's v1 capture path: its requests get a per-event ``results`` map."""
+
+#: Per-event verdicts of PostHog's v1 capture.
+V1_RESULTS = ("ok", "warning", "drop", "retry", "limited")
+
+Verdict = str | tuple[str, str] | None
+"""A scripted v1 verdict: a result (``"retry"``), a (result, details) pair
+(``("drop", "invalid event name")``), or None to leave the uuid out of the map."""
+
+
+def v1_answer(request: RecordedRequest, verdicts: Mapping[str, Verdict]) -> Response:
+    """A 200 with the v1 ``{"results": {uuid: {"result", "details"?}}}`` map for
+    ``request``'s events: each uuid's verdict from ``verdicts``, else ``ok``;
+    ``delivered`` lists the ``ok``/``warning`` uuids."""
+    results: dict[str, dict[str, str]] = {}
+    delivered: list[str] = []
+    for uuid in request.uuids:
+        verdict = verdicts.get(uuid, "ok")
+        if verdict is None:
+            continue
+        result, details = verdict if isinstance(verdict, tuple) else (verdict, None)
+        results[uuid] = {"result": result} | ({"details": details} if details else {})
+        if result in ("ok", "warning"):
+            delivered.append(uuid)
+    body = json.dumps({"results": results}).encode()
+    return Response(200, body=body, delivered=tuple(delivered))
 
 
 Handler = Callable[[RecordedRequest], Response | None]

@@ -20,7 +20,7 @@ import socketserver
 import threading
 import time
 import zlib
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from http import HTTPStatus
 from typing import Any, Protocol, cast
 
@@ -86,8 +86,8 @@ class Endpoint(Protocol):
     def _choose(self, record: RecordedRequest) -> Response:
         """The answer to ``record``."""
 
-    def _answered(self, slot: Any, status: int) -> None:
-        """Note that the request recorded as ``slot`` was answered ``status``."""
+    def _answered(self, slot: Any, response: Response) -> None:
+        """Note that the request recorded as ``slot`` was answered ``response``."""
 
     def _hang(self, run: Run) -> None:
         """Block until released or stopped."""
@@ -264,7 +264,7 @@ class _RequestHandler(http.server.BaseHTTPRequestHandler):
         if response.delay > 0 and run.stop_event.wait(response.delay):
             self.close_connection = True
             return
-        endpoint._answered(slot, response.status)
+        endpoint._answered(slot, response)
         self._write(response)
 
     def _write(self, response: Response) -> None:
@@ -312,14 +312,35 @@ def shutdown_connection(connection: socket.socket) -> None:
         connection.shutdown(socket.SHUT_RDWR)
 
 
+def _zstd_decompress(data: bytes) -> bytes:
+    import zstandard  # optional: only a zstd body needs it
+
+    # A frame without its content size (streamed) needs a bound to decompress.
+    return bytes(zstandard.ZstdDecompressor().decompressobj().decompress(data))
+
+
+_DECODERS: dict[str, Callable[[bytes], bytes]] = {
+    "gzip": gzip.decompress,
+    "x-gzip": gzip.decompress,
+    "deflate": zlib.decompress,
+    "zstd": _zstd_decompress,
+}
+
+
 def _decode_body(raw_body: bytes, content_encoding: str) -> bytes:
-    if content_encoding.strip().lower() not in ("gzip", "x-gzip"):
+    """``raw_body`` decoded per ``content_encoding`` (gzip, deflate as zlib, zstd);
+    as is for none or an unknown encoding, or when it does not decode (logged)."""
+    encoding = content_encoding.strip().lower()
+    decode = _DECODERS.get(encoding)
+    if decode is None:
         return raw_body
     try:
-        return gzip.decompress(raw_body)
-    except (OSError, EOFError, zlib.error):
-        logger.warning("request body claims gzip but does not decompress; kept as is")
-        return raw_body
+        return decode(raw_body)
+    except ImportError:
+        logger.warning("request body is zstd but zstandard is not installed; kept as is")
+    except Exception:  # each library has its own error type
+        logger.warning("request body claims %s but does not decompress; kept as is", encoding)
+    return raw_body
 
 
 def _decode_json(body: bytes) -> Any:
