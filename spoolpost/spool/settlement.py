@@ -80,13 +80,13 @@ def settle(
             ).rowcount
             add_counter(conn, "delivered", delivered)
         rescheduled = dead = 0
-        for ids, reason in (
-            (settlement.retry, "max_attempts"),
-            (settlement.missing, "missing_result"),
+        for ids, reason, why in (
+            (settlement.retry, "max_attempts", f"{error}: the server asked to retry"),
+            (settlement.missing, "missing_result", f"{error}: no result for this event"),
         ):
             if ids:
                 r, d = leases.reschedule_in(
-                    conn, token, ids, now, next_attempt_at, error, max_attempts, status, reason
+                    conn, token, ids, now, next_attempt_at, why, max_attempts, status, reason
                 )
                 rescheduled, dead = rescheduled + r, dead + d
         groups: dict[tuple[str, str], list[int]] = defaultdict(list)
