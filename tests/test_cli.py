@@ -10,6 +10,7 @@ import queue
 import re
 import select
 import signal
+import stat
 import subprocess
 import sys
 import threading
@@ -149,6 +150,21 @@ def test_a_file_that_is_not_a_spool_is_refused_untouched(
     assert path.read_text() == '{"event": "x"}\n'
     assert [p.name for p in tmp_path.iterdir()] == ["events.jsonl"]  # nothing moved aside
     assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(
+    "command",
+    [*SPOOL_COMMANDS, ["import"], ["capture", "e", "--distinct-id", "u", "--api-key", SECRET]],
+    ids=lambda c: c[0],
+)
+def test_a_fifo_given_as_the_spool_is_refused_untouched(command: list[str], tmp_path: Path) -> None:
+    path = tmp_path / "pipe"
+    os.mkfifo(path, 0o644)  # opening it to read would block; a device would be made 0600
+    result = run(*command, path, input="")
+    assert result.exit_code == 1
+    assert f"Error: {path} is not a regular file (a device, FIFO or socket)" in result.stderr
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o644
+    assert [p.name for p in tmp_path.iterdir()] == ["pipe"]
 
 
 def test_the_spool_comes_from_the_environment(spool_path: Path, filled: list[str]) -> None:

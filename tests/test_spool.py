@@ -8,6 +8,7 @@ import contextlib
 import ctypes
 import logging
 import os
+import socket
 import sqlite3
 import stat
 import threading
@@ -34,7 +35,7 @@ from spoolpost.spool import (
     check_filesystem,
     mount_of,
 )
-from spoolpost.spool.files import FileKind, classify
+from spoolpost.spool.files import FileKind, check_spool_file, classify
 
 BIG = 1 << 30
 
@@ -774,6 +775,35 @@ def test_a_file_that_is_not_an_sqlite_database_is_refused_untouched(
     assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
 
 
+@contextlib.contextmanager
+def special_file(kind: str, path: Path) -> Iterator[None]:
+    """A FIFO or a listening Unix socket at ``path`` (neither needs privileges)."""
+    if kind == "fifo":
+        os.mkfifo(path, 0o644)
+        yield
+        return
+    with socket.socket(socket.AF_UNIX) as server:
+        server.bind(str(path))
+        os.chmod(path, 0o644)
+        yield
+
+
+@pytest.mark.parametrize("kind", ["fifo", "socket"])
+def test_a_device_fifo_or_socket_is_refused_untouched(tmp_path: Path, kind: str) -> None:
+    path = tmp_path / "not-a-file"
+    with special_file(kind, path):
+        message = f"{path} is not a regular file (a device, FIFO or socket); a spool must be a file"
+        with pytest.raises(ConfigError) as caught:
+            Spool(path)
+        assert str(caught.value) == message
+        with pytest.raises(ConfigError) as caught:
+            check_spool_file(path)
+        assert str(caught.value) == message
+        assert classify(path) is FileKind.SPECIAL
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o644  # not made 0600: never opened
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["not-a-file"]  # no -wal, -shm
+
+
 def test_a_spool_whose_first_page_is_destroyed_is_moved_aside(
     spool_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -832,6 +862,8 @@ def _make_at(path: Path, kind: FileKind) -> None:
     elif kind is FileKind.FOREIGN:
         with contextlib.closing(sqlite3.connect(path)) as conn:
             conn.execute("CREATE TABLE users (name TEXT)")
+    elif kind is FileKind.SPECIAL:
+        os.mkfifo(path)
 
 
 @pytest.mark.parametrize("kind", list(FileKind), ids=lambda k: k.value)

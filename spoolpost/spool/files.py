@@ -59,6 +59,8 @@ class FileKind(enum.Enum):
     DESTROYED = "destroyed"
     #: An SQLite database with tables but no spoolpost schema version.
     FOREIGN = "foreign"
+    #: Not a regular file: a device (``/dev/null``), a FIFO, a socket.
+    SPECIAL = "special"
 
 
 # -- is this file a spool? ------------------------------------------------------------
@@ -106,10 +108,9 @@ def classify(path: Path) -> FileKind:
     """What is at ``path``, changing nothing: an SQLite file is read through a
     read-only connection, in one snapshot. One that SQLite cannot read is called
     SPOOL (opening it as a spool decides: a corrupt spool is moved aside)."""
-    if not path.exists():
-        return FileKind.MISSING
-    if path.is_dir():
-        return FileKind.FOLDER
+    kind = file_type(path)
+    if kind is not None:
+        return kind  # a device or FIFO is never opened: it would block, or be changed
     with open(path, "rb") as f:
         kind = kind_of_head(path, f.read(len(SQLITE_HEADER)))
     if kind is not FileKind.SPOOL:
@@ -128,6 +129,18 @@ def classify(path: Path) -> FileKind:
         conn.close()
 
 
+def file_type(path: Path) -> FileKind | None:
+    """MISSING, FOLDER or SPECIAL (a device, FIFO, socket) from ``stat`` alone,
+    following links; None for a regular file. Nothing is opened."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return FileKind.MISSING
+    if stat.S_ISDIR(mode):
+        return FileKind.FOLDER
+    return None if stat.S_ISREG(mode) else FileKind.SPECIAL
+
+
 def check_spool_file(path: Path) -> None:
     """Raise :class:`~spoolpost.errors.ConfigError` if ``path`` exists and is not a
     spool (a folder, a file that is not SQLite, another application's database).
@@ -139,6 +152,13 @@ def check_spool_file(path: Path) -> None:
         raise ConfigError(f"{path} is not a spoolpost spool (not an SQLite database)")
     if kind is FileKind.FOREIGN:
         raise ConfigError(f"{path} is an SQLite database, but not a spoolpost spool")
+    if kind is FileKind.SPECIAL:
+        raise ConfigError(special_file_message(path))
+
+
+def special_file_message(path: Path) -> str:
+    """Why ``path`` (a device, FIFO or socket) is refused as a spool."""
+    return f"{path} is not a regular file (a device, FIFO or socket); a spool must be a file"
 
 
 # -- creating the file and keeping it private -----------------------------------------
@@ -192,12 +212,17 @@ def prepare_file(path: Path) -> FileId:
     new spool started, so the app keeps running. Raises :class:`ConfigError`
     for OS errors.
     """
+    if file_type(path) is FileKind.SPECIAL:
+        raise ConfigError(special_file_message(path))
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        # O_NONBLOCK: a FIFO swapped in after the check above must not hang the open.
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NONBLOCK, 0o600)
     except OSError as exc:
         raise ConfigError(f"cannot open spool {path}: {exc}") from exc
     try:
         st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ConfigError(special_file_message(path))
         head = os.pread(fd, len(SQLITE_HEADER), 0) if st.st_size else b""
         kind = kind_of_head(path, head)
         if kind is FileKind.DESTROYED:
