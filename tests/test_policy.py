@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import email.utils
+from pathlib import Path
 
 import pytest
 import tenacity
 from hypothesis import given
 from hypothesis import strategies as st
 
+from spoolpost import Client
 from spoolpost.delivery.policy import (
     RETRY_AFTER_CEILING,
     Action,
@@ -283,6 +285,32 @@ def test_a_wait_that_is_not_a_tenacity_strategy_is_refused(
 ) -> None:
     with pytest.raises(ConfigError, match="tenacity wait strategy"):
         policy(wait=2.0)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("policy", [RetryPolicy, PausePolicy])
+@pytest.mark.parametrize(
+    ("wait", "message"),
+    [
+        (tenacity.wait_exception(lambda exc: 1.0), "needs more than the attempt number"),
+        (tenacity.wait_fixed(float("nan")), "gives nan seconds for attempt 1"),
+        (tenacity.wait_fixed(float("inf")), "gives inf seconds for attempt 1"),
+        (tenacity.wait_fixed(-100), "gives -100.0 seconds for attempt 1"),
+    ],
+    ids=["wait_exception", "nan", "inf", "negative"],
+)
+def test_a_wait_strategy_delivery_could_not_use_is_refused_at_construction(
+    policy: type[RetryPolicy] | type[PausePolicy], wait: tenacity.wait.wait_base, message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message):
+        policy(wait=wait)
+
+
+@pytest.mark.parametrize(("option", "value"), [("retry", tenacity.wait_fixed(0.1)), ("pause", {})])
+def test_a_client_refuses_a_retry_or_pause_that_is_not_a_policy(
+    option: str, value: object, spool_path: Path
+) -> None:
+    with pytest.raises(ConfigError, match=f"{option} must be a"):
+        Client("phc_key", spool=spool_path, send=False, **{option: value})
 
 
 # -- pause on configuration faults ---------------------------------------------------

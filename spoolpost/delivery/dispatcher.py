@@ -44,6 +44,7 @@ from spoolpost.delivery.policy import PausePolicy, RetryPolicy
 from spoolpost.delivery.settle import Settler
 from spoolpost.delivery.threads import Threads
 from spoolpost.delivery.transport import HttpTransport
+from spoolpost.errors import ConfigError
 from spoolpost.spool import Batch, Spool, Watermark
 
 __all__ = ["DeliveryConfig", "Dispatcher", "FlushBarrier", "FlushResult", "Step"]
@@ -74,6 +75,18 @@ class Dispatcher:
         pause: PausePolicy | None = None,
         clock: Clock = SYSTEM_CLOCK,
     ) -> None:
+        for name, value, kind in (
+            ("config", config, DeliveryConfig),
+            ("retry", retry, RetryPolicy),
+            ("pause", pause, PausePolicy),
+        ):
+            if value is not None and not isinstance(value, kind):
+                hint = (
+                    " (a tenacity strategy goes in its wait=)" if kind is not DeliveryConfig else ""
+                )
+                raise ConfigError(
+                    f"{name} must be a {kind.__name__}, not {type(value).__name__}{hint}"
+                )
         self.spool = spool
         self.transport = transport
         self.config = config or DeliveryConfig()

@@ -21,6 +21,7 @@ from __future__ import annotations
 import email.utils
 import enum
 import functools
+import math
 import re
 from dataclasses import dataclass, field
 from datetime import UTC
@@ -120,11 +121,13 @@ class _Attempt:
         self.attempt_number = attempt_number
 
 
-def wait_seconds(strategy: tenacity.wait.wait_base, attempt: int) -> float:
+def wait_seconds(strategy: tenacity.wait.wait_base, attempt: int, cap: float) -> float:
     """Seconds ``strategy`` waits before retry number ``attempt`` (1 for the first;
-    anything lower is read as 1)."""
+    anything lower is read as 1), within ``[0, cap]``; a value that is not a
+    number (NaN) gives ``cap``."""
     state = cast(tenacity.RetryCallState, _Attempt(max(1, attempt)))
-    return float(strategy(state))
+    seconds = float(strategy(state))
+    return cap if math.isnan(seconds) else min(max(0.0, seconds), cap)
 
 
 @dataclass(frozen=True)
@@ -187,7 +190,7 @@ class RetryPolicy:
     def backoff(self, attempt: int) -> float:
         """Seconds to wait before retry number ``attempt`` (1 for the first retry),
         at most ``max_backoff``."""
-        return min(wait_seconds(self.strategy, attempt), self.max_backoff)
+        return wait_seconds(self.strategy, attempt, self.max_backoff)
 
     def delay(self, attempt: int, retry_after: float | None) -> float:
         """``max(backoff(attempt), Retry-After)``, Retry-After capped by ``max_retry_after``."""
@@ -228,11 +231,30 @@ class PausePolicy:
     def pause(self, episode_faults: int) -> float:
         """Seconds to pause after the ``episode_faults``-th fault in a row (1 for the
         first), at most ``maximum``."""
-        return min(wait_seconds(self.strategy, episode_faults), self.maximum)
+        return wait_seconds(self.strategy, episode_faults, self.maximum)
 
 
 def _check_wait(wait: object) -> None:
-    if wait is not None and not isinstance(wait, tenacity.wait.wait_base):
+    """Refuse, at construction, a ``wait`` that delivery could not use: not a
+    tenacity strategy, one that reads more of the retry state than the attempt
+    number (``wait_exception``), or one that gives no usable number of seconds
+    (NaN, infinity, negative) for the first attempts."""
+    if wait is None:
+        return
+    if not isinstance(wait, tenacity.wait.wait_base):
         raise ConfigError(
             f"wait must be a tenacity wait strategy (tenacity.wait_*), not {type(wait).__name__}"
         )
+    for attempt in (1, 2, 3):
+        try:
+            seconds = float(wait(cast(tenacity.RetryCallState, _Attempt(attempt))))
+        except Exception as exc:
+            raise ConfigError(
+                f"wait strategy {wait!r} cannot be used: it needs more than the attempt "
+                f"number ({type(exc).__name__}: {exc}); see spoolpost.delivery.policy"
+            ) from exc
+        if not (math.isfinite(seconds) and seconds >= 0):
+            raise ConfigError(
+                f"wait strategy {wait!r} gives {seconds} seconds for attempt {attempt}; "
+                "it must give a finite number >= 0"
+            )
