@@ -85,6 +85,7 @@ def test_open_spool_accepts_an_empty_file(tmp_path: Path) -> None:
     ("kwargs", "message"),
     [
         ({"states": frozenset({"gone"})}, "unknown state"),
+        ({"states": "dead"}, r"states must be a set of state names, e.g. frozenset\({'dead'}\)"),
         ({"older_than": -1.0}, "older_than must be >= 0"),
     ],
 )

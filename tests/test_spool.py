@@ -31,6 +31,7 @@ from spoolpost.errors import (
 from spoolpost.spool import (
     SQLITE_HEADER,
     Batch,
+    Filter,
     Spool,
     check_filesystem,
     mount_of,
@@ -802,6 +803,26 @@ def test_a_device_fifo_or_socket_is_refused_untouched(tmp_path: Path, kind: str)
         assert classify(path) is FileKind.SPECIAL
         assert stat.S_IMODE(os.stat(path).st_mode) == 0o644  # not made 0600: never opened
         assert sorted(p.name for p in tmp_path.iterdir()) == ["not-a-file"]  # no -wal, -shm
+
+
+def test_a_snapshot_used_after_its_block_raises_spool_closed(spool: Spool) -> None:
+    with spool.snapshot() as snap:
+        assert snap.states_through(spool.watermark(T0)) == {"pending": 0, "leased": 0, "dead": 0}
+    with pytest.raises(SpoolClosed, match="used after its with block"):
+        snap.states_through(spool.watermark(T0))
+    with pytest.raises(SpoolClosed, match="used after its with block"):
+        snap.events(Filter(), T0)
+
+
+@pytest.mark.parametrize(("limit", "expected"), [(2**63, 1), (10**30, 1), (0, 0), (-5, 0)])
+def test_tail_takes_any_whole_number_as_its_limit(spool: Spool, limit: int, expected: int) -> None:
+    spool.append("u", body(0), T0)
+    assert len(spool.tail(limit=limit, now=T0)) == expected
+
+
+def test_tail_refuses_a_limit_that_is_not_a_whole_number(spool: Spool) -> None:
+    with pytest.raises(TypeError, match="limit must be a whole number, not float"):
+        spool.tail(limit=2.5, now=T0)  # type: ignore[arg-type]
 
 
 def test_a_spool_whose_first_page_is_destroyed_is_moved_aside(

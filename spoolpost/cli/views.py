@@ -62,7 +62,12 @@ def _tail_line(e: SpooledEvent) -> str:
 @spool_argument
 @filter_options(states=True)
 @click.option(
-    "-n", "limit", type=click.IntRange(min=1), default=20, show_default=True, help="How many."
+    "-n",
+    "limit",
+    type=click.IntRange(min=1, max=1_000_000),
+    default=20,
+    show_default=True,
+    help="How many.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print JSON Lines (as export does).")
 def tail(

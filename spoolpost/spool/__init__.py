@@ -26,7 +26,7 @@ from spoolpost.spool.files import (
 )
 from spoolpost.spool.leases import Batch, RequestStamp, Row
 from spoolpost.spool.maintenance import Filter, SpooledEvent
-from spoolpost.spool.queries import SpoolStats, Watermark
+from spoolpost.spool.queries import SpoolSnapshot, SpoolStats, Watermark
 from spoolpost.spool.settlement import Doomed, Settled, Settlement
 
 __all__ = [
@@ -48,6 +48,7 @@ __all__ = [
     "Settled",
     "Settlement",
     "Spool",
+    "SpoolSnapshot",
     "SpoolStats",
     "SpooledEvent",
     "Watermark",

@@ -138,7 +138,11 @@ class Spool:
         then, whatever is written meanwhile. For counting a large spool while
         delivery already runs. Raises :class:`SpoolClosed`."""
         with self._db.snapshot() as conn:
-            yield SpoolSnapshot(conn)
+            snap = SpoolSnapshot(conn, self.path)
+            try:
+                yield snap
+            finally:
+                snap.close()
 
     def close(self) -> None:
         """Close the connections. Idempotent. SQLite checkpoints the WAL into the
@@ -390,9 +394,14 @@ class Spool:
         self, where: Filter | None = None, limit: int = 20, *, now: float
     ) -> list[SpooledEvent]:
         """The ``limit`` most recent events matching ``where``, newest first: live
-        events by capture time, dead letters by the time they were dead-lettered."""
+        events by capture time, dead letters by the time they were dead-lettered.
+        ``limit`` is a whole number (anything over 2**62 reads as 2**62). Raises
+        ``TypeError`` for another type."""
+        if isinstance(limit, bool) or not isinstance(limit, int):
+            raise TypeError(f"limit must be a whole number, not {type(limit).__name__}")
         if limit < 1:
             return []
+        limit = min(limit, 2**62)  # SQLite integers are 64-bit
         with self._db.read(snapshot=True) as conn:
             return maintenance.tail(conn, where or Filter(), limit, now)
 

@@ -134,8 +134,10 @@ def file_type(path: Path) -> FileKind | None:
     following links; None for a regular file. Nothing is opened."""
     try:
         mode = os.stat(path).st_mode
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return FileKind.MISSING
+    except OSError:
+        return None  # let opening it say what is wrong (permissions, I/O)
     if stat.S_ISDIR(mode):
         return FileKind.FOLDER
     return None if stat.S_ISREG(mode) else FileKind.SPECIAL

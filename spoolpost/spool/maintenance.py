@@ -54,6 +54,11 @@ class Filter:
     older_than: float | None = None
 
     def __post_init__(self) -> None:
+        states: object = self.states  # a str is a common slip for a set of one state
+        if isinstance(states, str):
+            raise ConfigError(
+                f"states must be a set of state names, e.g. frozenset({{{states!r}}}), not a str"
+            )
         unknown = set(self.states) - set(STATES)
         if unknown:
             raise ConfigError(f"unknown state(s) {sorted(unknown)}; use {', '.join(STATES)}")

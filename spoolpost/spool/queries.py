@@ -12,9 +12,10 @@ import logging
 import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from spoolpost.errors import KeyMismatch
+from spoolpost.errors import KeyMismatch, SpoolClosed
 from spoolpost.spool import files, maintenance, migrations
 from spoolpost.spool.db import Database
 from spoolpost.spool.maintenance import Filter, SpooledEvent
@@ -80,16 +81,28 @@ class SpoolSnapshot:
     """The spool as it was when :meth:`Spool.snapshot` was entered (one pinned
     WAL snapshot on a private connection); valid inside that ``with`` block."""
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
-        self._conn = conn
+    def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
+        self._conn: sqlite3.Connection | None = conn
+        self._path = path
+
+    def _open(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise SpoolClosed(f"a snapshot of spool {self._path} is used after its with block")
+        return self._conn
+
+    def close(self) -> None:
+        """End the snapshot (its ``with`` block does); later use raises SpoolClosed."""
+        self._conn = None
 
     def states_through(self, watermark: Watermark) -> dict[str, int]:
-        """:meth:`Spool.states_through`, as of the snapshot."""
-        return _states_through(self._conn, watermark)
+        """:meth:`Spool.states_through`, as of the snapshot. Raises
+        :class:`SpoolClosed` after the snapshot's ``with`` block."""
+        return _states_through(self._open(), watermark)
 
     def events(self, where: Filter, now: float) -> Iterator[SpooledEvent]:
-        """:meth:`Spool.events`, as of the snapshot."""
-        return maintenance.select(self._conn, where, now)
+        """:meth:`Spool.events`, as of the snapshot. Raises :class:`SpoolClosed`
+        after the snapshot's ``with`` block."""
+        return maintenance.select(self._open(), where, now)
 
 
 # -- the flush barrier -------------------------------------------------------------------
