@@ -34,9 +34,11 @@ ENV_VARS = ("SPOOLPOST_SPOOL", "SPOOLPOST_HOST", "SPOOLPOST_API_KEY")
 
 
 @pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     for name in ENV_VARS:
         monkeypatch.delenv(name, raising=False)
+    # A key and no spool means the key's default spool: never the real one.
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
 
 
 def run(
@@ -72,6 +74,9 @@ def test_every_command_is_documented_in_the_readme_and_has_help() -> None:
         "import",
         "capture",
         "demo",
+        "check",
+        "metrics",
+        "path",
     }
     for name, command in cli.commands.items():
         assert f"spoolpost {name}" in readme, f"README does not show `spoolpost {name}`"
@@ -110,27 +115,34 @@ SPOOL_COMMANDS = [
     ["replay"],
     ["purge", "--yes"],
     ["export"],
-    ["drain", "--api-key", SECRET],
+    ["check"],
+    ["metrics"],
 ]
 
 
 @pytest.mark.parametrize("command", SPOOL_COMMANDS, ids=lambda c: c[0])
 def test_a_missing_spool_is_an_error(command: list[str], tmp_path: Path) -> None:
     result = run(*command, tmp_path / "nope.spool")
-    assert result.exit_code == 1
-    assert f"Error: no spool at {tmp_path / 'nope.spool'}" in result.stderr
+    if command == ["check"]:
+        assert result.exit_code == 3
+        assert result.stdout == f"SPOOLPOST UNKNOWN - no spool at {tmp_path / 'nope.spool'}\n"
+    else:
+        assert result.exit_code == 1
+        assert f"Error: no spool at {tmp_path / 'nope.spool'}" in result.stderr
     assert not (tmp_path / "nope.spool").exists()
 
 
 @pytest.mark.parametrize(
     "command",
-    [*SPOOL_COMMANDS, ["import"], ["capture", "e", "--distinct-id", "u"]],
+    [*SPOOL_COMMANDS, ["import"]],
     ids=lambda c: c[0],
 )
 def test_no_spool_given_is_an_error(command: list[str]) -> None:
-    result = run(*command, env={"SPOOLPOST_API_KEY": SECRET}, input="")
-    assert result.exit_code == 1
-    assert "Error: no spool given: pass SPOOL or set SPOOLPOST_SPOOL" in result.stderr
+    result = run(*command, input="")
+    assert result.exit_code == (3 if command == ["check"] else 1)
+    assert "no spool given: pass SPOOL, set SPOOLPOST_SPOOL, or give the API key" in (
+        result.stdout + result.stderr
+    )
 
 
 @pytest.mark.parametrize(
@@ -144,8 +156,8 @@ def test_a_file_that_is_not_a_spool_is_refused_untouched(
     path = tmp_path / "events.jsonl"
     path.write_text('{"event": "x"}\n')
     result = run(*command, path)
-    assert result.exit_code == 1
-    assert "is not a spoolpost spool (not an SQLite database)" in result.stderr
+    assert result.exit_code == (3 if command == ["check"] else 1)
+    assert "is not a spoolpost spool (not an SQLite database)" in result.stdout + result.stderr
     assert path.read_text() == '{"event": "x"}\n'
     assert [p.name for p in tmp_path.iterdir()] == ["events.jsonl"]  # nothing moved aside
     assert "Traceback" not in result.output
@@ -483,6 +495,8 @@ def test_drain_delivers_everything_and_exits_0(
         "outage": None,
         "interrupted": False,
         "exit_code": 0,
+        "waiting_until": None,
+        "waiting_for": None,
     }
     assert sorted(endpoint.delivered_uuids()) == sorted(uuids)
     assert endpoint.requests[0].json["api_key"] == SECRET  # the key goes on the wire only
@@ -639,6 +653,8 @@ def test_drain_interrupted_by_ctrl_c_stops_within_the_grace_and_prints_its_summa
             "outage": None,
             "interrupted": True,
             "exit_code": 130,
+            "waiting_until": None,
+            "waiting_for": None,
         }
     else:
         assert stdout == "delivered 0, dead-lettered 0, remaining 3; interrupted\n"
