@@ -81,6 +81,8 @@ def test_every_command_is_documented_in_the_readme_and_has_help() -> None:
     for name, command in cli.commands.items():
         assert f"spoolpost {name}" in readme, f"README does not show `spoolpost {name}`"
         assert command.help and len(command.help) > 20, f"{name} has no help text"
+        example = re.search(r"\x08\n\s*Example:\n", command.help)
+        assert example, f"{name}'s help has no Example section"
         for param in command.params:
             if isinstance(param, click.Option):
                 assert param.help, f"{name} {param.opts} has no help text"
@@ -609,10 +611,15 @@ def test_drain_budget_runs_out_exits_3_from_a_real_process(
     assert endpoint.wait_for_requests(1)
 
 
-@pytest.mark.parametrize("as_json", [True, False], ids=["json", "human"])
+@pytest.mark.parametrize(
+    ("as_json", "sig"),
+    [(True, signal.SIGINT), (False, signal.SIGINT), (False, signal.SIGTERM)],
+    ids=["json", "human", "sigterm"],
+)
 def test_drain_interrupted_by_ctrl_c_stops_within_the_grace_and_prints_its_summary(
-    spool_path: Path, spool: Spool, endpoint: LocalEndpoint, as_json: bool
+    spool_path: Path, spool: Spool, endpoint: LocalEndpoint, as_json: bool, sig: int
 ) -> None:
+    """SIGTERM (systemd's stop) is handled like Ctrl-C."""
     add_events(spool, ["e"] * 3, at=time.time() - 100)
     spool.close()
     endpoint.default = Response(hang=True)  # the drain's request never gets an answer
@@ -629,7 +636,7 @@ def test_drain_interrupted_by_ctrl_c_stops_within_the_grace_and_prints_its_summa
     try:
         assert endpoint.wait_for_requests(1, timeout=60)
         interrupted_at = time.monotonic()
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(sig)
         stdout, stderr = proc.communicate(timeout=60)
     finally:
         proc.kill()

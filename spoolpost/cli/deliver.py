@@ -196,6 +196,11 @@ def drain(
            flight get --grace, then the summary; a second Ctrl-C quits at once
         1  an error (no spool, no API key, a bad host URL, a spool of another key)
         2  a usage error (unknown option, bad value)
+
+    \b
+    Example:
+        spoolpost drain /var/lib/myapp/events.spool --host https://eu.i.posthog.com \\
+            --budget 240 --quiet
     """
     key = require_api_key(api_key)
     path = spool_path(spool, key)

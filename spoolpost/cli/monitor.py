@@ -109,8 +109,10 @@ def _limits(text: str, percent: bool, name: str) -> Threshold:
                 if match is None:
                     raise ValueError
                 values.append(float(match[1]) / 100)
+            elif part.isdigit():
+                values.append(float(part))
             else:
-                values.append(float(int(part)))
+                raise ValueError
         except ValueError as exc:
             hint = str(exc) or f"{part!r} is not a {'percentage' if percent else 'number'}"
             raise click.BadParameter(hint, param_hint=name) from None

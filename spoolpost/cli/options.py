@@ -28,6 +28,9 @@ from spoolpost.spool.maintenance import STATES
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+#: The reasons a dead letter can have (see docs/architecture.md, "An event row's states").
+DEAD_REASONS = ("rejected", "too_large", "max_attempts", "expired")
+
 # -- the spool and the endpoint ------------------------------------------------------
 
 
@@ -147,7 +150,9 @@ def filter_options(
                 help="Only this uuid (repeatable).",
             )(func)
         func = click.option(
-            "--reason", help="Only dead letters with this reason (rejected, too_large, …)."
+            "--reason",
+            type=click.Choice(DEAD_REASONS),
+            help="Only dead letters with this reason.",
         )(func)
         func = click.option("--event", help="Only events with this name.")(func)
         if states:

@@ -51,6 +51,10 @@ def tail(
 
     Pending and leased events are ordered by capture time, dead letters by the
     time they were dead-lettered.
+
+    \b
+    Example:
+        spoolpost tail /var/lib/myapp/events.spool --state dead -n 5
     """
     where = Filter(states=frozenset(states), event=event, reason=reason)
     with open_spool(spool) as s:
@@ -82,6 +86,10 @@ def export(
     Each line is the PostHog event as stored, plus a "spoolpost" object with its
     state, attempts, times and (for dead letters) reason, status and detail.
     `spoolpost import` reads these lines back.
+
+    \b
+    Example:
+        spoolpost export /var/lib/myapp/events.spool --state dead -o dead.jsonl
     """
     where = Filter(states=frozenset(states), event=event, reason=reason)
     with open_spool(spool) as s:

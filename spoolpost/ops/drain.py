@@ -150,14 +150,10 @@ def drain_spool(
     # Requests that finished during the grace period settled their events: a flush
     # with no time left sends nothing and tallies the spool as it is now.
     flushed = dispatcher.flush(barrier, 0.0, outage_after=outage_after)
-    # The barrier's counts include what other processes settled meanwhile; this
-    # run settled no more than its own dispatcher did.
-    mine = dispatcher.settled
+    # The barrier's count includes what other processes delivered meanwhile;
+    # this run delivered no more than its own senders settled.
     result = DrainResult(
-        **(
-            vars(flushed)
-            | {"delivered": min(flushed.delivered, mine), "dead": min(flushed.dead, mine)}
-        )
+        **(vars(flushed) | {"delivered": min(flushed.delivered, dispatcher.settled)})
     )
     if interrupted:
         raise DrainInterrupted(result)
