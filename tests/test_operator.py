@@ -450,3 +450,60 @@ def test_reason_accepts_only_known_reasons(spool_path: Path, spool: Spool, comma
     result = run(command, spool_path, "--reason", "rejectd")
     assert result.exit_code == 2
     assert "Invalid value for '--reason': 'rejectd' is not one of" in result.stderr
+
+
+def test_a_spool_past_its_recorded_bound_is_stuck_and_critical(
+    spool_path: Path, spool: Spool
+) -> None:
+    add_events(spool, ["a"] * 20, at=time.time())
+    record = {"owner_host": "elsewhere", "pid": 1, "start": "x", "updated_at": time.time()}
+    spool.save_endpoint_state(
+        "endpoint:elsewhere:1:x", json.dumps(record | {"max_spool_bytes": 8192})
+    )
+
+    data = inspect_json(spool_path)
+    checked = run("check", spool_path, "--max-full", "80%,95%")
+
+    assert data["state"] == "stuck" and str(data["summary"]).startswith("stuck: the spool is ")
+    assert data["max_spool_bytes"] == 8192 and data["bound_source"] == "recorded"
+    assert checked.exit_code == 2
+    assert "(CRITICAL)" in checked.stdout
+    with pytest.raises(ValueError, match="starts with 'endpoint:'"):
+        spool.save_endpoint_state("host", "{}")
+
+
+def test_a_spool_keeps_only_the_newest_endpoint_records(spool: Spool) -> None:
+    for pid in range(20):
+        record = {"owner_host": "h", "pid": pid, "start": "s", "updated_at": 1000.0 + pid}
+        spool.save_endpoint_state(f"endpoint:h:{pid}:s", json.dumps(record))
+    kept = sorted(k for k in spool.meta() if k.startswith("endpoint:"))
+    assert kept == sorted(f"endpoint:h:{pid}:s" for pid in range(4, 20))
+
+
+def test_the_dispatcher_records_episodes_not_requests(
+    make_rig: MakeRig, endpoint: LocalEndpoint
+) -> None:
+    rig = make_rig(clock=ManualClock())
+
+    def records() -> list[str]:
+        return [v for k, v in rig.spool.meta().items() if k.startswith("endpoint:")]
+
+    rig.step()
+    assert records() == []  # nothing happened yet: nothing recorded
+    rig.capture(1)
+    rig.step()
+    rig.step()
+    (first,) = records()
+    for _ in range(5):  # more successes within a minute: no new write
+        rig.capture(1)
+        rig.step()
+        rig.clock.advance(1)
+        rig.step()
+    assert records() == [first]
+    endpoint.respond(Response(503))
+    rig.capture(1)
+    rig.step()
+    rig.step()
+    (closed,) = records()
+    assert json.loads(closed)["gate_failures"] == 1
+    assert json.loads(closed)["last_error"].startswith("HTTP 503")
