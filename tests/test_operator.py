@@ -508,3 +508,10 @@ def test_the_dispatcher_records_episodes_not_requests(
     (closed,) = records()
     assert json.loads(closed)["gate_failures"] == 1
     assert json.loads(closed)["last_error"].startswith("HTTP 503")
+
+
+def test_capture_with_a_key_and_no_spool_uses_the_keys_default_spool() -> None:
+    result = run("capture", "e", "--distinct-id", "u", "--api-key", CRASH_API_KEY)
+    assert result.exit_code == 0, result.stderr
+    with Spool(default_spool_path(CRASH_API_KEY)) as s:
+        assert s.stats(time.time()).counts["pending"] == 1

@@ -210,8 +210,8 @@ def capture(
         spoolpost capture backup_finished /var/lib/myapp/events.spool \\
             --distinct-id host-7 -p bytes=123456
     """
-    path = spool_path(spool)
     key = require_api_key(api_key)
+    path = spool_path(spool, key)
     try:
         captured = ops.capture_one(
             path,
