@@ -43,6 +43,7 @@ from spoolpost.delivery import (
     PausePolicy,
     RetryPolicy,
 )
+from spoolpost.delivery.hosts import canonical_host
 from spoolpost.delivery.transport import DEFAULT_TIMEOUT, Timeout
 from spoolpost.delivery.wire import resolve_capture_mode, wire_format
 from spoolpost.errors import ConfigError, SpoolClosed
@@ -53,6 +54,7 @@ from spoolpost.spool import (
     Durability,
     OnFull,
     Spool,
+    SpoolStats,
 )
 
 __all__ = [
@@ -152,10 +154,16 @@ class Client(CaptureApi):
     seconds the ``atexit`` shutdown and the ``with`` block exit may take (default
     :data:`DEFAULT_SHUTDOWN_TIMEOUT`). ``force_key``: deliver a
     spool created for another API key (re-binds it). ``clock``: time source (tests).
+    ``force_host``: a delivering client records its endpoint in the spool the
+    first time (:meth:`~spoolpost.spool.Spool.bind_host`, compared after
+    :func:`~spoolpost.delivery.hosts.canonical_host`) and refuses a spool that
+    delivers elsewhere with :class:`~spoolpost.errors.HostMismatch`, unless
+    ``force_host`` (then the spool is re-bound to ``host``).
 
     Raises :class:`~spoolpost.errors.ConfigError` for settings that cannot work,
     including :class:`~spoolpost.errors.KeyMismatch` for a spool created with
-    another key (unless ``force_key``), and the spool's own errors
+    another key (unless ``force_key``), :class:`~spoolpost.errors.HostMismatch`,
+    and the spool's own errors
     (:class:`~spoolpost.errors.SchemaTooNew`, …).
     """
 
@@ -189,6 +197,7 @@ class Client(CaptureApi):
         shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT,
         force_key: bool = False,
         clock: Clock = SYSTEM_CLOCK,
+        force_host: bool = False,
     ) -> None:
         self.disabled = disabled
         self.send = send
@@ -232,6 +241,8 @@ class Client(CaptureApi):
         )
         try:
             self.spool.bind_key(key_fingerprint(api_key), force=force_key)
+            if send:  # the spool remembers where it delivers (see bind_host)
+                self.spool.bind_host(canonical_host(host), force=force_host)
             self.dispatcher = Dispatcher(
                 self.spool, self.transport, config=config, retry=retry, pause=pause, clock=clock
             )
@@ -352,6 +363,17 @@ class Client(CaptureApi):
         return result
 
     close = shutdown
+
+    def stats(self) -> SpoolStats:
+        """The spool's counts and ages now: a :class:`~spoolpost.spool.SpoolStats`
+        (events and bytes by state pending/leased/dead, oldest pending age and
+        next attempt in seconds, dead reasons, persisted counters, file and WAL
+        bytes). One read of the spool; what ``spoolpost inspect`` starts from.
+        Raises :class:`~spoolpost.errors.SpoolClosed` after :meth:`shutdown`, and
+        ``RuntimeError`` for a ``disabled`` client (it has no spool)."""
+        if self.disabled:
+            raise RuntimeError("a disabled client has no spool")
+        return self.spool.stats(self.clock.now())
 
     def __enter__(self) -> Client:
         return self

@@ -60,6 +60,10 @@ class KeyMismatch(ConfigError):
     """Raised when a spool created for one project API key is delivered with another."""
 
 
+class HostMismatch(ConfigError):
+    """The spool delivers to another ingestion endpoint than the one given."""
+
+
 class ImportRejected(SpoolpostError, ValueError):
     """Raised by :func:`import_events` when input lines are not valid events;
     nothing was written. ``errors`` holds ``(line number, message)`` pairs."""

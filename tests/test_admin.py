@@ -431,7 +431,7 @@ def test_drain_spool_delivers_and_reports_progress(spool: Spool, endpoint: Local
         config=DeliveryConfig(flush_interval=0.0, max_batch_size=100),
         progress=lambda total, pending: seen.append((total, pending)),
     )
-    assert result == FlushResult(delivered=250, dead=0, pending=0)
+    assert result == ops.DrainResult(delivered=250, dead=0, pending=0)
     assert sorted(endpoint.delivered_uuids()) == sorted(uuids)
     assert seen[0][0] == 250 and seen[-1] == (250, 0)
     assert ops.drain_exit_code(result) == ops.EXIT_EMPTY
@@ -439,7 +439,7 @@ def test_drain_spool_delivers_and_reports_progress(spool: Spool, endpoint: Local
 
 def test_drain_spool_of_an_empty_spool_sends_nothing(spool: Spool, endpoint: LocalEndpoint) -> None:
     result = ops.drain_spool(spool, HttpTransport(endpoint.url, API_KEY))
-    assert result == FlushResult()
+    assert result == ops.DrainResult()
     assert endpoint.requests == []
 
 

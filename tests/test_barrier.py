@@ -7,7 +7,7 @@ from kit import API_KEY, START, add_events
 from spoolpost.clock import Clock
 from spoolpost.delivery import FlushBarrier, FlushResult
 from spoolpost.delivery.transport import HttpTransport
-from spoolpost.ops import drain_spool
+from spoolpost.ops import DrainResult, drain_spool
 from spoolpost.spool import Spool
 from spoolpost.testing import LocalEndpoint
 
@@ -61,6 +61,6 @@ def test_drain_takes_its_barrier_at_the_injected_clocks_now(
     add_events(spool, ["a", "b"], at=START + 10)
     transport = HttpTransport(endpoint.url, API_KEY)
     early = drain_spool(spool, transport, clock=StoppedWallClock(START))
-    assert (early, endpoint.requests) == (FlushResult(), [])  # captured after its now
+    assert (early, endpoint.requests) == (DrainResult(), [])  # captured after its now
     later = drain_spool(spool, transport, clock=StoppedWallClock(START + 20))
     assert (later.delivered, later.pending) == (2, 0)

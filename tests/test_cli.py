@@ -35,9 +35,11 @@ ENV_VARS = ("SPOOLPOST_SPOOL", "SPOOLPOST_HOST", "SPOOLPOST_API_KEY")
 
 
 @pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     for name in ENV_VARS:
         monkeypatch.delenv(name, raising=False)
+    # A key and no spool means the key's default spool: never the real one.
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
 
 
 def run(
@@ -73,10 +75,15 @@ def test_every_command_is_documented_in_the_readme_and_has_help() -> None:
         "import",
         "capture",
         "demo",
+        "check",
+        "metrics",
+        "path",
     }
     for name, command in cli.commands.items():
         assert f"spoolpost {name}" in readme, f"README does not show `spoolpost {name}`"
         assert command.help and len(command.help) > 20, f"{name} has no help text"
+        example = re.search(r"\x08\n\s*Example:\n", command.help)
+        assert example, f"{name}'s help has no Example section"
         for param in command.params:
             if isinstance(param, click.Option):
                 assert param.help, f"{name} {param.opts} has no help text"
@@ -111,27 +118,34 @@ SPOOL_COMMANDS = [
     ["replay"],
     ["purge", "--yes"],
     ["export"],
-    ["drain", "--api-key", SECRET],
+    ["check"],
+    ["metrics"],
 ]
 
 
 @pytest.mark.parametrize("command", SPOOL_COMMANDS, ids=lambda c: c[0])
 def test_a_missing_spool_is_an_error(command: list[str], tmp_path: Path) -> None:
     result = run(*command, tmp_path / "nope.spool")
-    assert result.exit_code == 1
-    assert f"Error: no spool at {tmp_path / 'nope.spool'}" in result.stderr
+    if command == ["check"]:
+        assert result.exit_code == 3
+        assert result.stdout == f"SPOOLPOST UNKNOWN - no spool at {tmp_path / 'nope.spool'}\n"
+    else:
+        assert result.exit_code == 1
+        assert f"Error: no spool at {tmp_path / 'nope.spool'}" in result.stderr
     assert not (tmp_path / "nope.spool").exists()
 
 
 @pytest.mark.parametrize(
     "command",
-    [*SPOOL_COMMANDS, ["import"], ["capture", "e", "--distinct-id", "u"]],
+    [*SPOOL_COMMANDS, ["import"]],
     ids=lambda c: c[0],
 )
 def test_no_spool_given_is_an_error(command: list[str]) -> None:
-    result = run(*command, env={"SPOOLPOST_API_KEY": SECRET}, input="")
-    assert result.exit_code == 1
-    assert "Error: no spool given: pass SPOOL or set SPOOLPOST_SPOOL" in result.stderr
+    result = run(*command, input="")
+    assert result.exit_code == (3 if command == ["check"] else 1)
+    assert "no spool given: pass SPOOL, set SPOOLPOST_SPOOL, or give the API key" in (
+        result.stdout + result.stderr
+    )
 
 
 @pytest.mark.parametrize(
@@ -145,8 +159,8 @@ def test_a_file_that_is_not_a_spool_is_refused_untouched(
     path = tmp_path / "events.jsonl"
     path.write_text('{"event": "x"}\n')
     result = run(*command, path)
-    assert result.exit_code == 1
-    assert "is not a spoolpost spool (not an SQLite database)" in result.stderr
+    assert result.exit_code == (3 if command == ["check"] else 1)
+    assert "is not a spoolpost spool (not an SQLite database)" in result.stdout + result.stderr
     assert path.read_text() == '{"event": "x"}\n'
     assert [p.name for p in tmp_path.iterdir()] == ["events.jsonl"]  # nothing moved aside
     assert "Traceback" not in result.output
@@ -161,8 +175,13 @@ def test_a_fifo_given_as_the_spool_is_refused_untouched(command: list[str], tmp_
     path = tmp_path / "pipe"
     os.mkfifo(path, 0o644)  # opening it to read would block; a device would be made 0600
     result = run(*command, path, input="")
-    assert result.exit_code == 1
-    assert f"Error: {path} is not a regular file (a device, FIFO or socket)" in result.stderr
+    message = f"{path} is not a regular file (a device, FIFO or socket)"
+    if command == ["check"]:  # Nagios: 3 is "unknown", on stdout
+        assert result.exit_code == 3
+        assert f"SPOOLPOST UNKNOWN - {message}" in result.stdout
+    else:
+        assert result.exit_code == 1
+        assert f"Error: {message}" in result.stderr
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o644
     assert [p.name for p in tmp_path.iterdir()] == ["pipe"]
 
@@ -499,6 +518,8 @@ def test_drain_delivers_everything_and_exits_0(
         "outage": None,
         "interrupted": False,
         "exit_code": 0,
+        "waiting_until": None,
+        "waiting_for": None,
     }
     assert sorted(endpoint.delivered_uuids()) == sorted(uuids)
     assert endpoint.requests[0].json["api_key"] == SECRET  # the key goes on the wire only
@@ -611,10 +632,15 @@ def test_drain_budget_runs_out_exits_3_from_a_real_process(
     assert endpoint.wait_for_requests(1)
 
 
-@pytest.mark.parametrize("as_json", [True, False], ids=["json", "human"])
+@pytest.mark.parametrize(
+    ("as_json", "sig"),
+    [(True, signal.SIGINT), (False, signal.SIGINT), (False, signal.SIGTERM)],
+    ids=["json", "human", "sigterm"],
+)
 def test_drain_interrupted_by_ctrl_c_stops_within_the_grace_and_prints_its_summary(
-    spool_path: Path, spool: Spool, endpoint: LocalEndpoint, as_json: bool
+    spool_path: Path, spool: Spool, endpoint: LocalEndpoint, as_json: bool, sig: int
 ) -> None:
+    """SIGTERM (systemd's stop) is handled like Ctrl-C."""
     add_events(spool, ["e"] * 3, at=time.time() - 100)
     spool.close()
     endpoint.default = Response(hang=True)  # the drain's request never gets an answer
@@ -631,7 +657,7 @@ def test_drain_interrupted_by_ctrl_c_stops_within_the_grace_and_prints_its_summa
     try:
         assert endpoint.wait_for_requests(1, timeout=60)
         interrupted_at = time.monotonic()
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(sig)
         stdout, stderr = proc.communicate(timeout=60)
     finally:
         proc.kill()
@@ -655,6 +681,8 @@ def test_drain_interrupted_by_ctrl_c_stops_within_the_grace_and_prints_its_summa
             "outage": None,
             "interrupted": True,
             "exit_code": 130,
+            "waiting_until": None,
+            "waiting_for": None,
         }
     else:
         assert stdout == "delivered 0, dead-lettered 0, remaining 3; interrupted\n"

@@ -294,7 +294,8 @@ def test_a_later_client_delivers_what_shutdown_left(
     client.shutdown(timeout=0.2)
     down.stop()
 
-    with Client(API_KEY, endpoint.url, spool=spool_path) as later:
+    # Another loopback port is another endpoint: the spool remembers the first one.
+    with Client(API_KEY, endpoint.url, spool=spool_path, force_host=True) as later:
         result = later.flush(timeout=30)
 
     assert result.pending == 0 and result.delivered == 10

@@ -25,7 +25,7 @@ from typing import Any
 import click
 
 from spoolpost._version import __version__
-from spoolpost.cli import deliver, demo, repair, views
+from spoolpost.cli import deliver, demo, monitor, repair, views
 from spoolpost.cli.deliver import EXIT_INTERRUPTED
 from spoolpost.errors import SpoolpostError
 from spoolpost.ops import (
@@ -108,7 +108,7 @@ def cli(ctx: click.Context, verbose: int) -> None:
     _setup_logging(ctx, verbose)
 
 
-cli.add_command(views.inspect)
+cli.add_command(monitor.inspect)
 cli.add_command(views.tail)
 cli.add_command(repair.replay)
 cli.add_command(repair.purge)
@@ -117,6 +117,9 @@ cli.add_command(repair.import_)
 cli.add_command(repair.capture)
 cli.add_command(deliver.drain)
 cli.add_command(demo.demo)
+cli.add_command(monitor.check)
+cli.add_command(monitor.metrics)
+cli.add_command(monitor.path)
 
 
 def main() -> None:

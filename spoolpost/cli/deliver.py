@@ -16,12 +16,15 @@ from spoolpost import ops
 from spoolpost.cli.options import (
     api_key_option,
     emit,
+    emit_nothing,
+    format_time,
     host_option,
     open_spool,
     require_api_key,
     spool_argument,
     spool_path,
 )
+from spoolpost.delivery.barrier import FlushResult
 from spoolpost.delivery.transport import HttpTransport
 from spoolpost.delivery.wire import resolve_capture_mode, wire_format
 from spoolpost.ops import EXIT_REMAIN, drain_exit_code, drain_spool
@@ -70,13 +73,17 @@ class _Interrupts:
 
     def __enter__(self) -> _Interrupts:
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handle)
+            # SIGTERM (systemd's stop) is handled like Ctrl-C.
+            self._previous = {
+                sig: signal.signal(sig, self._handle) for sig in (signal.SIGINT, signal.SIGTERM)
+            }
             self._installed = True
         return self
 
     def __exit__(self, *exc: object) -> None:
         if self._installed:
-            signal.signal(signal.SIGINT, self._previous)
+            for sig, previous in self._previous.items():
+                signal.signal(sig, previous)
 
     def _handle(self, signum: int, frame: object) -> None:
         self.count += 1
@@ -155,10 +162,22 @@ def _finite(value: float | None, name: str) -> float | None:
     "--gzip, else none.",
 )
 @click.option("--force-key", is_flag=True, help="Deliver a spool created for another API key.")
+@click.option(
+    "--force-host",
+    is_flag=True,
+    help="Deliver to --host although the spool recorded another endpoint (re-binds it).",
+)
+@click.option(
+    "--now",
+    "retry_now",
+    is_flag=True,
+    help="Try at once, ignoring stored backoff and Retry-After (retries become due now).",
+)
+@click.option("-q", "--quiet", is_flag=True, help="No output unless there is something to act on.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
 def drain(
     spool: Path | None,
-    host: str,
+    host: str | None,
     api_key: str | None,
     budget: float | None,
     outage_after: int,
@@ -167,6 +186,9 @@ def drain(
     capture_mode: str | None,
     capture_compression: str | None,
     force_key: bool,
+    force_host: bool,
+    retry_now: bool,
+    quiet: bool,
     as_json: bool,
 ) -> None:
     """Deliver SPOOL until it is empty, the budget runs out, or the endpoint is down.
@@ -174,8 +196,11 @@ def drain(
     Delivers what was in the spool when it started (events captured meanwhile
     may go too); the summary counts the events that were there at the start.
     Backoff and Retry-After set by
-    earlier failures are honoured (within the budget). A progress bar shows on
-    a terminal.
+    earlier failures are honoured (within the budget): when nothing can become
+    due within --budget it exits 3 at once, saying until when and why; --now
+    tries at once. Without --host it delivers where the spool first delivered.
+    A progress bar shows on a terminal. SIGTERM is handled like Ctrl-C. With
+    --quiet it prints only for exit codes other than 0 and 3.
 
     \b
     Exit codes (for cron):
@@ -184,21 +209,32 @@ def drain(
         4  events remain: the endpoint is down (an outage)
         5  events remain: delivery paused by a configuration fault (401/403/404/3xx)
         6  nothing left, but this run dead-lettered events (see tail --state dead)
-      130  interrupted (Ctrl-C): sending stops within about a second, requests in
+      130  interrupted (Ctrl-C, SIGTERM): sending stops within about a second, requests in
            flight get --grace, then the summary; a second Ctrl-C quits at once
         1  an error (no spool, no API key, a bad host URL, a spool of another key)
         2  a usage error (unknown option, bad value)
+
+    \b
+    Example:
+        spoolpost drain /var/lib/myapp/events.spool --host https://eu.i.posthog.com \\
+            --budget 240 --quiet
     """
-    path = spool_path(spool)
-    transport = HttpTransport(
-        host,
-        require_api_key(api_key),
-        wire=wire_format(resolve_capture_mode(capture_mode)),
-        gzip=gzip,
-        compression=capture_compression,
-    )
+    key = require_api_key(api_key)
+    wire = wire_format(resolve_capture_mode(capture_mode))  # a bad mode fails before any open
+    path = spool_path(spool, key)
+    if not path.exists():
+        if not quiet:
+            emit_nothing(path, as_json)
+        return
     s = open_spool(path)
-    bar = _Progress() if sys.stderr.isatty() and not as_json else None
+    try:
+        transport = HttpTransport(
+            ops.drain_host(s, host), key, wire=wire, gzip=gzip, compression=capture_compression
+        )
+    except BaseException:
+        s.close()
+        raise
+    bar = _Progress() if sys.stderr.isatty() and not (as_json or quiet) else None
     with _Interrupts(grace) as interrupts:
 
         def progress(total: int, pending: int) -> None:
@@ -210,12 +246,14 @@ def drain(
         # so a Ctrl-C while closing still counts as the drain's interrupt.
         try:
             try:
-                result = drain_spool(
+                result: FlushResult = drain_spool(
                     s,
                     transport,
                     budget=budget,
                     outage_after=outage_after,
                     force_key=force_key,
+                    force_host=force_host,
+                    retry_now=retry_now,
                     grace=grace,
                     progress=progress,
                 )
@@ -227,6 +265,8 @@ def drain(
             s.close()
     interrupted = interrupts.count > 0
     code = EXIT_INTERRUPTED if interrupted else drain_exit_code(result)
+    waiting_until: float | None = getattr(result, "waiting_until", None)
+    waiting_for: str | None = getattr(result, "waiting_for", None)
     summary = {
         "delivered": result.delivered,
         "dead": result.dead,
@@ -235,6 +275,8 @@ def drain(
         "outage": result.outage,
         "interrupted": interrupted,
         "exit_code": code,
+        "waiting_until": waiting_until,
+        "waiting_for": waiting_for,
     }
 
     def human() -> None:
@@ -247,9 +289,16 @@ def drain(
             line += f"; paused: {result.paused}"
         if result.outage:
             line += f"; endpoint down: {result.outage}"
+        elif waiting_until is not None:
+            line += (
+                f"; nothing is due before {format_time(waiting_until)}, past the "
+                f"budget (waiting for: {waiting_for or 'a stored backoff'}); "
+                "--now tries at once"
+            )
         elif code == EXIT_REMAIN:
             line += "; the budget ran out"
         click.echo(line)
 
-    emit(summary, as_json, human)
+    if not quiet or code not in (ops.EXIT_EMPTY, EXIT_REMAIN):
+        emit(summary, as_json, human)
     click.get_current_context().exit(code)

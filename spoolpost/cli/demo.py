@@ -39,6 +39,10 @@ def demo(events: int, threads: int, spool: Path | None, as_json: bool) -> None:
     mid-stream, then runs `spoolpost drain` in a new process on the same spool
     and reports: events whose capture() returned, unique events delivered,
     duplicates, lost. Exits 1 if any event was lost.
+
+    \b
+    Example:
+        spoolpost demo --events 2000 --threads 4
     """
     from spoolpost.ops.demo import run_demo
 

@@ -10,6 +10,7 @@ object with ``--json``).
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -20,11 +21,15 @@ import click
 
 from spoolpost import ops
 from spoolpost.capture.encoding import format_timestamp
+from spoolpost.client import default_spool_path
 from spoolpost.delivery.transport import DEFAULT_HOST
 from spoolpost.spool import Spool
 from spoolpost.spool.maintenance import STATES
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+#: The reasons a dead letter can have (see docs/architecture.md, "An event row's states").
+DEAD_REASONS = ("rejected", "too_large", "max_attempts", "expired")
 
 # -- the spool and the endpoint ------------------------------------------------------
 
@@ -39,11 +44,19 @@ def spool_argument(func: F) -> F:
     )(func)
 
 
-def spool_path(spool: Path | None) -> Path:
-    """The SPOOL given; ``Error: no spool given`` when there is none."""
-    if spool is None:
-        raise click.ClickException("no spool given: pass SPOOL or set SPOOLPOST_SPOOL")
-    return spool
+def spool_path(spool: Path | None, api_key: str | None = None) -> Path:
+    """The SPOOL given; else, when an API key is (``api_key``, or
+    ``$SPOOLPOST_API_KEY``), the library's default spool for it
+    (:func:`~spoolpost.client.default_spool_path`); else ``Error: no spool given``."""
+    if spool is not None:
+        return spool
+    key = api_key or os.environ.get("SPOOLPOST_API_KEY")
+    if key and key.strip():
+        return default_spool_path(key)
+    raise click.ClickException(
+        "no spool given: pass SPOOL, set SPOOLPOST_SPOOL, or give the API key "
+        "(its default spool is `spoolpost path`)"
+    )
 
 
 def open_spool(spool: Path | None, *, create: bool = False) -> Spool:
@@ -69,13 +82,13 @@ def require_api_key(api_key: str | None) -> str:
 
 
 def host_option(func: F) -> F:
-    """``--host`` (also ``$SPOOLPOST_HOST``)."""
+    """``--host`` (also ``$SPOOLPOST_HOST``); None when not given."""
     return click.option(
         "--host",
         envvar="SPOOLPOST_HOST",
-        default=DEFAULT_HOST,
-        show_default=True,
-        help="Ingestion base URL [env SPOOLPOST_HOST].",
+        default=None,
+        help="Ingestion base URL [env SPOOLPOST_HOST; default: the endpoint the spool "
+        f"recorded when it first delivered, else {DEFAULT_HOST}].",
     )(func)
 
 
@@ -137,7 +150,9 @@ def filter_options(
                 help="Only this uuid (repeatable).",
             )(func)
         func = click.option(
-            "--reason", help="Only dead letters with this reason (rejected, too_large, …)."
+            "--reason",
+            type=click.Choice(DEAD_REASONS),
+            help="Only dead letters with this reason.",
         )(func)
         func = click.option("--event", help="Only events with this name.")(func)
         if states:
@@ -162,6 +177,13 @@ def emit(data: Any, as_json: bool, human: Callable[[], None]) -> None:
         click.echo(json.dumps(data, sort_keys=True))
     else:
         human()
+
+
+def emit_nothing(path: Path, as_json: bool) -> None:
+    """One line (or JSON object) saying that there is no spool at ``path`` yet,
+    so there is nothing to do."""
+    data = {"nothing_to_do": True, "spool": str(path), "exit_code": 0}
+    emit(data, as_json, lambda: click.echo(f"nothing to do: no spool at {path} yet"))
 
 
 def format_age(seconds: float | None) -> str:

@@ -44,6 +44,10 @@ def replay(
 
     Without filters every dead letter is replayed. Fix the cause first (a 400 that
     will be rejected again is dead-lettered again).
+
+    \b
+    Example:
+        spoolpost replay /var/lib/myapp/events.spool --reason max_attempts --dry-run
     """
     where = Filter(event=event, reason=reason, uuids=uuids, older_than=older_than)
     with open_spool(spool) as s:
@@ -75,6 +79,10 @@ def purge(
 
     Asks for confirmation unless --yes; with no answer to read (stdin closed or
     empty) it refuses and deletes nothing.
+
+    \b
+    Example:
+        spoolpost purge /var/lib/myapp/events.spool --reason rejected --older-than 7d --yes
     """
     where = Filter(event=event, reason=reason, uuids=uuids, older_than=older_than)
     with open_spool(spool) as s:
@@ -117,6 +125,10 @@ def import_(spool: Path | None, source: IO[bytes], as_json: bool) -> None:
     line is checked first: one bad line and nothing is written (the error names
     each bad line's number). Events whose uuid is already in the spool
     (pending, leased or dead) are skipped.
+
+    \b
+    Example:
+        spoolpost export old.spool | spoolpost import /var/lib/myapp/events.spool
     """
     path = spool_path(spool)
     check_spool_file(path)  # before waiting for input
@@ -192,9 +204,14 @@ def capture(
 
     Nothing is sent: `spoolpost drain` (from cron, say) delivers it. The API key
     only ties the spool to its project, so that a drain with another key refuses.
+
+    \b
+    Example:
+        spoolpost capture backup_finished /var/lib/myapp/events.spool \\
+            --distinct-id host-7 -p bytes=123456
     """
-    path = spool_path(spool)
     key = require_api_key(api_key)
+    path = spool_path(spool, key)
     try:
         captured = ops.capture_one(
             path,

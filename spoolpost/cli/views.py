@@ -1,4 +1,5 @@
-"""Commands that read a spool and change nothing: ``inspect``, ``tail`` and ``export``."""
+"""Commands that list a spool's events and change nothing: ``tail`` and ``export``
+(``inspect`` is in :mod:`spoolpost.cli.monitor`)."""
 
 from __future__ import annotations
 
@@ -9,39 +10,12 @@ from typing import IO
 import click
 
 from spoolpost.cli.options import (
-    emit,
     filter_options,
-    format_age,
     format_time,
-    json_option,
     open_spool,
     spool_argument,
 )
-from spoolpost.spool.maintenance import STATES, Filter, SpooledEvent
-
-
-@click.command()
-@spool_argument
-@json_option
-def inspect(spool: Path | None, as_json: bool) -> None:
-    """Show counts and bytes by state, ages, dead reasons and counters of SPOOL."""
-    with open_spool(spool) as s:
-        stats = s.stats(time.time())
-
-    def human() -> None:
-        click.echo(f"spool           {stats.path} (schema v{stats.schema_version})")
-        for state in STATES:
-            click.echo(f"{state:<15} {stats.counts[state]:>10} events {stats.bytes[state]:>12} B")
-        click.echo(f"oldest pending  {format_age(stats.oldest_pending_age)}")
-        click.echo(f"next attempt in {format_age(stats.next_attempt_in)}")
-        if stats.dead_reasons:
-            reasons = ", ".join(f"{k}={v}" for k, v in sorted(stats.dead_reasons.items()))
-            click.echo(f"dead reasons    {reasons}")
-        counters = ", ".join(f"{k}={v}" for k, v in sorted(stats.counters.items()))
-        click.echo(f"counters        {counters}")
-        click.echo(f"file            {stats.file_bytes} B, WAL {stats.wal_bytes} B")
-
-    emit(stats.as_dict(), as_json, human)
+from spoolpost.spool.maintenance import Filter, SpooledEvent
 
 
 def _tail_line(e: SpooledEvent) -> str:
@@ -82,6 +56,10 @@ def tail(
 
     Pending and leased events are ordered by capture time, dead letters by the
     time they were dead-lettered.
+
+    \b
+    Example:
+        spoolpost tail /var/lib/myapp/events.spool --state dead -n 5
     """
     where = Filter(states=frozenset(states), event=event, reason=reason)
     with open_spool(spool) as s:
@@ -113,6 +91,10 @@ def export(
     Each line is the PostHog event as stored, plus a "spoolpost" object with its
     state, attempts, times and (for dead letters) reason, status and detail.
     `spoolpost import` reads these lines back.
+
+    \b
+    Example:
+        spoolpost export /var/lib/myapp/events.spool --state dead -o dead.jsonl
     """
     where = Filter(states=frozenset(states), event=event, reason=reason)
     with open_spool(spool) as s:

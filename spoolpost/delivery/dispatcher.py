@@ -24,6 +24,7 @@ See docs/architecture.md, "Delivery policy".
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
@@ -46,10 +47,14 @@ from spoolpost.delivery.threads import Threads
 from spoolpost.delivery.transport import HttpTransport
 from spoolpost.errors import ConfigError
 from spoolpost.spool import Batch, Spool, Watermark
+from spoolpost.spool.owner import current_owner
 
 __all__ = ["DeliveryConfig", "Dispatcher", "FlushBarrier", "FlushResult", "Step"]
 
 log = logging.getLogger("spoolpost")
+
+#: Seconds between refreshes of the recorded last success while no episode changes.
+RECORD_SUCCESS_EVERY = 60.0
 
 
 class Dispatcher:
@@ -99,6 +104,8 @@ class Dispatcher:
         self._next_reclaim = 0.0
         self._next_checkpoint = 0.0
         self._captured_hint = 0
+        self._recorded: tuple[object, ...] | None = None
+        self._recorded_success: float | None = None
         self._threads = Threads(spool, clock, self._cond, self.config.sender_count)
         self._settler = self._new_settler()
 
@@ -144,6 +151,13 @@ class Dispatcher:
         """How many POSTs are under way right now (started, no reply yet)."""
         with self._cond:
             return len(self._settler.requests)
+
+    @property
+    def settled(self) -> int:
+        """Events this dispatcher delivered or dead-lettered since it was made
+        (not those of other processes)."""
+        with self._cond:
+            return self._settler.settled
 
     @property
     def running(self) -> bool:
@@ -205,6 +219,7 @@ class Dispatcher:
                 # O(log n) per wake-up; the exact (O(n)) count is taken once, at the end.
                 still_open = self.spool.any_open_through(watermark)
                 now = self.clock.now()
+                self.record_health(now)
                 with self._cond:
                     paused = self._health.paused_at(now)
                     if outage_after is not None:
@@ -235,6 +250,42 @@ class Dispatcher:
             outage=outage,
         )
 
+    def record_health(self, now: float) -> bool:
+        """Store the endpoint's state (:meth:`EndpointHealth.record`) in the spool
+        under ``endpoint:<host>:<pid>:<start>`` when an episode changed, or the last
+        success is older than :data:`RECORD_SUCCESS_EVERY` in the record: one
+        short write, outside any request and outside this object's lock, for
+        ``spoolpost inspect`` in other processes (display only: the pause stays
+        this process's). Returns True if it wrote. Never raises: a failed write is
+        logged at DEBUG and tried again at the next call."""
+        with self._cond:
+            episode = self._health.episode()
+            success = self._health.last_success_at
+            if episode == self._recorded and (
+                success is None or (self._recorded_success or 0.0) + RECORD_SUCCESS_EVERY > success
+            ):
+                return False
+            if self._recorded is None and success is None and not any(episode):
+                return False  # nothing happened yet: nothing to tell
+            record = self._health.record()
+        me = current_owner()
+        record |= {
+            "owner_host": me.host,
+            "pid": me.pid,
+            "start": me.start,
+            "updated_at": now,
+            "max_spool_bytes": self.spool.max_spool_bytes,
+        }
+        try:
+            self.spool.save_endpoint_state(
+                f"endpoint:{me.host}:{me.pid}:{me.start}", json.dumps(record, sort_keys=True)
+            )
+        except Exception:
+            log.debug("could not record the endpoint state in the spool", exc_info=True)
+            return False
+        self._recorded, self._recorded_success = episode, success
+        return True
+
     # -- one step ------------------------------------------------------------------
 
     def step(self, now: float) -> Step:
@@ -244,6 +295,7 @@ class Dispatcher:
         before this returns, so a test or the cron drain can drive delivery step
         by step (see also :meth:`run_until_idle`).
         """
+        self.record_health(now)
         reclaimed = 0
         if now >= self._next_reclaim:
             self._next_reclaim = now + min(RECLAIM_EVERY, self.config.lease_ttl / 4)
@@ -354,8 +406,10 @@ class Dispatcher:
         still in flight at the deadline (their events stay leased in the spool);
         threads that are merely idle or finishing up end on their own."""
         if not self.running:
+            self.record_health(self.clock.now())
             return
         alive = self._threads.stop(timeout)
+        self.record_health(self.clock.now())
         with self._cond:
             busy = sorted(self._settler.requests.values())
         if busy:

@@ -19,6 +19,7 @@ See docs/architecture.md, "Delivery policy" and "Failure policy".
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 
 from spoolpost.delivery.policy import PausePolicy, RetryPolicy
@@ -57,6 +58,10 @@ class EndpointHealth:
         self.paused_reason: str | None = None
         self.last_success_at: float | None = None
         self.last_failure: str | None = None
+        # For display by other processes (see :meth:`record`), not for decisions.
+        self.paused_since: float | None = None
+        self.last_failure_at: float | None = None
+        self.last_retry_after: float | None = None
 
     # -- questions -----------------------------------------------------------------
 
@@ -97,6 +102,7 @@ class EndpointHealth:
         self.probing = False
         self.gate_failures = 0
         self.paused_reason = None
+        self.paused_since = None
         self.pause_faults = 0
         if resumed:
             return Notice(
@@ -115,6 +121,8 @@ class EndpointHealth:
         closed only extends it to the ``Retry-After`` it carries (capped at
         ``max_retry_after``)."""
         self.last_failure = failure
+        self.last_failure_at = at
+        self.last_retry_after = retry_after
         if at < self.gate_until:
             if retry_after is not None:
                 capped = min(retry_after, self.retry.max_retry_after)
@@ -136,6 +144,7 @@ class EndpointHealth:
         the episode's next, longer :meth:`PausePolicy.pause`. A fault of a request
         sent before the current pause began changes nothing."""
         self.last_failure = failure
+        self.last_failure_at = at
         if at < self.pause_until:
             return None  # a request sent before the pause began
         self.pause_faults += 1
@@ -146,6 +155,8 @@ class EndpointHealth:
         first = self.paused_reason is None
         self.paused_reason = f"{failure} from {self.url}"
         if first:
+            self.paused_since = at
+        if first:
             return Notice(
                 logging.ERROR,
                 "delivery to %s paused: %s — a configuration fault (check host and "
@@ -155,3 +166,34 @@ class EndpointHealth:
         return Notice(
             logging.DEBUG, "delivery still paused (%s); next probe in %.0fs", (failure, pause)
         )
+
+    # -- for display by other processes ----------------------------------------------
+
+    def episode(self) -> tuple[object, ...]:
+        """What changes only when an episode does (the gate closing or growing, a
+        pause beginning or growing, a recovery): the dispatcher persists
+        :meth:`record` when this changes, not on every request."""
+        return (self.gate_until, self.gate_failures, self.pause_until, self.paused_reason)
+
+    def record(self) -> dict[str, object]:
+        """The endpoint's state as plain JSON-able data, for ``spoolpost inspect`` in
+        another process (times in UTC seconds or None; ``paused_status`` is the HTTP
+        status of the fault that began the pause, None when not paused or when
+        there was no status)."""
+        match = _STATUS.match(self.paused_reason or "")
+        return {
+            "url": self.url,
+            "paused_reason": self.paused_reason,
+            "paused_status": int(match[1]) if match else None,
+            "paused_since": self.paused_since,
+            "paused_until": self.pause_until if self.paused_reason else None,
+            "gate_until": self.gate_until or None,
+            "gate_failures": self.gate_failures,
+            "retry_after": self.last_retry_after,
+            "last_error": self.last_failure,
+            "last_error_at": self.last_failure_at,
+            "last_success_at": self.last_success_at,
+        }
+
+
+_STATUS = re.compile(r"^HTTP (\d{3})\b")

@@ -3,7 +3,9 @@
 Reads and repairs (listing, tail, replay, purge) are :class:`~spoolpost.spool.Spool`
 methods; what lies above the storage seam is here: :func:`open_spool`,
 import and one-off capture (:mod:`spoolpost.ops.transfer`), the cron drain
-(:mod:`spoolpost.ops.drain`) and the demo (:mod:`spoolpost.ops.demo`).
+(:mod:`spoolpost.ops.drain`), the read-only views for monitoring
+(:mod:`spoolpost.ops.status`: inspect's verdict and ``check``;
+:mod:`spoolpost.ops.metrics`: Prometheus) and the demo (:mod:`spoolpost.ops.demo`).
 """
 
 from __future__ import annotations
@@ -20,7 +22,9 @@ from spoolpost.ops.drain import (
     EXIT_PAUSED,
     EXIT_REMAIN,
     DrainInterrupted,
+    DrainResult,
     drain_exit_code,
+    drain_host,
     drain_spool,
 )
 from spoolpost.ops.transfer import (
@@ -40,9 +44,11 @@ __all__ = [
     "EXIT_PAUSED",
     "EXIT_REMAIN",
     "DrainInterrupted",
+    "DrainResult",
     "ImportResult",
     "capture_one",
     "drain_exit_code",
+    "drain_host",
     "drain_spool",
     "import_events",
     "open_spool",

@@ -8,13 +8,15 @@ left, a time budget runs out, the endpoint is down or delivery is paused, and
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from spoolpost.client import key_fingerprint
 from spoolpost.clock import SYSTEM_CLOCK, Clock
 from spoolpost.delivery.barrier import FlushBarrier, FlushResult
 from spoolpost.delivery.dispatcher import DeliveryConfig, Dispatcher
+from spoolpost.delivery.hosts import canonical_host
 from spoolpost.delivery.policy import RetryPolicy
-from spoolpost.delivery.transport import HttpTransport
+from spoolpost.delivery.transport import DEFAULT_HOST, HttpTransport
 from spoolpost.spool import Spool
 
 #: ``spoolpost drain`` exit codes, for cron.
@@ -24,6 +26,26 @@ EXIT_REMAIN = 3
 EXIT_OUTAGE = 4
 EXIT_PAUSED = 5
 EXIT_DEAD = 6
+
+
+@dataclass(frozen=True)
+class DrainResult(FlushResult):
+    """A :class:`FlushResult` whose counts are this run's own (events another
+    process delivered meanwhile are not counted), plus, when the drain did not
+    try because nothing could become due within its budget, ``waiting_until``
+    (UTC seconds: when the first event becomes due) and ``waiting_for`` (why:
+    the last error stored with it, or a lease held by another process)."""
+
+    waiting_until: float | None = None
+    waiting_for: str | None = None
+
+
+def drain_host(spool: Spool, host: str | None) -> str:
+    """The endpoint a drain of ``spool`` delivers to: ``host`` if given, else the
+    one the spool recorded (:meth:`Spool.bind_host`), else :data:`DEFAULT_HOST`."""
+    if host:
+        return host
+    return spool.meta().get("ingestion_host") or DEFAULT_HOST
 
 
 # -- delivering ---------------------------------------------------------------------------
@@ -52,12 +74,14 @@ def drain_spool(
     budget: float | None = None,
     outage_after: int = 3,
     force_key: bool = False,
+    force_host: bool = False,
+    retry_now: bool = False,
     grace: float = 5.0,
     config: DeliveryConfig | None = None,
     retry: RetryPolicy | None = None,
     progress: Callable[[int, int], None] | None = None,
     clock: Clock = SYSTEM_CLOCK,
-) -> FlushResult:
+) -> DrainResult:
     """Deliver every event in ``spool`` captured before the call.
 
     Stops when none is pending, at ``budget`` seconds (None: no limit), after
@@ -69,12 +93,34 @@ def drain_spool(
     is called as delivery goes; a ``KeyboardInterrupt`` it raises stops the drain
     (within ``grace``) and becomes :class:`DrainInterrupted` carrying the result.
     ``clock`` supplies the time of the barrier (what "before the call" means)
-    and the waits. Returns a :class:`FlushResult`.
+    and the waits. Returns a :class:`DrainResult` counting what this run settled.
+
+    When no event can become due within ``budget`` (every pending one waits for
+    a stored backoff or ``Retry-After`` past it), it returns at once without
+    starting a thread, with ``waiting_until`` and ``waiting_for`` set.
+    ``retry_now`` first makes stored retries due now (:meth:`Spool.retry_now`):
+    this run tries at once, ignoring stored backoff.
 
     Raises :class:`~spoolpost.errors.KeyMismatch` if the spool belongs to another
-    API key (unless ``force_key``), :class:`~spoolpost.errors.SpoolLocked`.
+    API key (unless ``force_key``), :class:`~spoolpost.errors.HostMismatch` if it
+    delivers to another endpoint than ``transport``'s (unless ``force_host``;
+    the first drain records it), :class:`~spoolpost.errors.SpoolLocked`.
     """
     spool.bind_key(key_fingerprint(transport.api_key), force=force_key)
+    spool.bind_host(canonical_host(transport.host), force=force_host)
+    now = clock.now()
+    if retry_now:
+        spool.retry_now(now)
+    elif budget is not None:
+        due = spool.earliest_due(now)
+        if due is not None and due[0] > now + budget:
+            states = spool.states_through(spool.watermark(now))
+            return DrainResult(
+                pending=states["pending"] + states["leased"],
+                timed_out=True,
+                waiting_until=due[0],
+                waiting_for=due[1],
+            )
     dispatcher = Dispatcher(
         spool, transport, config=config or DRAIN_CONFIG, retry=retry, clock=clock
     )
@@ -85,7 +131,7 @@ def drain_spool(
     try:
         barrier = FlushBarrier.take_starting(spool, clock.now(), dispatcher.start)
         if barrier is None:
-            return FlushResult()  # nothing to send: no thread was started
+            return DrainResult()  # nothing to send: no thread was started
         total = barrier.unsettled
         report: Callable[[int], None] | None = None
         if progress is not None:
@@ -103,7 +149,12 @@ def drain_spool(
         dispatcher.stop(grace)
     # Requests that finished during the grace period settled their events: a flush
     # with no time left sends nothing and tallies the spool as it is now.
-    result = dispatcher.flush(barrier, 0.0, outage_after=outage_after)
+    flushed = dispatcher.flush(barrier, 0.0, outage_after=outage_after)
+    # The barrier's count includes what other processes delivered meanwhile;
+    # this run delivered no more than its own senders settled.
+    result = DrainResult(
+        **(vars(flushed) | {"delivered": min(flushed.delivered, dispatcher.settled)})
+    )
     if interrupted:
         raise DrainInterrupted(result)
     return result

@@ -173,6 +173,26 @@ class Spool:
         """
         queries.bind_key(self._db, fingerprint, force)
 
+    def bind_host(self, url: str, *, force: bool = False) -> str:
+        """Record the ingestion endpoint ``url`` this spool delivers to (meta key
+        ``ingestion_host``), or check it: give ``url`` normalised (see
+        :func:`spoolpost.delivery.hosts.canonical_host`), so that equivalent
+        settings compare equal. Returns the recorded endpoint (``url`` once bound).
+
+        Raises :class:`HostMismatch` if the spool delivers elsewhere, unless
+        ``force`` (then it is re-bound to ``url``, logged at WARNING).
+        """
+        return queries.bind_host(self._db, url, force)
+
+    def save_endpoint_state(self, key: str, value: str) -> None:
+        """Store one delivering process's endpoint state (``value``: JSON with an
+        ``updated_at`` in UTC seconds) under the meta key ``key`` (which starts
+        with ``endpoint:``), for ``spoolpost inspect`` in other processes. One
+        short write; only the 16 most recently updated records are kept."""
+        if not key.startswith(queries.ENDPOINT_PREFIX):
+            raise ValueError(f"an endpoint state key starts with 'endpoint:', not {key!r}")
+        queries.save_endpoint(self._db, key, value)
+
     def add_counter(self, name: str, n: int = 1) -> None:
         """Add ``n`` to the persisted counter ``name`` (one short write)."""
         queries.count(self._db, name, n)
@@ -369,6 +389,19 @@ class Spool:
         """When the earliest retry becomes due (UTC seconds), or None.
         (Fresh events are due as soon as they are captured.)"""
         return queries.next_due_at(self._db)
+
+    def earliest_due(self, now: float) -> tuple[float, str | None] | None:
+        """When the first live event can be sent (UTC seconds; ``now`` if a fresh
+        event is pending) and why not before (the retry's ``last_error``, or a
+        lease held by another process), or None when no event is live."""
+        return queries.earliest_due(self._db, now)
+
+    def retry_now(self, now: float) -> int:
+        """Make pending retries whose backoff is not over due at ``now`` (UTC
+        seconds), keeping their attempts and errors: an operator's "try now".
+        Returns how many. Raises :class:`SpoolLocked`."""
+        with self._db.write() as conn:
+            return maintenance.make_due(conn, now)
 
     def counters(self) -> dict[str, int]:
         """The persisted totals: delivered, dead, dropped, … (0 when never counted)."""

@@ -300,3 +300,13 @@ def insert_new(conn: sqlite3.Connection, events: Sequence[tuple[str, bytes]], no
     conn.executemany(INSERT_EVENT, rows)
     add_counter(conn, "imported", len(rows))
     return len(rows)
+
+
+def make_due(conn: sqlite3.Connection, now: float) -> int:
+    """:meth:`Spool.retry_now`: pending retries whose backoff is not over become
+    due at ``now``; attempts and errors are kept. Returns how many."""
+    return conn.execute(
+        "UPDATE events SET next_attempt_at = ? WHERE attempts > 0 AND state = 'pending'"
+        " AND next_attempt_at > ?",
+        (now, now),
+    ).rowcount

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from spoolpost.errors import KeyMismatch, SpoolClosed
+from spoolpost.errors import HostMismatch, KeyMismatch, SpoolClosed
 from spoolpost.spool import files, maintenance, migrations
 from spoolpost.spool.db import Database
 from spoolpost.spool.maintenance import Filter, SpooledEvent
@@ -155,6 +155,29 @@ def next_due_at(db: Database) -> float | None:
     return None if row[0] is None else float(row[0])
 
 
+def earliest_due(db: Database, now: float) -> tuple[float, str | None] | None:
+    """:meth:`Spool.earliest_due`: (when the first live event can be sent, why not
+    before), or None when no event is live."""
+    with db.read(snapshot=True) as conn:
+        if conn.execute(
+            "SELECT 1 FROM events WHERE state = 'pending' AND attempts = 0 LIMIT 1"
+        ).fetchone():
+            return now, None
+        retry = conn.execute(
+            "SELECT next_attempt_at, last_error FROM events WHERE attempts > 0"
+            " AND state = 'pending' ORDER BY next_attempt_at LIMIT 1"
+        ).fetchone()
+        lease = conn.execute(
+            "SELECT min(lease_expires_at) FROM events WHERE lease_token IS NOT NULL"
+        ).fetchone()
+    found: list[tuple[float, str | None]] = []
+    if retry is not None:
+        found.append((float(retry[0]), retry[1]))
+    if lease[0] is not None:
+        found.append((float(lease[0]), "leased by another process until its lease ends"))
+    return min(found, key=lambda f: f[0]) if found else None
+
+
 def _counters(conn: sqlite3.Connection) -> dict[str, int]:
     found = dict(conn.execute("SELECT name, value FROM counters").fetchall())
     base = dict.fromkeys(("delivered", "dead", "dropped", "filtered"), 0)
@@ -170,22 +193,26 @@ def counters(db: Database) -> dict[str, int]:
 def stats(db: Database, now: float) -> SpoolStats:
     """:meth:`Spool.stats`: a :class:`SpoolStats` at ``now`` (UTC seconds)."""
     with db.read(snapshot=True) as conn:
-        counts = {"pending": 0, "leased": 0, "dead": 0}
-        sizes = dict.fromkeys(counts, 0)
-        for state, n, size in conn.execute(
-            "SELECT state, count(*), coalesce(sum(size), 0) FROM events GROUP BY state"
-            " UNION ALL SELECT 'dead', count(*), coalesce(sum(size), 0) FROM dead_events"
-        ):
-            counts[state], sizes[state] = int(n), int(size)
-        oldest, next_at = conn.execute(
-            "SELECT min(captured_at), min(next_attempt_at) FROM events WHERE state = 'pending'"
-        ).fetchone()
-        reasons = dict(
-            conn.execute("SELECT reason, count(*) FROM dead_events GROUP BY reason").fetchall()
-        )
-        version = migrations.schema_version(conn)
-        totals = _counters(conn)
-    path = db.path
+        return stats_on(conn, db.path, now)
+
+
+def stats_on(conn: sqlite3.Connection, path: Path, now: float) -> SpoolStats:
+    """:func:`stats` on ``conn`` (inside one read transaction), for the spool at ``path``."""
+    counts = {"pending": 0, "leased": 0, "dead": 0}
+    sizes = dict.fromkeys(counts, 0)
+    for state, n, size in conn.execute(
+        "SELECT state, count(*), coalesce(sum(size), 0) FROM events GROUP BY state"
+        " UNION ALL SELECT 'dead', count(*), coalesce(sum(size), 0) FROM dead_events"
+    ):
+        counts[state], sizes[state] = int(n), int(size)
+    oldest, next_at = conn.execute(
+        "SELECT min(captured_at), min(next_attempt_at) FROM events WHERE state = 'pending'"
+    ).fetchone()
+    reasons = dict(
+        conn.execute("SELECT reason, count(*) FROM dead_events GROUP BY reason").fetchall()
+    )
+    version = migrations.schema_version(conn)
+    totals = _counters(conn)
     wal = files.side_files(path)[0]
     return SpoolStats(
         path=str(path),
@@ -238,3 +265,46 @@ def meta(db: Database) -> dict[str, str]:
     """:meth:`Spool.meta`: the meta table as a dict."""
     with db.read() as conn:
         return dict(conn.execute("SELECT key, value FROM meta").fetchall())
+
+
+def bind_host(db: Database, url: str, force: bool) -> str:
+    """:meth:`Spool.bind_host`: record or check the ingestion endpoint ``url``."""
+    with db.write() as conn:
+        row = conn.execute("SELECT value FROM meta WHERE key = 'ingestion_host'").fetchone()
+        if row is not None and row[0] != url:
+            if not force:
+                raise HostMismatch(
+                    f"spool {db.path} delivers to {row[0]}, not {url}; refusing to send "
+                    "its events elsewhere. Give that host, or force_host=True / --force-host."
+                )
+            log.warning("spool %s re-bound from %s to endpoint %s", db.path, row[0], url)
+        if row is None or row[0] != url:
+            conn.execute(
+                "INSERT INTO meta (key, value) VALUES ('ingestion_host', ?) "
+                "ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+                (url,),
+            )
+    return url if row is None else str(row[0])
+
+
+#: Meta keys holding one delivering process's endpoint state each.
+ENDPOINT_PREFIX = "endpoint:"
+#: How many endpoint records a spool keeps (the most recently updated).
+KEEP_ENDPOINT_RECORDS = 16
+
+
+def save_endpoint(db: Database, key: str, value: str) -> None:
+    """:meth:`Spool.save_endpoint_state`: one short write; the oldest records past
+    :data:`KEEP_ENDPOINT_RECORDS` are deleted in the same transaction."""
+    with db.write() as conn:
+        conn.execute(
+            "INSERT INTO meta (key, value) VALUES (?, ?) "
+            "ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+            (key, value),
+        )
+        conn.execute(
+            "DELETE FROM meta WHERE substr(key, 1, 9) = 'endpoint:' AND key NOT IN ("
+            " SELECT key FROM meta WHERE substr(key, 1, 9) = 'endpoint:'"
+            " ORDER BY json_extract(value, '$.updated_at') DESC LIMIT ?)",
+            (KEEP_ENDPOINT_RECORDS,),
+        )
