@@ -36,7 +36,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from spoolpost.errors import ConfigError
-from spoolpost.spool import maintenance, queries
+from spoolpost.spool import queries
 from spoolpost.spool.append import (
     DEFAULT_BLOCK_TIMEOUT,
     DEFAULT_MAX_SPOOL_BYTES,
@@ -53,13 +53,13 @@ from spoolpost.spool.db import (
     Durability,
 )
 from spoolpost.spool.leases import Batch, Leases, RequestStamp
-from spoolpost.spool.maintenance import Filter, SpooledEvent
+from spoolpost.spool.operator import OperatorMethods
 from spoolpost.spool.owner import Owner
 from spoolpost.spool.queries import SpoolSnapshot, SpoolStats, Watermark
 from spoolpost.spool.settlement import Settled, Settlement, settle
 
 
-class Spool:
+class Spool(OperatorMethods):
     """One spool file. Thread-safe; one instance per process and path is enough.
 
     ``path``: the SQLite file. It is created ``0600``, and an existing file (and
@@ -396,13 +396,6 @@ class Spool:
         lease held by another process), or None when no event is live."""
         return queries.earliest_due(self._db, now)
 
-    def retry_now(self, now: float) -> int:
-        """Make pending retries whose backoff is not over due at ``now`` (UTC
-        seconds), keeping their attempts and errors: an operator's "try now".
-        Returns how many. Raises :class:`SpoolLocked`."""
-        with self._db.write() as conn:
-            return maintenance.make_due(conn, now)
-
     def counters(self) -> dict[str, int]:
         """The persisted totals: delivered, dead, dropped, … (0 when never counted)."""
         return queries.counters(self._db)
@@ -411,59 +404,6 @@ class Spool:
         """A :class:`SpoolStats` snapshot at ``now`` (UTC seconds): one read
         transaction, one scan of the events table."""
         return queries.stats(self._db, now)
-
-    # -- operators' views and repairs (SQL in spool/maintenance.py) ---------------
-
-    def events(self, where: Filter | None = None, *, now: float) -> Iterator[SpooledEvent]:
-        """Every event matching ``where`` (None: all) at ``now`` (UTC seconds, for
-        ``older_than``): live events in capture order, then dead letters in the
-        order they died. Streams from one read snapshot on a private connection,
-        held until the iterator is exhausted or closed; writers are never blocked.
-        Raises :class:`SpoolClosed`."""
-        with self.snapshot() as snap:
-            yield from snap.events(where or Filter(), now)
-
-    def tail(
-        self, where: Filter | None = None, limit: int = 20, *, now: float
-    ) -> list[SpooledEvent]:
-        """The ``limit`` most recent events matching ``where``, newest first: live
-        events by capture time, dead letters by the time they were dead-lettered.
-        ``limit`` is a whole number (anything over 2**62 reads as 2**62). Raises
-        ``TypeError`` for another type."""
-        if isinstance(limit, bool) or not isinstance(limit, int):
-            raise TypeError(f"limit must be a whole number, not {type(limit).__name__}")
-        if limit < 1:
-            return []
-        limit = min(limit, 2**62)  # SQLite integers are 64-bit
-        with self._db.read(snapshot=True) as conn:
-            return maintenance.tail(conn, where or Filter(), limit, now)
-
-    def count_dead(self, where: Filter | None = None, *, now: float) -> int:
-        """How many dead letters match ``where`` (None: all)."""
-        with self._db.read() as conn:
-            return maintenance.count_dead(conn, where or Filter(), now)
-
-    def replay(self, where: Filter | None = None, *, now: float) -> int:
-        """Move the dead letters matching ``where`` back to pending, due at ``now``,
-        with ``attempts``, errors and the ``max_event_age`` clock reset (their
-        ``captured_at`` becomes ``now``; the event's own timestamp is unchanged).
-        Returns how many; counted as ``replayed``. Raises :class:`SpoolLocked`."""
-        with self._db.write() as conn:
-            return maintenance.replay(conn, where or Filter(), now)
-
-    def purge(self, where: Filter | None = None, *, now: float) -> int:
-        """Delete the dead letters matching ``where``; return how many, counted as
-        ``purged``. Raises :class:`SpoolLocked`."""
-        with self._db.write() as conn:
-            return maintenance.purge(conn, where or Filter(), now)
-
-    def import_events(self, events: Sequence[tuple[str, bytes]], *, now: float) -> int:
-        """Add encoded ``(uuid, body)`` events as pending, due at ``now``, in one
-        transaction; uuids already in the spool in any state, or repeated, are
-        skipped. ``max_spool_bytes``/``on_full`` do not apply. Returns how many
-        were added, counted as ``imported``. Raises :class:`SpoolLocked`."""
-        with self._db.write() as conn:
-            return maintenance.insert_new(conn, events, now)
 
     def checkpoint(self) -> bool:
         """``PRAGMA wal_checkpoint(TRUNCATE)``: fold the WAL back and truncate it.
