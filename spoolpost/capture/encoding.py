@@ -313,7 +313,8 @@ def encode_event(event: Mapping[str, Any]) -> bytes:
     Values are converted wherever they appear in the event:
 
     - ``datetime``, ``date``: RFC 3339 UTC strings by the rules of
-      :func:`format_timestamp` (naive = local time; a date is midnight UTC).
+      :func:`format_timestamp` (naive: posthog-python's rule, UTC unless made by
+      ``datetime.now()`` moments ago; a date is midnight UTC).
       ``time``: ``isoformat()``.
     - ``Decimal``: an integer when integral and within int64; else a JSON number when
       the shortest float repr has the same value (``Decimal("1.10")`` → ``1.1``); else
