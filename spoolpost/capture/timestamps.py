@@ -86,7 +86,8 @@ def format_timestamp(value: Timestamp, now: float) -> str:
       datetimes to avoid the guess.
     - ``date``: midnight UTC of that day.
     - ``str``: ISO 8601 as read by ``datetime.fromisoformat`` (``Z`` or an offset
-      such as ``+05:30``); without an offset it follows the naive-datetime rule; a date alone (``2025-01-02``) is midnight UTC, like a ``date``.
+      such as ``+05:30``); without an offset it follows the naive-datetime rule;
+      a date alone (``2025-01-02``) is midnight UTC, like a ``date``.
 
     Raises ``ValueError`` for an unparsable string, a value out of range once in UTC,
     or any other type.

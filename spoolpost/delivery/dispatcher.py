@@ -41,7 +41,7 @@ from spoolpost.delivery.config import (
 )
 from spoolpost.delivery.health import EndpointHealth
 from spoolpost.delivery.policy import PausePolicy, RetryPolicy
-from spoolpost.delivery.settle import Settler
+from spoolpost.delivery.settle import DeadHook, Settler
 from spoolpost.delivery.threads import Threads
 from spoolpost.delivery.transport import HttpTransport
 from spoolpost.spool import Batch, Spool, Watermark
@@ -87,10 +87,19 @@ class Dispatcher:
         self._next_checkpoint = 0.0
         self._captured_hint = 0
         self._threads = Threads(spool, clock, self._cond, self.config.sender_count)
+        self._on_dead: DeadHook | None = None
         self._settler = self._new_settler()
 
+    def set_on_dead(self, hook: DeadHook | None) -> None:
+        """Call ``hook(rows, reason, detail)``, in a sender thread, after a reply
+        dead-letters rows (``rejected``, ``too_large``, ``max_attempts``); events that
+        expire by ``max_event_age`` at a claim are not reported. The hook must not
+        raise or block."""
+        self._on_dead = hook
+        self._settler.on_dead = hook
+
     def _new_settler(self) -> Settler:
-        return Settler(
+        settler = Settler(
             self.spool,
             self.transport,
             self.retry,
@@ -100,6 +109,8 @@ class Dispatcher:
             clock=self.clock,
             lease_ttl=self.config.lease_ttl,
         )
+        settler.on_dead = self._on_dead
+        return settler
 
     # -- state seen by the client ---------------------------------------------------
 

@@ -24,8 +24,9 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TypeAlias
 
 from spoolpost.clock import Clock
 from spoolpost.delivery.config import POISON_AFTER, STUCK_AFTER
@@ -36,6 +37,9 @@ from spoolpost.errors import SpoolClosed
 from spoolpost.spool import Batch, Row, Spool
 
 log = logging.getLogger("spoolpost")
+
+#: ``on_dead(rows, reason, detail)``: told of rows a reply dead-lettered.
+DeadHook: TypeAlias = Callable[[Sequence[Row], str, str], None]
 
 
 @dataclass(frozen=True)
@@ -112,6 +116,9 @@ class Settler:
         self.lease_ttl = lease_ttl
         self.requests: dict[int, str] = {}
         self.settled = 0
+        #: Called as ``on_dead(rows, reason, detail)`` after rows are dead-lettered
+        #: by a reply (not by age); must not raise (the drop-in's ``on_error``).
+        self.on_dead: DeadHook | None = None
 
     def deliver(self, batch: Batch) -> None:
         """Send one leased batch and settle every row of it, in this thread.
@@ -207,9 +214,10 @@ class Settler:
             self._split(token, rows, t.at)
         else:
             detail = t.reply.excerpt or t.reply.describe()
-            self._count_settled(
-                self.spool.dead_letter(token, ids, t.at, t.action.value, t.reply.status, detail)
-            )
+            dead = self.spool.dead_letter(token, ids, t.at, t.action.value, t.reply.status, detail)
+            self._count_settled(dead)
+            if dead and self.on_dead is not None:
+                self.on_dead(rows, t.action.value, detail)
             self._on_success(t)  # the endpoint answered: it is up
 
     def _retry_later(self, token: str, rows: Sequence[Row], t: _Try) -> None:
@@ -227,6 +235,10 @@ class Settler:
             status=t.reply.status,
         )
         self._count_settled(dead)
+        limit = self.retry.max_attempts
+        if dead and limit is not None and self.on_dead is not None:
+            died = [r for r in rows if r.attempts + 1 >= limit]
+            self.on_dead(died, "max_attempts", t.reply.describe())
 
     def _count_settled(self, n: int) -> None:
         """Tally events this dispatcher delivered or dead-lettered (for progress)."""
