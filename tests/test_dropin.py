@@ -333,3 +333,18 @@ def test_naive_utcnow_timestamp_is_the_same_instant(
     first, second = (e for r in endpoint.requests for e in r.events)
     assert first["timestamp"] == "2025-01-02T03:04:05Z"
     assert datetime.fromisoformat(second["timestamp"]).year == datetime.now(UTC).year
+
+
+def test_lifecycle_defaults_are_posthog_pythons() -> None:
+    import inspect
+
+    import posthog
+
+    ours, theirs = Posthog.flush, posthog.Posthog.flush
+    assert inspect.signature(ours).parameters["timeout_seconds"].default == 10
+    assert (
+        inspect.signature(ours).parameters["timeout_seconds"].default
+        == inspect.signature(theirs).parameters["timeout_seconds"].default
+    )
+    for name in ("join", "shutdown"):
+        assert list(inspect.signature(getattr(Posthog, name)).parameters) == ["self"]

@@ -12,8 +12,10 @@ from typing import Any
 
 from spoolpost.capture.api import CaptureApi
 from spoolpost.capture.encoding import encode_event
+from spoolpost.capture.events import normalize_uuid
+from spoolpost.capture.timestamps import format_timestamp
 
-__all__ = ["SYSTEM_PROPERTIES", "Enricher", "Unsent"]
+__all__ = ["SYSTEM_PROPERTIES", "Enricher", "Unsent", "repair_arguments"]
 
 log = logging.getLogger("spoolpost")
 
@@ -23,6 +25,27 @@ SYSTEM_PROPERTIES = {
     "$python_runtime": platform.python_implementation(),
     "$python_version": ".".join(map(str, sys.version_info[:3])),
 }
+
+
+def repair_arguments(kwargs: dict[str, Any]) -> None:
+    """posthog-python's leniency with a capture call's ``uuid`` and ``timestamp``
+    keyword arguments, in place: a ``uuid`` that is not a UUID becomes None (a new one;
+    an ERROR, as in ``Client._normalize_event_uuid``), a ``timestamp`` that cannot be
+    read becomes None (now; a WARNING, as in ``Client._normalize_event_timestamp``)."""
+    uuid = kwargs.get("uuid")
+    if uuid is not None:
+        try:
+            normalize_uuid(uuid)
+        except ValueError as exc:
+            log.error("%s Falling back to a generated UUID.", exc)
+            kwargs["uuid"] = None
+    timestamp = kwargs.get("timestamp")
+    if timestamp is not None:
+        try:
+            format_timestamp(timestamp, 0.0)
+        except ValueError:
+            log.warning("Invalid timestamp %r. Falling back to the current time.", timestamp)
+            kwargs["timestamp"] = None
 
 
 class Enricher:

@@ -17,12 +17,10 @@ import uuid as uuid_module
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from spoolpost.capture import events as ev
 from spoolpost.capture.api import CaptureApi
-from spoolpost.capture.timestamps import format_timestamp
 from spoolpost.client import Client, default_spool_path
 from spoolpost.delivery.policy import RetryPolicy
-from spoolpost.dropin.enrich import SYSTEM_PROPERTIES, Enricher, Unsent
+from spoolpost.dropin.enrich import SYSTEM_PROPERTIES, Enricher, Unsent, repair_arguments
 from spoolpost.dropin.report import LOST_COUNTER, EventsNotStored, OnError, Reporter
 from spoolpost.dropin.settings import fallback_spool_path, log_ignored, server_host
 
@@ -212,20 +210,7 @@ class Posthog:
         return None instead of raising (``debug``: raise)."""
         if self.disabled:
             return None
-        uuid = kwargs.get("uuid")
-        if uuid is not None:
-            try:
-                ev.normalize_uuid(uuid)
-            except ValueError as exc:  # posthog-python: "Falling back to a generated UUID."
-                log.error("%s Falling back to a generated UUID.", exc)
-                kwargs["uuid"] = None
-        timestamp = kwargs.get("timestamp")
-        if timestamp is not None:
-            try:
-                format_timestamp(timestamp, 0.0)
-            except ValueError:  # posthog-python falls back to now
-                log.warning("Invalid timestamp %r. Falling back to the current time.", timestamp)
-                kwargs["timestamp"] = None
+        repair_arguments(kwargs)
         try:
             target = self._target()
             if target is None:
