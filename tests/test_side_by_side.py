@@ -163,6 +163,23 @@ def returned(result: tuple[str, Any]) -> tuple[str, Any]:
     return kind, value
 
 
+def in_call_order(
+    script: list[Step], results: list[Any], events: list[dict[str, Any]]
+) -> list[tuple[Step, dict[str, Any]]]:
+    """Each sent event with the step that made it, in script order (requests may
+    arrive in any order with several sender threads): a call's returned uuid is its
+    event's. Every event sent must belong to a call."""
+    by_uuid = {event["uuid"]: event for event in events}
+    assert len(by_uuid) == len(events)
+    paired = [
+        (step, by_uuid.pop(value))
+        for step, (_, value) in zip(script, results, strict=False)
+        if value in by_uuid
+    ]
+    assert by_uuid == {}, "events sent that no call returned"
+    return paired
+
+
 def comparable(event: dict[str, Any], step: Step) -> dict[str, Any]:
     properties = {k: v for k, v in event["properties"].items() if k not in IGNORED_PROPERTIES}
     for key in ("$set", "$set_once"):  # beside or inside properties: PostHog merges them
@@ -209,9 +226,10 @@ def test_same_script_same_events_and_results(
     our_results, our_events = run(ours, ours_endpoint)
 
     assert [returned(r) for r in our_results] == [returned(r) for r in their_results]
-    sent = [step for step, (_, value) in zip(SCRIPT, their_results, strict=False) if value]
-    assert len(sent) == len(their_events) == len(our_events) == 17
-    for step, theirs_event, ours_event in zip(sent, their_events, our_events, strict=True):
+    theirs_sent = in_call_order(SCRIPT, their_results, their_events)
+    ours_sent = in_call_order(SCRIPT, our_results, our_events)
+    assert len(theirs_sent) == len(ours_sent) == 17
+    for (step, theirs_event), (_, ours_event) in zip(theirs_sent, ours_sent, strict=True):
         a, b = comparable(theirs_event, step), comparable(ours_event, step)
         if step.now:  # the two runs are seconds apart
             assert abs((a.pop("instant") - b.pop("instant")).total_seconds()) < 60
@@ -249,11 +267,11 @@ def test_constructor_options_same_events_and_results(
     our_results, our_events = run(ours, ours_endpoint, SHORT)
 
     assert [returned(r) for r in our_results] == [returned(r) for r in their_results]
-    sent = [step for step, (_, value) in zip(SHORT, their_results, strict=False) if value]
-    if options.get("send") is False or options.get("disabled"):
-        sent = []
-    assert len(their_events) == len(our_events) == len(sent)
-    for step, theirs_event, ours_event in zip(sent, their_events, our_events, strict=True):
+    theirs_sent = in_call_order(SHORT, their_results, their_events)
+    ours_sent = in_call_order(SHORT, our_results, our_events)
+    nothing = options.get("send") is False or options.get("disabled")
+    assert len(theirs_sent) == len(ours_sent) == (0 if nothing else 4)
+    for (step, theirs_event), (_, ours_event) in zip(theirs_sent, ours_sent, strict=True):
         assert comparable(ours_event, step) == comparable(theirs_event, step)
     flags = {r.json.get("historical_migration", False) for r in ours_endpoint.requests}
     assert flags <= {options.get("historical_migration", False)}

@@ -393,14 +393,15 @@ class Posthog:
                 return
             self._shut = True
         client = self.client
-        if client is None:
-            return
         try:
-            client.shutdown(DEFAULT_FLUSH_TIMEOUT)
+            if client is not None:
+                client.shutdown(DEFAULT_FLUSH_TIMEOUT)
         except Exception:
             if self.debug:
                 raise
             log.exception("shutdown failed")
+        finally:
+            self.reporter.close(timeout=1.0)
 
     def shutdown(self) -> None:
         """posthog-python's ``shutdown``: :meth:`join`, idempotent; returns None. Capture

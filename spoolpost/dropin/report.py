@@ -61,14 +61,23 @@ def row_events(rows: Sequence[Row]) -> list[dict[str, Any]]:
     return events
 
 
+#: Seconds the reporter thread waits for a report before it exits (a later report
+#: starts a new one), so an idle client holds no thread.
+IDLE_EXIT = 1.0
+
+_STOP = object()
+
+
 class Reporter:
     """Calls ``on_error`` (None: nobody listens) in a daemon thread, one report at a
     time, in the order reported. A callback that raises is logged and the thread goes
-    on. The thread starts at the first report (again in a forked child)."""
+    on. The thread starts at a report (again in a forked child) and exits after
+    :data:`IDLE_EXIT` seconds without one, or at :meth:`close` once the reports
+    queued before it are told."""
 
     def __init__(self, on_error: OnError | None) -> None:
         self.on_error = on_error
-        self._queue: queue.SimpleQueue[tuple[Exception, list[dict[str, Any]]]] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._pid = os.getpid()
@@ -77,9 +86,9 @@ class Reporter:
         """Queue ``on_error(error, events)``; returns at once."""
         if self.on_error is None:
             return
-        self._queue.put((error, events))
         with self._lock:
-            if self._thread is None or self._pid != os.getpid() or not self._thread.is_alive():
+            self._queue.put((error, events))
+            if self._thread is None or self._pid != os.getpid():
                 self._pid = os.getpid()
                 self._thread = threading.Thread(
                     target=self._run, name="spoolpost-on-error", daemon=True
@@ -90,11 +99,31 @@ class Reporter:
         """The dispatcher's ``on_dead`` hook: report a dead-lettered batch."""
         self.report(EventsRejected(reason, detail), row_events(rows))
 
+    def close(self, timeout: float) -> None:
+        """Let the thread tell what is queued and exit; wait up to ``timeout`` seconds
+        for it (a callback still running then goes on in the daemon thread)."""
+        with self._lock:
+            thread = self._thread if self._pid == os.getpid() else None
+            if thread is not None:
+                self._queue.put(_STOP)
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+
     def _run(self) -> None:
         callback = self.on_error
         assert callback is not None
         while True:
-            error, events = self._queue.get()
+            try:
+                item = self._queue.get(timeout=IDLE_EXIT)
+            except queue.Empty:
+                item = _STOP
+            if item is _STOP:
+                with self._lock:
+                    if self._queue.empty():
+                        self._thread = None
+                        return
+                continue
+            error, events = item
             try:
                 callback(error, events)
             except Exception:
