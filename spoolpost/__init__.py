@@ -33,6 +33,7 @@ from spoolpost.client import DEFAULT_FLUSH_TIMEOUT, DEFAULT_SHUTDOWN_TIMEOUT, Be
 from spoolpost.delivery.dispatcher import FlushResult
 from spoolpost.delivery.policy import PausePolicy, RetryPolicy
 from spoolpost.delivery.transport import DEFAULT_HOST
+from spoolpost.dropin import Posthog
 from spoolpost.errors import (
     ConfigError,
     EncodingError,
@@ -56,6 +57,7 @@ __all__ = [
     "FlushResult",
     "KeyMismatch",
     "PausePolicy",
+    "Posthog",
     "RetryPolicy",
     "SchemaTooNew",
     "Spool",

@@ -23,6 +23,7 @@ from types import MappingProxyType
 from typing import Any
 
 import pytest
+import time_machine
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -144,17 +145,12 @@ def test_encode_value(value: Any, expected: str) -> None:
     assert _encode_slow(event).decode("utf-8") == wrapped(expected)
 
 
-@pytest.mark.parametrize(
-    ("tz", "expected"),
-    [(NEW_YORK, "2025-01-02T08:04:05Z"), (KOLKATA, "2025-01-01T21:34:05Z")],
-)
-def test_naive_datetime_is_local_time(
-    set_tz: Callable[[str], None], tz: str, expected: str
-) -> None:
-    set_tz(tz)
+@pytest.mark.parametrize("tz", [NEW_YORK, KOLKATA])
+def test_naive_datetime_of_the_past_is_utc(set_tz: Callable[[str], None], tz: str) -> None:
+    set_tz(tz)  # posthog-python's rule: a naive datetime not made just now is UTC
     naive = datetime(2025, 1, 2, 3, 4, 5)
     aware = datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)
-    assert encoded_property(naive) == wrapped(f'"{expected}"')
+    assert encoded_property(naive) == wrapped('"2025-01-02T03:04:05Z"')
     assert encoded_property(aware) == wrapped('"2025-01-02T03:04:05Z"')  # TZ plays no part
 
 
@@ -411,16 +407,39 @@ def test_format_timestamp(value: Any, now: float, expected: str) -> None:
     assert format_timestamp(value, now) == expected
 
 
+@pytest.mark.parametrize("tz", [NEW_YORK, KOLKATA])
+@pytest.mark.parametrize("value", [datetime(2025, 1, 2, 3, 4, 5), "2025-01-02T03:04:05"])
+def test_format_timestamp_naive_of_the_past_is_utc(
+    set_tz: Callable[[str], None], tz: str, value: Any
+) -> None:
+    set_tz(tz)  # posthog-python's rule (posthog.utils.guess_timezone)
+    assert format_timestamp(value, 0.0) == "2025-01-02T03:04:05Z"
+
+
 @pytest.mark.parametrize(
     ("tz", "expected"),
     [(NEW_YORK, "2025-01-02T08:04:05Z"), (KOLKATA, "2025-01-01T21:34:05Z")],
 )
-@pytest.mark.parametrize("value", [datetime(2025, 1, 2, 3, 4, 5), "2025-01-02T03:04:05"])
-def test_format_timestamp_naive_is_local_time(
-    set_tz: Callable[[str], None], tz: str, expected: str, value: Any
+@pytest.mark.parametrize("behind", [0.0, 4.9])
+def test_format_timestamp_naive_made_by_now_is_local_time(
+    set_tz: Callable[[str], None], tz: str, expected: str, behind: float
 ) -> None:
     set_tz(tz)
-    assert format_timestamp(value, 0.0) == expected
+    local_now = datetime(2025, 1, 2, 3, 4, 5)
+    with time_machine.travel(local_now.astimezone() + timedelta(seconds=behind), tick=False):
+        assert format_timestamp(local_now, 0.0) == expected
+        # 5 s or more behind, or ahead of now: UTC, as in posthog-python
+        assert format_timestamp(local_now - timedelta(seconds=5), 0.0) == "2025-01-02T03:04:00Z"
+        assert format_timestamp(local_now + timedelta(seconds=10), 0.0) == "2025-01-02T03:04:15Z"
+
+
+def test_naive_rule_matches_posthog_python(set_tz: Callable[[str], None]) -> None:
+    guess_timezone = pytest.importorskip("posthog.utils").guess_timezone
+    set_tz(NEW_YORK)
+    for value in [datetime.now(), datetime(2025, 1, 2, 3, 4, 5), datetime.now() + timedelta(1)]:
+        ours = format_timestamp(value, 0.0)
+        theirs = guess_timezone(value)
+        assert datetime.fromisoformat(ours) == theirs
 
 
 @pytest.mark.parametrize(

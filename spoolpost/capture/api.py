@@ -78,13 +78,17 @@ class CaptureApi:
         Everything after ``event`` is keyword-only, as in posthog-python 7.x: the
         old ``capture(distinct_id, event)`` call raises ``TypeError``.
         ``distinct_id`` is a non-empty str, an int or a UUID (sent as a str); it is
-        required: posthog-python's personless events (no distinct_id) are not supported.
+        required here: posthog-python's personless events (no distinct_id) are
+        :class:`~spoolpost.Posthog`'s.
         ``properties`` is copied, never mutated; values are encoded here, in the
         caller's thread (see :func:`~spoolpost.capture.encoding.encode_event`).
-        ``timestamp`` (aware or naive-local datetime, date, or ISO 8601 string; default
-        now) is sent as RFC 3339 UTC. ``uuid`` defaults to a new UUIDv7; a given
-        one is normalized (canonical lowercase) and kept, and an event captured twice
-        with the same uuid is stored and sent twice (PostHog deduplicates by uuid).
+        ``timestamp`` (datetime, date, or ISO 8601 string; default now) is sent as RFC
+        3339 UTC; a naive one follows posthog-python's rule (UTC unless made by
+        ``datetime.now()`` moments ago; see
+        :func:`~spoolpost.capture.timestamps.naive_to_aware`). ``uuid`` defaults to a
+        new UUIDv7; a given one is normalized (canonical lowercase) and kept, and an
+        event captured twice with the same uuid is stored and sent twice (PostHog
+        deduplicates by uuid).
         ``groups`` maps group type → key.
         ``disable_geoip`` overrides the client's setting for this event.
         ``send_feature_flags`` and ``flags`` are accepted for posthog-python

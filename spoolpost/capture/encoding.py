@@ -256,9 +256,11 @@ def _check_int(value: int, path: _Path) -> int:
     return value
 
 
-def _walk(value: Any, path: _Path, active: set[int]) -> Any:
+def _walk(value: Any, path: _Path, active: set[int], nulls: list[str] | None = None) -> Any:
     """Return ``value`` as plain JSON data (dict, list, str, int, float, bool, None),
-    in the order and with the key and number forms the ``json`` encoder uses."""
+    in the order and with the key and number forms the ``json`` encoder uses.
+    ``nulls``: when a list, a value that cannot be encoded becomes None and its path
+    is appended, instead of raising."""
     if isinstance(value, str):
         return _clean_str(value)
     if value is None or isinstance(value, bool):
@@ -277,43 +279,55 @@ def _walk(value: Any, path: _Path, active: set[int]) -> Any:
         if isinstance(value, (list, tuple)):
             items = []  # a loop, not a comprehension: one stack frame per level
             for i, item in enumerate(value):
-                items.append(_walk(item, (path, i, True), active))
+                items.append(_walk(item, (path, i, True), active, nulls))
             return items
         if isinstance(value, dict):
             out: dict[Any, Any] = {}
             for key, item in value.items():
                 clean = _clean_str(key) if type(key) is str else _clean_key(key, path)
-                out[clean] = _walk(item, (path, clean, False), active)
+                out[clean] = _walk(item, (path, clean, False), active, nulls)
             return out
         try:
-            converted = _convert(value)
-        except _Unsupported as exc:
-            raise _fail(f"cannot encode a value of type {_type_name(value)}", path) from exc
-        except Exception as exc:  # a known type whose conversion failed
-            reason = f"{type(exc).__name__}: {exc}"
-            message = f"cannot encode a value of type {_type_name(value)} ({reason})"
-            raise _fail(message, path) from exc
-        return _walk(converted, path, active)
+            converted = _convert_or_fail(value, path)
+        except EncodingError:
+            if nulls is None:
+                raise
+            nulls.append(_render_path(path))
+            return None
+        return _walk(converted, path, active, nulls)
     finally:
         active.discard(marker)
+
+
+def _convert_or_fail(value: Any, path: _Path) -> Any:
+    """:func:`_convert`, raising an :class:`EncodingError` that names ``path``."""
+    try:
+        return _convert(value)
+    except _Unsupported as exc:
+        raise _fail(f"cannot encode a value of type {_type_name(value)}", path) from exc
+    except Exception as exc:  # a known type whose conversion failed
+        reason = f"{type(exc).__name__}: {exc}"
+        message = f"cannot encode a value of type {_type_name(value)} ({reason})"
+        raise _fail(message, path) from exc
 
 
 def _encode_fast(event: Mapping[str, Any]) -> bytes:
     return _ENCODER.encode(event).encode("utf-8")
 
 
-def _encode_slow(event: Mapping[str, Any]) -> bytes:
-    return _ENCODER.encode(_walk(event, None, set())).encode("utf-8")
+def _encode_slow(event: Mapping[str, Any], nulls: list[str] | None = None) -> bytes:
+    return _ENCODER.encode(_walk(event, None, set(), nulls)).encode("utf-8")
 
 
-def encode_event(event: Mapping[str, Any]) -> bytes:
+def encode_event(event: Mapping[str, Any], *, nulls: list[str] | None = None) -> bytes:
     """Return ``event`` as compact UTF-8 JSON: the bytes stored in the spool and sent
     verbatim in the ``batch`` array (no spaces, non-ASCII kept as UTF-8).
 
     Values are converted wherever they appear in the event:
 
     - ``datetime``, ``date``: RFC 3339 UTC strings by the rules of
-      :func:`format_timestamp` (naive = local time; a date is midnight UTC).
+      :func:`format_timestamp` (naive: posthog-python's rule, UTC unless made by
+      ``datetime.now()`` moments ago; a date is midnight UTC).
       ``time``: ``isoformat()``.
     - ``Decimal``: an integer when integral and within int64; else a JSON number when
       the shortest float repr has the same value (``Decimal("1.10")`` → ``1.1``); else
@@ -345,10 +359,15 @@ def encode_event(event: Mapping[str, Any]) -> bytes:
     an identifier (``$`` counts as a letter, as in JavaScript:
     ``properties.$set.plan``), ``properties.tags[0]`` for a set member (after
     sorting).
+
+    ``nulls``: give a list to encode a value of a type that cannot be encoded (and a
+    known type whose conversion raised) as ``null`` instead, as posthog-python's
+    ``clean`` does; the path of each such value is appended to the list. Cycles, deep
+    nesting and huge ints still raise.
     """
     try:
         return _encode_fast(event)
     except Exception:
         # NaN, surrogates, unknown types, rejected keys, cycles, deep nesting: let the
         # walk sanitize what it can and name what it cannot.
-        return _encode_slow(event)
+        return _encode_slow(event, nulls)

@@ -53,6 +53,9 @@ class CapturePipeline:
         self.before_send = before_send
         self.max_event_bytes = max_event_bytes
         self.clock = clock
+        #: True: values that cannot be encoded are written as null, each with a
+        #: WARNING naming its path (posthog-python's behaviour; the drop-in sets it).
+        self.null_unencodable = False
         self.after_fork_in_child()
 
     def after_fork_in_child(self) -> None:
@@ -79,13 +82,27 @@ class CapturePipeline:
                 self._count_filtered()
                 return None
             event = kept
-        body = encode_event(event)
+        body = self._encode(event)
         if len(body) > self.max_event_bytes:
             raise EventTooLarge(len(body), self.max_event_bytes)
         uuid: str = event["uuid"]
         if not self.spool.append(uuid, body, now):
             return None
         return uuid
+
+    def _encode(self, event: dict[str, Any]) -> bytes:
+        if not self.null_unencodable:
+            return encode_event(event)
+        nulls: list[str] = []
+        body = encode_event(event, nulls=nulls)
+        for path in nulls:
+            log.warning(
+                "event %s (%s): the value at %s cannot be encoded; sent as null",
+                event.get("uuid"),
+                event.get("event"),
+                path,
+            )
+        return body
 
     def _run_before_send(self, event: dict[str, Any]) -> dict[str, Any] | None:
         """The hook's verdict on ``event``: the event to write, or None to drop it.

@@ -10,7 +10,14 @@ import time as _time
 from datetime import UTC, date, datetime
 from typing import TypeAlias
 
-__all__ = ["Timestamp", "format_date", "format_datetime", "format_timestamp"]
+__all__ = [
+    "NOW_WINDOW",
+    "Timestamp",
+    "format_date",
+    "format_datetime",
+    "format_timestamp",
+    "naive_to_aware",
+]
 
 Timestamp: TypeAlias = datetime | date | str | None
 """What the ``timestamp`` argument of the capture API accepts."""
@@ -31,11 +38,28 @@ def _format_epoch(now: float) -> str:
     return f"{prefix}.{micro:06d}Z" if micro else f"{prefix}Z"
 
 
+#: Seconds: a naive datetime at most this far behind ``datetime.now()`` is local time.
+NOW_WINDOW = 5.0
+
+
+def naive_to_aware(value: datetime) -> datetime:
+    """``value`` with a time zone, by posthog-python's rule (``posthog.utils.guess_timezone``,
+    7.x): a naive datetime from 0 to :data:`NOW_WINDOW` seconds before the local
+    ``datetime.now()`` was made by ``datetime.now()`` and is local time; any other naive
+    datetime is UTC. An aware ``value`` is returned as it is."""
+    if value.tzinfo is not None and value.utcoffset() is not None:
+        return value
+    behind = (datetime.now() - value).total_seconds()
+    if 0 <= behind < NOW_WINDOW:
+        return value.astimezone()  # local time (TZ environment variable)
+    return value.replace(tzinfo=UTC)
+
+
 def format_datetime(value: datetime) -> str:
-    """``value`` in UTC as RFC 3339 (naive: local time); ``ValueError`` out of range."""
-    # astimezone() takes a naive datetime as local time (TZ environment variable).
+    """``value`` in UTC as RFC 3339 (naive: by :func:`naive_to_aware`, posthog-python's
+    rule); ``ValueError`` out of range."""
     try:
-        utc = value.astimezone(UTC)
+        utc = naive_to_aware(value).astimezone(UTC)
     except OverflowError as exc:
         raise ValueError(f"timestamp {value!r} is out of range in UTC") from exc
     # The base-class isoformat, so subclasses (pandas.Timestamp) give the same shape;
@@ -55,13 +79,15 @@ def format_timestamp(value: Timestamp, now: float) -> str:
     - ``None``: the instant ``now`` (wall-clock seconds since the epoch, as from
       ``time.time()``), rounded to the microsecond.
     - aware ``datetime``: converted to UTC.
-    - naive ``datetime``: taken as **local time** (the process time zone, from the
-      ``TZ`` environment variable), then converted to UTC. Pass aware datetimes to
-      avoid that guess.
+    - naive ``datetime``: posthog-python's rule (:func:`naive_to_aware`): **UTC**,
+      unless it is 0 to 5 s behind ``datetime.now()`` (then it is local time, the
+      ``TZ`` environment variable's zone), so ``datetime.utcnow()`` and
+      ``datetime.now()`` both record the instant they were made. Pass aware
+      datetimes to avoid the guess.
     - ``date``: midnight UTC of that day.
     - ``str``: ISO 8601 as read by ``datetime.fromisoformat`` (``Z`` or an offset
-      such as ``+05:30``); without an offset it is taken as local time, like a naive
-      datetime; a date alone (``2025-01-02``) is midnight UTC, like a ``date``.
+      such as ``+05:30``); without an offset it follows the naive-datetime rule;
+      a date alone (``2025-01-02``) is midnight UTC, like a ``date``.
 
     Raises ``ValueError`` for an unparsable string, a value out of range once in UTC,
     or any other type.

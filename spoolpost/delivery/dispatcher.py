@@ -42,7 +42,7 @@ from spoolpost.delivery.config import (
 )
 from spoolpost.delivery.health import EndpointHealth
 from spoolpost.delivery.policy import PausePolicy, RetryPolicy
-from spoolpost.delivery.settle import Settler
+from spoolpost.delivery.settle import DeadHook, Settler
 from spoolpost.delivery.threads import Threads
 from spoolpost.delivery.transport import HttpTransport
 from spoolpost.errors import ConfigError
@@ -107,10 +107,19 @@ class Dispatcher:
         self._recorded: tuple[object, ...] | None = None
         self._recorded_success: float | None = None
         self._threads = Threads(spool, clock, self._cond, self.config.sender_count)
+        self._on_dead: DeadHook | None = None
         self._settler = self._new_settler()
 
+    def set_on_dead(self, hook: DeadHook | None) -> None:
+        """Call ``hook(rows, reason, detail)``, in a sender thread, after a reply
+        dead-letters rows (``rejected``, ``too_large``, ``max_attempts``); events that
+        expire by ``max_event_age`` at a claim are not reported. The hook must not
+        raise or block."""
+        self._on_dead = hook
+        self._settler.on_dead = hook
+
     def _new_settler(self) -> Settler:
-        return Settler(
+        settler = Settler(
             self.spool,
             self.transport,
             self.retry,
@@ -120,6 +129,8 @@ class Dispatcher:
             clock=self.clock,
             lease_ttl=self.config.lease_ttl,
         )
+        settler.on_dead = self._on_dead
+        return settler
 
     # -- state seen by the client ---------------------------------------------------
 

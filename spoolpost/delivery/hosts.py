@@ -17,7 +17,7 @@ US_INGESTION = "https://us.i.posthog.com"
 EU_INGESTION = "https://eu.i.posthog.com"
 
 #: App hosts that posthog-python sends to an ingestion host.
-_ALIASES = {
+APP_HOST_ALIASES = {
     "https://app.posthog.com": US_INGESTION,
     "https://us.posthog.com": US_INGESTION,
     "https://eu.posthog.com": EU_INGESTION,
@@ -37,4 +37,4 @@ def canonical_host(host: str) -> str:
             if where.endswith(f":{port}"):
                 where = where[: -len(f":{port}")]
             url = prefix + where + sep + path
-    return _ALIASES.get(url, url)
+    return APP_HOST_ALIASES.get(url, url)

@@ -29,8 +29,9 @@ from __future__ import annotations
 import logging
 import threading
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TypeAlias
 
 from spoolpost.capture.encoding import format_timestamp
 from spoolpost.clock import Clock
@@ -40,9 +41,12 @@ from spoolpost.delivery.policy import Action, RetryPolicy, classify, parse_retry
 from spoolpost.delivery.results import settlement_for
 from spoolpost.delivery.transport import HttpTransport, Reply
 from spoolpost.errors import SpoolClosed
-from spoolpost.spool import Batch, Row, Spool
+from spoolpost.spool import Batch, Row, Settlement, Spool
 
 log = logging.getLogger("spoolpost")
+
+#: ``on_dead(rows, reason, detail)``: told of rows a reply dead-lettered.
+DeadHook: TypeAlias = Callable[[Sequence[Row], str, str], None]
 
 
 @dataclass(frozen=True)
@@ -119,6 +123,9 @@ class Settler:
         self.lease_ttl = lease_ttl
         self.requests: dict[int, str] = {}
         self.settled = 0
+        #: Called as ``on_dead(rows, reason, detail)`` after rows are dead-lettered
+        #: by a reply (not by age); must not raise (the drop-in's ``on_error``).
+        self.on_dead: DeadHook | None = None
 
     def deliver(self, batch: Batch) -> None:
         """Send one leased batch and settle every row of it, in this thread.
@@ -231,9 +238,10 @@ class Settler:
             self._split(token, rows, t.at)
         else:
             detail = t.reply.excerpt or t.reply.describe()
-            self._count_settled(
-                self.spool.dead_letter(token, ids, t.at, t.action.value, t.reply.status, detail)
-            )
+            dead = self.spool.dead_letter(token, ids, t.at, t.action.value, t.reply.status, detail)
+            self._count_settled(dead)
+            if dead and self.on_dead is not None:
+                self.on_dead(rows, t.action.value, detail)
             self._on_success(t)  # the endpoint answered: it is up
 
     def _settle_results(self, token: str, rows: Sequence[Row], t: _Try) -> None:
@@ -269,7 +277,30 @@ class Settler:
             status=t.reply.status,
         )
         self._count_settled(settled.delivered + settled.dead)
+        if settled.dead and self.on_dead is not None:
+            self._tell_dead(rows, settlement, f"HTTP {t.reply.status}")
         self._on_success(t)
+
+    def _tell_dead(self, rows: Sequence[Row], settlement: Settlement, status: str) -> None:
+        """Tell ``on_dead`` of the rows a v1 answer dead-lettered: by their verdict
+        (``dropped``, ``limited``, …), and those that reached ``max_attempts``
+        (asked to retry) or ``missing_result`` (left out of the answer)."""
+        assert self.on_dead is not None
+        by_id = {r.id: r for r in rows}
+        groups: dict[tuple[str, str], list[Row]] = {}
+        for doomed in settlement.dead:
+            groups.setdefault((doomed.reason, doomed.detail), []).append(by_id[doomed.id])
+        limit = self.retry.max_attempts
+        if limit is not None:
+            for ids, reason in (
+                (settlement.retry, "max_attempts"),
+                (settlement.missing, "missing_result"),
+            ):
+                died = [by_id[i] for i in ids if by_id[i].attempts + 1 >= limit]
+                if died:
+                    groups.setdefault((reason, status), []).extend(died)
+        for (reason, detail), died in groups.items():
+            self.on_dead(died, reason, detail)
 
     def _retry_later(self, token: str, rows: Sequence[Row], t: _Try, why: str = "") -> None:
         """Reschedule ``rows`` after ``max(backoff, Retry-After)``; those reaching
@@ -286,6 +317,10 @@ class Settler:
             status=t.reply.status,
         )
         self._count_settled(dead)
+        limit = self.retry.max_attempts
+        if dead and limit is not None and self.on_dead is not None:
+            died = [r for r in rows if r.attempts + 1 >= limit]
+            self.on_dead(died, "max_attempts", t.reply.describe())
 
     def _count_settled(self, n: int) -> None:
         """Tally events this dispatcher delivered or dead-lettered (for progress)."""

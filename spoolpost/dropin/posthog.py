@@ -1,0 +1,424 @@
+""":class:`Posthog`: posthog-python 7.x's client class over a spoolpost
+:class:`~spoolpost.client.Client`, for apps that change only the import.
+
+Where posthog-python logs and returns None, so does this class: capture calls never
+raise (unless ``debug=True``, which re-raises, as posthog-python's ``no_throw`` does).
+What a capture call could not store is logged, counted (:attr:`Posthog.lost`, and the
+spool's persisted ``lost`` counter while a spool is open) and reported to
+``on_error``. The strict, raising :class:`~spoolpost.client.Client` is unchanged.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import uuid as uuid_module
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from spoolpost.capture.api import CaptureApi
+from spoolpost.client import Client, default_spool_path
+from spoolpost.delivery.policy import RetryPolicy
+from spoolpost.dropin.enrich import SYSTEM_PROPERTIES, Enricher, Unsent, repair_arguments
+from spoolpost.dropin.report import LOST_COUNTER, EventsNotStored, OnError, Reporter
+from spoolpost.dropin.settings import fallback_spool_path, log_ignored, server_host
+
+__all__ = ["DEFAULT_FLUSH_TIMEOUT", "Posthog"]
+
+log = logging.getLogger("spoolpost")
+
+#: Seconds :meth:`Posthog.flush` waits by default (posthog-python's ``flush`` default).
+DEFAULT_FLUSH_TIMEOUT = 10.0
+
+_NOT_GIVEN: dict[str, Any] = {}  # the ignored options' posthog-python defaults, filled below
+
+
+class Posthog:
+    """posthog-python 7.x's ``Posthog`` (``posthog.Client``), storing every event in a
+    spoolpost spool before a capture call returns.
+
+    Every posthog-python 7.x constructor argument is accepted. Mapped ones, each only
+    when given (otherwise spoolpost's own default holds, so an outage of days is
+    survived): ``project_api_key`` (or ``api_key``; empty: disabled, as there),
+    ``host`` (None: the US host; app hosts map to ingestion hosts, as there),
+    ``flush_at``, ``flush_interval`` (seconds), ``gzip``, ``timeout`` (seconds per
+    request), ``thread`` → ``senders``, ``max_retries=n`` →
+    ``RetryPolicy(max_attempts=n + 1)``, ``disabled``, ``disable_geoip``,
+    ``historical_migration``. Meant as there: ``debug`` (DEBUG logging on the
+    ``spoolpost`` logger, and capture calls re-raise), ``on_error(error, events)``
+    (called in a reporter thread: once per batch dead-lettered, with
+    :class:`~spoolpost.dropin.EventsRejected`, and once per capture call that stored
+    nothing, with :class:`~spoolpost.dropin.EventsNotStored`), ``send=False`` (send
+    and store nothing; capture calls still return uuids), ``sync_mode`` (each capture
+    call also delivers what is pending, waiting up to ``timeout`` seconds, default 15),
+    ``super_properties`` (merged over every event's properties),
+    ``is_server`` (``$is_server: true`` on every event), ``before_send(event)`` (an
+    exception or a non-dict result drops the event, as there). The rest (feature
+    flags, exception autocapture, AI, metrics, tracing, emails, ``max_queue_size``)
+    is ignored with one INFO line each when given a value other than posthog-python's
+    default.
+
+    spoolpost's own options, keyword-only: ``spool`` (the spool file; default
+    :func:`~spoolpost.client.default_spool_path`, and when that cannot be opened
+    :func:`~spoolpost.dropin.settings.fallback_spool_path`, with one ERROR),
+    ``deliver=False`` (capture-only: store, start no thread; deliver with
+    ``spoolpost drain``, which is ``Client(send=False)``), ``client_options`` (any
+    other :class:`~spoolpost.client.Client` argument).
+
+    Never raises: a spool that cannot be opened is logged (ERROR) and every capture
+    call then stores nothing, counts it and tells ``on_error`` (``debug=True``
+    raises instead).
+    """
+
+    def __init__(
+        self,
+        project_api_key: str = "",
+        host: str | None = None,
+        debug: bool = False,
+        max_queue_size: int = 10000,
+        send: bool = True,
+        on_error: OnError | None = None,
+        flush_at: int | None = None,
+        flush_interval: float | None = None,
+        gzip: bool = False,
+        max_retries: int | None = None,
+        sync_mode: bool = False,
+        timeout: float | None = None,
+        thread: int | None = None,
+        poll_interval: int = 30,
+        personal_api_key: str | None = None,
+        disabled: bool = False,
+        disable_geoip: bool = True,
+        is_server: bool = True,
+        historical_migration: bool = False,
+        feature_flags_request_timeout_seconds: float = 3,
+        feature_flags_request_max_retries: int = 1,
+        super_properties: Mapping[str, Any] | None = None,
+        enable_exception_autocapture: bool = False,
+        log_captured_exceptions: bool = False,
+        project_root: str | None = None,
+        privacy_mode: bool = False,
+        before_send: Callable[[dict[str, Any]], Any] | None = None,
+        flag_fallback_cache_url: str | None = None,
+        enable_local_evaluation: bool = True,
+        flag_definition_cache_provider: Any = None,
+        capture_exception_code_variables: bool = False,
+        code_variables_mask_patterns: Any = None,
+        code_variables_ignore_patterns: Any = None,
+        code_variables_mask_url_credentials: Any = None,
+        code_variables_detect_secrets: Any = None,
+        in_app_modules: list[str] | None = None,
+        enable_exception_autocapture_rate_limiting: bool = False,
+        exception_autocapture_bucket_size: int = 50,
+        exception_autocapture_refill_rate: int = 10,
+        exception_autocapture_refill_interval_seconds: int = 10,
+        capture_mode: Any = None,
+        capture_compression: Any = None,
+        secret_key: str | None = None,
+        metrics: dict[str, Any] | None = None,
+        enable_full_ai_capture: bool = False,
+        capture_trace_context: bool = False,
+        _use_ai_lane: bool = False,
+        _enable_multimodal_capture: bool = False,
+        traces: dict[str, Any] | None = None,
+        app_host: str | None = None,
+        email_request_timeout_seconds: float = 15,
+        email_request_max_retries: int = 2,
+        migrated_from: str | None = None,
+        *,
+        api_key: str | None = None,
+        spool: str | None = None,
+        deliver: bool = True,
+        client_options: Mapping[str, Any] | None = None,
+    ) -> None:
+        given = dict(locals())
+        self.debug = debug
+        if debug:
+            log.setLevel(logging.DEBUG)
+        self.ignored = log_ignored(given, _NOT_GIVEN)
+        self.api_key = (api_key or project_api_key or "").strip()
+        self.disabled = disabled or not self.api_key
+        self.send = send
+        self.sync_mode = sync_mode
+        self.timeout = 15.0 if timeout is None else float(timeout)
+        self.enrich = Enricher(dict(super_properties or {}), is_server, before_send)
+        self.reporter = Reporter(on_error)
+        #: Capture calls that stored nothing (this object's count; see the module doc).
+        self.lost = 0
+        self._lock = threading.Lock()
+        self._shut = False
+        self.client: Client | None = None
+        self._open_error: Exception | None = None
+        self._unsent = Unsent(self.enrich, disable_geoip)
+        if self.disabled or not send:
+            return
+        options: dict[str, Any] = {
+            "send": deliver,
+            "disable_geoip": disable_geoip,
+            "historical_migration": historical_migration,
+            "gzip": gzip,
+            "before_send": self.enrich,
+            **dict(client_options or {}),
+        }
+        for name, value in (
+            ("flush_at", flush_at),
+            ("flush_interval", flush_interval),
+            ("capture_mode", capture_mode),
+            ("capture_compression", capture_compression),
+        ):
+            if value is not None:
+                options[name] = value
+        if thread is not None:
+            options["senders"] = max(1, thread)
+        if timeout is not None:
+            options["timeout"] = timeout
+        if max_retries is not None:
+            options["retry"] = RetryPolicy(max_attempts=max(0, max_retries) + 1)
+        self._open(server_host(host), spool, options)
+
+    def _open(self, host: str, spool: str | None, options: dict[str, Any]) -> None:
+        try:
+            self.client = Client(self.api_key, host, spool=spool, **options)
+        except Exception as exc:
+            if spool is None and not self.debug:
+                try:
+                    self._open_fallback(host, exc, options)
+                    return
+                except Exception as again:
+                    exc = again
+            if self.debug:
+                raise
+            self._open_error = exc
+            log.error("Posthog: no spool could be opened (%s); capture calls store nothing", exc)
+            return
+        self.client._capture.null_unencodable = True  # posthog-python sends null
+        self.client.dispatcher.set_on_dead(self.reporter.dead)
+
+    def _open_fallback(self, host: str, exc: Exception, options: dict[str, Any]) -> None:
+        path = fallback_spool_path(self.api_key)
+        self.client = Client(self.api_key, host, spool=path, **options)
+        log.error(
+            "Posthog: the spool %s cannot be used (%s); using %s instead",
+            default_spool_path(self.api_key),
+            exc,
+            path,
+        )
+
+    # -- the capture calls ---------------------------------------------------------
+
+    def _target(self) -> CaptureApi | None:
+        return self._unsent if not self.send else self.client
+
+    def _call(self, method: str, summary: dict[str, Any], *args: Any, **kwargs: Any) -> str | None:
+        """Call ``method`` on the client, posthog-python's way: log, count, report and
+        return None instead of raising (``debug``: raise)."""
+        if self.disabled:
+            return None
+        repair_arguments(kwargs)
+        try:
+            target = self._target()
+            if target is None:
+                assert self._open_error is not None
+                raise self._open_error
+            result: str | None = getattr(target, method)(*args, **kwargs)
+            if result is not None and self.sync_mode and self.client is not None:
+                self.client.flush(self.timeout)
+            return result
+        except Exception as exc:
+            if self.debug:
+                raise
+            log.error("%s() stored nothing: %s: %s", method, type(exc).__name__, exc)
+            self._lose(EventsNotStored(method, exc), summary)
+            return None
+
+    def _lose(self, error: EventsNotStored, summary: dict[str, Any]) -> None:
+        with self._lock:
+            self.lost += 1
+        client = self.client
+        if client is not None and not self._shut:
+            try:
+                client.spool.add_counter(LOST_COUNTER)
+            except Exception:  # a spool closed by a shutdown in another thread
+                log.debug("the lost counter could not be written", exc_info=True)
+        self.reporter.report(error, [summary])
+
+    def capture(
+        self,
+        event: str,
+        *,
+        distinct_id: Any = None,
+        properties: Mapping[str, Any] | None = None,
+        timestamp: Any = None,
+        uuid: Any = None,
+        groups: Mapping[str, Any] | None = None,
+        send_feature_flags: Any = False,
+        flags: Any = None,
+        disable_geoip: bool | None = None,
+    ) -> str | None:
+        """posthog-python's ``capture``: returns the event's uuid once stored, or None.
+
+        No ``distinct_id`` (None or ``""``): a personless event, as in posthog-python
+        7.x: a random uuid4 id and ``$process_person_profile: false`` (unless the
+        properties set it). ``$python_runtime`` and ``$python_version`` are added, as
+        posthog-python's system context does. A bad ``uuid`` is replaced by a new one
+        (ERROR), a bad ``timestamp`` by now (WARNING), an unencodable value is sent as
+        null (WARNING naming its path). ``send_feature_flags``/``flags`` are ignored
+        (spoolpost evaluates no flags; INFO). Never raises (``debug``: does)."""
+        props = dict(properties or {})
+        props.update(SYSTEM_PROPERTIES)
+        if distinct_id is None or distinct_id == "":
+            distinct_id = str(uuid_module.uuid4())
+            props.setdefault("$process_person_profile", False)
+        if send_feature_flags or flags is not None:
+            log.info("capture(send_feature_flags/flags) is ignored: spoolpost evaluates no flags")
+        summary = {"event": event, "distinct_id": distinct_id, "properties": props}
+        return self._call(
+            "capture",
+            summary,
+            event,
+            distinct_id=distinct_id,
+            properties=props,
+            timestamp=timestamp,
+            uuid=uuid,
+            groups=groups,
+            disable_geoip=disable_geoip,
+        )
+
+    def _person(
+        self, method: str, distinct_id: Any, properties: Mapping[str, Any] | None, **kw: Any
+    ) -> str | None:
+        if distinct_id is None or distinct_id == "" or not properties:
+            return None  # posthog-python: a personless or empty set() does nothing
+        summary = {"event": f"${method}", "distinct_id": distinct_id, f"${method}": properties}
+        return self._call(method, summary, distinct_id=distinct_id, properties=properties, **kw)
+
+    def set(
+        self,
+        *,
+        distinct_id: Any = None,
+        properties: Mapping[str, Any] | None = None,
+        timestamp: Any = None,
+        uuid: Any = None,
+        disable_geoip: bool | None = None,
+    ) -> str | None:
+        """posthog-python's ``set``: ``$set`` person ``properties``; None (nothing sent)
+        without a ``distinct_id`` or with no properties. Never raises."""
+        return self._person(
+            "set",
+            distinct_id,
+            properties,
+            timestamp=timestamp,
+            uuid=uuid,
+            disable_geoip=disable_geoip,
+        )
+
+    def set_once(
+        self,
+        *,
+        distinct_id: Any = None,
+        properties: Mapping[str, Any] | None = None,
+        timestamp: Any = None,
+        uuid: Any = None,
+        disable_geoip: bool | None = None,
+    ) -> str | None:
+        """posthog-python's ``set_once``, as :meth:`set` for ``$set_once``."""
+        return self._person(
+            "set_once",
+            distinct_id,
+            properties,
+            timestamp=timestamp,
+            uuid=uuid,
+            disable_geoip=disable_geoip,
+        )
+
+    def alias(
+        self,
+        previous_id: Any,
+        distinct_id: Any,
+        timestamp: Any = None,
+        uuid: Any = None,
+        disable_geoip: bool | None = None,
+    ) -> str | None:
+        """posthog-python's ``alias``: ``$create_alias``; None (WARNING) when either id
+        is missing. Never raises."""
+        if previous_id in (None, "") or distinct_id in (None, ""):
+            log.warning("alias() called without both ids, dropping the $create_alias event")
+            return None
+        summary = {"event": "$create_alias", "distinct_id": previous_id, "alias": distinct_id}
+        return self._call(
+            "alias", summary, previous_id, distinct_id, timestamp, uuid, disable_geoip
+        )
+
+    def group_identify(
+        self,
+        group_type: str,
+        group_key: Any,
+        properties: Mapping[str, Any] | None = None,
+        timestamp: Any = None,
+        uuid: Any = None,
+        disable_geoip: bool | None = None,
+        distinct_id: Any = None,
+    ) -> str | None:
+        """posthog-python's ``group_identify``: ``$groupidentify``, sent by
+        ``distinct_id``, default a random uuid4 (as posthog-python 7.x); None (WARNING)
+        without a group type or key. Never raises."""
+        if not group_type or group_key in (None, ""):
+            log.warning("group_identify() without a group type and key, dropping the event")
+            return None
+        if distinct_id is None or distinct_id == "":
+            distinct_id = str(uuid_module.uuid4())
+        summary = {"event": "$groupidentify", "distinct_id": distinct_id, "group_key": group_key}
+        args = (group_type, group_key, properties or {}, timestamp, uuid, disable_geoip)
+        return self._call("group_identify", summary, *args, distinct_id)
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    def flush(self, timeout_seconds: float | None = DEFAULT_FLUSH_TIMEOUT) -> None:
+        """posthog-python's ``flush``: deliver what was captured before the call,
+        waiting up to ``timeout_seconds`` (default 10; None: no limit); returns None.
+        What is not delivered by then stays in the spool. Never raises (``debug``:
+        does); after :meth:`shutdown` it does nothing."""
+        client = self.client
+        if client is None or self._shut:
+            return
+        wait = math.inf if timeout_seconds is None else max(0.0, timeout_seconds)
+        try:
+            client.flush(wait)
+        except Exception:
+            if self.debug:
+                raise
+            log.exception("flush failed")
+
+    def join(self) -> None:
+        """posthog-python's ``join``: deliver what is pending (up to 10 s, then it
+        stays in the spool), stop the threads and close the spool; returns None."""
+        with self._lock:
+            if self._shut:
+                return
+            self._shut = True
+        client = self.client
+        try:
+            if client is not None:
+                client.shutdown(DEFAULT_FLUSH_TIMEOUT)
+        except Exception:
+            if self.debug:
+                raise
+            log.exception("shutdown failed")
+        finally:
+            self.reporter.close(timeout=1.0)
+
+    def shutdown(self) -> None:
+        """posthog-python's ``shutdown``: :meth:`join`, idempotent; returns None. Capture
+        calls afterwards store nothing, are counted and told to ``on_error``."""
+        self.join()
+
+
+def _ignored_defaults() -> dict[str, Any]:
+    import inspect
+
+    parameters = inspect.signature(Posthog.__init__).parameters
+    return {name: p.default for name, p in parameters.items()}
+
+
+_NOT_GIVEN.update(_ignored_defaults())
