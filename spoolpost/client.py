@@ -8,8 +8,8 @@ the call; ``shutdown()`` flushes within a deadline and stops, leaving whatever i
 not delivered in the spool for the next start or a cron ``spoolpost drain``.
 
 The capture methods and their posthog-python call forms come from
-:class:`~spoolpost.capture.api.CaptureApi`; the steps between building an event and
-its commit from :class:`~spoolpost.capture.pipeline.CapturePipeline`. This module
+:class:`~spoolpost.events.api.CaptureApi`; the steps between building an event and
+its commit from :class:`~spoolpost.events.pipeline.CapturePipeline`. This module
 wires them to the spool and to delivery and owns the client's lifecycle.
 """
 
@@ -25,13 +25,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from spoolpost.capture.api import CaptureApi
-from spoolpost.capture.pipeline import (
-    DEFAULT_MAX_EVENT_BYTES,
-    FILTERED_COUNT_EVERY,
-    BeforeSend,
-    CapturePipeline,
-)
 from spoolpost.clock import SYSTEM_CLOCK, Clock
 from spoolpost.delivery import (
     DEFAULT_HOST,
@@ -47,6 +40,13 @@ from spoolpost.delivery.hosts import canonical_host
 from spoolpost.delivery.transport import DEFAULT_TIMEOUT, Timeout
 from spoolpost.delivery.wire import resolve_capture_mode, wire_format
 from spoolpost.errors import ConfigError, SpoolClosed
+from spoolpost.events.api import CaptureApi
+from spoolpost.events.pipeline import (
+    DEFAULT_MAX_EVENT_BYTES,
+    FILTERED_COUNT_EVERY,
+    BeforeSend,
+    CapturePipeline,
+)
 from spoolpost.spool import (
     DEFAULT_DURABILITY,
     DEFAULT_MAX_SPOOL_BYTES,
@@ -124,13 +124,13 @@ class Client(CaptureApi):
     :class:`~spoolpost.delivery.DeliveryConfig`; ``retry`` sets backoff and limits
     (:class:`~spoolpost.delivery.policy.RetryPolicy`), ``pause`` the pause after a
     configuration fault. ``max_event_bytes`` bounds one encoded event (default
-    :data:`~spoolpost.capture.pipeline.DEFAULT_MAX_EVENT_BYTES`).
+    :data:`~spoolpost.events.pipeline.DEFAULT_MAX_EVENT_BYTES`).
     ``before_send(event) -> event | None`` runs at capture, in the caller's
     thread, before the event reaches disk: it gets a copy of the event dict (and
     of its ``properties`` dict; deeper values are shared) and returns the event to
     write, or None to drop it (counted as ``filtered`` in the spool's counters).
     The event it returns is checked by capture's rules
-    (:func:`~spoolpost.capture.events.check_event`: ``event``, ``distinct_id`` and
+    (:func:`~spoolpost.events.build.check_event`: ``event``, ``distinct_id`` and
     ``properties`` required and valid; a missing ``uuid`` or ``timestamp`` is
     the captured one). If the hook raises, or returns anything else (not a
     mapping, or an invalid event), an ERROR is logged and the event is written

@@ -26,12 +26,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from spoolpost.capture.encoding import encode_event
-from spoolpost.capture.events import capture_event
 from spoolpost.clock import ManualClock
 from spoolpost.delivery import DeliveryConfig, Dispatcher, Step
 from spoolpost.delivery.policy import PausePolicy, RetryPolicy
 from spoolpost.delivery.transport import HttpTransport, WireFormat
+from spoolpost.events.build import capture_event
+from spoolpost.events.encoding import encode_event
 from spoolpost.spool import Filter, Spool, SpooledEvent
 from spoolpost.testing import LocalEndpoint, RecordedRequest
 

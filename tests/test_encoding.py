@@ -27,10 +27,10 @@ import time_machine
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from spoolpost.capture.encoding import _encode_fast, _encode_slow, encode_event
-from spoolpost.capture.ids import uuid7, uuid7_str
-from spoolpost.capture.timestamps import format_timestamp
 from spoolpost.errors import EncodingError
+from spoolpost.events.encoding import _encode_fast, _encode_slow, encode_event
+from spoolpost.events.ids import uuid7, uuid7_str
+from spoolpost.events.timestamps import format_timestamp
 
 # POSIX TZ strings need no tz database: "EST5" is UTC-5, "IST-5:30" is UTC+05:30.
 NEW_YORK = "EST5"
@@ -170,13 +170,13 @@ def test_numpy_values() -> None:
 
 
 def test_encoding_never_imports_numpy() -> None:
-    # Load spoolpost.capture.encoding (without the package __init__) in a fresh interpreter.
+    # Load spoolpost.events.encoding (without the package __init__) in a fresh interpreter.
     package_dir = str(Path(__file__).resolve().parents[1] / "spoolpost")
     code = (
         "import sys, types\n"
         "pkg = types.ModuleType('spoolpost'); pkg.__path__ = [sys.argv[1]]\n"
         "sys.modules['spoolpost'] = pkg\n"
-        "import spoolpost.capture.encoding as e\n"
+        "import spoolpost.events.encoding as e\n"
         "e.encode_event({'properties': {'s': {1, 2}, 'b': b'x', 'n': float('nan')}})\n"
         "assert 'numpy' not in sys.modules\n"
     )

@@ -16,8 +16,7 @@ from typing import Any
 import pytest
 
 from spoolpost._version import __version__
-from spoolpost.capture.encoding import encode_event
-from spoolpost.capture.events import (
+from spoolpost.events.build import (
     alias_event,
     capture_event,
     group_identify_event,
@@ -26,6 +25,7 @@ from spoolpost.capture.events import (
     set_event,
     set_once_event,
 )
+from spoolpost.events.encoding import encode_event
 
 NOW = 1735787045.5  # 2025-01-02T03:04:05.5Z
 NOW_TEXT = "2025-01-02T03:04:05.500000Z"

@@ -49,8 +49,8 @@ from bench_endpoint import EndpointProcess
 
 import spoolpost
 from spoolpost import Client
-from spoolpost.capture.encoding import encode_event, uuid7_str
-from spoolpost.capture.events import capture_event
+from spoolpost.events.encoding import encode_event, uuid7_str
+from spoolpost.events.build import capture_event
 from spoolpost.client import key_fingerprint
 from spoolpost.spool import Spool
 

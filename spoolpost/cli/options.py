@@ -20,9 +20,9 @@ from uuid import UUID
 import click
 
 from spoolpost import ops
-from spoolpost.capture.encoding import format_timestamp
 from spoolpost.client import default_spool_path
 from spoolpost.delivery.transport import DEFAULT_HOST
+from spoolpost.events.encoding import format_timestamp
 from spoolpost.spool import Spool
 from spoolpost.spool.maintenance import STATES
 

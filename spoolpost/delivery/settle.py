@@ -33,7 +33,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeAlias
 
-from spoolpost.capture.encoding import format_timestamp
 from spoolpost.clock import Clock
 from spoolpost.delivery.config import POISON_AFTER, STUCK_AFTER
 from spoolpost.delivery.health import EndpointHealth, Notice
@@ -41,6 +40,7 @@ from spoolpost.delivery.policy import Action, RetryPolicy, classify, parse_retry
 from spoolpost.delivery.results import settlement_for
 from spoolpost.delivery.transport import HttpTransport, Reply
 from spoolpost.errors import SpoolClosed
+from spoolpost.events.encoding import format_timestamp
 from spoolpost.spool import Batch, Row, Settlement, Spool
 
 log = logging.getLogger("spoolpost")

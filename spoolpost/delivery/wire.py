@@ -24,8 +24,8 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal, NamedTuple, Protocol, cast
 
 from spoolpost._version import __version__
-from spoolpost.capture.encoding import format_timestamp
 from spoolpost.errors import ConfigError
+from spoolpost.events.encoding import format_timestamp
 from spoolpost.spool import RequestStamp
 
 log = logging.getLogger("spoolpost")

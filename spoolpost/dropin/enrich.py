@@ -10,10 +10,10 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from spoolpost.capture.api import CaptureApi
-from spoolpost.capture.encoding import encode_event
-from spoolpost.capture.events import normalize_uuid
-from spoolpost.capture.timestamps import format_timestamp
+from spoolpost.events.api import CaptureApi
+from spoolpost.events.build import normalize_uuid
+from spoolpost.events.encoding import encode_event
+from spoolpost.events.timestamps import format_timestamp
 
 __all__ = ["SYSTEM_PROPERTIES", "Enricher", "Unsent", "repair_arguments"]
 

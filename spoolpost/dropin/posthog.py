@@ -17,12 +17,12 @@ import uuid as uuid_module
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from spoolpost.capture.api import CaptureApi
 from spoolpost.client import Client, default_spool_path
 from spoolpost.delivery.policy import RetryPolicy
 from spoolpost.dropin.enrich import SYSTEM_PROPERTIES, Enricher, Unsent, repair_arguments
 from spoolpost.dropin.report import LOST_COUNTER, EventsNotStored, OnError, Reporter
 from spoolpost.dropin.settings import fallback_spool_path, log_ignored, server_host
+from spoolpost.events.api import CaptureApi
 
 __all__ = ["DEFAULT_FLUSH_TIMEOUT", "Posthog"]
 

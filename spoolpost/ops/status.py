@@ -15,7 +15,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from spoolpost.capture.timestamps import format_timestamp
+from spoolpost.events.timestamps import format_timestamp
 from spoolpost.spool import DEFAULT_MAX_SPOOL_BYTES
 from spoolpost.spool.reader import EndpointState, LeaseInfo, Observation
 

@@ -17,10 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from spoolpost.capture import events as ev
-from spoolpost.capture.encoding import encode_event
 from spoolpost.client import DEFAULT_MAX_EVENT_BYTES, Client
 from spoolpost.errors import ImportRejected, SpoolFull
+from spoolpost.events import build as ev
+from spoolpost.events.encoding import encode_event
 from spoolpost.spool import Spool, check_spool_file
 from spoolpost.spool.maintenance import META_KEY
 

@@ -12,7 +12,7 @@ because spoolpost does not evaluate feature flags, and a flag value looked up
 at send time, maybe days later from the spool, would be wrong.
 
 :class:`CaptureApi` holds the methods; each builds its event with a builder from
-:mod:`spoolpost.capture.events` through one :meth:`CaptureApi._emit`, which
+:mod:`spoolpost.events.build` through one :meth:`CaptureApi._emit`, which
 :class:`~spoolpost.client.Client` implements (capture pipeline, then delivery).
 """
 
@@ -21,8 +21,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from spoolpost.capture import events as ev
-from spoolpost.capture.timestamps import Timestamp
+from spoolpost.events import build as ev
+from spoolpost.events.timestamps import Timestamp
 
 __all__ = ["CaptureApi", "refuse_feature_flags"]
 
@@ -81,11 +81,11 @@ class CaptureApi:
         required here: posthog-python's personless events (no distinct_id) are
         :class:`~spoolpost.Posthog`'s.
         ``properties`` is copied, never mutated; values are encoded here, in the
-        caller's thread (see :func:`~spoolpost.capture.encoding.encode_event`).
+        caller's thread (see :func:`~spoolpost.events.encoding.encode_event`).
         ``timestamp`` (datetime, date, or ISO 8601 string; default now) is sent as RFC
         3339 UTC; a naive one follows posthog-python's rule (UTC unless made by
         ``datetime.now()`` moments ago; see
-        :func:`~spoolpost.capture.timestamps.naive_to_aware`). ``uuid`` defaults to a
+        :func:`~spoolpost.events.timestamps.naive_to_aware`). ``uuid`` defaults to a
         new UUIDv7; a given one is normalized (canonical lowercase) and kept, and an
         event captured twice with the same uuid is stored and sent twice (PostHog
         deduplicates by uuid).

@@ -34,8 +34,8 @@ from typing import Any, TypeAlias
 from uuid import UUID
 
 from spoolpost._version import __version__
-from spoolpost.capture.ids import uuid7_str
-from spoolpost.capture.timestamps import Timestamp, format_timestamp
+from spoolpost.events.ids import uuid7_str
+from spoolpost.events.timestamps import Timestamp, format_timestamp
 
 __all__ = [
     "DistinctId",
@@ -208,7 +208,7 @@ def capture_event(
     ``properties`` is copied and gets ``$lib``/``$lib_version`` (overriding any the
     caller set, as posthog-python does); non-empty ``groups`` (group type → group key)
     goes to ``properties["$groups"]`` (PostHog group analytics). ``timestamp`` follows
-    :func:`~spoolpost.capture.timestamps.format_timestamp` (default: ``now``); ``uuid`` (a UUID
+    :func:`~spoolpost.events.timestamps.format_timestamp` (default: ``now``); ``uuid`` (a UUID
     or a str holding one) is normalized to canonical lowercase, default a new UUIDv7.
 
     Raises ``ValueError`` when ``event`` is not a non-empty str or contains control

@@ -1,7 +1,7 @@
 """The capture pipeline: one built event through ``before_send``, encoding, the size
 check and into the spool, in the caller's thread (the capture hot path).
 
-The client builds the event (:mod:`spoolpost.capture.events`) and, once
+The client builds the event (:mod:`spoolpost.events.build`) and, once
 :meth:`CapturePipeline.write` has committed it, tells delivery; everything in
 between lives here.
 """
@@ -13,10 +13,10 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from spoolpost.capture.encoding import encode_event
-from spoolpost.capture.events import check_event
 from spoolpost.clock import Clock
 from spoolpost.errors import EventTooLarge
+from spoolpost.events.build import check_event
+from spoolpost.events.encoding import encode_event
 
 if TYPE_CHECKING:
     from spoolpost.spool import Spool
@@ -72,7 +72,7 @@ class CapturePipeline:
         spool's ``on_full`` policy dropped it.
 
         Raises :class:`~spoolpost.errors.EncodingError` (via
-        :func:`~spoolpost.capture.encoding.encode_event`),
+        :func:`~spoolpost.events.encoding.encode_event`),
         :class:`~spoolpost.errors.EventTooLarge` over ``max_event_bytes``, and what
         :meth:`~spoolpost.spool.Spool.append` raises. Nothing is written when it raises.
         """
@@ -109,7 +109,7 @@ class CapturePipeline:
 
         The hook gets a copy of the event (and of its ``properties``; deeper values
         are shared). If it raises, or returns neither None nor a valid event (see
-        :func:`~spoolpost.capture.events.check_event`), an ERROR is logged and
+        :func:`~spoolpost.events.build.check_event`), an ERROR is logged and
         ``event`` is kept unmodified."""
         assert self.before_send is not None
         copy = dict(event)

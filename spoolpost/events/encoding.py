@@ -11,9 +11,9 @@ cycle) does the slow path walk the event, keeping track of where it is, to sanit
 can be sanitized and to name the offending value in an :class:`EncodingError`. Both
 paths convert the extra types with the one function :func:`_convert`.
 
-Event ids (:func:`uuid7`, :func:`uuid7_str`) live in :mod:`spoolpost.capture.ids` and
+Event ids (:func:`uuid7`, :func:`uuid7_str`) live in :mod:`spoolpost.events.ids` and
 timestamps (:func:`format_timestamp`, :data:`Timestamp`) in
-:mod:`spoolpost.capture.timestamps`; both are re-exported here.
+:mod:`spoolpost.events.timestamps`; both are re-exported here.
 
 Sanity figures (timeit, best of 7, CPython 3.11 on a shared 2-core VM where ``{}`` costs
 ~57 ns; read them as ratios): a typical 10-property event encodes in ~11 µs, less than
@@ -37,9 +37,9 @@ from decimal import Decimal
 from enum import Enum
 from typing import Any, TypeAlias
 
-from spoolpost.capture.ids import uuid7, uuid7_str
-from spoolpost.capture.timestamps import Timestamp, format_date, format_datetime, format_timestamp
 from spoolpost.errors import EncodingError
+from spoolpost.events.ids import uuid7, uuid7_str
+from spoolpost.events.timestamps import Timestamp, format_date, format_datetime, format_timestamp
 
 __all__ = ["Timestamp", "encode_event", "format_timestamp", "uuid7", "uuid7_str"]
 
