@@ -12,6 +12,13 @@ lock. A change worth a log line (one per episode) comes back as a
   growing :meth:`PausePolicy.pause`, then one probe at a time.
 - **The epoch.** Bumped whenever the gate closes or a pause begins: a success
   of a request sent before that proves nothing about the endpoint now.
+- **Episodes, for the logs.** A failure that the next attempt fixes is DEBUG
+  (one each way). An *outage episode* begins when ``warn_after`` (default 3)
+  transient failures come in a row with no request getting through: one
+  WARNING then, with the count and the last error; its end (the first success
+  of a request sent after the latest failure) is one INFO line with how long it
+  lasted and how many failures it saw. A pause is its own episode: one ERROR
+  when it begins, one WARNING when delivery resumes.
 
 See docs/architecture.md, "Delivery policy" and "Failure policy".
 """
@@ -25,6 +32,10 @@ from dataclasses import dataclass
 from spoolpost.delivery.policy import PausePolicy, RetryPolicy
 
 log = logging.getLogger("spoolpost")
+
+#: Transient failures in a row (no request getting through) that make an outage
+#: episode: one WARNING when it begins, one INFO when it ends.
+WARN_AFTER = 3
 
 
 @dataclass(frozen=True)
@@ -45,8 +56,15 @@ class EndpointHealth:
     stay closed. Every attribute reads as its name says; times are UTC seconds
     (0.0, or in the past, when the gate or pause is open)."""
 
-    def __init__(self, retry: RetryPolicy, pause: PausePolicy, url: str) -> None:
+    def __init__(
+        self, retry: RetryPolicy, pause: PausePolicy, url: str, *, warn_after: int = WARN_AFTER
+    ) -> None:
         self.retry = retry
+        self.warn_after = max(1, warn_after)
+        # The run of failures since the last success (for the episode's log lines).
+        self.episode_started_at: float | None = None
+        self.episode_failures = 0
+        self.episode_warned = False
         self.pause_policy = pause
         self.url = url
         self.gate_until = 0.0
@@ -99,6 +117,9 @@ class EndpointHealth:
             return None  # sent before the latest failure: says nothing about now
         recovered = self.gate_failures > 0
         resumed = self.paused_reason is not None
+        warned, failures = self.episode_warned, self.episode_failures
+        lasted = at - (self.episode_started_at or at)
+        self.episode_started_at, self.episode_failures, self.episode_warned = None, 0, False
         self.probing = False
         self.gate_failures = 0
         self.paused_reason = None
@@ -110,8 +131,14 @@ class EndpointHealth:
                 "delivery to %s resumed after a configuration fault",
                 (self.url,),
             )
+        if recovered and warned:
+            return Notice(
+                logging.INFO,
+                "delivery to %s recovered after %.1fs and %d failed requests",
+                (self.url, lasted, failures),
+            )
         if recovered:
-            return Notice(logging.INFO, "delivery to %s recovered", (self.url,))
+            return Notice(logging.DEBUG, "delivery to %s recovered", (self.url,))
         return None
 
     def on_transient(self, at: float, retry_after: float | None, failure: str) -> Notice | None:
@@ -123,6 +150,9 @@ class EndpointHealth:
         self.last_failure = failure
         self.last_failure_at = at
         self.last_retry_after = retry_after
+        if self.episode_started_at is None:
+            self.episode_started_at = at
+        self.episode_failures += 1
         if at < self.gate_until:
             if retry_after is not None:
                 capped = min(retry_after, self.retry.max_retry_after)
@@ -133,8 +163,16 @@ class EndpointHealth:
         wait = self.retry.delay(self.gate_failures, retry_after)
         self.gate_until = at + wait
         self.probing = True
+        if self.gate_failures >= self.warn_after and not self.episode_warned:
+            self.episode_warned = True
+            return Notice(
+                logging.WARNING,
+                "delivery to %s is failing: %d failed requests in a row since %.0fs ago, "
+                "last: %s; events are kept in the spool, next attempt in %.1fs",
+                (self.url, self.episode_failures, at - self.episode_started_at, failure, wait),
+            )
         return Notice(
-            logging.WARNING if self.gate_failures == 1 else logging.DEBUG,
+            logging.DEBUG,
             "delivery to %s failed (%s, %d in a row); next attempt in %.1fs",
             (self.url, failure, self.gate_failures, wait),
         )
