@@ -65,9 +65,12 @@ TRANSIENT: dict[str, tuple[Response | None, str]] = {
     "503": (Response(503), "HTTP 503"),
     "504": (Response(504), "HTTP 504"),
     "501-unlisted-5xx": (Response(501), "HTTP 501"),
-    "connection-dropped": (Response(drop=True), "transport error: ConnectionError"),
-    "read-timeout": (Response(delay=30.0), "transport error: ReadTimeout"),
-    "connection-refused": (None, "transport error: ConnectionError"),
+    "connection-dropped": (Response(drop=True), "transport error: connection closed by http://"),
+    "read-timeout": (
+        Response(delay=30.0),
+        "transport error: timed out after 0.3 s waiting for an answer from http://",
+    ),
+    "connection-refused": (None, "transport error: connection refused to http://127.0.0.1:"),
 }
 
 

@@ -7,14 +7,18 @@ from __future__ import annotations
 import base64
 import logging
 import math
+import socket
 import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
+import urllib3
 
 from spoolpost import Client, ConfigError
+from spoolpost.delivery.neterrors import summarize
 from spoolpost.delivery.transport import HttpTransport
 from spoolpost.testing import LocalEndpoint, Response
 
@@ -203,7 +207,8 @@ def test_the_read_timeout_ends_a_request_to_a_hung_server(endpoint: LocalEndpoin
 
     reply = transport.post([b'{"uuid":"u1"}'], 1_700_000_000.0)
 
-    assert reply.status is None and reply.error.startswith("ReadTimeout: ")
+    assert reply.status is None
+    assert reply.error == f"timed out after 0.2 s waiting for an answer from {endpoint.url}/"
 
 
 @pytest.mark.parametrize("path", ["/batch/", "/batch", "/proxy/capture/"])
@@ -215,3 +220,61 @@ def test_a_host_that_names_an_ingestion_path_is_refused(path: str) -> None:
 def test_a_host_with_a_prefix_path_is_kept() -> None:
     transport = HttpTransport("http://127.0.0.1:9/ingest/", "phc_key")
     assert transport.url == "http://127.0.0.1:9/ingest/batch/"
+
+
+# -- transport errors in one line -----------------------------------------------------------
+
+
+def test_a_refused_connection_is_one_line_naming_the_url(endpoint: LocalEndpoint) -> None:
+    endpoint.stop()  # the port stays reserved and refuses connections
+    reply = HttpTransport(endpoint.url, "phc_key").post([b'{"uuid":"u1"}'], 1_700_000_000.0)
+    assert reply.describe() == f"transport error: connection refused to {endpoint.url}/"
+
+
+def test_a_dropped_connection_is_one_line(endpoint: LocalEndpoint) -> None:
+    endpoint.default = Response(drop=True)
+    reply = HttpTransport(endpoint.url, "phc_key").post([b'{"uuid":"u1"}'], 1_700_000_000.0)
+    assert reply.error == f"connection closed by {endpoint.url}/ before an answer"
+
+
+def _wrapped(reason: BaseException) -> requests.ConnectionError:
+    """A ConnectionError as requests raises it: urllib3's MaxRetryError around ``reason``."""
+    inner = urllib3.exceptions.MaxRetryError(None, "/batch/", reason)  # type: ignore[arg-type]
+    return requests.ConnectionError(inner)
+
+
+@pytest.mark.parametrize(
+    ("exc", "summary"),
+    [
+        (requests.ConnectTimeout("x"), "timed out after 5 s connecting to http://h:1/"),
+        (requests.ReadTimeout("x"), "timed out after 30 s waiting for an answer from http://h:1/"),
+        (
+            _wrapped(socket.gaierror(-2, "Name or service not known")),
+            "name resolution failed for h",
+        ),
+        (
+            _wrapped(ConnectionRefusedError(111, "Connection refused")),
+            "connection refused to http://h:1/",
+        ),
+        (
+            _wrapped(ConnectionResetError(104, "reset")),
+            "connection closed by http://h:1/ before an answer",
+        ),
+        (requests.exceptions.SSLError("bad cert"), "TLS error with http://h:1/"),
+        (
+            requests.exceptions.ProxyError("x"),
+            "the proxy refused or failed the connection to http://h:1/",
+        ),
+        (requests.exceptions.InvalidHeader("a\nb"), "InvalidHeader: a"),
+        (requests.RequestException(), "RequestException"),
+    ],
+)
+def test_transport_errors_are_summarised_without_urllib3s_repr(
+    exc: BaseException, summary: str
+) -> None:
+    assert summarize(exc, "http://h:1/", "h", (5.0, 30.0)) == summary
+
+
+def test_a_long_unknown_error_is_cut_to_one_short_line() -> None:
+    text = summarize(requests.RequestException("x" * 1000 + "\nmore"), "u", "h", (1.0, 1.0))
+    assert "\n" not in text and len(text) == 200 and text.endswith("…")

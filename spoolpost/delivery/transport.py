@@ -20,6 +20,7 @@ from urllib.parse import unquote, urlsplit
 import requests
 
 from spoolpost._version import __version__
+from spoolpost.delivery.neterrors import summarize
 from spoolpost.delivery.wire import (
     Compression,
     EventResult,
@@ -59,7 +60,9 @@ class Reply:
     """What one POST came to.
 
     ``status`` is the HTTP status, or None when no response arrived (connection
-    refused or dropped, timeout, DNS failure), with ``error`` saying why.
+    refused or dropped, timeout, DNS failure), with ``error`` saying why in one
+    line (:func:`~spoolpost.delivery.neterrors.summarize`: ``connection refused to
+    http://127.0.0.1:9/``, not urllib3's repr).
     ``retry_after`` is the raw ``Retry-After`` header; ``excerpt`` the first
     :data:`EXCERPT_BYTES` bytes of the response body, decoded leniently. :class:`HttpTransport`
     redacts its API key from ``excerpt`` and ``error`` (see :func:`redact_key`)
@@ -270,6 +273,9 @@ class HttpTransport:
         self.api_key = api_key
         self.wire: WireFormat = wire or PostHogV0()
         self.url = checked.url + self.wire.path
+        #: The endpoint's base for error summaries (``connection refused to …/``).
+        self._error_url = checked.display_url + "/"
+        self._hostname = urlsplit(checked.url).hostname or checked.url
         #: :attr:`url` with ``user:***@`` where the host had credentials: for logs.
         self.display_url = checked.display_url + self.wire.path
         self.auth = checked.auth
@@ -345,7 +351,8 @@ class HttpTransport:
                 auth=self.auth,
             )
         except requests.RequestException as exc:
-            return Reply(None, error=redact_key(f"{type(exc).__name__}: {exc}", self.api_key)[:500])
+            error = summarize(exc, self._error_url, self._hostname, self.timeout)
+            return Reply(None, error=redact_key(error, self.api_key))
         with response:
             status, content = response.status_code, response.content
             excerpt = _excerpt(content, self.api_key)
