@@ -92,6 +92,19 @@ def host_option(func: F) -> F:
     )(func)
 
 
+def output_options(func: F) -> F:
+    """``--nl``, ``--csv`` and ``-t/--table`` for commands that list rows (as
+    sqlite-utils does): one ``fmt`` parameter, ``nl``/``csv``/``table`` or None for
+    the command's own default. Written by :func:`spoolpost.cli.listing.write_rows`."""
+    func = click.option("-t", "--table", "fmt", flag_value="table", help="Print an aligned table.")(
+        func
+    )
+    func = click.option("--csv", "fmt", flag_value="csv", help="Print CSV with a header row.")(func)
+    return click.option(
+        "--nl", "fmt", flag_value="nl", help="Print newline-delimited JSON (one object a line)."
+    )(func)
+
+
 def json_option(func: F) -> F:
     """``--json``: machine-readable output."""
     return click.option("--json", "as_json", is_flag=True, help="Print JSON.")(func)

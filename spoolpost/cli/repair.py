@@ -11,6 +11,7 @@ from typing import IO, Any
 import click
 
 from spoolpost import ops
+from spoolpost.cli.listing import progress
 from spoolpost.cli.options import (
     api_key_option,
     emit,
@@ -43,7 +44,8 @@ def replay(
     """Move dead letters of SPOOL back to pending, attempts reset, due now.
 
     Without filters every dead letter is replayed. Fix the cause first (a 400 that
-    will be rejected again is dead-lettered again).
+    will be rejected again is dead-lettered again). A progress bar shows on a
+    terminal.
 
     \b
     Example:
@@ -52,7 +54,10 @@ def replay(
     where = Filter(event=event, reason=reason, uuids=uuids, older_than=older_than)
     with open_spool(spool) as s:
         now = time.time()
-        n = s.count_dead(where, now=now) if dry_run else s.replay(where, now=now)
+        n = s.count_dead(where, now=now)
+        if not dry_run:
+            for _ in progress([where], 1, f"replaying {plural(n, 'dead letter')}"):
+                n = s.replay(where, now=now)  # one transaction: all of them or none
     verb = "would replay" if dry_run else "replayed"
     emit(
         {"replayed": n, "dry_run": dry_run},
@@ -124,7 +129,7 @@ def import_(spool: Path | None, source: IO[bytes], as_json: bool) -> None:
     "properties", "timestamp" and "uuid" (a missing uuid gets a new one). Every
     line is checked first: one bad line and nothing is written (the error names
     each bad line's number). Events whose uuid is already in the spool
-    (pending, leased or dead) are skipped.
+    (pending, leased or dead) are skipped. A progress bar shows on a terminal.
 
     \b
     Example:
@@ -134,7 +139,7 @@ def import_(spool: Path | None, source: IO[bytes], as_json: bool) -> None:
     check_spool_file(path)  # before waiting for input
     lines = list(source)
     with open_spool(path, create=True) as s:
-        result = ops.import_events(s, lines)
+        result = ops.import_events(s, progress(lines, len(lines), "importing"))
     emit(
         {"imported": result.imported, "skipped": result.skipped},
         as_json,

@@ -27,6 +27,7 @@ from spoolpost.ops.drain import (
     drain_host,
     drain_spool,
 )
+from spoolpost.ops.follow import follow
 from spoolpost.ops.transfer import (
     ImportResult,
     capture_one,
@@ -50,6 +51,7 @@ __all__ = [
     "drain_exit_code",
     "drain_host",
     "drain_spool",
+    "follow",
     "import_events",
     "open_spool",
     "parse_import",
