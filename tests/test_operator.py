@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
-from kit import API_KEY, CRASH_API_KEY, MakeRig, add_events
+from kit import API_KEY, CRASH_API_KEY, MakeRig, add_events, kill
 from prometheus_client.parser import text_string_to_metric_families
 
 from spoolpost import Client, ops
@@ -29,6 +29,7 @@ from spoolpost.delivery.policy import PausePolicy
 from spoolpost.delivery.transport import HttpTransport
 from spoolpost.errors import HostMismatch
 from spoolpost.spool import Spool
+from spoolpost.spool.maintenance import DEAD_REASONS
 from spoolpost.testing import LocalEndpoint, RecordedRequest, Response
 
 ENV_VARS = ("SPOOLPOST_SPOOL", "SPOOLPOST_HOST", "SPOOLPOST_API_KEY")
@@ -451,6 +452,19 @@ def test_reason_accepts_only_known_reasons(spool_path: Path, spool: Spool, comma
     result = run(command, spool_path, "--reason", "rejectd")
     assert result.exit_code == 2
     assert "Invalid value for '--reason': 'rejectd' is not one of" in result.stderr
+
+
+@pytest.mark.parametrize("reason", DEAD_REASONS)
+def test_reason_accepts_every_reason_the_spool_writes(
+    spool_path: Path, spool: Spool, reason: str
+) -> None:
+    """v1's per-event verdicts (dropped, limited, …) included: replay --reason dropped
+    is how an operator resends what a quota refused."""
+    (uuid,) = add_events(spool, ["e"])
+    kill(spool, [uuid], reason=reason)
+    result = run("replay", spool_path, "--reason", reason, "--json")
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["replayed"] == 1
 
 
 def test_a_spool_past_its_recorded_bound_is_stuck_and_critical(

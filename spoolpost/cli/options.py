@@ -24,12 +24,9 @@ from spoolpost.client import default_spool_path
 from spoolpost.delivery.transport import DEFAULT_HOST
 from spoolpost.events.encoding import format_timestamp
 from spoolpost.spool import Spool
-from spoolpost.spool.maintenance import STATES
+from spoolpost.spool.maintenance import DEAD_REASONS, STATES
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-#: The reasons a dead letter can have (see docs/architecture.md, "An event row's states").
-DEAD_REASONS = ("rejected", "too_large", "max_attempts", "expired")
 
 # -- the spool and the endpoint ------------------------------------------------------
 

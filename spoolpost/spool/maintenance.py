@@ -26,6 +26,19 @@ from spoolpost.spool.sql import IN_IDS, INSERT_EVENT, add_counter
 
 STATES: tuple[str, ...] = ("pending", "leased", "dead")
 LIVE_STATES: tuple[str, ...] = ("pending", "leased")
+#: Every reason a dead letter can have (docs/architecture.md, "An event row's states"):
+#: a lone event the endpoint refused (413, other 4xx), the limits, and the verdicts of
+#: PostHog's v1 per-event results.
+DEAD_REASONS: tuple[str, ...] = (
+    "rejected",
+    "too_large",
+    "max_attempts",
+    "expired",
+    "dropped",
+    "limited",
+    "missing_result",
+    "unknown_result",
+)
 #: The key ``export`` adds to each event line (state, attempts, reason, …);
 #: ``import`` drops it.
 META_KEY = "spoolpost"
