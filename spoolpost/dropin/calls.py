@@ -169,7 +169,7 @@ class CaptureCalls(ContextApi):
 
     def identify(
         self,
-        distinct_id: Any = None,
+        distinct_id: Any,
         properties: Mapping[str, Any] | None = None,
         *,
         timestamp: Any = None,
