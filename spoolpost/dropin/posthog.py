@@ -193,7 +193,7 @@ class Posthog(CaptureCalls):
             log.error("Posthog: no spool could be opened (%s); capture calls store nothing", exc)
             return
         self.client._capture.null_unencodable = True  # posthog-python sends null
-        self.client.dispatcher.set_on_dead(self.reporter.dead)
+        self.client.dispatcher.set_on_dead(self.reporter.dead, self.reporter.episode)
 
     def _open_fallback(self, host: str, exc: Exception, options: dict[str, Any]) -> None:
         path = fallback_spool_path(self.api_key)
