@@ -4,8 +4,9 @@ Every captured event is committed to a local SQLite spool (WAL) before
 ``capture()`` returns, then delivered in the background to PostHog's ``/batch/``
 endpoint, at least once, with backoff that honours ``Retry-After``.
 
-Use a :class:`Client`, or the module-level default client the way
-posthog-python's module API works::
+Use a :class:`Client` (strict: raises on bad input), a :class:`Posthog`
+(posthog-python 7.x's class: logs and returns None), or the module-level default
+client the way posthog-python's module API works (``import spoolpost as posthog``)::
 
     import spoolpost
     spoolpost.api_key = "phc_..."
@@ -13,27 +14,32 @@ posthog-python's module API works::
     spoolpost.capture("signed_up", distinct_id="user-1", properties={"plan": "pro"})
     spoolpost.flush()
 
-The default client is created on first use from the module attributes below
-(``api_key`` or ``project_api_key``, ``host``, ``spool_path``, ``disabled``, ``send``,
-``before_send``, ``disable_geoip``, and any other :class:`Client` argument in
-``client_options``), or explicitly with :func:`configure`. Without an API key (and
-not ``disabled``) the first capture raises :class:`ConfigError`.
+The module's settings are posthog-python 7.x's module settings, each meaning what
+the :class:`Posthog` argument of that name means, plus ``spool_path``, ``deliver``
+and ``client_options`` (spoolpost's). The default client is a :class:`Posthog` made
+on first use from them (or by :func:`configure`/:func:`setup`): module-level capture
+calls never raise. Without an API key it is disabled (one WARNING). Setting an
+attribute spoolpost does not read warns once (:class:`~spoolpost.dropin.module.SettingWarning`).
+Contexts (:func:`new_context`, :func:`tag`, :func:`identify_context`,
+:func:`set_context_session`, …) are posthog-python's, over ``contextvars``.
 """
 
 from __future__ import annotations
 
 import inspect
 import os
+import sys
 import threading
-from collections.abc import Callable, Mapping
-from typing import Any, Concatenate, ParamSpec, TypeVar
+from collections.abc import Callable
+from typing import Any
 
 from spoolpost._version import __version__
-from spoolpost.client import DEFAULT_FLUSH_TIMEOUT, DEFAULT_SHUTDOWN_TIMEOUT, BeforeSend, Client
+from spoolpost.client import Client
 from spoolpost.delivery.dispatcher import FlushResult
 from spoolpost.delivery.policy import PausePolicy, RetryPolicy
-from spoolpost.delivery.transport import DEFAULT_HOST
 from spoolpost.dropin import Posthog
+from spoolpost.dropin.module import SettingsModule, make_default_client
+from spoolpost.dropin.report import OnError
 from spoolpost.errors import (
     ConfigError,
     EncodingError,
@@ -46,6 +52,15 @@ from spoolpost.errors import (
     SpoolLocked,
     SpoolpostError,
     UnsupportedFilesystem,
+)
+from spoolpost.events.contexts import (
+    get_tags,
+    identify_context,
+    new_context,
+    scoped,
+    set_context_device_id,
+    set_context_session,
+    tag,
 )
 from spoolpost.spool import Spool
 
@@ -72,125 +87,145 @@ __all__ = [
     "capture",
     "configure",
     "flush",
+    "get_tags",
     "group_identify",
     "identify",
+    "identify_context",
+    "join",
+    "new_context",
+    "scoped",
     "set",
+    "set_context_device_id",
+    "set_context_session",
     "set_once",
+    "setup",
     "shutdown",
+    "tag",
 ]
 
-#: Settings of the module-level default client (read when it is first created).
+# -- settings: posthog-python 7.x's module settings (read when the default client is
+# made), with Posthog's defaults; see README, "Drop-in for posthog-python".
 api_key: str | None = os.environ.get("SPOOLPOST_API_KEY")
-project_api_key: str | None = None  # posthog-python's other name for api_key
-host: str = os.environ.get("SPOOLPOST_HOST", DEFAULT_HOST)
-spool_path: str | None = None  # not `spool`: that would hide the spoolpost.spool module
+project_api_key: str | None = None  # wins over api_key, as in posthog-python
+host: str | None = os.environ.get("SPOOLPOST_HOST")  # None: PostHog Cloud US
+on_error: OnError | None = None
+debug: bool = False
+send: bool = True  # False: store and send nothing (posthog-python's meaning)
+sync_mode: bool = False
 disabled: bool = False
-send: bool = True
-before_send: BeforeSend | None = None
 disable_geoip: bool = True
-client_options: dict[str, Any] = {}
+is_server: bool = True
+super_properties: dict[str, Any] | None = None
+before_send: Callable[[dict[str, Any]], Any] | None = None
+capture_mode: Any = None
+# accepted and ignored (one INFO line each when not the default):
+secret_key: str | None = None
+personal_api_key: str | None = None
+poll_interval: int = 30
+feature_flags_request_timeout_seconds: float = 3
+feature_flags_request_max_retries: int = 1
+metrics: dict[str, Any] | None = None
+traces: dict[str, Any] | None = None
+enable_exception_autocapture: bool = False
+log_captured_exceptions: bool = False
+project_root: str | None = None
+privacy_mode: bool = False
+enable_local_evaluation: bool = True
+flag_definition_cache_provider: Any = None
+enable_full_ai_capture: bool = False
+_use_ai_lane: bool = False
+_enable_multimodal_capture: bool = False
+capture_trace_context: bool = False
+capture_exception_code_variables: bool = False
+code_variables_mask_patterns: Any = None
+code_variables_ignore_patterns: Any = None
+code_variables_mask_url_credentials: Any = None
+code_variables_detect_secrets: Any = None
+in_app_modules: list[str] | None = None
+enable_exception_autocapture_rate_limiting: bool = False
+exception_autocapture_bucket_size: int = 50
+exception_autocapture_refill_rate: int = 10
+exception_autocapture_refill_interval_seconds: int = 10
+# spoolpost's own:
+spool_path: str | None = None  # not `spool`: that is the spoolpost.spool module
+deliver: bool = True  # False: capture-only (store; deliver with `spoolpost drain`)
+client_options: dict[str, Any] = {}  # other Client arguments
 
-default_client: Client | None = None
+default_client: Posthog | None = None
 _default_lock = threading.Lock()
 
 
-def configure(api_key: str | None = None, host: str | None = None, **options: Any) -> Client:
-    """Create (or replace) the module-level default client and return it.
-
-    Arguments are those of :class:`Client`; ``api_key`` and ``host`` default to
-    the module attributes, other options to the module attributes and
-    ``client_options``. A previous default client is shut down first. Raises
-    :class:`ConfigError` when there is no API key (unless ``disabled``) and
-    whatever :class:`Client` raises.
-    """
+def setup() -> Posthog:
+    """The module-level default client, made from the settings on first use."""
     global default_client
+    client = default_client
+    if client is None:
+        with _default_lock:
+            if default_client is None:
+                default_client = make_default_client(sys.modules[__name__])
+            client = default_client
+    return client
+
+
+def configure(api_key: str | None = None, host: str | None = None, **options: Any) -> Posthog:
+    """Make (or replace: the previous one is shut down) the default client from the
+    settings, ``api_key``, ``host`` and ``options`` (:class:`Posthog` arguments, e.g.
+    ``spool=``) winning over them, and return it."""
+    global default_client
+    if host is not None:
+        options["host"] = host
     with _default_lock:
         if default_client is not None:
             default_client.shutdown()
             default_client = None
-        default_client = _make_client(api_key, host, options)
+        default_client = make_default_client(sys.modules[__name__], api_key, **options)
         return default_client
 
 
-def _make_client(key: str | None, base: str | None, options: Mapping[str, Any]) -> Client:
-    key = (key or api_key or project_api_key or "").strip()
-    settings: dict[str, Any] = {
-        "disabled": disabled,
-        "send": send,
-        "before_send": before_send,
-        "disable_geoip": disable_geoip,
-        **client_options,
-        **options,
-    }
-    if spool_path is not None:
-        settings.setdefault("spool", spool_path)
-    if not key:
-        if settings.get("disabled"):
-            return Client("disabled", base or host, **settings)
-        raise ConfigError(
-            "spoolpost.api_key is not set: set it (or SPOOLPOST_API_KEY) before "
-            "spoolpost.capture(), or call spoolpost.configure(api_key=...)"
-        )
-    return Client(key, base or host, **settings)
+def _lenient(name: str) -> Callable[..., str | None]:
+    method = getattr(Posthog, name)
 
+    def call(*args: Any, **kwargs: Any) -> str | None:
+        result: str | None = getattr(setup(), name)(*args, **kwargs)
+        return result
 
-def _client() -> Client:
-    client = default_client
-    if client is None:
-        with _default_lock:
-            client = _default_or_new()
-    return client
-
-
-def _default_or_new() -> Client:
-    global default_client
-    if default_client is None:
-        default_client = _make_client(None, None, {})
-    return default_client
-
-
-_P = ParamSpec("_P")
-_R = TypeVar("_R")
-
-
-def _on_default_client(method: Callable[Concatenate[Client, _P], _R]) -> Callable[_P, _R]:
-    """The module-level twin of a :class:`Client` capture method: the same
-    arguments, called on the default client (created on first use)."""
-
-    def call(*args: _P.args, **kwargs: _P.kwargs) -> _R:
-        return method(_client(), *args, **kwargs)
-
-    name = method.__name__
     call.__name__ = call.__qualname__ = name
-    call.__doc__ = (
-        f":meth:`Client.{name}` on the module-level default client, which is created "
-        "on first use from the module settings (:class:`ConfigError` without an API key)."
-    )
-    signature = inspect.signature(method)
-    setattr(  # noqa: B010 (help() and IDEs show the arguments of the method)
-        call, "__signature__", signature.replace(parameters=list(signature.parameters.values())[1:])
-    )
+    call.__doc__ = f":meth:`Posthog.{name}` on the module-level default client (:func:`setup`)."
+    signature = inspect.signature(method)  # help() and IDEs show its arguments
+    parameters = list(signature.parameters.values())[1:]
+    setattr(call, "__signature__", signature.replace(parameters=parameters))  # noqa: B010
     return call
 
 
-capture = _on_default_client(Client.capture)
-identify = _on_default_client(Client.identify)
-set = _on_default_client(Client.set)  # shadows the builtin here, as in posthog-python
-set_once = _on_default_client(Client.set_once)
-alias = _on_default_client(Client.alias)
-group_identify = _on_default_client(Client.group_identify)
+capture = _lenient("capture")
+identify = _lenient("identify")
+set = _lenient("set")  # shadows the builtin here, as in posthog-python
+set_once = _lenient("set_once")
+alias = _lenient("alias")
+group_identify = _lenient("group_identify")
 
 
-def flush(timeout: float = DEFAULT_FLUSH_TIMEOUT) -> FlushResult:
-    """:meth:`Client.flush` on the default client; an empty result if there is none."""
+def flush(timeout_seconds: float | None = 10) -> None:
+    """:meth:`Posthog.flush` on the default client (nothing if there is none)."""
     client = default_client
-    return client.flush(timeout) if client is not None else FlushResult()
+    if client is not None:
+        client.flush(timeout_seconds)
 
 
-def shutdown(timeout: float = DEFAULT_SHUTDOWN_TIMEOUT) -> FlushResult:
-    """Shut the default client down and forget it (a later capture makes a new one);
-    an empty result if there is none."""
+def join() -> None:
+    """:meth:`Posthog.join` on the default client, which is then forgotten."""
+    shutdown()
+
+
+def shutdown() -> None:
+    """Shut the default client down (:meth:`Posthog.shutdown`: pending events are
+    delivered for up to 10 s, the rest stays in the spool) and forget it; a later
+    capture makes a new one (posthog-python keeps the shut client, which drops)."""
     global default_client
     with _default_lock:
         client, default_client = default_client, None
-    return client.shutdown(timeout) if client is not None else FlushResult()
+    if client is not None:
+        client.shutdown()
+
+
+sys.modules[__name__].__class__ = SettingsModule

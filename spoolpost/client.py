@@ -16,7 +16,6 @@ wires them to the spool and to delivery and owns the client's lifecycle.
 from __future__ import annotations
 
 import atexit
-import hashlib
 import logging
 import os
 import threading
@@ -56,6 +55,7 @@ from spoolpost.spool import (
     Spool,
     SpoolStats,
 )
+from spoolpost.spool.location import default_spool_path, key_fingerprint, preferred_spool_path
 
 __all__ = [
     "DEFAULT_FLUSH_TIMEOUT",
@@ -85,19 +85,13 @@ def stop_reserve(timeout: float) -> float:
     return max(0.0, min(STOP_RESERVE, timeout / 4))
 
 
-def key_fingerprint(api_key: str) -> str:
-    """A short, non-reversible fingerprint of a project API key (SHA-256, 16 hex)."""
-    return hashlib.sha256(api_key.encode("utf-8")).hexdigest()[:16]
-
-
-def default_spool_path(api_key: str) -> Path:
-    """``$SPOOLPOST_SPOOL``, else ``$XDG_STATE_HOME/spoolpost/<key fingerprint>.spool``
-    (``~/.local/state`` when ``XDG_STATE_HOME`` is unset)."""
-    configured = os.environ.get("SPOOLPOST_SPOOL")
-    if configured:
-        return Path(configured).expanduser()
-    state = os.environ.get("XDG_STATE_HOME") or os.path.join("~", ".local", "state")
-    return Path(state).expanduser() / "spoolpost" / f"{key_fingerprint(api_key)}.spool"
+def _default_spool(api_key: str) -> Path:
+    """:func:`default_spool_path`, with one ERROR when it is the per-user fallback."""
+    path = default_spool_path(api_key)
+    preferred = preferred_spool_path(api_key)
+    if path != preferred:
+        log.error("the spool folder of %s cannot be created; using %s instead", preferred, path)
+    return path
 
 
 def _check_timeout(timeout: float) -> None:
@@ -231,7 +225,7 @@ class Client(CaptureApi):
             senders=senders,
         )
         self.spool = Spool(
-            spool if spool is not None else default_spool_path(api_key),
+            spool if spool is not None else _default_spool(api_key),
             durability=durability,
             max_spool_bytes=max_spool_bytes,
             on_full=on_full,

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from spoolpost import Posthog, RetryPolicy
-from spoolpost.dropin import EventsNotStored, EventsRejected
+from spoolpost import PausePolicy, Posthog, RetryPolicy
+from spoolpost.dropin import DeliveryInterrupted, EventsNotStored, EventsRejected
 from spoolpost.testing import LocalEndpoint, Response
 from tests.kit import API_KEY, dead_letters, live
 
@@ -198,12 +198,15 @@ def test_max_retries_maps_to_attempts_and_a_dead_batch_reaches_on_error(
     assert posthog.client is not None
     assert posthog.client.dispatcher.retry.max_attempts == 2
     uid = posthog.capture("e", distinct_id="u1")
-    error, events, thread = heard.wait()
+    posthog.flush()  # returns once the event is dead
+    assert [e.uuid for e in dead_letters(posthog.client.spool)] == [uid]
+    posthog.shutdown()  # tells on_error what is queued
+    [(outage, _, _), (error, events, thread)] = heard.calls
+    assert isinstance(outage, DeliveryInterrupted)
     assert isinstance(error, EventsRejected) and error.reason == "max_attempts"
     assert [e["uuid"] for e in events] == [uid]
     assert thread == "spoolpost-on-error"
     assert len(endpoint.requests) == 2  # n + 1 requests
-    assert [e.uuid for e in dead_letters(posthog.client.spool)] == [uid]
 
 
 def test_rejected_event_reaches_on_error(
@@ -366,3 +369,59 @@ def test_lifecycle_defaults_are_posthog_pythons() -> None:
     )
     for name in ("join", "shutdown"):
         assert list(inspect.signature(getattr(Posthog, name)).parameters) == ["self"]
+
+
+def test_an_outage_is_told_to_on_error_once_not_at_each_backoff_step(
+    make_posthog: MakePosthog, endpoint: LocalEndpoint
+) -> None:
+    heard = Heard()
+    endpoint.default = Response(status=503)
+    fast = RetryPolicy(initial_backoff=0.01, max_backoff=0.01, max_attempts=4)
+    posthog = make_posthog(on_error=heard, client_options={"retry": fast})
+    uid = posthog.capture("e", distinct_id="u1")
+    posthog.flush()  # returns once the event is dead (4 failed requests)
+    posthog.shutdown()  # tells on_error what is queued before it returns
+
+    assert len(endpoint.requests) == 4
+    [(outage, none, _), (dead, events, _)] = heard.calls
+    assert isinstance(outage, DeliveryInterrupted) and none == []
+    assert outage.kind == "outage" and outage.failure.startswith("HTTP 503")
+    assert isinstance(dead, EventsRejected) and dead.reason == "max_attempts"
+    assert [e["uuid"] for e in events] == [uid]
+
+
+def test_a_pause_is_told_to_on_error_once_per_episode(
+    make_posthog: MakePosthog, endpoint: LocalEndpoint
+) -> None:
+    heard = Heard()
+    endpoint.default = Response(status=401, body=b'{"error":"bad key"}')
+    quick = PausePolicy(initial=0.01, maximum=0.01)
+    posthog = make_posthog(on_error=heard, client_options={"pause": quick})
+    uid = posthog.capture("e", distinct_id="u1")
+    assert endpoint.wait_for_requests(3)  # three faults (probes) in one episode
+    endpoint.default = Response(status=200)
+    assert endpoint.wait_for_uuids([uid])
+    posthog.shutdown()
+
+    [(paused, none, _)] = heard.calls
+    assert isinstance(paused, DeliveryInterrupted) and none == []
+    assert paused.kind == "paused" and paused.failure.startswith("HTTP 401")
+
+
+def test_events_expired_by_max_event_age_reach_on_error(
+    make_posthog: MakePosthog, endpoint: LocalEndpoint
+) -> None:
+    storing = make_posthog(deliver=False)
+    uid = storing.capture("e", distinct_id="u1")
+    storing.shutdown()
+    heard = Heard()
+    young = RetryPolicy(max_event_age=0.001)  # the event is older than 1 ms by now
+    posthog = make_posthog(on_error=heard, client_options={"retry": young})
+    posthog.flush()
+    posthog.shutdown()
+
+    [(error, events, _)] = heard.calls
+    assert isinstance(error, EventsRejected)
+    assert (error.reason, error.detail) == ("expired", "older than max_event_age")
+    assert [e["uuid"] for e in events] == [uid]
+    assert endpoint.requests == []

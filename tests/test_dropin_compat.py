@@ -5,6 +5,7 @@ fails here (posthog is pinned in the ``test`` extra, so that happens on a bump).
 
 from __future__ import annotations
 
+import ast
 import inspect
 import re
 from importlib.metadata import version
@@ -13,7 +14,9 @@ from pathlib import Path
 import posthog
 import pytest
 
+import spoolpost
 from spoolpost import Posthog
+from spoolpost.dropin.module import POSTHOG_MODULE_SETTINGS
 from spoolpost.dropin.settings import IGNORED, MAPPED
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,3 +69,45 @@ def test_readme_names_the_pinned_version() -> None:
     assert pinned is not None, "pin posthog==X.Y.Z in the test extra"
     assert pinned[1] == version("posthog")
     assert f"posthog-python {pinned[1]}" in README.read_text("utf-8")
+
+
+# -- the module-level API's settings --------------------------------------------------------
+
+
+def posthog_module_settings() -> list[str]:
+    """The settings posthog-python's module assigns at its top level (``api_key = None``,
+    …), read from its source, without ``__version__`` and ``default_client``."""
+    tree = ast.parse(Path(posthog.__file__).read_text("utf-8"))
+    names = [
+        target.id
+        for node in tree.body
+        if isinstance(node, ast.Assign)
+        for target in node.targets
+        if isinstance(target, ast.Name)
+    ]
+    return [n for n in names if n not in ("__version__", "default_client")]
+
+
+def readme_module_table() -> dict[str, str]:
+    section = README.read_text("utf-8").split("| posthog-python module setting |", 1)[1]
+    rows = {}
+    for line in section.split("\n\n", 1)[0].splitlines():
+        match = re.match(r"^\| `([A-Za-z_]+)` \| (.+) \|$", line)
+        if match:
+            rows[match[1]] = match[2]
+    return rows
+
+
+def test_module_settings_are_posthog_pythons() -> None:
+    assert list(POSTHOG_MODULE_SETTINGS) == posthog_module_settings()
+    assert list(readme_module_table()) == posthog_module_settings()
+
+
+@pytest.mark.parametrize("name", posthog_module_settings())
+def test_every_posthog_module_setting_is_read(name: str) -> None:
+    assert name in vars(spoolpost), f"spoolpost has no module setting {name!r}"
+    ours = inspect.signature(Posthog.__init__).parameters
+    if name not in ("api_key", "host", "project_api_key"):  # these read the environment
+        assert vars(spoolpost)[name] == ours[name].default  # no INFO line by default
+    if name in IGNORED:
+        assert readme_module_table()[name].startswith("ignored (INFO)")

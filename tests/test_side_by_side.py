@@ -277,3 +277,87 @@ def test_constructor_options_same_events_and_results(
     assert flags <= {options.get("historical_migration", False)}
     if options.get("gzip"):
         assert {r.headers.get("Content-Encoding") for r in ours_endpoint.requests} == {"gzip"}
+
+
+# -- contexts --------------------------------------------------------------------------------
+
+
+def context_script(lib: Any, client: Any) -> list[Any]:
+    """posthog-python's context calls, made with ``lib``'s module functions and
+    ``client``'s methods; returns what each call gave."""
+    results: list[Any] = []
+    with lib.new_context():
+        lib.identify_context("ctx-user")
+        lib.set_context_session("sess-1")
+        lib.tag("request_id", "r1")
+        client.tag("plan", "from-tag")
+        results.append(client.capture("in_context", properties={"plan": "pro"}, timestamp=PAST))
+        results.append(client.set(properties={"email": "a@b.c"}, timestamp=PAST))
+        results.append(client.set_once(properties={}, timestamp=PAST))  # the tags: not empty
+        results.append(client.alias("old-id", None, timestamp=PAST))
+        results.append(client.group_identify("company", "acme", {"size": 1}, timestamp=PAST))
+        with client.new_context(fresh=True):
+            client.tag("inner", 1)
+            results.append(client.capture("fresh", timestamp=PAST))
+        with lib.new_context():
+            lib.tag("nested", True)
+            results.append(
+                client.capture(
+                    "nested",
+                    distinct_id="explicit",
+                    properties={"$session_id": "own", "request_id": "prop-wins"},
+                    timestamp=PAST,
+                )
+            )
+            results.append(sorted(lib.get_tags().items()))
+        results.append(sorted(client.get_tags().items()))
+    results.append(lib.get_tags())
+    results.append(client.capture("outside", timestamp=PAST))  # personless
+    client.flush()
+    client.shutdown()
+    return results
+
+
+def with_sorted_context_tags(event: dict[str, Any]) -> dict[str, Any]:
+    """posthog-python sends ``$context_tags`` as a set (any order); spoolpost sorted."""
+    properties = event["properties"]
+    for bag in (
+        properties,
+        *(d.get(k) for d in (event, properties) for k in ("$set", "$set_once")),
+    ):
+        if isinstance(bag, dict) and "$context_tags" in bag:
+            bag["$context_tags"] = sorted(bag["$context_tags"])
+    return event
+
+
+def sent(endpoint: LocalEndpoint) -> list[dict[str, Any]]:
+    return [event for request in endpoint.requests for event in request.events]
+
+
+def test_contexts_same_events_and_results(
+    endpoints: tuple[LocalEndpoint, LocalEndpoint], tmp_path: Path
+) -> None:
+    theirs_endpoint, ours_endpoint = endpoints
+    theirs = posthog.Posthog(API_KEY, host=theirs_endpoint.url)
+    ours = spoolpost.Posthog(API_KEY, host=ours_endpoint.url, spool=str(tmp_path / "e.spool"))
+    their_results = context_script(posthog, theirs)
+    our_results = context_script(spoolpost, ours)
+
+    assert [returned(("r", r)) for r in our_results] == [returned(("r", r)) for r in their_results]
+    assert their_results[-2] == {} and their_results[-3] == [
+        ("plan", "from-tag"),
+        ("request_id", "r1"),
+    ]
+    step = Step("capture", kwargs={"distinct_id": "compared as sent"})
+    for events, results in (
+        (sent(theirs_endpoint), their_results),
+        (sent(ours_endpoint), our_results),
+    ):
+        assert sorted(e["uuid"] for e in events) == sorted(r for r in results if isinstance(r, str))
+    theirs_by_name = {e["event"]: e for e in sent(theirs_endpoint)}
+    ours_by_name = {e["event"]: e for e in sent(ours_endpoint)}
+    assert set(ours_by_name) == set(theirs_by_name) and len(ours_by_name) == 8
+    for name, their_event in theirs_by_name.items():
+        a = comparable(with_sorted_context_tags(their_event), step)
+        b = comparable(with_sorted_context_tags(ours_by_name[name]), step)
+        assert b == a, name

@@ -42,7 +42,7 @@ from spoolpost.delivery.config import (
 )
 from spoolpost.delivery.health import EndpointHealth
 from spoolpost.delivery.policy import PausePolicy, RetryPolicy
-from spoolpost.delivery.settle import DeadHook, Settler
+from spoolpost.delivery.settle import DeadHook, EpisodeHook, Settler
 from spoolpost.delivery.threads import Threads
 from spoolpost.delivery.transport import HttpTransport
 from spoolpost.errors import ConfigError
@@ -53,6 +53,7 @@ __all__ = ["DeliveryConfig", "Dispatcher", "FlushBarrier", "FlushResult", "Step"
 
 log = logging.getLogger("spoolpost")
 
+_OLD = "older than max_event_age"  # the detail of an expired dead letter
 #: Seconds between refreshes of the recorded last success while no episode changes.
 RECORD_SUCCESS_EVERY = 60.0
 
@@ -108,15 +109,18 @@ class Dispatcher:
         self._recorded_success: float | None = None
         self._threads = Threads(spool, clock, self._cond, self.config.sender_count)
         self._on_dead: DeadHook | None = None
+        self._on_episode: EpisodeHook | None = None
         self._settler = self._new_settler()
 
-    def set_on_dead(self, hook: DeadHook | None) -> None:
-        """Call ``hook(rows, reason, detail)``, in a sender thread, after a reply
-        dead-letters rows (``rejected``, ``too_large``, ``max_attempts``); events that
-        expire by ``max_event_age`` at a claim are not reported. The hook must not
-        raise or block."""
-        self._on_dead = hook
-        self._settler.on_dead = hook
+    def set_on_dead(self, hook: DeadHook | None, on_episode: EpisodeHook | None = None) -> None:
+        """Call ``hook(rows, reason, detail)`` after rows are dead-lettered by a reply
+        (``rejected``, ``too_large``, ``max_attempts``, in a sender thread) or by age
+        at a claim (``expired``); and ``on_episode(kind, failure)`` once when an outage
+        or a pause begins. Hooks must not raise or block."""
+        self._on_dead, self._on_episode = hook, on_episode
+        self._settler.on_dead, self._settler.on_episode = hook, on_episode
+        expired = None if hook is None else (lambda rows: hook(rows, "expired", _OLD))
+        self.spool.set_on_expired(expired)
 
     def _new_settler(self) -> Settler:
         settler = Settler(
@@ -129,7 +133,7 @@ class Dispatcher:
             clock=self.clock,
             lease_ttl=self.config.lease_ttl,
         )
-        settler.on_dead = self._on_dead
+        settler.on_dead, settler.on_episode = self._on_dead, self._on_episode
         return settler
 
     # -- state seen by the client ---------------------------------------------------

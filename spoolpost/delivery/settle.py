@@ -47,6 +47,8 @@ log = logging.getLogger("spoolpost")
 
 #: ``on_dead(rows, reason, detail)``: told of rows a reply dead-lettered.
 DeadHook: TypeAlias = Callable[[Sequence[Row], str, str], None]
+#: ``on_episode(kind, failure)``: an outage (``"outage"``) or pause (``"paused"``) began.
+EpisodeHook: TypeAlias = Callable[[str, str], None]
 
 
 @dataclass(frozen=True)
@@ -126,6 +128,8 @@ class Settler:
         #: Called as ``on_dead(rows, reason, detail)`` after rows are dead-lettered
         #: by a reply (not by age); must not raise (the drop-in's ``on_error``).
         self.on_dead: DeadHook | None = None
+        #: Called once when an outage or a pause begins (not at each backoff step).
+        self.on_episode: EpisodeHook | None = None
 
     def deliver(self, batch: Batch) -> None:
         """Send one leased batch and settle every row of it, in this thread.
@@ -412,12 +416,18 @@ class Settler:
         retry_after = parse_retry_after(t.reply.retry_after, t.at)
         with self.lock:
             notice = self.health.on_transient(t.at, retry_after, t.reply.describe())
+            began = notice is not None and self.health.gate_failures == 1
         _emit(notice)
+        if began and self.on_episode is not None:
+            self.on_episode("outage", t.reply.describe())
 
     def _on_config_fault(self, t: _Try) -> None:
         with self.lock:
             notice = self.health.on_config_fault(t.at, t.reply.describe())
+            began = notice is not None and self.health.pause_faults == 1
         _emit(notice)
+        if began and self.on_episode is not None:
+            self.on_episode("paused", t.reply.describe())
 
 
 def _emit(notice: Notice | None) -> None:

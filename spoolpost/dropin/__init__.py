@@ -6,6 +6,6 @@ constructor and lenient call behaviour, over a strict :class:`~spoolpost.client.
 """
 
 from spoolpost.dropin.posthog import Posthog
-from spoolpost.dropin.report import EventsNotStored, EventsRejected
+from spoolpost.dropin.report import DeliveryInterrupted, EventsNotStored, EventsRejected
 
-__all__ = ["EventsNotStored", "EventsRejected", "Posthog"]
+__all__ = ["DeliveryInterrupted", "EventsNotStored", "EventsRejected", "Posthog"]

@@ -13,13 +13,13 @@ from __future__ import annotations
 import logging
 import math
 import threading
-import uuid as uuid_module
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from spoolpost.client import Client, default_spool_path
 from spoolpost.delivery.policy import RetryPolicy
-from spoolpost.dropin.enrich import SYSTEM_PROPERTIES, Enricher, Unsent, repair_arguments
+from spoolpost.dropin.calls import CaptureCalls
+from spoolpost.dropin.enrich import Enricher, Unsent, repair_arguments
 from spoolpost.dropin.report import LOST_COUNTER, EventsNotStored, OnError, Reporter
 from spoolpost.dropin.settings import fallback_spool_path, log_ignored, server_host
 from spoolpost.events.api import CaptureApi
@@ -34,7 +34,7 @@ DEFAULT_FLUSH_TIMEOUT = 10.0
 _NOT_GIVEN: dict[str, Any] = {}  # the ignored options' posthog-python defaults, filled below
 
 
-class Posthog:
+class Posthog(CaptureCalls):
     """posthog-python 7.x's ``Posthog`` (``posthog.Client``), storing every event in a
     spoolpost spool before a capture call returns.
 
@@ -193,7 +193,7 @@ class Posthog:
             log.error("Posthog: no spool could be opened (%s); capture calls store nothing", exc)
             return
         self.client._capture.null_unencodable = True  # posthog-python sends null
-        self.client.dispatcher.set_on_dead(self.reporter.dead)
+        self.client.dispatcher.set_on_dead(self.reporter.dead, self.reporter.episode)
 
     def _open_fallback(self, host: str, exc: Exception, options: dict[str, Any]) -> None:
         path = fallback_spool_path(self.api_key)
@@ -242,135 +242,6 @@ class Posthog:
             except Exception:  # a spool closed by a shutdown in another thread
                 log.debug("the lost counter could not be written", exc_info=True)
         self.reporter.report(error, [summary])
-
-    def capture(
-        self,
-        event: str,
-        *,
-        distinct_id: Any = None,
-        properties: Mapping[str, Any] | None = None,
-        timestamp: Any = None,
-        uuid: Any = None,
-        groups: Mapping[str, Any] | None = None,
-        send_feature_flags: Any = False,
-        flags: Any = None,
-        disable_geoip: bool | None = None,
-    ) -> str | None:
-        """posthog-python's ``capture``: returns the event's uuid once stored, or None.
-
-        No ``distinct_id`` (None or ``""``): a personless event, as in posthog-python
-        7.x: a random uuid4 id and ``$process_person_profile: false`` (unless the
-        properties set it). ``$python_runtime`` and ``$python_version`` are added, as
-        posthog-python's system context does. A bad ``uuid`` is replaced by a new one
-        (ERROR), a bad ``timestamp`` by now (WARNING), an unencodable value is sent as
-        null (WARNING naming its path). ``send_feature_flags``/``flags`` are ignored
-        (spoolpost evaluates no flags; INFO). Never raises (``debug``: does)."""
-        props = dict(properties or {})
-        props.update(SYSTEM_PROPERTIES)
-        if distinct_id is None or distinct_id == "":
-            distinct_id = str(uuid_module.uuid4())
-            props.setdefault("$process_person_profile", False)
-        if send_feature_flags or flags is not None:
-            log.info("capture(send_feature_flags/flags) is ignored: spoolpost evaluates no flags")
-        summary = {"event": event, "distinct_id": distinct_id, "properties": props}
-        return self._call(
-            "capture",
-            summary,
-            event,
-            distinct_id=distinct_id,
-            properties=props,
-            timestamp=timestamp,
-            uuid=uuid,
-            groups=groups,
-            disable_geoip=disable_geoip,
-        )
-
-    def _person(
-        self, method: str, distinct_id: Any, properties: Mapping[str, Any] | None, **kw: Any
-    ) -> str | None:
-        if distinct_id is None or distinct_id == "" or not properties:
-            return None  # posthog-python: a personless or empty set() does nothing
-        summary = {"event": f"${method}", "distinct_id": distinct_id, f"${method}": properties}
-        return self._call(method, summary, distinct_id=distinct_id, properties=properties, **kw)
-
-    def set(
-        self,
-        *,
-        distinct_id: Any = None,
-        properties: Mapping[str, Any] | None = None,
-        timestamp: Any = None,
-        uuid: Any = None,
-        disable_geoip: bool | None = None,
-    ) -> str | None:
-        """posthog-python's ``set``: ``$set`` person ``properties``; None (nothing sent)
-        without a ``distinct_id`` or with no properties. Never raises."""
-        return self._person(
-            "set",
-            distinct_id,
-            properties,
-            timestamp=timestamp,
-            uuid=uuid,
-            disable_geoip=disable_geoip,
-        )
-
-    def set_once(
-        self,
-        *,
-        distinct_id: Any = None,
-        properties: Mapping[str, Any] | None = None,
-        timestamp: Any = None,
-        uuid: Any = None,
-        disable_geoip: bool | None = None,
-    ) -> str | None:
-        """posthog-python's ``set_once``, as :meth:`set` for ``$set_once``."""
-        return self._person(
-            "set_once",
-            distinct_id,
-            properties,
-            timestamp=timestamp,
-            uuid=uuid,
-            disable_geoip=disable_geoip,
-        )
-
-    def alias(
-        self,
-        previous_id: Any,
-        distinct_id: Any,
-        timestamp: Any = None,
-        uuid: Any = None,
-        disable_geoip: bool | None = None,
-    ) -> str | None:
-        """posthog-python's ``alias``: ``$create_alias``; None (WARNING) when either id
-        is missing. Never raises."""
-        if previous_id in (None, "") or distinct_id in (None, ""):
-            log.warning("alias() called without both ids, dropping the $create_alias event")
-            return None
-        summary = {"event": "$create_alias", "distinct_id": previous_id, "alias": distinct_id}
-        return self._call(
-            "alias", summary, previous_id, distinct_id, timestamp, uuid, disable_geoip
-        )
-
-    def group_identify(
-        self,
-        group_type: str,
-        group_key: Any,
-        properties: Mapping[str, Any] | None = None,
-        timestamp: Any = None,
-        uuid: Any = None,
-        disable_geoip: bool | None = None,
-        distinct_id: Any = None,
-    ) -> str | None:
-        """posthog-python's ``group_identify``: ``$groupidentify``, sent by
-        ``distinct_id``, default a random uuid4 (as posthog-python 7.x); None (WARNING)
-        without a group type or key. Never raises."""
-        if not group_type or group_key in (None, ""):
-            log.warning("group_identify() without a group type and key, dropping the event")
-            return None
-        if distinct_id is None or distinct_id == "":
-            distinct_id = str(uuid_module.uuid4())
-        summary = {"event": "$groupidentify", "distinct_id": distinct_id, "group_key": group_key}
-        args = (group_type, group_key, properties or {}, timestamp, uuid, disable_geoip)
-        return self._call("group_identify", summary, *args, distinct_id)
 
     # -- lifecycle -----------------------------------------------------------------
 

@@ -20,7 +20,14 @@ from typing import Any, TypeAlias
 from spoolpost.errors import SpoolpostError
 from spoolpost.spool import Row
 
-__all__ = ["LOST_COUNTER", "EventsNotStored", "EventsRejected", "OnError", "Reporter"]
+__all__ = [
+    "LOST_COUNTER",
+    "DeliveryInterrupted",
+    "EventsNotStored",
+    "EventsRejected",
+    "OnError",
+    "Reporter",
+]
 
 log = logging.getLogger("spoolpost")
 
@@ -42,12 +49,25 @@ class EventsNotStored(SpoolpostError):
 
 class EventsRejected(SpoolpostError):
     """A batch of events was dead-lettered: ``reason`` (``rejected``, ``too_large``,
-    ``max_attempts``) and ``detail`` (status and body excerpt)."""
+    ``max_attempts``, ``expired``, v1's ``dropped``, ``limited``, …) and ``detail``
+    (status and body excerpt)."""
 
     def __init__(self, reason: str, detail: str) -> None:
         super().__init__(f"events dead-lettered ({reason}): {detail}")
         self.reason = reason
         self.detail = detail
+
+
+class DeliveryInterrupted(SpoolpostError):
+    """Delivery stopped for a while: ``kind`` is ``outage`` (transient failures: 5xx,
+    429, no answer; retried with backoff) or ``paused`` (a configuration fault:
+    401/403/404/3xx); ``failure`` says what came back. Told once per episode, with no
+    events: they stay in the spool and are sent once delivery resumes."""
+
+    def __init__(self, kind: str, failure: str) -> None:
+        super().__init__(f"delivery {kind}: {failure}; events are kept in the spool")
+        self.kind = kind
+        self.failure = failure
 
 
 def row_events(rows: Sequence[Row]) -> list[dict[str, Any]]:
@@ -98,6 +118,10 @@ class Reporter:
     def dead(self, rows: Sequence[Row], reason: str, detail: str) -> None:
         """The dispatcher's ``on_dead`` hook: report a dead-lettered batch."""
         self.report(EventsRejected(reason, detail), row_events(rows))
+
+    def episode(self, kind: str, failure: str) -> None:
+        """The dispatcher's ``on_episode`` hook: report an outage or a pause once."""
+        self.report(DeliveryInterrupted(kind, failure), [])
 
     def close(self, timeout: float) -> None:
         """Let the thread tell what is queued and exit; wait up to ``timeout`` seconds

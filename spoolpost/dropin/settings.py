@@ -8,12 +8,10 @@ installed posthog-python.
 from __future__ import annotations
 
 import logging
-import os
-from pathlib import Path
 
-from spoolpost.client import key_fingerprint
 from spoolpost.delivery.hosts import APP_HOST_ALIASES
 from spoolpost.delivery.transport import DEFAULT_HOST
+from spoolpost.spool.location import fallback_spool_path
 
 __all__ = ["IGNORED", "MAPPED", "fallback_spool_path", "log_ignored", "server_host"]
 
@@ -103,10 +101,3 @@ def log_ignored(given: dict[str, object], defaults: dict[str, object]) -> list[s
     for name in names:
         log.info("Posthog(%s=...) is accepted and ignored by spoolpost", name)
     return names
-
-
-def fallback_spool_path(api_key: str) -> Path:
-    """Where a :class:`~spoolpost.Posthog` without ``spool`` keeps its spool when the
-    default location cannot be used: ``/var/tmp/spoolpost-<uid>/<key fingerprint>.spool``
-    (``/var/tmp`` survives reboots, ``/tmp`` may not)."""
-    return Path("/var/tmp") / f"spoolpost-{os.getuid()}" / f"{key_fingerprint(api_key)}.spool"

@@ -22,6 +22,12 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from spoolpost.events import build as ev
+from spoolpost.events.contexts import (
+    ContextApi,
+    context_distinct_id,
+    context_session_id,
+    with_context_tags,
+)
 from spoolpost.events.timestamps import Timestamp
 
 __all__ = ["CaptureApi", "refuse_feature_flags"]
@@ -43,8 +49,33 @@ def refuse_feature_flags(send_feature_flags: object, flags: object) -> None:
         )
 
 
-class CaptureApi:
-    """The capture methods of :class:`~spoolpost.client.Client`, over :meth:`_emit`."""
+def _or_context(distinct_id: Any) -> Any:
+    """``distinct_id``, or the current context's when it is None or empty."""
+    if distinct_id is None or distinct_id == "":
+        return context_distinct_id() or distinct_id
+    return distinct_id
+
+
+def _with_session(build: Callable[..., dict[str, Any]]) -> Callable[..., dict[str, Any]]:
+    """``build``, adding the current context's ``$session_id`` to the properties."""
+    session = context_session_id()
+    if not session:
+        return build
+
+    def build_in_session(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        event = build(*args, **kwargs)
+        event["properties"]["$session_id"] = str(session)
+        return event
+
+    return build_in_session
+
+
+class CaptureApi(ContextApi):
+    """The capture methods of :class:`~spoolpost.client.Client`, over :meth:`_emit`.
+
+    Inside a context (:mod:`spoolpost.events.contexts`), a call without a
+    ``distinct_id`` takes the context's, and tags and ``$session_id`` are added as
+    posthog-python 7.x adds them."""
 
     #: The public capture methods.
     METHODS = ("capture", "identify", "set", "set_once", "alias", "group_identify")
@@ -62,7 +93,7 @@ class CaptureApi:
         self,
         event: str,
         *,
-        distinct_id: ev.DistinctId,
+        distinct_id: ev.DistinctId | None = None,
         properties: Mapping[str, Any] | None = None,
         timestamp: Timestamp = None,
         uuid: ev.EventUuid = None,
@@ -108,7 +139,14 @@ class CaptureApi:
         if send_feature_flags or flags is not None:
             refuse_feature_flags(send_feature_flags, flags)
         return self._emit(
-            ev.capture_event, disable_geoip, event, distinct_id, properties, timestamp, uuid, groups
+            ev.capture_event,
+            disable_geoip,
+            event,
+            _or_context(distinct_id),
+            with_context_tags(properties),
+            timestamp,
+            uuid,
+            groups,
         )
 
     def identify(
@@ -134,7 +172,7 @@ class CaptureApi:
     def set(
         self,
         *,
-        distinct_id: ev.DistinctId,
+        distinct_id: ev.DistinctId | None = None,
         properties: Mapping[str, Any],
         timestamp: Timestamp = None,
         uuid: ev.EventUuid = None,
@@ -143,12 +181,13 @@ class CaptureApi:
         """``$set`` person ``properties`` (a mapping, required) on ``distinct_id``,
         overwriting earlier values. Returns and raises as :meth:`capture`.
         Keyword-only, as in posthog-python 7.x."""
-        return self._emit(ev.set_event, disable_geoip, distinct_id, properties, timestamp, uuid)
+        person, props = _or_context(distinct_id), with_context_tags(properties)
+        return self._emit(ev.set_event, disable_geoip, person, props, timestamp, uuid)
 
     def set_once(
         self,
         *,
-        distinct_id: ev.DistinctId,
+        distinct_id: ev.DistinctId | None = None,
         properties: Mapping[str, Any],
         timestamp: Timestamp = None,
         uuid: ev.EventUuid = None,
@@ -157,9 +196,8 @@ class CaptureApi:
         """``$set_once`` person ``properties`` (a mapping, required) on
         ``distinct_id``, only where not set yet. Returns and raises as :meth:`capture`.
         Keyword-only, as in posthog-python 7.x."""
-        return self._emit(
-            ev.set_once_event, disable_geoip, distinct_id, properties, timestamp, uuid
-        )
+        person, props = _or_context(distinct_id), with_context_tags(properties)
+        return self._emit(ev.set_once_event, disable_geoip, person, props, timestamp, uuid)
 
     def alias(
         self,
@@ -173,7 +211,9 @@ class CaptureApi:
         by ``previous_id``, properties ``{"distinct_id": previous_id, "alias":
         distinct_id}``). Arguments in posthog-python's order. Returns and raises as
         :meth:`capture`."""
-        return self._emit(ev.alias_event, disable_geoip, previous_id, distinct_id, timestamp, uuid)
+        build = _with_session(ev.alias_event)
+        person = _or_context(distinct_id)
+        return self._emit(build, disable_geoip, previous_id, person, timestamp, uuid)
 
     def group_identify(
         self,
@@ -190,12 +230,12 @@ class CaptureApi:
         sent by ``distinct_id`` (default ``"$<group_type>_<group_key>"``).
         Arguments in posthog-python's order. Returns and raises as :meth:`capture`."""
         return self._emit(
-            ev.group_identify_event,
+            _with_session(ev.group_identify_event),
             disable_geoip,
             group_type,
             group_key,
             properties,
             timestamp,
             uuid,
-            distinct_id,
+            _or_context(distinct_id),
         )

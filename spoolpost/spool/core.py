@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from spoolpost.errors import ConfigError
@@ -52,7 +52,7 @@ from spoolpost.spool.db import (
     Database,
     Durability,
 )
-from spoolpost.spool.leases import Batch, Leases, RequestStamp
+from spoolpost.spool.leases import Batch, Leases, RequestStamp, Row
 from spoolpost.spool.operator import OperatorMethods
 from spoolpost.spool.owner import Owner
 from spoolpost.spool.queries import SpoolSnapshot, SpoolStats, Watermark
@@ -221,6 +221,11 @@ class Spool(OperatorMethods):
         return self._appender.append(uuid, body, now)
 
     # -- claim and settle -------------------------------------------------------
+
+    def set_on_expired(self, hook: Callable[[list[Row]], None] | None) -> None:
+        """Call ``hook(rows)`` after a claim of this object dead-letters ``rows`` as
+        ``expired`` (older than ``max_event_age``); it must not raise or block."""
+        self._leases.on_expired = hook
 
     def claim(
         self,

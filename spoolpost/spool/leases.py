@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import secrets
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -79,6 +79,8 @@ class Leases:
         self._db = db
         # Fresh rows (never tried) above this id are the next to lease; see _due_rows.
         self._cursor = 0
+        #: Called with the rows a claim dead-lettered as ``expired``, after the commit.
+        self.on_expired: Callable[[list[Row]], None] | None = None
         db.on_start_over(self._start_over)
 
     def _start_over(self, forked: bool) -> None:
@@ -109,9 +111,19 @@ class Leases:
             rows += fresh
         return rows
 
-    def claim(
+    def claim(self, now: float, **options: Any) -> Batch | None:
+        """Lease due pending events to one sender; see :meth:`Spool.claim`. Rows it
+        dead-letters as ``expired`` are told to :attr:`on_expired` once committed."""
+        died: list[Row] = []
+        batch = self._claim(now, died, **options)
+        if died and self.on_expired is not None:
+            self.on_expired(died)
+        return batch
+
+    def _claim(
         self,
         now: float,
+        died: list[Row],
         *,
         max_events: int,
         max_bytes: int,
@@ -119,7 +131,6 @@ class Leases:
         max_event_age: float | None = None,
         owner: Owner | None = None,
     ) -> Batch | None:
-        """Lease due pending events to one sender; see :meth:`Spool.claim`."""
         owner = owner or current_owner()
         with self._db.write() as conn:
             for _ in range(_EXPIRE_ROUNDS):
@@ -134,6 +145,7 @@ class Leases:
                 for row_id, uuid, body, attempts, captured_at, request_id in rows:
                     if max_event_age is not None and captured_at < now - max_event_age:
                         expired.append(row_id)
+                        died.append(Row(row_id, uuid, bytes(body), attempts, captured_at, None))
                         continue
                     if taken and request_id != taken[0].request_id:
                         # A stored v1 request's rows go together and alone. A fresh
