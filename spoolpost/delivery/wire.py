@@ -255,7 +255,16 @@ def to_v1_event(event: Mapping[str, Any]) -> dict[str, Any]:
     ``session_id``/``window_id`` (strings only); the event keeps ``event``,
     ``uuid``, ``distinct_id``, ``timestamp`` and nothing else. ``event`` is not
     changed. Raises ``KeyError``/``TypeError`` for an event without those fields."""
-    properties = dict(event.get("properties") or {})
+    return _reshape(event, dict(event.get("properties") or {}))
+
+
+#: Parses one stored body (UTF-8 JSON); skips ``json.loads``'s encoding detection.
+_decode = json.JSONDecoder().decode
+
+
+def _reshape(event: Mapping[str, Any], properties: dict[str, Any]) -> dict[str, Any]:
+    """:func:`to_v1_event` with the event's ``properties`` dict to change in place
+    (the send path passes the dict of a body it has just parsed: no copy)."""
     for key in RELOCATED:
         top = event.get(key)
         if top is None:
@@ -313,7 +322,7 @@ class PostHogV1:
             stamp = RequestStamp(str(uuid.uuid4()), sent, 1)
         body: dict[str, Any] = {
             "created_at": stamp.created_at,
-            "batch": [to_v1_event(json.loads(e)) for e in events],
+            "batch": [_reshape(ev, ev.get("properties") or {}) for ev in map(_parse, events)],
         }
         if self.historical_migration:
             body["historical_migration"] = True
@@ -326,6 +335,11 @@ class PostHogV1:
             "PostHog-Request-Timestamp": sent,
         }
         return headers, json.dumps(body, separators=(",", ":")).encode()
+
+
+def _parse(body: bytes) -> dict[str, Any]:
+    event: dict[str, Any] = _decode(body.decode())
+    return event
 
 
 def wire_format(mode: CaptureMode, historical_migration: bool = False) -> WireFormat:
