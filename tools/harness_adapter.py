@@ -8,12 +8,13 @@ new ``Posthog`` on a fresh spool in a temporary folder (removed at exit).
 The harness tells an adapter nothing of the capture protocol a suite expects, so one
 adapter serves two, by URL prefix: the root speaks v0 (``/batch/``; declares
 ``capture_v0``) and ``/v1`` speaks v1 (``/i/v1/analytics/events``; declares
-``capture_v1``). Both declare ``capture_ai_v0`` and one ``encoding_*``: what
-``enable_compression`` turns on (v0: gzip; v1: ``--compression``, default gzip).
+``capture_v1``), each with the one ``encoding_*`` that ``enable_compression`` turns
+on (v0: gzip; v1: ``--compression``, default gzip). Only the root declares
+``capture_ai_v0``: that suite also asserts that ``capture`` posts to ``/batch``.
 
     python tools/harness_adapter.py --port 0 --port-file /tmp/port
     ../shared/tools/posthog-harness http://127.0.0.1:PORT capture capture_ai
-    ../shared/tools/posthog-harness http://127.0.0.1:PORT/v1 capture_v1 capture_ai
+    ../shared/tools/posthog-harness http://127.0.0.1:PORT/v1 capture_v1
 """
 
 from __future__ import annotations
@@ -30,6 +31,10 @@ from pathlib import Path
 from typing import Any
 
 from spoolpost import Posthog, __version__
+from spoolpost.delivery.wire import OPTION_PROPERTIES
+
+#: The harness's per-event ``options`` → the properties posthog-python reads them from.
+OPTION_TO_PROPERTY = {option: prop for prop, option, _ in OPTION_PROPERTIES}
 
 log = logging.getLogger("spoolpost.harness")
 
@@ -83,10 +88,14 @@ class Adapter:
 
     def capture(self, body: dict[str, Any]) -> dict[str, Any]:
         client = self._client()
+        properties = dict(body.get("properties") or {})
+        for name, value in (body.get("options") or {}).items():
+            if name in OPTION_TO_PROPERTY:  # v1 lifts them back into `options`
+                properties[OPTION_TO_PROPERTY[name]] = value
         uuid = client.capture(
             body["event"],
             distinct_id=body.get("distinct_id"),
-            properties=body.get("properties"),
+            properties=properties,
             timestamp=body.get("timestamp"),
             uuid=body.get("uuid"),
         )
@@ -95,8 +104,10 @@ class Adapter:
         return {"success": uuid is not None, "uuid": uuid}
 
     def capabilities(self) -> list[str]:
-        protocol = "capture_v1" if self.mode == "v1" else "capture_v0"
-        return [protocol, "capture_ai_v0", f"encoding_{self.compression}"]
+        # capture_ai's suite also asserts that capture() posts to /batch: v0 only.
+        if self.mode == "v1":
+            return ["capture_v1", f"encoding_{self.compression}"]
+        return ["capture_v0", "capture_ai_v0", "encoding_gzip"]
 
     def capture_ai(self, body: dict[str, Any]) -> dict[str, Any]:
         client = self._client()
