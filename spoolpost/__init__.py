@@ -85,6 +85,7 @@ __all__ = [
     "__version__",
     "alias",
     "capture",
+    "capture_ai",
     "configure",
     "flush",
     "get_tags",
@@ -198,6 +199,7 @@ def _lenient(name: str) -> Callable[..., str | None]:
 
 
 capture = _lenient("capture")
+capture_ai = _lenient("capture_ai")
 identify = _lenient("identify")
 set = _lenient("set")  # shadows the builtin here, as in posthog-python
 set_once = _lenient("set_once")

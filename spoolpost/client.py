@@ -261,11 +261,15 @@ class Client(CaptureApi):
         self._delivering = False
 
     def _emit(
-        self, build: Callable[..., dict[str, Any]], disable_geoip: bool | None, *args: Any
+        self,
+        build: Callable[..., dict[str, Any]],
+        disable_geoip: bool | None,
+        *args: Any,
+        lane: str | None = None,
     ) -> str | None:
         """Build an event with ``build(*args, now=…, disable_geoip=…)``, write it through
-        the capture pipeline and tell delivery (nothing at all when the client is
-        disabled)."""
+        the capture pipeline on ``lane`` and tell delivery (nothing at all when the
+        client is disabled)."""
         if self.disabled:
             return None
         now = self.clock.now()
@@ -273,7 +277,7 @@ class Client(CaptureApi):
         event = build(*args, now=now, disable_geoip=geoip)
         if self._shut:
             raise SpoolClosed("this client was shut down; create a new Client to capture")
-        uuid = self._capture.write(event, now)
+        uuid = self._capture.write(event, now, lane)
         if uuid is not None and self.send:
             if not self._delivering:
                 self._start_delivery()  # a forked child starts its own threads

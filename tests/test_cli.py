@@ -203,7 +203,7 @@ def test_inspect(spool_path: Path, filled: list[str]) -> None:
     assert "dead reasons    rejected=1" in human.stdout
     data = json.loads(run("inspect", spool_path, "--json").stdout)
     assert data["dead_reasons"] == {"rejected": 1}
-    assert data["schema_version"] == 2
+    assert data["schema_version"] == 3
 
 
 def test_tail_human_and_json_lines(spool_path: Path, filled: list[str]) -> None:

@@ -37,7 +37,7 @@ def test_a_new_spool_gets_every_migration_once(spool_path: Path) -> None:
         migrations.LATEST_VERSION,
         [(m.version, m.name) for m in migrations.load_migrations()],
     )
-    assert migrations.LATEST_VERSION == 2
+    assert migrations.LATEST_VERSION == 3
 
 
 def test_the_source_tree_and_the_loader_agree() -> None:
@@ -82,7 +82,7 @@ def test_concurrent_first_opens_from_threads_apply_each_migration_once(spool_pat
         t.join()
 
     assert errors == []
-    assert applied(spool_path) == (2, [(1, "init"), (2, "request_identity")])
+    assert applied(spool_path) == (3, [(1, "init"), (2, "request_identity"), (3, "lanes")])
 
 
 OPENER = """
@@ -116,7 +116,7 @@ def test_concurrent_first_opens_from_processes_apply_each_migration_once(
     results = [p.communicate(timeout=60) for p in procs]
 
     assert [p.returncode for p in procs] == [0] * 4, results
-    assert applied(spool_path) == (2, [(1, "init"), (2, "request_identity")])
+    assert applied(spool_path) == (3, [(1, "init"), (2, "request_identity"), (3, "lanes")])
     with Spool(spool_path) as s:
         uuids = {e.uuid for e in s.events(now=time.time())}
     assert uuids == {"p0", "p1", "p2", "p3"}
@@ -203,3 +203,25 @@ def test_a_missing_migrations_folder_is_an_installation_fault(
     monkeypatch.setattr(importlib.resources, "files", lambda _: tmp_path / "nowhere")
     with pytest.raises(SpoolCorrupt, match="migrations are missing from this installation"):
         migrations.load_migrations()
+
+
+def test_a_version_2_spool_gains_lanes_and_keeps_its_rows_on_the_analytics_lane(
+    spool_path: Path,
+) -> None:
+    Spool(spool_path).close()
+    conn = sqlite3.connect(spool_path, isolation_level=None)  # back to version 2
+    conn.execute("ALTER TABLE events DROP COLUMN lane")
+    conn.execute("ALTER TABLE dead_events DROP COLUMN lane")
+    conn.execute("DELETE FROM schema_migrations WHERE version = 3")
+    conn.execute("PRAGMA user_version = 2")
+    conn.execute(
+        "INSERT INTO events (uuid, body, size, captured_at, next_attempt_at)"
+        " VALUES ('u1', X'7B7D', 2, 1.0, 1.0)"
+    )
+    conn.close()
+    with Spool(spool_path) as s:
+        batch = s.claim(2.0, max_events=10, max_bytes=10**6, lease_ttl=60)
+        assert batch is not None and [(r.uuid, r.lane) for r in batch.rows] == [("u1", None)]
+    conn = sqlite3.connect(spool_path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 3
+    conn.close()

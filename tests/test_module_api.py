@@ -149,3 +149,15 @@ def test_module_on_error_debug_and_send_mean_what_posthog_python_means(
 
     assert uid is not None and endpoint.requests == []
     assert client is not None and client.lost == 1 and len(heard) == 1
+
+
+@pytest.mark.usefixtures("module_client")
+def test_module_capture_ai_goes_to_the_ai_endpoint(
+    monkeypatch: pytest.MonkeyPatch, spool_path: Path, endpoint: LocalEndpoint
+) -> None:
+    monkeypatch.setattr(spoolpost, "spool_path", str(spool_path))
+    uid = spoolpost.capture_ai("$ai_generation", distinct_id="u1", properties={"$ai_model": "m"})
+    spoolpost.flush()
+    (request,) = endpoint.requests
+    assert request.path == "/i/v0/ai/batch/"
+    assert uid is not None and request.uuids == [uid]

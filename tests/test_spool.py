@@ -457,7 +457,7 @@ def test_stats_and_counters(spool: Spool) -> None:
     assert stats.next_attempt_in == 0.0  # event 4 is fresh: due since capture
     assert stats.dead_reasons == {"too_large": 1}
     assert stats.counters == {"delivered": 1, "dead": 1, "dropped": 0, "filtered": 2}
-    assert stats.schema_version == 2
+    assert stats.schema_version == 3
     assert stats.file_bytes > 0 and stats.wal_bytes > 0
     assert stats.as_dict()["counts"] == stats.counts
     assert spool.next_due_at() == T0 + 32
@@ -846,7 +846,7 @@ def test_an_empty_file_becomes_a_spool(spool_path: Path) -> None:
     spool_path.touch(mode=0o600)
     with Spool(spool_path) as s:
         assert s.append("u", b"{}", T0)
-        assert s.stats(T0).schema_version == 2
+        assert s.stats(T0).schema_version == 3
     assert spool_path.read_bytes().startswith(SQLITE_HEADER)
     assert list(spool_path.parent.glob("*.corrupt-*")) == []
 

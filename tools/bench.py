@@ -495,6 +495,16 @@ def bench_drain(sizes: Sizes) -> dict[str, Any]:
     answered / seconds from the CLI's start (imports done) to its exit; peak RSS is
     the drain process's own ``ru_maxrss`` (``os.wait4``); first request is timed from
     the CLI's start (≈ opening the spool) and from the process launch."""
+    return _drain(sizes, "v0")
+
+
+def bench_drain_v1(sizes: Sizes) -> dict[str, Any]:
+    """:func:`bench_drain` with ``--capture-mode v1``: the same spool size, each event
+    reshaped at send time and settled by the endpoint's per-event ``results`` map."""
+    return _drain(sizes, "v1")
+
+
+def _drain(sizes: Sizes, mode: str) -> dict[str, Any]:
     n = sizes.drain_events
     with workdir() as d, EndpointProcess() as ep:
         path = d / "drain.spool"
@@ -519,12 +529,14 @@ def bench_drain(sizes: Sizes) -> dict[str, Any]:
                     "--json",
                     "--budget",
                     str(sizes.drain_budget),
+                    "--capture-mode",
+                    mode,
                 ],
                 stdout=out,
                 stderr=err,
                 cwd=d,  # not the caller's folder: `-c` puts the cwd first on sys.path
             )
-            log(f"  draining (budget {sizes.drain_budget:.0f} s) ...")
+            log(f"  draining under {mode} (budget {sizes.drain_budget:.0f} s) ...")
             # wait4, not wait(): it gives this child's own peak RSS (KiB on Linux).
             _, status, usage = os.wait4(proc.pid, 0)
             proc.returncode = os.waitstatus_to_exitcode(status)
@@ -627,6 +639,7 @@ BENCHES: dict[str, Bench] = {
         Bench("latency", bench_latency),
         Bench("e2e", bench_e2e, ("posthog_e2e",)),
         Bench("drain", bench_drain),
+        Bench("drain_v1", bench_drain_v1),
         Bench("stall", bench_stall),
     ]
 }
@@ -781,6 +794,18 @@ def build_rows(r: dict[str, dict[str, Any]]) -> list[Row]:
                 "-",
                 "<= 1 s",
                 _verdict(None if first is None else first <= 1.0),
+            )
+        )
+    if "drain_v1" in r:
+        dv = r["drain_v1"]
+        rows.append(
+            Row(
+                f"drain --capture-mode v1, {dv['delivered']:,} of {dv['events']:,} events",
+                _fmt(dv["events_per_s"], "/s"),
+                f"v0 {_fmt(r['drain']['events_per_s'], '/s')}" if "drain" in r else "-",
+                "-",
+                ">= 50,000/s",
+                _verdict(dv["events_per_s"] >= 50_000),
             )
         )
     if "stall" in r:

@@ -60,6 +60,7 @@ class _Try:
     action: Action
     at: float
     epoch: int
+    per_event: bool = False  # the request's wire format answers per event (v1)
 
 
 def _halves(rows: Sequence[Row]) -> tuple[Sequence[Row], Sequence[Row]]:
@@ -190,8 +191,9 @@ class Settler:
         stored identity (:meth:`Spool.stamp_request`, one short transaction before
         the POST), so a retry, after a restart too, keeps its request id and
         ``created_at`` and counts its attempts. An encoding refusal is a pause."""
+        transport = self.transport.for_lane(rows[0].lane)  # a batch holds one lane
         stamp = None
-        if self.transport.wire.per_event:
+        if transport.wire.per_event:
             now = self.clock.now()
             stamp = self.spool.stamp_request(
                 token, _ids(rows), str(uuid.uuid4()), format_timestamp(None, now)
@@ -201,7 +203,7 @@ class Settler:
             epoch = self.health.epoch
             self.requests[me.ident or 0] = me.name
         try:
-            reply = self.transport.post([r.body for r in rows], self.clock.now(), stamp)
+            reply = transport.post([r.body for r in rows], self.clock.now(), stamp)
         finally:
             with self.lock:
                 self.requests.pop(me.ident or 0, None)
@@ -211,7 +213,7 @@ class Settler:
             action = Action.PAUSE
         else:
             action = classify(reply.status)
-        return _Try(reply, action, self.clock.now(), epoch)
+        return _Try(reply, action, self.clock.now(), epoch, transport.wire.per_event)
 
     def _send(self, token: str, rows: Sequence[Row]) -> Action:
         """POST ``rows`` (held by ``token``) and settle them; return what the reply meant."""
@@ -222,7 +224,7 @@ class Settler:
     def _settle(self, token: str, rows: Sequence[Row], t: _Try) -> None:
         """Apply the failure policy (see the module docstring) to ``rows`` for the reply ``t``."""
         ids = _ids(rows)
-        if t.action is Action.DELIVERED and self.transport.wire.per_event:
+        if t.action is Action.DELIVERED and t.per_event:
             self._settle_results(token, rows, t)
         elif t.action is Action.DELIVERED:
             self._count_settled(self.spool.ack(token, ids))

@@ -1,7 +1,9 @@
 """Getting a batch of stored events onto the wire.
 
 A :class:`~spoolpost.delivery.wire.WireFormat` (in :mod:`spoolpost.delivery.wire`:
-PostHog's v0 ``/batch/`` and v1 ``/i/v1/analytics/events``) builds each request.
+PostHog's v0 ``/batch/``, v1 ``/i/v1/analytics/events`` and the AI endpoint
+``/i/v0/ai/batch/``) builds each request; :meth:`HttpTransport.for_lane` gives the
+transport of a spool lane.
 :class:`HttpTransport` compresses and POSTs it with one ``requests.Session`` per
 thread (keep-alive), TLS verification on, connect and read timeouts, and no
 redirects followed. It never raises for I/O trouble: it returns a :class:`Reply`.
@@ -24,6 +26,7 @@ from spoolpost.delivery.neterrors import summarize
 from spoolpost.delivery.wire import (
     Compression,
     EventResult,
+    PostHogAI,
     PostHogV0,
     PostHogV1,
     WireFormat,
@@ -269,6 +272,8 @@ class HttpTransport:
         if not isinstance(api_key, str) or not api_key.strip():
             raise ConfigError("api_key must be a non-empty string (the project API key)")
         checked = check_host(host)
+        self._host_setting = host
+        self._ai: HttpTransport | None = None  # for_lane("ai"), made on first use
         self.host = checked.url
         self.api_key = api_key
         self.wire: WireFormat = wire or PostHogV0()
@@ -279,7 +284,9 @@ class HttpTransport:
         #: :attr:`url` with ``user:***@`` where the host had credentials: for logs.
         self.display_url = checked.display_url + self.wire.path
         self.auth = checked.auth
-        chosen = resolve_compression(compression, gzip=gzip)
+        # POSTHOG_CAPTURE_COMPRESSION is for v1 only, as in posthog-python.
+        env: dict[str, str] | None = None if self.wire.per_event else {}
+        chosen = resolve_compression(compression, gzip=gzip, environ=env)
         if not self.wire.per_event and chosen != "none":
             chosen = "gzip"
         #: The compression in use; ``none`` after a fallback (see :meth:`post`).
@@ -308,6 +315,27 @@ class HttpTransport:
     def reset(self) -> None:
         """Forget this thread's session (after a fork, a session must not be shared)."""
         self._local = threading.local()
+        if self._ai is not None:
+            self._ai.reset()
+
+    def for_lane(self, lane: str | None) -> HttpTransport:
+        """The transport of a spool lane: this one for analytics (None); for ``"ai"``
+        (``capture_ai``) one to PostHog's ``/i/v0/ai/batch/`` (:class:`PostHogAI`,
+        whatever this one's wire format), same host, key, timeouts and TLS, gzip
+        when this one compresses (the AI endpoint takes the v0 body)."""
+        if lane is None:
+            return self
+        with self._fallback_lock:
+            if self._ai is None:
+                self._ai = HttpTransport(
+                    self._host_setting,
+                    self.api_key,
+                    wire=PostHogAI(getattr(self.wire, "historical_migration", False)),
+                    compression="gzip" if self.compression != "none" else "none",
+                    timeout=self.timeout,
+                    verify=self.verify,
+                )
+            return self._ai
 
     def post(self, events: Sequence[bytes], now: float, stamp: RequestStamp | None = None) -> Reply:
         """POST ``events`` (stored JSON bytes) built by the wire format at ``now``

@@ -93,16 +93,39 @@ def _zstd_compressor() -> Callable[[bytes], bytes] | None:
     return cast(Callable[[bytes], bytes], zstandard.ZstdCompressor().compress)
 
 
-def resolve_compression(value: str | None, *, gzip: bool = False) -> Compression:
-    """The request-body compression: ``value`` (``none``, ``identity``, ``gzip``,
-    ``deflate`` or ``zstd``), else ``gzip`` when the ``gzip`` flag is set, else
-    ``none``.
+#: The environment variable read when no compression is given (posthog-python's).
+COMPRESSION_ENV = "POSTHOG_CAPTURE_COMPRESSION"
 
-    Raises :class:`ConfigError` for another name, or for ``zstd`` when the
-    ``zstandard`` package is not installed (``pip install spoolpost[zstd]``).
+
+def resolve_compression(
+    value: str | None, *, gzip: bool = False, environ: Mapping[str, str] | None = None
+) -> Compression:
+    """The request-body compression: ``value`` (``none``, ``identity``, ``gzip``,
+    ``deflate`` or ``zstd``), else ``POSTHOG_CAPTURE_COMPRESSION``, else ``gzip``
+    when the ``gzip`` flag is set, else ``none`` (posthog-python 7.x's order).
+
+    Raises :class:`ConfigError` for another ``value``, or for ``zstd`` when the
+    ``zstandard`` package is not installed (``pip install spoolpost[zstd]``). An
+    unknown environment value, or ``zstd`` there without the package, logs a
+    WARNING and falls back to the ``gzip`` flag, as posthog-python does: the
+    environment never breaks capture.
     """
     if value is None:
-        return "gzip" if gzip else "none"
+        fallback: Compression = "gzip" if gzip else "none"
+        raw = (os.environ if environ is None else environ).get(COMPRESSION_ENV, "").strip()
+        if not raw:
+            return fallback
+        found = COMPRESSIONS.get(raw.lower())
+        if found is None or (found == "zstd" and _zstd_compressor() is None):
+            log.warning(
+                "%s=%r is not usable (one of %s; zstd needs the zstandard package); using %s",
+                COMPRESSION_ENV,
+                raw,
+                sorted(COMPRESSIONS),
+                fallback,
+            )
+            return fallback
+        return found
     found = COMPRESSIONS.get(value.strip().lower()) if isinstance(value, str) else None
     if found is None:
         raise ConfigError(
@@ -178,6 +201,14 @@ class PostHogV0:
         return self.headers(), self.body(api_key, events, format_timestamp(None, now))
 
 
+class PostHogAI(PostHogV0):
+    """PostHog's dedicated AI endpoint, ``POST {host}/i/v0/ai/batch/``, for the
+    events of ``capture_ai`` (posthog-python 7.x pins its AI lane to this v0 body
+    whatever the capture mode): the v0 body, stored bytes as they are."""
+
+    path = "/i/v0/ai/batch/"
+
+
 # -- v1 -----------------------------------------------------------------------------
 
 
@@ -224,7 +255,16 @@ def to_v1_event(event: Mapping[str, Any]) -> dict[str, Any]:
     ``session_id``/``window_id`` (strings only); the event keeps ``event``,
     ``uuid``, ``distinct_id``, ``timestamp`` and nothing else. ``event`` is not
     changed. Raises ``KeyError``/``TypeError`` for an event without those fields."""
-    properties = dict(event.get("properties") or {})
+    return _reshape(event, dict(event.get("properties") or {}))
+
+
+#: Parses one stored body (UTF-8 JSON); skips ``json.loads``'s encoding detection.
+_decode = json.JSONDecoder().decode
+
+
+def _reshape(event: Mapping[str, Any], properties: dict[str, Any]) -> dict[str, Any]:
+    """:func:`to_v1_event` with the event's ``properties`` dict to change in place
+    (the send path passes the dict of a body it has just parsed: no copy)."""
     for key in RELOCATED:
         top = event.get(key)
         if top is None:
@@ -282,7 +322,7 @@ class PostHogV1:
             stamp = RequestStamp(str(uuid.uuid4()), sent, 1)
         body: dict[str, Any] = {
             "created_at": stamp.created_at,
-            "batch": [to_v1_event(json.loads(e)) for e in events],
+            "batch": [_reshape(ev, ev.get("properties") or {}) for ev in map(_parse, events)],
         }
         if self.historical_migration:
             body["historical_migration"] = True
@@ -295,6 +335,11 @@ class PostHogV1:
             "PostHog-Request-Timestamp": sent,
         }
         return headers, json.dumps(body, separators=(",", ":")).encode()
+
+
+def _parse(body: bytes) -> dict[str, Any]:
+    event: dict[str, Any] = _decode(body.decode())
+    return event
 
 
 def wire_format(mode: CaptureMode, historical_migration: bool = False) -> WireFormat:

@@ -56,6 +56,25 @@ class CaptureCalls(ContextApi):
         (ERROR), a bad ``timestamp`` by now (WARNING), an unencodable value is sent as
         null (WARNING naming its path). ``send_feature_flags``/``flags`` are ignored
         (spoolpost evaluates no flags; INFO). Never raises (``debug``: does)."""
+        return self._capture("capture", event, distinct_id=distinct_id, properties=properties,
+            timestamp=timestamp, uuid=uuid, groups=groups, send_feature_flags=send_feature_flags,
+            flags=flags, disable_geoip=disable_geoip)  # fmt: skip
+
+    def capture_ai(self, event: str, **kwargs: Any) -> str | None:
+        """posthog-python 7.x's ``capture_ai``: :meth:`capture`'s arguments, event and
+        answer, sent to PostHog's AI endpoint ``/i/v0/ai/batch/`` (v0 body, batches of
+        AI events only, whatever the capture mode). A name without ``$ai_`` is sent
+        there too (DEBUG, as posthog-python). Never raises (``debug``: does)."""
+        if not (isinstance(event, str) and event.startswith("$ai_")):
+            log.debug("capture_ai called with non-AI event name %r; sent to the AI endpoint", event)
+        return self._capture("capture_ai", event, **kwargs)
+
+    def _capture(
+        self, method: str, event: str, *, distinct_id: Any = None,
+        properties: Mapping[str, Any] | None = None, timestamp: Any = None, uuid: Any = None,
+        groups: Mapping[str, Any] | None = None, send_feature_flags: Any = False,
+        flags: Any = None, disable_geoip: bool | None = None,
+    ) -> str | None:  # fmt: skip
         props = dict(properties or {})
         props.update(SYSTEM_PROPERTIES)
         distinct_id = _or_context(distinct_id)
@@ -66,7 +85,7 @@ class CaptureCalls(ContextApi):
             log.info("capture(send_feature_flags/flags) is ignored: spoolpost evaluates no flags")
         summary = {"event": event, "distinct_id": distinct_id, "properties": props}
         return self._call(
-            "capture",
+            method,
             summary,
             event,
             distinct_id=distinct_id,

@@ -98,7 +98,11 @@ class Unsent(CaptureApi):
         self.disable_geoip = disable_geoip
 
     def _emit(
-        self, build: Callable[..., dict[str, Any]], disable_geoip: bool | None, *args: Any
+        self,
+        build: Callable[..., dict[str, Any]],
+        disable_geoip: bool | None,
+        *args: Any,
+        lane: str | None = None,
     ) -> str | None:
         geoip = self.disable_geoip if disable_geoip is None else disable_geoip
         event = build(*args, now=time.time(), disable_geoip=geoip)

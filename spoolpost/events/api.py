@@ -30,6 +30,10 @@ from spoolpost.events.contexts import (
 )
 from spoolpost.events.timestamps import Timestamp
 
+#: The lane of :meth:`CaptureApi.capture_ai` events: the spool's ``AI_LANE`` (events/
+#: imports nothing of the spool; a test keeps the two equal).
+AI_LANE = "ai"
+
 __all__ = ["CaptureApi", "refuse_feature_flags"]
 
 
@@ -78,15 +82,20 @@ class CaptureApi(ContextApi):
     posthog-python 7.x adds them."""
 
     #: The public capture methods.
-    METHODS = ("capture", "identify", "set", "set_once", "alias", "group_identify")
+    METHODS = ("capture", "capture_ai", "identify", "set", "set_once", "alias", "group_identify")
 
     disabled: bool
 
     def _emit(
-        self, build: Callable[..., dict[str, Any]], disable_geoip: bool | None, *args: Any
+        self,
+        build: Callable[..., dict[str, Any]],
+        disable_geoip: bool | None,
+        *args: Any,
+        lane: str | None = None,
     ) -> str | None:
-        """Build an event with ``build(*args, now=…, disable_geoip=…)`` and write it;
-        return its uuid, or None when it was dropped (or nothing was captured)."""
+        """Build an event with ``build(*args, now=…, disable_geoip=…)`` and write it
+        on ``lane`` (None: analytics; ``"ai"``: PostHog's AI endpoint); return its
+        uuid, or None when it was dropped (or nothing was captured)."""
         raise NotImplementedError
 
     def capture(
@@ -147,6 +156,41 @@ class CaptureApi(ContextApi):
             timestamp,
             uuid,
             groups,
+        )
+
+    def capture_ai(
+        self,
+        event: str,
+        *,
+        distinct_id: ev.DistinctId,
+        properties: Mapping[str, Any] | None = None,
+        timestamp: Timestamp = None,
+        uuid: ev.EventUuid = None,
+        groups: Mapping[str, Any] | None = None,
+        disable_geoip: bool | None = None,
+        send_feature_flags: object = False,
+        flags: object = None,
+    ) -> str | None:
+        """:meth:`capture` for PostHog's dedicated AI endpoint, ``POST
+        /i/v0/ai/batch/``, as posthog-python 7.x's ``capture_ai``: the same arguments,
+        event shape, errors and answer; the event is stored in the same spool on the
+        AI lane and is always sent in a v0 body to that endpoint (never ``/batch/`` or
+        v1, whatever the capture mode), in batches of AI events only. ``$ai_*`` names
+        are usual; any other name is sent there too."""
+        if self.disabled:
+            return None
+        if send_feature_flags or flags is not None:
+            refuse_feature_flags(send_feature_flags, flags)
+        return self._emit(
+            ev.capture_event,
+            disable_geoip,
+            event,
+            distinct_id,
+            properties,
+            timestamp,
+            uuid,
+            groups,
+            lane=AI_LANE,
         )
 
     def identify(

@@ -66,10 +66,11 @@ class CapturePipeline:
         self._filtered = 0  # before_send drops not yet added to the spool's counter
         self._filtered_due = 0.0  # monotonic time of the next counter write
 
-    def write(self, event: dict[str, Any], now: float) -> str | None:
+    def write(self, event: dict[str, Any], now: float, lane: str | None = None) -> str | None:
         """Filter, encode and commit one built ``event`` captured at ``now`` (wall-clock
-        seconds). Returns its uuid once committed, or None when ``before_send`` or the
-        spool's ``on_full`` policy dropped it.
+        seconds) on ``lane`` (None, or ``"ai"`` for ``capture_ai``). Returns its uuid
+        once committed, or None when ``before_send`` or the spool's ``on_full``
+        policy dropped it.
 
         Raises :class:`~spoolpost.errors.EncodingError` (via
         :func:`~spoolpost.events.encoding.encode_event`),
@@ -86,7 +87,7 @@ class CapturePipeline:
         if len(body) > self.max_event_bytes:
             raise EventTooLarge(len(body), self.max_event_bytes)
         uuid: str = event["uuid"]
-        if not self.spool.append(uuid, body, now):
+        if not self.spool.append(uuid, body, now, lane):
             return None
         return uuid
 

@@ -28,8 +28,10 @@ from spoolpost.spool.leases import Batch, RequestStamp, Row
 from spoolpost.spool.maintenance import Filter, SpooledEvent
 from spoolpost.spool.queries import SpoolSnapshot, SpoolStats, Watermark
 from spoolpost.spool.settlement import Doomed, Settled, Settlement
+from spoolpost.spool.sql import AI_LANE
 
 __all__ = [
+    "AI_LANE",
     "DEFAULT_BLOCK_TIMEOUT",
     "DEFAULT_BUSY_TIMEOUT",
     "DEFAULT_DURABILITY",

@@ -44,6 +44,7 @@ class _Append:
     uuid: str
     body: bytes
     now: float
+    lane: str | None = None
     done: bool = False
     written: bool = False
     error: BaseException | None = None
@@ -98,14 +99,15 @@ class Appender:
         self._space_freed = threading.Condition(threading.Lock())
         self._freed = 0  # bumped when an ack frees room (on_full='block')
 
-    def append(self, uuid: str, body: bytes, now: float) -> bool:
+    def append(self, uuid: str, body: bytes, now: float, lane: str | None = None) -> bool:
         """:meth:`Spool.append <spoolpost.spool.Spool.append>`: write one event
-        (``now``: its capture time, UTC seconds); return once it is committed."""
+        (``now``: its capture time, UTC seconds; ``lane``: None or ``"ai"``);
+        return once it is committed."""
         deadline = None
         recovered = False
         while True:
             freed = self._freed
-            item = _Append(uuid, body, now)
+            item = _Append(uuid, body, now, lane)
             self._group_commit(item)
             if item.error is None:
                 return item.written
@@ -166,7 +168,9 @@ class Appender:
             if len(batch) == 1 and cost < space.budget:
                 it = batch[0]
                 try:
-                    conn.execute(INSERT_EVENT, (it.uuid, it.body, len(it.body), it.now, it.now))
+                    conn.execute(
+                        INSERT_EVENT, (it.uuid, it.body, len(it.body), it.now, it.now, it.lane)
+                    )
                 except sqlite3.OperationalError as exc:
                     if exc.sqlite_errorcode in BUSY_CODES:
                         raise SpoolLocked(f"spool {self.path} stayed locked: {exc}") from exc
@@ -184,7 +188,7 @@ class Appender:
                 if keep:
                     conn.executemany(
                         INSERT_EVENT,
-                        [(it.uuid, it.body, len(it.body), it.now, it.now) for it in keep],
+                        [(it.uuid, it.body, len(it.body), it.now, it.now, it.lane) for it in keep],
                     )
                 conn.execute("COMMIT")
             except BaseException:

@@ -203,8 +203,9 @@ class Spool(OperatorMethods):
 
     # -- append (group commit) -----------------------------------------------
 
-    def append(self, uuid: str, body: bytes, now: float) -> bool:
-        """Write one encoded event (``now``: its capture time, UTC seconds); return
+    def append(self, uuid: str, body: bytes, now: float, lane: str | None = None) -> bool:
+        """Write one encoded event (``now``: its capture time, UTC seconds; ``lane``:
+        None, or :data:`~spoolpost.spool.sql.AI_LANE` for ``capture_ai``); return
         once it is committed.
 
         Concurrent callers share transactions (group commit): one of them writes
@@ -218,7 +219,7 @@ class Spool(OperatorMethods):
         ``block`` past ``block_timeout`` seconds), :class:`SpoolLocked`,
         :class:`SpoolClosed`.
         """
-        return self._appender.append(uuid, body, now)
+        return self._appender.append(uuid, body, now, lane)
 
     # -- claim and settle -------------------------------------------------------
 

@@ -31,8 +31,9 @@ _EXPIRE_ROUNDS = 8
 
 class Row(NamedTuple):
     """One leased event: spool ``id``, ``uuid``, encoded ``body``, prior ``attempts``,
-    ``captured_at`` (UTC seconds) and the ``request_id`` of the stored v1 request
-    that carried it (None until it is first sent under v1).
+    ``captured_at`` (UTC seconds), the ``request_id`` of the stored v1 request
+    that carried it (None until it is first sent under v1) and its ``lane`` (None:
+    analytics; ``"ai"``: ``capture_ai``, PostHog's ``/i/v0/ai/batch/``).
 
     A NamedTuple rather than a dataclass: a claim builds hundreds at a time."""
 
@@ -42,6 +43,7 @@ class Row(NamedTuple):
     attempts: int
     captured_at: float
     request_id: str | None = None
+    lane: str | None = None
 
 
 class RequestStamp(NamedTuple):
@@ -135,28 +137,34 @@ class Leases:
         with self._db.write() as conn:
             for _ in range(_EXPIRE_ROUNDS):
                 rows = self._due_rows(
-                    conn, now, max_events, "id, uuid, body, attempts, captured_at, request_id"
+                    conn,
+                    now,
+                    max_events,
+                    "id, uuid, body, attempts, captured_at, request_id, lane",
                 )
                 if not rows:
                     return None
                 taken: list[Row] = []
                 expired: list[int] = []
                 total = 0
-                for row_id, uuid, body, attempts, captured_at, request_id in rows:
+                for row_id, uuid, body, attempts, captured_at, request_id, lane in rows:
                     if max_event_age is not None and captured_at < now - max_event_age:
                         expired.append(row_id)
                         died.append(Row(row_id, uuid, bytes(body), attempts, captured_at, None))
                         continue
-                    if taken and request_id != taken[0].request_id:
-                        # A stored v1 request's rows go together and alone. A fresh
-                        # row is never skipped: the cursor must not pass it.
+                    if taken and (request_id, lane) != (taken[0].request_id, taken[0].lane):
+                        # A stored v1 request's rows go together and alone, and a
+                        # batch holds one lane. A fresh row is never skipped: the
+                        # cursor must not pass it.
                         if attempts == 0:
                             break
                         continue
                     if taken and total + len(body) > max_bytes:
                         break
                     total += len(body)
-                    taken.append(Row(row_id, uuid, bytes(body), attempts, captured_at, request_id))
+                    taken.append(
+                        Row(row_id, uuid, bytes(body), attempts, captured_at, request_id, lane)
+                    )
                 if expired:
                     self.kill(conn, expired, None, now, "expired", None, "older than max_event_age")
                 if taken:
@@ -331,9 +339,9 @@ class Leases:
         n = int(
             conn.execute(
                 "INSERT INTO dead_events (event_id, uuid, body, size, captured_at, attempts,"
-                " reason, status, detail, first_failed_at, last_failed_at, dead_at)"
+                " reason, status, detail, first_failed_at, last_failed_at, dead_at, lane)"
                 " SELECT id, uuid, body, size, captured_at, attempts + ?, ?, ?, ?,"
-                f" coalesce(first_failed_at, ?), ?, ? FROM events WHERE {where}",
+                f" coalesce(first_failed_at, ?), ?, ?, lane FROM events WHERE {where}",
                 (tried, reason, status, detail[:1000], now, now, now, *params),
             ).rowcount
         )

@@ -274,8 +274,8 @@ def replay(conn: sqlite3.Connection, where: Filter, now: float) -> int:
     if ids:
         ids_json = json.dumps(ids)
         conn.execute(
-            "INSERT INTO events (uuid, body, size, captured_at, next_attempt_at)"
-            f" SELECT uuid, body, size, ?, ? FROM dead_events WHERE {IN_IDS} ORDER BY id",
+            "INSERT INTO events (uuid, body, size, captured_at, next_attempt_at, lane)"
+            f" SELECT uuid, body, size, ?, ?, lane FROM dead_events WHERE {IN_IDS} ORDER BY id",
             (now, now, ids_json),
         )
         conn.execute(f"DELETE FROM dead_events WHERE {IN_IDS}", (ids_json,))
@@ -309,7 +309,7 @@ def insert_new(conn: sqlite3.Connection, events: Sequence[tuple[str, bytes]], no
     for uuid, body in events:
         if uuid not in seen:
             seen.add(uuid)
-            rows.append((uuid, body, len(body), now, now))
+            rows.append((uuid, body, len(body), now, now, None))
     conn.executemany(INSERT_EVENT, rows)
     add_counter(conn, "imported", len(rows))
     return len(rows)

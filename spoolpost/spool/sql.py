@@ -3,7 +3,7 @@
 - :data:`IN_IDS` with :func:`ids_json` — "id is one of these", one parameter
   however many ids (a JSON array read by ``json_each``);
 - :data:`INSERT_EVENT` — a new pending event (uuid, body, size, captured_at,
-  next_attempt_at);
+  next_attempt_at, lane);
 - :func:`add_counter` — bump a persisted counter inside the caller's transaction.
 """
 
@@ -14,8 +14,11 @@ from collections.abc import Sequence
 
 IN_IDS = "id IN (SELECT value FROM json_each(?))"
 INSERT_EVENT = (
-    "INSERT INTO events (uuid, body, size, captured_at, next_attempt_at) VALUES (?, ?, ?, ?, ?)"
+    "INSERT INTO events (uuid, body, size, captured_at, next_attempt_at, lane)"
+    " VALUES (?, ?, ?, ?, ?, ?)"
 )
+#: The lane of ``capture_ai`` events (PostHog's ``/i/v0/ai/batch/``); None: analytics.
+AI_LANE = "ai"
 
 
 def ids_json(ids: Sequence[int]) -> str:

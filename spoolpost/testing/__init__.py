@@ -38,6 +38,7 @@ from __future__ import annotations
 
 from spoolpost.testing.endpoint import LocalEndpoint
 from spoolpost.testing.responses import (
+    AI_PATH,
     V1_PATH,
     V1_RESULTS,
     Handler,
@@ -50,6 +51,7 @@ from spoolpost.testing.responses import (
 )
 
 __all__ = [
+    "AI_PATH",
     "V1_PATH",
     "V1_RESULTS",
     "Handler",

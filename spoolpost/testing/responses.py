@@ -84,6 +84,8 @@ class RecordedRequest:
 
 V1_PATH = "/i/v1/analytics/events"
 """PostHog's v1 capture path: its requests get a per-event ``results`` map."""
+AI_PATH = "/i/v0/ai/batch/"
+"""PostHog's AI endpoint (``capture_ai``): recorded and answered like ``/batch/``."""
 
 #: Per-event verdicts of PostHog's v1 capture.
 V1_RESULTS = ("ok", "warning", "drop", "retry", "limited")
