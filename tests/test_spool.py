@@ -825,6 +825,17 @@ def test_tail_refuses_a_limit_that_is_not_a_whole_number(spool: Spool) -> None:
         spool.tail(limit=2.5, now=T0)  # type: ignore[arg-type]
 
 
+def test_a_body_stored_as_text_is_read_as_its_bytes(spool: Spool, spool_path: Path) -> None:
+    """A row "repaired" by hand in the sqlite3 shell stores TEXT, not a BLOB: views and
+    claims read its bytes (and show it damaged) instead of failing on every step."""
+    fill(spool, 2)
+    with contextlib.closing(sqlite3.connect(spool_path)) as conn, conn:
+        conn.execute("UPDATE events SET body = '[1,2]' WHERE id = 1")
+    assert [e.body for e in spool.events(now=T0)] == [b"[1,2]", body(1)]
+    batch = claim(spool, T0)
+    assert [r.body for r in batch.rows] == [b"[1,2]", body(1)]
+
+
 def test_a_spool_whose_first_page_is_destroyed_is_moved_aside(
     spool_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

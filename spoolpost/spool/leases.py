@@ -140,7 +140,7 @@ class Leases:
                     conn,
                     now,
                     max_events,
-                    "id, uuid, body, attempts, captured_at, request_id, lane",
+                    "id, uuid, CAST(body AS BLOB), attempts, captured_at, request_id, lane",
                 )
                 if not rows:
                     return None

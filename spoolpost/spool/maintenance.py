@@ -183,11 +183,11 @@ class SpooledEvent:
 
 
 _LIVE_COLUMNS = (
-    "state, id, uuid, body, captured_at, attempts, next_attempt_at, last_error,"
+    "state, id, uuid, CAST(body AS BLOB), captured_at, attempts, next_attempt_at, last_error,"
     " NULL, NULL, NULL, NULL, lease_expires_at, first_failed_at, last_failed_at, lease_token"
 )
 _DEAD_COLUMNS = (
-    "'dead', event_id, uuid, body, captured_at, attempts, NULL, NULL,"
+    "'dead', event_id, uuid, CAST(body AS BLOB), captured_at, attempts, NULL, NULL,"
     " reason, status, detail, dead_at, NULL, first_failed_at, last_failed_at, NULL"
 )
 
