@@ -201,8 +201,8 @@ def test_max_retries_maps_to_attempts_and_a_dead_batch_reaches_on_error(
     posthog.flush()  # returns once the event is dead
     assert [e.uuid for e in dead_letters(posthog.client.spool)] == [uid]
     posthog.shutdown()  # tells on_error what is queued
-    [(outage, _, _), (error, events, thread)] = heard.calls
-    assert isinstance(outage, DeliveryInterrupted)
+    # Two failed requests are no outage episode (three in a row are): only the dead batch.
+    [(error, events, thread)] = heard.calls
     assert isinstance(error, EventsRejected) and error.reason == "max_attempts"
     assert [e["uuid"] for e in events] == [uid]
     assert thread == "spoolpost-on-error"
@@ -388,6 +388,22 @@ def test_an_outage_is_told_to_on_error_once_not_at_each_backoff_step(
     assert outage.kind == "outage" and outage.failure.startswith("HTTP 503")
     assert isinstance(dead, EventsRejected) and dead.reason == "max_attempts"
     assert [e["uuid"] for e in events] == [uid]
+
+
+def test_a_failure_the_next_attempt_fixes_is_not_told_to_on_error(
+    make_posthog: MakePosthog, endpoint: LocalEndpoint
+) -> None:
+    heard = Heard()
+    fast = RetryPolicy(initial_backoff=0.01, max_backoff=0.01)
+    posthog = make_posthog(on_error=heard, client_options={"retry": fast})
+    for i in range(3):  # three blips, each fixed by the next attempt
+        endpoint.respond(Response(status=503))
+        uid = posthog.capture("e", distinct_id=f"u{i}")
+        posthog.flush()
+        assert uid in endpoint.delivered_uuids()
+    posthog.shutdown()
+    assert len(endpoint.requests) == 6
+    assert heard.calls == []
 
 
 def test_a_pause_is_told_to_on_error_once_per_episode(

@@ -417,8 +417,11 @@ class Settler:
     def _on_transient(self, t: _Try) -> None:
         retry_after = parse_retry_after(t.reply.retry_after, t.at)
         with self.lock:
+            warned = self.health.episode_warned
             notice = self.health.on_transient(t.at, retry_after, t.reply.describe())
-            began = notice is not None and self.health.gate_failures == 1
+            # An outage episode begins when the health says so (warn_after failures in
+            # a row), not at a blip the next attempt fixes: on_error hears it once.
+            began = self.health.episode_warned and not warned
         _emit(notice)
         if began and self.on_episode is not None:
             self.on_episode("outage", t.reply.describe())
