@@ -12,11 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from kit import API_KEY, dead_letters, live
 
 from spoolpost import PausePolicy, Posthog, RetryPolicy
 from spoolpost.dropin import DeliveryInterrupted, EventsNotStored, EventsRejected
+from spoolpost.errors import HostMismatch
 from spoolpost.testing import LocalEndpoint, Response
-from tests.kit import API_KEY, dead_letters, live
 
 MakePosthog = Callable[..., Posthog]
 
@@ -441,3 +442,28 @@ def test_events_expired_by_max_event_age_reach_on_error(
     assert (error.reason, error.detail) == ("expired", "older than max_event_age")
     assert [e["uuid"] for e in events] == [uid]
     assert endpoint.requests == []
+
+
+def test_a_spool_that_delivers_elsewhere_still_stores_what_is_captured(
+    make_posthog: MakePosthog, endpoint: LocalEndpoint, spool_path: Path
+) -> None:
+    """The app's host changed (a proxy added, a region fixed): the spool recorded the
+    old endpoint. Events are stored, not lost; this process does not deliver them
+    (the operator drains with --host … --force-host); on_error hears of it once."""
+    with LocalEndpoint() as old:
+        first = make_posthog(host=old.url)
+        first.capture("before", distinct_id="u1")
+        first.flush()
+        first.shutdown()
+        assert len(old.requests) == 1
+    heard = Heard()
+    posthog = make_posthog(on_error=heard)  # the new endpoint
+    uid = posthog.capture("after", distinct_id="u1")
+    posthog.flush()
+    posthog.shutdown()
+
+    assert uid is not None and posthog.lost == 0
+    assert endpoint.requests == []
+    assert [e.uuid for e in live(spool_path)] == [uid]
+    [(error, events, _)] = heard.calls
+    assert isinstance(error, HostMismatch) and events == []

@@ -21,10 +21,10 @@ from typing import Any
 
 import posthog
 import pytest
+from kit import API_KEY
 
 import spoolpost
 from spoolpost.testing import LocalEndpoint
-from tests.kit import API_KEY
 
 FIXED_UUID = "0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b"
 PAST = datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)

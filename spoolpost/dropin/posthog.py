@@ -22,6 +22,7 @@ from spoolpost.dropin.calls import CaptureCalls
 from spoolpost.dropin.enrich import Enricher, Unsent, repair_arguments
 from spoolpost.dropin.report import LOST_COUNTER, EventsNotStored, OnError, Reporter
 from spoolpost.dropin.settings import fallback_spool_path, log_ignored, server_host
+from spoolpost.errors import HostMismatch
 from spoolpost.events.api import CaptureApi
 
 __all__ = ["DEFAULT_FLUSH_TIMEOUT", "Posthog"]
@@ -179,7 +180,7 @@ class Posthog(CaptureCalls):
 
     def _open(self, host: str, spool: str | None, options: dict[str, Any]) -> None:
         try:
-            self.client = Client(self.api_key, host, spool=spool, **options)
+            self.client = self._client(host, spool, options)
         except Exception as exc:
             if spool is None and not self.debug:
                 try:
@@ -195,9 +196,23 @@ class Posthog(CaptureCalls):
         self.client._capture.null_unencodable = True  # posthog-python sends null
         self.client.dispatcher.set_on_dead(self.reporter.dead, self.reporter.episode)
 
+    def _client(self, host: str, spool: str | None, options: dict[str, Any]) -> Client:
+        """A Client on ``spool``; when the spool delivers to another endpoint than
+        ``host`` (:class:`HostMismatch`), a capture-only one: events are stored, not
+        lost, and wait for an operator's ``spoolpost drain --host … --force-host``."""
+        try:
+            return Client(self.api_key, host, spool=spool, **options)
+        except HostMismatch as exc:
+            if self.debug:
+                raise
+            client = Client(self.api_key, host, spool=spool, **{**options, "send": False})
+            log.error("Posthog: %s; events are stored in the spool but not delivered", exc)
+            self.reporter.report(exc, [])
+            return client
+
     def _open_fallback(self, host: str, exc: Exception, options: dict[str, Any]) -> None:
         path = fallback_spool_path(self.api_key)
-        self.client = Client(self.api_key, host, spool=path, **options)
+        self.client = self._client(host, str(path), options)
         log.error(
             "Posthog: the spool %s cannot be used (%s); using %s instead",
             default_spool_path(self.api_key),
