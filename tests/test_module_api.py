@@ -161,3 +161,16 @@ def test_module_capture_ai_goes_to_the_ai_endpoint(
     (request,) = endpoint.requests
     assert request.path == "/i/v0/ai/batch/"
     assert uid is not None and request.uuids == [uid]
+
+
+def test_a_state_folder_nobody_can_make_falls_back_even_for_root(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Root passes os.access everywhere, yet no folder can be made under /proc: the
+    rule tries, so the CLI finds the spool the library fell back to."""
+    monkeypatch.delenv("SPOOLPOST_SPOOL", raising=False)
+    monkeypatch.setenv("XDG_STATE_HOME", "/proc/spoolpost-no-such-folder")
+    monkeypatch.setenv("SPOOLPOST_FALLBACK_DIR", str(tmp_path))
+    result = CliRunner().invoke(cli, ["path"], env={"SPOOLPOST_API_KEY": API_KEY})
+    assert result.output == f"{fallback_spool_path(API_KEY)}\n"
+    assert str(fallback_spool_path(API_KEY)).startswith(str(tmp_path))

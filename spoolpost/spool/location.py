@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import tempfile
 from pathlib import Path
 
 __all__ = [
@@ -53,13 +54,21 @@ def fallback_spool_path(api_key: str) -> Path:
 
 
 def creatable(path: Path) -> bool:
-    """True when ``path`` exists, or its nearest existing ancestor is a folder this
-    process may write into (so the folders down to it can be made)."""
+    """True when ``path`` exists, or a folder can be made in its nearest existing
+    ancestor (so the folders down to it can be made). Tried with a folder made and
+    removed at once, not ``os.access``: root passes every permission check, yet
+    cannot make folders under ``/proc`` or on a read-only filesystem."""
     if path.exists():
         return True
     for parent in path.parents:
         if parent.exists():
-            return parent.is_dir() and os.access(parent, os.W_OK | os.X_OK)
+            if not parent.is_dir():
+                return False
+            try:
+                os.rmdir(tempfile.mkdtemp(prefix=".spoolpost-probe-", dir=parent))
+            except OSError:
+                return False
+            return True
     return False
 
 
