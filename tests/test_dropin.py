@@ -467,3 +467,19 @@ def test_a_spool_that_delivers_elsewhere_still_stores_what_is_captured(
     assert [e.uuid for e in live(spool_path)] == [uid]
     [(error, events, _)] = heard.calls
     assert isinstance(error, HostMismatch) and events == []
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("capture_mode", "v9", "capture_mode must be one of"),
+        ("capture_compression", "brotli", "capture_compression must be one of"),
+    ],
+)
+def test_wire_settings_that_cannot_work_raise_at_construction_as_in_posthog_python(
+    make_posthog: MakePosthog, option: str, value: str, message: str
+) -> None:
+    """posthog-python raises ValueError from its constructor here; a Posthog that
+    went on would store nothing at all (every capture lost)."""
+    with pytest.raises(ValueError, match=message):
+        make_posthog(**{option: value})

@@ -18,6 +18,7 @@ from typing import Any
 
 from spoolpost.client import Client, default_spool_path
 from spoolpost.delivery.policy import RetryPolicy
+from spoolpost.delivery.wire import resolve_capture_mode, resolve_compression
 from spoolpost.dropin.calls import CaptureCalls
 from spoolpost.dropin.enrich import Enricher, Unsent, repair_arguments
 from spoolpost.dropin.report import LOST_COUNTER, EventsNotStored, OnError, Reporter
@@ -170,6 +171,12 @@ class Posthog(CaptureCalls):
         ):
             if value is not None:
                 options[name] = value
+        # Wire settings that cannot work raise here, as posthog-python's constructor
+        # raises ValueError: not later, where they would stop every capture from storing.
+        if capture_mode is not None:
+            resolve_capture_mode(capture_mode)
+        if capture_compression is not None:
+            resolve_compression(capture_compression)
         if thread is not None:
             options["senders"] = max(1, thread)
         if timeout is not None:
