@@ -146,6 +146,17 @@ def test_a_sigkilled_owners_lease_shows_as_gone_and_taken_back_at_once(
     assert "taken back at once" in human
     assert data["counts"] == {"pending": 0, "leased": 4, "dead": 0}  # inspect took nothing
 
+    # A drain with a short budget does not wait for the hour-long lease of a gone
+    # process: it takes the events back at once and delivers them.
+    with LocalEndpoint() as endpoint:
+        drained = run(
+            "drain", spool_path, "--host", endpoint.url, "--api-key", CRASH_API_KEY,
+            "--budget", "5", "--json",
+        )  # fmt: skip
+        assert drained.exit_code == 0, drained.output
+        assert json.loads(drained.stdout)["delivered"] == 4
+        assert [e["n"] for r in endpoint.requests for e in r.events] == [0, 1, 2, 3]
+
 
 def test_inspect_of_a_corrupt_spool_changes_nothing_and_exits_1(
     spool_path: Path, spool: Spool

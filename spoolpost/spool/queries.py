@@ -19,7 +19,7 @@ from spoolpost.errors import HostMismatch, KeyMismatch, SpoolClosed
 from spoolpost.spool import files, maintenance, migrations
 from spoolpost.spool.db import Database
 from spoolpost.spool.maintenance import Filter, SpooledEvent
-from spoolpost.spool.owner import current_owner
+from spoolpost.spool.owner import Owner, current_owner, owner_alive
 from spoolpost.spool.sql import add_counter
 
 log = logging.getLogger("spoolpost")
@@ -170,11 +170,17 @@ def earliest_due(db: Database, now: float) -> tuple[float, str | None] | None:
         lease = conn.execute(
             "SELECT min(lease_expires_at) FROM events WHERE lease_token IS NOT NULL"
         ).fetchone()
+        owners = conn.execute("SELECT host, pid, pid_start FROM leases").fetchall()
     found: list[tuple[float, str | None]] = []
     if retry is not None:
         found.append((float(retry[0]), retry[1]))
     if lease[0] is not None:
-        found.append((float(lease[0]), "leased by another process until its lease ends"))
+        # A lease whose owner is gone from this host is taken back at once (reclaim),
+        # whatever its expiry: its events are due now. Read /proc outside the snapshot.
+        if any(not owner_alive(Owner(host, pid, start)) for host, pid, start in owners):
+            found.append((now, None))
+        else:
+            found.append((float(lease[0]), "leased by another process until its lease ends"))
     return min(found, key=lambda f: f[0]) if found else None
 
 
