@@ -193,6 +193,14 @@ class Leases:
                 return Batch(token, tuple(taken), expires_at)
             # The first request's identity, stored with the lease (one UPDATE, no
             # second transaction): committed before the batch is handed to a sender.
+            if taken[0].request_id is None:  # then none has one: a first request
+                conn.execute(
+                    f"UPDATE events SET state = 'leased', lease_token = ?, lease_expires_at = ?,"
+                    f" request_id = ?, request_created_at = ?, request_attempts = 1"
+                    f" WHERE {IN_IDS}",
+                    (token, expires_at, *identity, ids_json(ids)),
+                )
+                return Batch(token, tuple(taken), expires_at, RequestStamp(*identity, 1))
             stamped = conn.execute(
                 f"UPDATE events SET state = 'leased', lease_token = ?, lease_expires_at = ?,"
                 f" {STAMP_SET} WHERE {IN_IDS} RETURNING {STAMP_RETURNING}",
