@@ -333,7 +333,7 @@ class PostHogV1:
             stamp = RequestStamp(str(uuid.uuid4()), sent, 1)
         body: dict[str, Any] = {
             "created_at": stamp.created_at,
-            "batch": [_reshape(ev, ev.get("properties") or {}) for ev in _parse_all(events)],
+            "batch": _v1_batch(events),
         }
         if self.historical_migration:
             body["historical_migration"] = True
@@ -353,13 +353,14 @@ def _parse(body: bytes) -> dict[str, Any]:
     return event
 
 
-def _parse_all(events: Sequence[bytes]) -> list[dict[str, Any]]:
-    """Each stored body parsed, as :func:`_parse` would: the scanner is called
-    directly (no ``decode`` wrapper and its whitespace matching) on a body that is
-    one JSON value from its first to its last character; any other body goes
-    through :func:`_parse`'s decoder (the same result or error as ever)."""
-    parsed: list[dict[str, Any]] = []
-    add = parsed.append
+def _v1_batch(events: Sequence[bytes]) -> list[dict[str, Any]]:
+    """Each stored body parsed (as :func:`_parse` would) and reshaped, one after
+    the other, so each parsed body is freed as soon as it is reshaped. The scanner
+    is called directly (no ``decode`` wrapper and its whitespace matching) on a
+    body that is one JSON value from its first to its last character; any other
+    body goes through :func:`_parse`'s decoder (the same result or error as ever)."""
+    batch: list[dict[str, Any]] = []
+    add = batch.append
     for body in events:
         text = body.decode()
         try:
@@ -368,8 +369,8 @@ def _parse_all(events: Sequence[bytes]) -> list[dict[str, Any]]:
             end = -1
         if end != len(text):
             event = _decode(text)
-        add(event)
-    return parsed
+        add(_reshape(event, event.get("properties") or {}))
+    return batch
 
 
 def wire_format(mode: CaptureMode, historical_migration: bool = False) -> WireFormat:
@@ -404,11 +405,21 @@ def parse_results(content: bytes) -> dict[str, EventResult] | None:
     if not isinstance(results, dict):
         return None
     parsed: dict[str, EventResult] = {}
+    plain: dict[str, EventResult] = {}  # one shared verdict per result without details
     for event_uuid, entry in results.items():
-        if not isinstance(entry, dict) or not isinstance(entry.get("result"), str):
+        if not isinstance(entry, dict):
+            return None
+        result = entry.get("result")
+        if not isinstance(result, str):
             return None
         details = entry.get("details")
-        if details is not None and not isinstance(details, str):
-            details = json.dumps(details)
-        parsed[event_uuid] = EventResult(entry["result"], details)
+        if details is None:
+            verdict = plain.get(result)
+            if verdict is None:
+                verdict = plain[result] = EventResult(result, None)
+        else:
+            if not isinstance(details, str):
+                details = json.dumps(details)
+            verdict = EventResult(result, details)
+        parsed[event_uuid] = verdict
     return parsed
