@@ -343,6 +343,7 @@ class Dispatcher:
                 max_bytes=self.config.max_batch_bytes,
                 lease_ttl=self.config.lease_ttl,
                 max_event_age=self.retry.max_event_age,
+                stamp=self._settler.request_identity,
             )
             if batch is None:
                 break

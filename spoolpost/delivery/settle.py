@@ -41,7 +41,7 @@ from spoolpost.delivery.results import settlement_for
 from spoolpost.delivery.transport import HttpTransport, Reply
 from spoolpost.errors import SpoolClosed
 from spoolpost.events.encoding import format_timestamp
-from spoolpost.spool import Batch, Row, Settlement, Spool
+from spoolpost.spool import Batch, RequestStamp, Row, Settlement, Spool
 
 log = logging.getLogger("spoolpost")
 
@@ -146,14 +146,20 @@ class Settler:
             with self.lock:
                 hold = bool(self.health.blocked(now)[0])
                 probing = self.health.probing
+            stamped = batch.stamp is not None
             if self.stopping.is_set() or hold:
-                self.spool.release(batch.token)
+                self.spool.release(batch.token, unstamp=stamped)
                 return
             rows = probe_rows(batch.rows) if probing else batch.rows
+            stamp = batch.stamp
             if len(rows) < len(batch.rows):
                 sent = {r.id for r in rows}
-                self.spool.release(batch.token, [i for i in batch.ids if i not in sent])
-            self._send(batch.token, rows)
+                if stamped:  # the probe is another request: stamped on its own
+                    self.spool.unstamp(batch.token, list(sent))
+                    stamp = None
+                rest = [i for i in batch.ids if i not in sent]
+                self.spool.release(batch.token, rest, unstamp=stamped)
+            self._send(batch.token, rows, stamp)
         except SpoolClosed:
             log.info(
                 "spool closed with %d event(s) in flight; they stay leased in the spool "
@@ -186,14 +192,20 @@ class Settler:
                 batch.token[:8],
             )
 
-    def _post(self, token: str, rows: Sequence[Row]) -> _Try:
-        """POST ``rows`` (held by ``token``). A per-event (v1) request first gets its
-        stored identity (:meth:`Spool.stamp_request`, one short transaction before
-        the POST), so a retry, after a restart too, keeps its request id and
-        ``created_at`` and counts its attempts. An encoding refusal is a pause."""
+    def request_identity(self, lane: str | None) -> tuple[str, str] | None:
+        """A new v1 request identity (request id, ``created_at`` now) for a batch of
+        ``lane``, or None when the lane's wire format carries none: what a claim
+        stores for the batch's first request (see :meth:`Spool.claim`)."""
+        if not self.transport.for_lane(lane).wire.per_event:
+            return None
+        return str(uuid.uuid4()), format_timestamp(None, self.clock.now())
+
+    def _post(self, token: str, rows: Sequence[Row], stamp: RequestStamp | None = None) -> _Try:
+        """POST ``rows`` (held by ``token``). A v1 request carries its stored identity:
+        ``stamp`` (stored by the claim) or one stored now (:meth:`Spool.stamp_request`),
+        so a retry keeps its id and ``created_at``. An encoding refusal is a pause."""
         transport = self.transport.for_lane(rows[0].lane)  # a batch holds one lane
-        stamp = None
-        if transport.wire.per_event:
+        if transport.wire.per_event and stamp is None:
             now = self.clock.now()
             stamp = self.spool.stamp_request(
                 token, _ids(rows), str(uuid.uuid4()), format_timestamp(None, now)
@@ -215,9 +227,10 @@ class Settler:
             action = classify(reply.status)
         return _Try(reply, action, self.clock.now(), epoch, transport.wire.per_event)
 
-    def _send(self, token: str, rows: Sequence[Row]) -> Action:
-        """POST ``rows`` (held by ``token``) and settle them; return what the reply meant."""
-        attempt = self._post(token, rows)
+    def _send(self, token: str, rows: Sequence[Row], stamp: RequestStamp | None = None) -> Action:
+        """POST ``rows`` (held by ``token``; ``stamp``: see :meth:`_post`) and settle
+        them; return what the reply meant."""
+        attempt = self._post(token, rows, stamp)
         self._settle(token, rows, attempt)
         return attempt.action
 

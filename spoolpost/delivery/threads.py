@@ -142,7 +142,7 @@ class Threads:
                 sentinels += 1
                 continue
             try:
-                self.spool.release(batch.token)
+                self.spool.release(batch.token, unstamp=batch.stamp is not None)
             except Exception:
                 log.exception("could not release lease %s; it will expire", batch.token[:8])
             with self.lock:

@@ -260,28 +260,38 @@ def to_v1_event(event: Mapping[str, Any]) -> dict[str, Any]:
 
 #: Parses one stored body (UTF-8 JSON); skips ``json.loads``'s encoding detection.
 _decode = json.JSONDecoder().decode
+#: The decoder's scanner: (value, end) of the JSON value at an index.
+_ScanOnce = Callable[[str, int], tuple[Any, int]]
+_scan: _ScanOnce = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
+
+
+#: The properties v1 moves out of ``properties`` besides :data:`FROM_HEADERS`.
+_MOVED = frozenset(key for key, *_ in (*OPTION_PROPERTIES, *TOP_LEVEL_PROPERTIES))
 
 
 def _reshape(event: Mapping[str, Any], properties: dict[str, Any]) -> dict[str, Any]:
     """:func:`to_v1_event` with the event's ``properties`` dict to change in place
     (the send path passes the dict of a body it has just parsed: no copy)."""
-    for key in RELOCATED:
-        top = event.get(key)
-        if top is None:
-            continue
-        existing = properties.get(key)
-        if isinstance(top, dict) and isinstance(existing, dict):
-            properties[key] = {**top, **existing}
-        elif key not in properties:
-            properties[key] = top
+    if RELOCATED[0] in event or RELOCATED[1] in event:
+        for key in RELOCATED:
+            top = event.get(key)
+            if top is None:
+                continue
+            existing = properties.get(key)
+            if isinstance(top, dict) and isinstance(existing, dict):
+                properties[key] = {**top, **existing}
+            elif key not in properties:
+                properties[key] = top
     for key in FROM_HEADERS:
         properties.pop(key, None)
     options: dict[str, Any] = {}
-    for key, option, coerce in OPTION_PROPERTIES:
-        if key in properties:
-            value = coerce(properties.pop(key))
-            if value is not None:
-                options[option] = value
+    moves = not _MOVED.isdisjoint(properties)  # one check for the usual event
+    if moves:
+        for key, option, coerce in OPTION_PROPERTIES:
+            if key in properties:
+                value = coerce(properties.pop(key))
+                if value is not None:
+                    options[option] = value
     shaped: dict[str, Any] = {
         "event": event["event"],
         "uuid": event["uuid"],
@@ -290,11 +300,12 @@ def _reshape(event: Mapping[str, Any], properties: dict[str, Any]) -> dict[str, 
         "options": options,
         "properties": properties,
     }
-    for key, name in TOP_LEVEL_PROPERTIES:
-        if key in properties:
-            text = _coerce_str(properties.pop(key))
-            if text is not None:
-                shaped[name] = text
+    if moves:
+        for key, name in TOP_LEVEL_PROPERTIES:
+            if key in properties:
+                text = _coerce_str(properties.pop(key))
+                if text is not None:
+                    shaped[name] = text
     return shaped
 
 
@@ -322,7 +333,7 @@ class PostHogV1:
             stamp = RequestStamp(str(uuid.uuid4()), sent, 1)
         body: dict[str, Any] = {
             "created_at": stamp.created_at,
-            "batch": [_reshape(ev, ev.get("properties") or {}) for ev in map(_parse, events)],
+            "batch": _v1_batch(events),
         }
         if self.historical_migration:
             body["historical_migration"] = True
@@ -340,6 +351,26 @@ class PostHogV1:
 def _parse(body: bytes) -> dict[str, Any]:
     event: dict[str, Any] = _decode(body.decode())
     return event
+
+
+def _v1_batch(events: Sequence[bytes]) -> list[dict[str, Any]]:
+    """Each stored body parsed (as :func:`_parse` would) and reshaped, one after
+    the other, so each parsed body is freed as soon as it is reshaped. The scanner
+    is called directly (no ``decode`` wrapper and its whitespace matching) on a
+    body that is one JSON value from its first to its last character; any other
+    body goes through :func:`_parse`'s decoder (the same result or error as ever)."""
+    batch: list[dict[str, Any]] = []
+    add = batch.append
+    for body in events:
+        text = body.decode()
+        try:
+            event, end = _scan(text, 0)
+        except StopIteration:
+            end = -1
+        if end != len(text):
+            event = _decode(text)
+        add(_reshape(event, event.get("properties") or {}))
+    return batch
 
 
 def wire_format(mode: CaptureMode, historical_migration: bool = False) -> WireFormat:
@@ -374,11 +405,21 @@ def parse_results(content: bytes) -> dict[str, EventResult] | None:
     if not isinstance(results, dict):
         return None
     parsed: dict[str, EventResult] = {}
+    plain: dict[str, EventResult] = {}  # one shared verdict per result without details
     for event_uuid, entry in results.items():
-        if not isinstance(entry, dict) or not isinstance(entry.get("result"), str):
+        if not isinstance(entry, dict):
+            return None
+        result = entry.get("result")
+        if not isinstance(result, str):
             return None
         details = entry.get("details")
-        if details is not None and not isinstance(details, str):
-            details = json.dumps(details)
-        parsed[event_uuid] = EventResult(entry["result"], details)
+        if details is None:
+            verdict = plain.get(result)
+            if verdict is None:
+                verdict = plain[result] = EventResult(result, None)
+        else:
+            if not isinstance(details, str):
+                details = json.dumps(details)
+            verdict = EventResult(result, details)
+        parsed[event_uuid] = verdict
     return parsed

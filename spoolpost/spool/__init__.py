@@ -24,11 +24,12 @@ from spoolpost.spool.files import (
     is_network_fs,
     mount_of,
 )
-from spoolpost.spool.leases import Batch, RequestStamp, Row
+from spoolpost.spool.leases import Batch, Row
 from spoolpost.spool.maintenance import Filter, SpooledEvent
 from spoolpost.spool.queries import SpoolSnapshot, SpoolStats, Watermark
 from spoolpost.spool.settlement import Doomed, Settled, Settlement
 from spoolpost.spool.sql import AI_LANE
+from spoolpost.spool.stamps import RequestStamp, Stamper
 
 __all__ = [
     "AI_LANE",
@@ -53,6 +54,7 @@ __all__ = [
     "SpoolSnapshot",
     "SpoolStats",
     "SpooledEvent",
+    "Stamper",
     "Watermark",
     "check_filesystem",
     "check_spool_file",

@@ -52,11 +52,12 @@ from spoolpost.spool.db import (
     Database,
     Durability,
 )
-from spoolpost.spool.leases import Batch, Leases, RequestStamp, Row
+from spoolpost.spool.leases import Batch, Leases, Row
 from spoolpost.spool.operator import OperatorMethods
 from spoolpost.spool.owner import Owner
 from spoolpost.spool.queries import SpoolSnapshot, SpoolStats, Watermark
 from spoolpost.spool.settlement import Settled, Settlement, settle
+from spoolpost.spool.stamps import RequestStamp, Stamper
 
 
 class Spool(OperatorMethods):
@@ -237,6 +238,7 @@ class Spool(OperatorMethods):
         lease_ttl: float,
         max_event_age: float | None = None,
         owner: Owner | None = None,
+        stamp: Stamper | None = None,
     ) -> Batch | None:
         """Lease due pending events to one sender: retries whose backoff is over
         first, then fresh events in capture order.
@@ -247,6 +249,12 @@ class Spool(OperatorMethods):
         Returns None when nothing is due. Expired events do not end a claim: it
         looks further (up to a bound per transaction) for events to lease.
         ``owner`` (default: this process) is recorded with the lease.
+
+        ``stamp(lane)``, when given, names the v1 request identity (request id,
+        ``created_at``) of the batch's first request, or None for a lane sent
+        without one: the claim stores it as :meth:`stamp_request` would, in its own
+        transaction, and returns it as :attr:`Batch.stamp`. A batch not sent whole
+        must give the stamp back (:meth:`release` ``unstamp``, :meth:`unstamp`).
         """
         return self._leases.claim(
             now,
@@ -255,6 +263,7 @@ class Spool(OperatorMethods):
             lease_ttl=lease_ttl,
             max_event_age=max_event_age,
             owner=owner,
+            stamp=stamp,
         )
 
     def ack(self, token: str, ids: Sequence[int]) -> int:
@@ -286,12 +295,20 @@ class Spool(OperatorMethods):
             token, ids, now, next_attempt_at, error, max_attempts, status
         )
 
-    def release(self, token: str, ids: Sequence[int] | None = None) -> int:
+    def release(self, token: str, ids: Sequence[int] | None = None, unstamp: bool = False) -> int:
         """Give leased rows back, due now, without counting an attempt.
 
-        ``ids`` None releases the whole lease. Returns the number released.
+        ``ids`` None releases the whole lease. ``unstamp``: the rows were never
+        sent under the request identity their claim stored; it is taken back
+        (see :meth:`unstamp`). Returns the number released.
         """
-        return self._leases.release(token, ids)
+        return self._leases.release(token, ids, unstamp)
+
+    def unstamp(self, token: str, ids: Sequence[int]) -> None:
+        """Take back the request identity a claim stored on rows ``token`` holds,
+        for a request never sent: one attempt fewer, and no identity when it was
+        their first. Their next request is stamped by :meth:`stamp_request`."""
+        self._leases.unstamp(token, ids)
 
     def dead_letter(
         self,

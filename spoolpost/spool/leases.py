@@ -22,6 +22,14 @@ from typing import Any, NamedTuple
 from spoolpost.spool.db import Database
 from spoolpost.spool.owner import Owner, current_owner, owner_alive
 from spoolpost.spool.sql import IN_IDS, add_counter, ids_json
+from spoolpost.spool.stamps import (
+    STAMP_RETURNING,
+    STAMP_SET,
+    RequestStamp,
+    Stamper,
+    stamped_identity,
+    unstamp_rows,
+)
 
 log = logging.getLogger("spoolpost")
 
@@ -46,16 +54,6 @@ class Row(NamedTuple):
     lane: str | None = None
 
 
-class RequestStamp(NamedTuple):
-    """The stored identity of one v1 request: ``request_id`` (PostHog-Request-Id),
-    ``created_at`` (the body's, RFC 3339) and ``attempt`` (PostHog-Attempt: 1 for the
-    first request, counting every request that carried these rows)."""
-
-    request_id: str
-    created_at: str
-    attempt: int
-
-
 @dataclass(frozen=True)
 class Batch:
     """Events leased to one sender under ``token`` until ``expires_at`` (UTC seconds)."""
@@ -63,6 +61,8 @@ class Batch:
     token: str
     rows: tuple[Row, ...]
     expires_at: float
+    #: The v1 request identity the claim stored for the rows (None: not stamped).
+    stamp: RequestStamp | None = None
 
     @property
     def ids(self) -> list[int]:
@@ -132,6 +132,7 @@ class Leases:
         lease_ttl: float,
         max_event_age: float | None = None,
         owner: Owner | None = None,
+        stamp: Stamper | None = None,
     ) -> Batch | None:
         owner = owner or current_owner()
         with self._db.write() as conn:
@@ -181,12 +182,32 @@ class Leases:
                 " VALUES (?, ?, ?, ?, ?, ?)",
                 (token, owner.host, owner.pid, owner.start, now, expires_at),
             )
-            conn.execute(
-                f"UPDATE events SET state = 'leased', lease_token = ?, lease_expires_at = ?"
-                f" WHERE {IN_IDS}",
-                (token, expires_at, ids_json([r.id for r in taken])),
-            )
-        return Batch(token, tuple(taken), expires_at)
+            ids = [r.id for r in taken]
+            identity = None if stamp is None else stamp(taken[0].lane)
+            if identity is None:
+                conn.execute(
+                    f"UPDATE events SET state = 'leased', lease_token = ?, lease_expires_at = ?"
+                    f" WHERE {IN_IDS}",
+                    (token, expires_at, ids_json(ids)),
+                )
+                return Batch(token, tuple(taken), expires_at)
+            # The first request's identity, stored with the lease (one UPDATE, no
+            # second transaction): committed before the batch is handed to a sender.
+            if taken[0].request_id is None:  # then none has one: a first request
+                conn.execute(
+                    f"UPDATE events SET state = 'leased', lease_token = ?, lease_expires_at = ?,"
+                    f" request_id = ?, request_created_at = ?, request_attempts = 1"
+                    f" WHERE {IN_IDS}",
+                    (token, expires_at, *identity, ids_json(ids)),
+                )
+                return Batch(token, tuple(taken), expires_at, RequestStamp(*identity, 1))
+            stamped = conn.execute(
+                f"UPDATE events SET state = 'leased', lease_token = ?, lease_expires_at = ?,"
+                f" {STAMP_SET} WHERE {IN_IDS} RETURNING {STAMP_RETURNING}",
+                (token, expires_at, *identity, ids_json(ids)),
+            ).fetchall()
+            request = stamped_identity(conn, token, ids, stamped, *identity)
+        return Batch(token, tuple(taken), expires_at, request)
 
     def forget_lease(self, conn: sqlite3.Connection, token: str) -> None:
         conn.execute(
@@ -259,33 +280,26 @@ class Leases:
         :meth:`Spool.stamp_request`."""
         with self._db.write() as conn:
             stamped = conn.execute(
-                "UPDATE events SET request_id = coalesce(request_id, ?),"
-                " request_created_at = coalesce(request_created_at, ?),"
-                " request_attempts = coalesce(request_attempts, 0) + 1"
-                f" WHERE {IN_IDS} AND lease_token = ?"
-                " RETURNING request_id, request_created_at, request_attempts",
+                f"UPDATE events SET {STAMP_SET} WHERE {IN_IDS} AND lease_token = ?"
+                f" RETURNING {STAMP_RETURNING}",
                 (request_id, created_at, ids_json(ids), token),
             ).fetchall()
-            if not stamped:
-                return None
-            if len({(r[0], r[1]) for r in stamped}) > 1:
-                # Rows of different stored requests (a claim never makes such a
-                # batch): they become one new request.
-                conn.execute(
-                    "UPDATE events SET request_id = ?, request_created_at = ?,"
-                    f" request_attempts = 1 WHERE {IN_IDS} AND lease_token = ?",
-                    (request_id, created_at, ids_json(ids), token),
-                )
-                return RequestStamp(request_id, created_at, 1)
-        first = stamped[0]
-        return RequestStamp(first[0], first[1], max(int(r[2]) for r in stamped))
+            return stamped_identity(conn, token, ids, stamped, request_id, created_at)
 
-    def release(self, token: str, ids: Sequence[int] | None = None) -> int:
+    def release(self, token: str, ids: Sequence[int] | None = None, unstamp: bool = False) -> int:
         """Give leased rows back, due now; see :meth:`Spool.release`."""
         with self._db.write() as conn:
+            if unstamp:
+                unstamp_rows(conn, token, ids)
             n = self._release(conn, token, ids)
             self.forget_lease(conn, token)
         return n
+
+    def unstamp(self, token: str, ids: Sequence[int]) -> None:
+        """Take back the request a claim stamped on rows ``token`` holds; see
+        :meth:`Spool.unstamp`."""
+        with self._db.write() as conn:
+            unstamp_rows(conn, token, ids)
 
     def _release(self, conn: sqlite3.Connection, token: str, ids: Sequence[int] | None) -> int:
         where = "lease_token = ?" if ids is None else f"{IN_IDS} AND lease_token = ?"
