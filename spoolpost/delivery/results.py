@@ -67,3 +67,25 @@ def settlement_for(
     known = {row.uuid for row in rows}
     strangers = [u for u in results if u not in known]
     return Settlement(delivered, retry, missing, dead), strangers
+
+
+def dead_groups(
+    rows: Sequence[Row], settlement: Settlement, max_attempts: int | None, status: int | None
+) -> list[tuple[list[Row], str, str]]:
+    """The rows a v1 answer dead-letters, as ``(rows, reason, detail)`` groups for the
+    drop-in's ``on_error``: by their verdict (``dropped``, ``limited``, …), and those
+    that reach ``max_attempts`` (asked to retry) or ``missing_result`` (left out of
+    the answer) with this attempt."""
+    by_id = {r.id: r for r in rows}
+    groups: dict[tuple[str, str], list[Row]] = {}
+    for doomed in settlement.dead:
+        groups.setdefault((doomed.reason, doomed.detail), []).append(by_id[doomed.id])
+    if max_attempts is not None:
+        for ids, reason in (
+            (settlement.retry, "max_attempts"),
+            (settlement.missing, "missing_result"),
+        ):
+            died = [by_id[i] for i in ids if by_id[i].attempts + 1 >= max_attempts]
+            if died:
+                groups.setdefault((reason, f"HTTP {status}"), []).extend(died)
+    return [(died, reason, detail) for (reason, detail), died in groups.items()]

@@ -37,11 +37,11 @@ from spoolpost.clock import Clock
 from spoolpost.delivery.config import POISON_AFTER, STUCK_AFTER
 from spoolpost.delivery.health import EndpointHealth, Notice
 from spoolpost.delivery.policy import Action, RetryPolicy, classify, parse_retry_after
-from spoolpost.delivery.results import settlement_for
+from spoolpost.delivery.results import dead_groups, settlement_for
 from spoolpost.delivery.transport import HttpTransport, Reply
 from spoolpost.errors import SpoolClosed
 from spoolpost.events.encoding import format_timestamp
-from spoolpost.spool import Batch, RequestStamp, Row, Settlement, Spool
+from spoolpost.spool import Batch, RequestStamp, Row, Spool
 
 log = logging.getLogger("spoolpost")
 
@@ -297,29 +297,10 @@ class Settler:
         )
         self._count_settled(settled.delivered + settled.dead)
         if settled.dead and self.on_dead is not None:
-            self._tell_dead(rows, settlement, f"HTTP {t.reply.status}")
+            limit = self.retry.max_attempts
+            for died, reason, detail in dead_groups(rows, settlement, limit, t.reply.status):
+                self.on_dead(died, reason, detail)
         self._on_success(t)
-
-    def _tell_dead(self, rows: Sequence[Row], settlement: Settlement, status: str) -> None:
-        """Tell ``on_dead`` of the rows a v1 answer dead-lettered: by their verdict
-        (``dropped``, ``limited``, …), and those that reached ``max_attempts``
-        (asked to retry) or ``missing_result`` (left out of the answer)."""
-        assert self.on_dead is not None
-        by_id = {r.id: r for r in rows}
-        groups: dict[tuple[str, str], list[Row]] = {}
-        for doomed in settlement.dead:
-            groups.setdefault((doomed.reason, doomed.detail), []).append(by_id[doomed.id])
-        limit = self.retry.max_attempts
-        if limit is not None:
-            for ids, reason in (
-                (settlement.retry, "max_attempts"),
-                (settlement.missing, "missing_result"),
-            ):
-                died = [by_id[i] for i in ids if by_id[i].attempts + 1 >= limit]
-                if died:
-                    groups.setdefault((reason, status), []).extend(died)
-        for (reason, detail), died in groups.items():
-            self.on_dead(died, reason, detail)
 
     def _retry_later(self, token: str, rows: Sequence[Row], t: _Try, why: str = "") -> None:
         """Reschedule ``rows`` after ``max(backoff, Retry-After)``; those reaching
