@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
+import select
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -259,3 +260,20 @@ class Rig:
 
 #: Builds a :class:`Rig` with options for :meth:`Rig.build` (the ``make_rig`` fixture).
 MakeRig = Callable[..., Rig]
+
+
+def read_terminal(leader: int, timeout: float = 60.0) -> bytes:
+    """Everything written to a pseudo-terminal (``pty.openpty()``'s ``leader``) until
+    the child closes its side (or ``timeout`` seconds pass with nothing new); closes
+    ``leader``."""
+    seen = b""
+    while select.select([leader], [], [], timeout)[0]:
+        try:
+            chunk = os.read(leader, 4096)
+        except OSError:  # EIO: the child side is closed
+            break
+        if not chunk:
+            break
+        seen += chunk
+    os.close(leader)
+    return seen

@@ -8,7 +8,6 @@ import os
 import pty
 import queue
 import re
-import select
 import signal
 import stat
 import subprocess
@@ -22,7 +21,7 @@ from typing import Any
 import click
 import pytest
 from click.testing import CliRunner, Result
-from kit import OTHER_API_KEY, add_events, kill, states
+from kit import OTHER_API_KEY, add_events, kill, read_terminal, states
 
 from spoolpost.cli import cli
 from spoolpost.client import key_fingerprint
@@ -762,19 +761,7 @@ def test_drain_shows_a_progress_bar_on_a_terminal(
         stderr=follower,
     )
     os.close(follower)
-    seen = b""
-    while True:  # read the terminal until the child closes it
-        ready, _, _ = select.select([leader], [], [], 60)
-        if not ready:
-            break
-        try:
-            chunk = os.read(leader, 4096)
-        except OSError:  # EIO: the child side is closed
-            break
-        if not chunk:
-            break
-        seen += chunk
-    os.close(leader)
+    seen = read_terminal(leader)
     stdout, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0
     assert b"draining" in seen

@@ -8,7 +8,6 @@ import io
 import json
 import os
 import pty
-import select
 import signal
 import sqlite3
 import subprocess
@@ -18,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
-from kit import T0, add_events, kill
+from kit import T0, add_events, kill, read_terminal
 
 from spoolpost import ops
 from spoolpost.cli import cli
@@ -235,16 +234,7 @@ def on_a_terminal(*args: str, stdin: bytes = b"") -> tuple[int, bytes, bytes]:
     assert proc.stdin is not None
     proc.stdin.write(stdin)
     proc.stdin.close()
-    seen = b""
-    while select.select([leader], [], [], 60)[0]:
-        try:
-            chunk = os.read(leader, 4096)
-        except OSError:  # EIO: the child side is closed
-            break
-        if not chunk:
-            break
-        seen += chunk
-    os.close(leader)
+    seen = read_terminal(leader)
     assert proc.stdout is not None
     out = proc.stdout.read()
     return proc.wait(timeout=60), out, seen
