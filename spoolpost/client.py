@@ -235,6 +235,7 @@ class Client(CaptureApi):
         )
         try:
             self.spool.bind_key(key_fingerprint(api_key), force=force_key)
+            self.spool.record_bound()  # inspect/check read how full it is
             if send:  # the spool remembers where it delivers (see bind_host)
                 self.spool.bind_host(canonical_host(host), force=force_host)
             self.dispatcher = Dispatcher(

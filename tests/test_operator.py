@@ -498,6 +498,26 @@ def test_a_spool_past_its_recorded_bound_is_stuck_and_critical(
         spool.save_endpoint_state("host", "{}")
 
 
+def test_a_full_capture_only_spool_is_stuck_and_critical(spool_path: Path) -> None:
+    """README's cron pattern: an app that only captures (send=False) never delivers,
+    so no endpoint record carries its bound; the client keeps it in the spool."""
+    client = Client(API_KEY, spool=spool_path, send=False, max_spool_bytes=1 << 20)
+    try:
+        stored = [client.capture("e", distinct_id="u", properties={"pad": "x" * 2000})]
+        while stored[-1] is not None:  # until on_full (drop_newest) drops one
+            stored.append(client.capture("e", distinct_id="u", properties={"pad": "x" * 2000}))
+    finally:
+        client.shutdown()
+
+    data = inspect_json(spool_path)
+    checked = run("check", spool_path, "--max-full", "80%,95%")
+
+    assert data["max_spool_bytes"] == 1 << 20 and data["bound_source"] == "recorded"
+    assert data["state"] == "stuck" and "the spool is" in str(data["summary"])
+    assert checked.exit_code == 2 and "(CRITICAL)" in checked.stdout
+    assert data["counters"]["dropped"] >= 1  # type: ignore[index]
+
+
 def test_a_spool_keeps_only_the_newest_endpoint_records(spool: Spool) -> None:
     for pid in range(20):
         record = {"owner_host": "h", "pid": pid, "start": "s", "updated_at": 1000.0 + pid}

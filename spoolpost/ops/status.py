@@ -45,12 +45,16 @@ class Verdict:
 
 
 def bound(obs: Observation) -> tuple[int, str]:
-    """``max_spool_bytes`` as the last delivering process recorded it, else the
+    """``max_spool_bytes`` as the last delivering process recorded it, else as the
+    last client (capture-only ones too) recorded it in the meta table, else the
     default: (bytes, ``"recorded"`` or ``"default"``)."""
     for e in obs.endpoints:
         value = e.data.get("max_spool_bytes")
         if isinstance(value, int) and value > 0:
             return value, "recorded"
+    stored = obs.meta.get("max_spool_bytes", "")
+    if stored.isdigit() and int(stored) > 0:
+        return int(stored), "recorded"
     return DEFAULT_MAX_SPOOL_BYTES, "default"
 
 

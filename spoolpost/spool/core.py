@@ -198,6 +198,12 @@ class Spool(OperatorMethods):
         """Add ``n`` to the persisted counter ``name`` (one short write)."""
         queries.count(self._db, name, n)
 
+    def record_bound(self) -> None:
+        """Keep this spool's ``max_spool_bytes`` in its meta table, so that
+        ``spoolpost inspect``/``check`` in another process know how full it is, a
+        capture-only app's spool too (one short write). Raises :class:`SpoolLocked`."""
+        queries.record_bound(self._db, self.max_spool_bytes)
+
     def meta(self) -> dict[str, str]:
         """The spool's meta table as a dict (host, key_fingerprint, …)."""
         return queries.meta(self._db)

@@ -273,6 +273,16 @@ def meta(db: Database) -> dict[str, str]:
         return dict(conn.execute("SELECT key, value FROM meta").fetchall())
 
 
+def record_bound(db: Database, max_spool_bytes: int) -> None:
+    """:meth:`Spool.record_bound`: keep ``max_spool_bytes`` in the meta table."""
+    with db.write() as conn:
+        conn.execute(
+            "INSERT INTO meta (key, value) VALUES ('max_spool_bytes', ?)"
+            " ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            (str(max_spool_bytes),),
+        )
+
+
 def bind_host(db: Database, url: str, force: bool) -> str:
     """:meth:`Spool.bind_host`: record or check the ingestion endpoint ``url``."""
     with db.write() as conn:
