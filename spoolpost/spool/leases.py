@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from spoolpost.spool.db import Database
+from spoolpost.spool.due import DueRows
 from spoolpost.spool.owner import Owner, current_owner, owner_alive
 from spoolpost.spool.sql import IN_IDS, add_counter, ids_json
 from spoolpost.spool.stamps import (
@@ -79,39 +80,15 @@ class Leases:
 
     def __init__(self, db: Database) -> None:
         self._db = db
-        # Fresh rows (never tried) above this id are the next to lease; see _due_rows.
-        self._cursor = 0
+        # Where the search for due rows starts (spool/due.py).
+        self._due = DueRows()
         #: Called with the rows a claim dead-lettered as ``expired``, after the commit.
         self.on_expired: Callable[[list[Row]], None] | None = None
         db.on_start_over(self._start_over)
 
     def _start_over(self, forked: bool) -> None:
-        # The cursor points into the file that was open.
-        self._cursor = 0
-
-    def _due_rows(
-        self, conn: sqlite3.Connection, now: float, limit: int, columns: str
-    ) -> list[Any]:
-        """Due pending rows, retries (oldest schedule first) before fresh rows
-        (capture order). Fresh rows are found from an in-memory cursor, so rows
-        already leased are not scanned again; the cursor restarts from the
-        beginning when it finds nothing (ids are reused once the spool empties)."""
-        rows = conn.execute(
-            f"SELECT {columns} FROM events WHERE attempts > 0 AND state = 'pending'"
-            " AND next_attempt_at <= ? ORDER BY next_attempt_at LIMIT ?",
-            (now, limit),
-        ).fetchall()
-        if len(rows) < limit:
-            fresh_sql = (
-                f"SELECT {columns} FROM events WHERE id > ? AND attempts = 0"
-                " AND state = 'pending' ORDER BY id LIMIT ?"
-            )
-            fresh = conn.execute(fresh_sql, (self._cursor, limit - len(rows))).fetchall()
-            if not fresh and self._cursor:
-                self._cursor = 0
-                fresh = conn.execute(fresh_sql, (0, limit - len(rows))).fetchall()
-            rows += fresh
-        return rows
+        # The cursors point into the file that was open.
+        self._due.reset()
 
     def claim(self, now: float, **options: Any) -> Batch | None:
         """Lease due pending events to one sender; see :meth:`Spool.claim`. Rows it
@@ -137,28 +114,16 @@ class Leases:
         owner = owner or current_owner()
         with self._db.write() as conn:
             for _ in range(_EXPIRE_ROUNDS):
-                rows = self._due_rows(
-                    conn,
-                    now,
-                    max_events,
-                    "id, uuid, CAST(body AS BLOB), attempts, captured_at, request_id, lane",
-                )
-                if not rows:
+                found = self._due.for_batch(conn, now, max_events)
+                if not found.rows:
                     return None
                 taken: list[Row] = []
                 expired: list[int] = []
                 total = 0
-                for row_id, uuid, body, attempts, captured_at, request_id, lane in rows:
+                for row_id, uuid, body, attempts, captured_at, request_id, lane in found.rows:
                     if max_event_age is not None and captured_at < now - max_event_age:
                         expired.append(row_id)
                         died.append(Row(row_id, uuid, bytes(body), attempts, captured_at, None))
-                        continue
-                    if taken and (request_id, lane) != (taken[0].request_id, taken[0].lane):
-                        # A stored v1 request's rows go together and alone, and a
-                        # batch holds one lane. A fresh row is never skipped: the
-                        # cursor must not pass it.
-                        if attempts == 0:
-                            break
                         continue
                     if taken and total + len(body) > max_bytes:
                         break
@@ -168,13 +133,11 @@ class Leases:
                     )
                 if expired:
                     self.kill(conn, expired, None, now, "expired", None, "older than max_event_age")
+                self._due.claimed(found, {*expired, *(r.id for r in taken)})
                 if taken:
                     break
             else:
                 return None
-            fresh = [r.id for r in taken if r.attempts == 0]
-            if fresh:
-                self._cursor = max(self._cursor, max(fresh))
             token = secrets.token_hex(16)
             expires_at = now + lease_ttl
             conn.execute(
@@ -312,7 +275,7 @@ class Leases:
             ).rowcount
         )
         if n:
-            self._cursor = 0
+            self._due.reset()
         return n
 
     def dead_letter(
@@ -380,8 +343,8 @@ class Leases:
     def reclaim(self, now: float) -> int:
         """Take back abandoned leases; see :meth:`Spool.reclaim`."""
         # Rows that other processes gave back may lie behind the fresh-row
-        # cursor; this runs every few seconds, so they wait at most that long.
-        self._cursor = 0
+        # cursors; this runs every few seconds, so they wait at most that long.
+        self._due.reset()
         self._db.follow_file()
         with self._db.read() as conn:
             leases = conn.execute(
@@ -420,7 +383,7 @@ class Leases:
     def due(self, now: float, limit: int) -> tuple[int, float | None, int]:
         """What a claim would find due; see :meth:`Spool.due`."""
         with self._db.read() as conn:
-            rows = self._due_rows(conn, now, limit, "next_attempt_at, attempts")
+            rows = self._due.peek(conn, now, limit, "next_attempt_at, attempts")
         if not rows:
             return 0, None, 0
         return len(rows), min(float(r[0]) for r in rows), max(int(r[1]) for r in rows)
