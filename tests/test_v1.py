@@ -344,8 +344,12 @@ def test_batch_level_statuses_keep_the_v0_policy_under_v1(
     rig.run(60)  # 413: split in halves, each delivered
 
     assert [r.status for r in endpoint.requests][:2] == [503, 413]
-    ids = {r.headers["PostHog-Request-Id"] for r in endpoint.requests}
-    assert len(ids) == 1  # one stored request, retried and split
+    ids = [r.headers["PostHog-Request-Id"] for r in endpoint.requests]
+    attempts = [r.headers["PostHog-Attempt"] for r in endpoint.requests]
+    # One stored request retried whole (same id, attempt 2), then split: each
+    # half is a new request (see test_v1_requests.py).
+    assert ids[0] == ids[1] and attempts[:2] == ["1", "2"]
+    assert len(set(ids[1:])) == 3 and attempts[2:] == ["1", "1"]
     assert accounted(rig, captured, endpoint) == {
         "delivered": 4,
         "dead": 0,

@@ -34,8 +34,9 @@ from dataclasses import dataclass
 from typing import TypeAlias
 
 from spoolpost.clock import Clock
-from spoolpost.delivery.config import POISON_AFTER, STUCK_AFTER
+from spoolpost.delivery.config import POISON_AFTER
 from spoolpost.delivery.health import EndpointHealth, Notice
+from spoolpost.delivery.parts import halves, ids_of, probe_rows
 from spoolpost.delivery.policy import Action, RetryPolicy, classify, parse_retry_after
 from spoolpost.delivery.results import dead_groups, settlement_for
 from spoolpost.delivery.transport import HttpTransport, Reply
@@ -61,36 +62,6 @@ class _Try:
     at: float
     epoch: int
     per_event: bool = False  # the request's wire format answers per event (v1)
-
-
-def _halves(rows: Sequence[Row]) -> tuple[Sequence[Row], Sequence[Row]]:
-    half = len(rows) // 2
-    return rows[:half], rows[half:]
-
-
-def _ids(rows: Sequence[Row]) -> list[int]:
-    return [r.id for r in rows]
-
-
-def probe_rows(rows: Sequence[Row]) -> Sequence[Row]:
-    """The part of a claimed batch that probes a closed gate; the rest goes back
-    to the spool unsent, so a probe is still one request.
-
-    - Events that failed fewer than :data:`POISON_AFTER` times go first when
-      the batch mixes them with events that did (retries are claimed first: a
-      poison event would otherwise be in every probe, and no probe could
-      succeed).
-    - A batch made only of events that failed :data:`STUCK_AFTER` times or
-      more is probed by its first half, so a poison event in a batch that
-      nothing else ever joins cannot hold the others back. Costs one request
-      more after a long outage.
-    """
-    fresher = [r for r in rows if r.attempts < POISON_AFTER]
-    if 0 < len(fresher) < len(rows):
-        return fresher
-    if len(rows) > 1 and min(r.attempts for r in rows) >= STUCK_AFTER:
-        return _halves(rows)[0]
-    return rows
 
 
 class Settler:
@@ -208,7 +179,7 @@ class Settler:
         if transport.wire.per_event and stamp is None:
             now = self.clock.now()
             stamp = self.spool.stamp_request(
-                token, _ids(rows), str(uuid.uuid4()), format_timestamp(None, now)
+                token, ids_of(rows), str(uuid.uuid4()), format_timestamp(None, now)
             )
         me = threading.current_thread()
         with self.lock:
@@ -236,7 +207,7 @@ class Settler:
 
     def _settle(self, token: str, rows: Sequence[Row], t: _Try) -> None:
         """Apply the failure policy (see the module docstring) to ``rows`` for the reply ``t``."""
-        ids = _ids(rows)
+        ids = ids_of(rows)
         if t.action is Action.DELIVERED and t.per_event:
             self._settle_results(token, rows, t)
         elif t.action is Action.DELIVERED:
@@ -309,7 +280,7 @@ class Settler:
         attempt = max(r.attempts for r in rows) + 1
         _, dead = self.spool.reschedule(
             token,
-            _ids(rows),
+            ids_of(rows),
             t.at,
             t.at + self.retry.delay(attempt, retry_after),
             why + t.reply.describe(),
@@ -333,13 +304,14 @@ class Settler:
         trouble (a retry or a pause), or a halt, the rest goes back to the spool
         unsent."""
         self.spool.extend(token, now + self.lease_ttl)
-        first, second = _halves(rows)
+        self._part(token, rows)
+        first, second = halves(rows)
         if self.stopping.is_set():
-            self.spool.release(token, _ids(rows))
+            self.spool.release(token, ids_of(rows))
             return
         outcome = self._send(token, first)
         if outcome in (Action.RETRY, Action.PAUSE) or self.stopping.is_set():
-            self.spool.release(token, _ids(second))
+            self.spool.release(token, ids_of(second))
             return
         self._send(token, second)
 
@@ -356,12 +328,13 @@ class Settler:
         """
         while len(rows) > 1 and not self.stopping.is_set():
             self.spool.extend(token, t.at + self.lease_ttl)
-            first, second = _halves(rows)
+            self._part(token, rows)
+            first, second = halves(rows)
             a = self._post(token, first)
             if a.action is not Action.RETRY:
                 self._settle(token, first, a)
                 if a.action is Action.PAUSE or self.stopping.is_set():
-                    self.spool.release(token, _ids(second))
+                    self.spool.release(token, ids_of(second))
                     return
                 b = self._post(token, second)
                 if b.action is not Action.RETRY:
@@ -371,7 +344,7 @@ class Settler:
                 continue
             if self.stopping.is_set():
                 self._retry_later(token, first, a)
-                self.spool.release(token, _ids(second))
+                self.spool.release(token, ids_of(second))
                 return
             b = self._post(token, second)
             if b.action is Action.RETRY:
@@ -393,6 +366,14 @@ class Settler:
                 self.transport.display_url,
                 t.reply.describe(),
             )
+
+    def _part(self, token: str, rows: Sequence[Row]) -> None:
+        """Before ``rows`` are divided (a split, an isolation round): under v1 they
+        leave their stored request, so each part sent is a new request (new
+        PostHog-Request-Id, attempt 1) and a part given back unsent has no identity
+        (see docs/architecture.md, "An event row's states")."""
+        if self.transport.for_lane(rows[0].lane).wire.per_event:
+            self.spool.unstamp(token, ids_of(rows), forget=True)
 
     def _looks_poisoned(self, rows: Sequence[Row], now: float) -> bool:
         """Rows of which one failed transiently at least :data:`POISON_AFTER` times

@@ -310,11 +310,13 @@ class Spool(OperatorMethods):
         """
         return self._leases.release(token, ids, unstamp)
 
-    def unstamp(self, token: str, ids: Sequence[int]) -> None:
+    def unstamp(self, token: str, ids: Sequence[int], forget: bool = False) -> None:
         """Take back the request identity a claim stored on rows ``token`` holds,
         for a request never sent: one attempt fewer, and no identity when it was
-        their first. Their next request is stamped by :meth:`stamp_request`."""
-        self._leases.unstamp(token, ids)
+        their first. Their next request is stamped by :meth:`stamp_request`.
+        ``forget``: drop the identity whatever its count (a split request: each
+        part sent after is a new request, attempt 1)."""
+        self._leases.unstamp(token, ids, forget)
 
     def dead_letter(
         self,

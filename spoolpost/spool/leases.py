@@ -258,11 +258,11 @@ class Leases:
             self.forget_lease(conn, token)
         return n
 
-    def unstamp(self, token: str, ids: Sequence[int]) -> None:
+    def unstamp(self, token: str, ids: Sequence[int], forget: bool = False) -> None:
         """Take back the request a claim stamped on rows ``token`` holds; see
         :meth:`Spool.unstamp`."""
         with self._db.write() as conn:
-            unstamp_rows(conn, token, ids)
+            unstamp_rows(conn, token, ids, forget)
 
     def _release(self, conn: sqlite3.Connection, token: str, ids: Sequence[int] | None) -> int:
         where = "lease_token = ?" if ids is None else f"{IN_IDS} AND lease_token = ?"

@@ -60,12 +60,23 @@ def stamped_identity(
     return RequestStamp(first[0], first[1], max(int(r[2]) for r in stamped))
 
 
-def unstamp_rows(conn: sqlite3.Connection, token: str, ids: Sequence[int] | None) -> None:
+def unstamp_rows(
+    conn: sqlite3.Connection, token: str, ids: Sequence[int] | None, forget: bool = False
+) -> None:
     """Undo one :data:`STAMP_SET` on rows ``token`` holds (``ids`` None: all of
     them), for a request that was stamped but not sent: one attempt fewer, and
-    no identity when none is left."""
+    no identity when none is left. ``forget``: no identity at all, whatever the
+    count (the rows' request was split: each part is a new request, so no part
+    repeats its PostHog-Request-Id or attempt number)."""
     where = "lease_token = ?" if ids is None else f"{IN_IDS} AND lease_token = ?"
     params: tuple[Any, ...] = (token,) if ids is None else (ids_json(ids), token)
+    if forget:
+        conn.execute(
+            "UPDATE events SET request_id = NULL, request_created_at = NULL,"
+            f" request_attempts = NULL WHERE {where} AND request_attempts IS NOT NULL",
+            params,
+        )
+        return
     conn.execute(
         "UPDATE events SET"
         " request_id = CASE WHEN request_attempts > 1 THEN request_id END,"

@@ -1,0 +1,42 @@
+"""How a leased batch is divided: the part that probes a closed gate, and halves
+(a split after a 413/4xx, a poison-isolation round); see docs/architecture.md,
+"Delivery policy"."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from spoolpost.delivery.config import POISON_AFTER, STUCK_AFTER
+from spoolpost.spool import Row
+
+
+def halves(rows: Sequence[Row]) -> tuple[Sequence[Row], Sequence[Row]]:
+    """``rows`` cut in two, the first half the smaller when the count is odd."""
+    half = len(rows) // 2
+    return rows[:half], rows[half:]
+
+
+def ids_of(rows: Sequence[Row]) -> list[int]:
+    """The spool ids of ``rows``, in order."""
+    return [r.id for r in rows]
+
+
+def probe_rows(rows: Sequence[Row]) -> Sequence[Row]:
+    """The part of a claimed batch that probes a closed gate; the rest goes back
+    to the spool unsent, so a probe is still one request.
+
+    - Events that failed fewer than :data:`POISON_AFTER` times go first when
+      the batch mixes them with events that did (retries are claimed first: a
+      poison event would otherwise be in every probe, and no probe could
+      succeed).
+    - A batch made only of events that failed :data:`STUCK_AFTER` times or
+      more is probed by its first half, so a poison event in a batch that
+      nothing else ever joins cannot hold the others back. Costs one request
+      more after a long outage.
+    """
+    fresher = [r for r in rows if r.attempts < POISON_AFTER]
+    if 0 < len(fresher) < len(rows):
+        return fresher
+    if len(rows) > 1 and min(r.attempts for r in rows) >= STUCK_AFTER:
+        return halves(rows)[0]
+    return rows

@@ -1,0 +1,83 @@
+"""A stored v1 request is never merged with other rows and never repeats its
+identity for a different body: when a request is divided (a 413 split, poison
+isolation), each part sent is a new request (new PostHog-Request-Id, attempt 1),
+and each part's retries count 2, 3 (see docs/architecture.md, "An event row's
+states")."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+from kit import MakeRig, Rig
+
+from spoolpost.delivery.wire import PostHogV1
+from spoolpost.testing import LocalEndpoint, RecordedRequest, Response
+
+
+def identity(request: RecordedRequest) -> tuple[str, str, int]:
+    """(PostHog-Request-Id, created_at, PostHog-Attempt) of a v1 request."""
+    h = request.headers
+    return h["PostHog-Request-Id"], request.json["created_at"], int(h["PostHog-Attempt"])
+
+
+def accounted(rig: Rig, captured: list[str], endpoint: LocalEndpoint) -> dict[str, int]:
+    """Where every captured event is: delivered (answered ok), dead, pending; lost."""
+    delivered = set(endpoint.delivered_uuids()) & set(captured)
+    dead = {e.uuid for e in rig.dead()}
+    pending = {e.uuid for e in rig.pending()}
+    lost = set(captured) - delivered - dead - pending
+    return {"delivered": len(delivered), "dead": len(dead), "lost": len(lost)}
+
+
+def test_a_413_on_a_stored_request_makes_each_half_a_new_request_counting_from_1(
+    make_rig: MakeRig, endpoint: LocalEndpoint
+) -> None:
+    rig = make_rig(wire=PostHogV1())
+    captured = rig.capture(4)
+    endpoint.respond(Response(413, body=b'{"error":"payload too large"}'))
+    for _ in range(2):  # each half is asked to retry twice, then ok
+        endpoint.script_results({u: "retry" for u in captured})
+
+    rig.run(120)
+
+    whole, *parts = endpoint.requests
+    assert whole.status == 413 and whole.uuids == captured
+    sent: dict[str, list[tuple[str, int, list[str]]]] = defaultdict(list)
+    for r in parts:
+        request_id, created_at, attempt = identity(r)
+        sent[request_id].append((created_at, attempt, r.uuids))
+    assert identity(whole)[0] not in sent
+    assert len(sent) == 2  # two halves, two distinct new ids
+    halves = []
+    for tries in sent.values():
+        assert [attempt for _, attempt, _ in tries] == [1, 2, 3]
+        assert len({created for created, _, _ in tries}) == 1  # created_at kept
+        assert len({tuple(uuids) for _, _, uuids in tries}) == 1  # never merged
+        halves.append(tries[0][2])
+    assert sorted(halves) == sorted([captured[:2], captured[2:]])
+    # Loss accounting: 4 captured, 4 delivered, 0 dead, 0 lost.
+    assert accounted(rig, captured, endpoint) == {"delivered": 4, "dead": 0, "lost": 0}
+
+
+def test_a_half_given_back_unsent_after_a_split_goes_out_later_as_a_new_request(
+    make_rig: MakeRig, endpoint: LocalEndpoint
+) -> None:
+    rig = make_rig(wire=PostHogV1())
+    captured = rig.capture(4)
+    # The whole batch gets 413; its first half 503 (endpoint trouble), so the
+    # second half goes back to the spool unsent.
+    endpoint.respond(Response(413), Response(503))
+
+    rig.run(120)
+
+    whole, first, *rest = endpoint.requests
+    assert (whole.status, first.status) == (413, 503)
+    assert first.uuids == captured[:2]
+    first_id = identity(first)[0]
+    assert identity(first)[2] == 1 and first_id != identity(whole)[0]
+    later = {identity(r)[0]: (identity(r)[2], r.uuids) for r in rest}
+    assert later[first_id] == (2, captured[:2])  # the sent half's retry goes on counting
+    [(other_id, (attempt, uuids))] = [(k, v) for k, v in later.items() if k != first_id]
+    assert other_id != identity(whole)[0] and (attempt, uuids) == (1, captured[2:])
+    # Loss accounting: 4 captured, 4 delivered, 0 dead, 0 lost.
+    assert accounted(rig, captured, endpoint) == {"delivered": 4, "dead": 0, "lost": 0}
