@@ -6,8 +6,11 @@ states")."""
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
 from collections import defaultdict
 
+import pytest
 from kit import MakeRig, Rig
 
 from spoolpost.delivery.wire import PostHogV1
@@ -81,3 +84,60 @@ def test_a_half_given_back_unsent_after_a_split_goes_out_later_as_a_new_request(
     assert other_id != identity(whole)[0] and (attempt, uuids) == (1, captured[2:])
     # Loss accounting: 4 captured, 4 delivered, 0 dead, 0 lost.
     assert accounted(rig, captured, endpoint) == {"delivered": 4, "dead": 0, "lost": 0}
+
+
+def damage(rig: Rig, uuid: str, body: bytes) -> None:
+    """Overwrite one stored event's bytes in the SQLite file, behind the spool's back."""
+    with contextlib.closing(sqlite3.connect(rig.path)) as conn, conn:
+        assert conn.execute("UPDATE events SET body = ? WHERE uuid = ?", (body, uuid)).rowcount
+
+
+@pytest.mark.parametrize(
+    ("body", "detail"),
+    [
+        (b'\xff\xfe{"event":"x"}', "stored body is not UTF-8 (invalid start byte at byte 0)"),
+        (b'{"event": "cut', "stored body is not JSON (Unterminated string starting at"),
+        (b"[1, 2]", "stored body is not a PostHog event: AttributeError"),
+        (b'{"uuid": "u", "distinct_id": "d"}', "stored body is not a PostHog event: no 'event'"),
+    ],
+    ids=["not-utf8", "not-json", "not-an-object", "no-event-field"],
+)
+def test_a_damaged_stored_body_is_dead_malformed_and_the_rest_of_its_batch_is_sent(
+    make_rig: MakeRig,
+    endpoint: LocalEndpoint,
+    caplog: pytest.LogCaptureFixture,
+    body: bytes,
+    detail: str,
+) -> None:
+    rig = make_rig(wire=PostHogV1())
+    captured = rig.capture(4)
+    damage(rig, captured[1], body)
+
+    rig.step()
+
+    [request] = endpoint.requests  # one request, without the damaged event
+    assert request.uuids == [captured[0], *captured[2:]]
+    assert request.headers["PostHog-Attempt"] == "1"
+    [dead] = rig.dead()
+    assert (dead.uuid, dead.reason, dead.status) == (captured[1], "malformed", None)
+    assert dead.detail is not None and dead.detail.startswith(detail)
+    assert f"event {captured[1]} cannot be sent" in caplog.text
+    # Loss accounting: 4 captured, 3 delivered, 1 dead (malformed), 0 lost.
+    assert accounted(rig, captured, endpoint) == {"delivered": 3, "dead": 1, "lost": 0}
+
+
+def test_a_batch_of_only_damaged_bodies_sends_nothing_and_dead_letters_each(
+    make_rig: MakeRig, endpoint: LocalEndpoint
+) -> None:
+    rig = make_rig(wire=PostHogV1())
+    captured = rig.capture(2)
+    for uuid in captured:
+        damage(rig, uuid, b"\x00garbage")
+
+    rig.step()
+
+    assert endpoint.requests == []
+    assert sorted(e.uuid for e in rig.dead()) == sorted(captured)
+    assert {e.reason for e in rig.dead()} == {"malformed"}
+    # Loss accounting: 2 captured, 0 delivered, 2 dead (malformed), 0 lost.
+    assert accounted(rig, captured, endpoint) == {"delivered": 0, "dead": 2, "lost": 0}

@@ -1,13 +1,16 @@
-"""How a leased batch is divided: the part that probes a closed gate, and halves
-(a split after a 413/4xx, a poison-isolation round); see docs/architecture.md,
-"Delivery policy"."""
+"""How a leased batch is divided: the part that probes a closed gate, halves (a
+split after a 413/4xx, a poison-isolation round), and the stored events a wire
+format cannot send; see docs/architecture.md, "Delivery policy"."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import logging
+from collections.abc import Mapping, Sequence
 
 from spoolpost.delivery.config import POISON_AFTER, STUCK_AFTER
 from spoolpost.spool import Row
+
+log = logging.getLogger("spoolpost")
 
 
 def halves(rows: Sequence[Row]) -> tuple[Sequence[Row], Sequence[Row]]:
@@ -40,3 +43,16 @@ def probe_rows(rows: Sequence[Row]) -> Sequence[Row]:
     if len(rows) > 1 and min(r.attempts for r in rows) >= STUCK_AFTER:
         return halves(rows)[0]
     return rows
+
+
+def unsendable(
+    rows: Sequence[Row], bad: Mapping[int, str]
+) -> tuple[dict[str, list[Row]], list[Row]]:
+    """``rows`` parted by :class:`~spoolpost.delivery.wire.UnsendableEvents`'s
+    ``bad`` (position → reason): the unsendable rows grouped by reason (each
+    logged, WARNING, with its uuid), and the rest, in order."""
+    groups: dict[str, list[Row]] = {}
+    for n, why in bad.items():
+        groups.setdefault(why, []).append(rows[n])
+        log.warning("event %s cannot be sent: %s; it is dead-lettered", rows[n].uuid, why)
+    return groups, [r for n, r in enumerate(rows) if n not in bad]

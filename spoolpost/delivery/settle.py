@@ -36,10 +36,11 @@ from typing import TypeAlias
 from spoolpost.clock import Clock
 from spoolpost.delivery.config import POISON_AFTER
 from spoolpost.delivery.health import EndpointHealth, Notice
-from spoolpost.delivery.parts import halves, ids_of, probe_rows
+from spoolpost.delivery.parts import halves, ids_of, probe_rows, unsendable
 from spoolpost.delivery.policy import Action, RetryPolicy, classify, parse_retry_after
 from spoolpost.delivery.results import dead_groups, settlement_for
 from spoolpost.delivery.transport import HttpTransport, Reply
+from spoolpost.delivery.wire import UnsendableEvents
 from spoolpost.errors import SpoolClosed
 from spoolpost.events.encoding import format_timestamp
 from spoolpost.spool import Batch, RequestStamp, Row, Spool
@@ -62,6 +63,9 @@ class _Try:
     at: float
     epoch: int
     per_event: bool = False  # the request's wire format answers per event (v1)
+    #: The rows the request carried: those given, less any the wire format could
+    #: not send (dead-lettered ``malformed`` before it; empty: nothing was sent).
+    sent: Sequence[Row] = ()
 
 
 class Settler:
@@ -186,27 +190,53 @@ class Settler:
             epoch = self.health.epoch
             self.requests[me.ident or 0] = me.name
         try:
-            reply = transport.post([r.body for r in rows], self.clock.now(), stamp)
+            reply, rows = self._request(transport, token, rows, stamp)
         finally:
             with self.lock:
                 self.requests.pop(me.ident or 0, None)
+        if reply is None:  # every row was malformed: nothing to send or settle
+            return _Try(Reply(None), Action.DELIVERED, self.clock.now(), epoch)
         if reply.status is None:
             action = Action.RETRY
         elif reply.encoding_fault:
             action = Action.PAUSE
         else:
             action = classify(reply.status)
-        return _Try(reply, action, self.clock.now(), epoch, transport.wire.per_event)
+        return _Try(reply, action, self.clock.now(), epoch, transport.wire.per_event, rows)
+
+    def _request(
+        self, transport: HttpTransport, token: str, rows: Sequence[Row], stamp: RequestStamp | None
+    ) -> tuple[Reply | None, Sequence[Row]]:
+        """POST ``rows`` and return the reply and the rows it carried. Stored events
+        the wire format cannot send (a damaged body under v1) are dead-lettered
+        first, reason ``malformed`` (they would fail the same way on every
+        attempt), and the rest of the batch is sent; None when none is left."""
+        try:
+            return transport.post([r.body for r in rows], self.clock.now(), stamp), rows
+        except UnsendableEvents as exc:
+            bad = exc.bad
+        groups, rows = unsendable(rows, bad)
+        now = self.clock.now()
+        for why, doomed in groups.items():
+            dead = self.spool.dead_letter(token, ids_of(doomed), now, "malformed", None, why)
+            self._count_settled(dead)
+            if dead and self.on_dead is not None:
+                self.on_dead(doomed, "malformed", why)
+        if not rows:
+            return None, rows
+        return transport.post([r.body for r in rows], self.clock.now(), stamp), rows
 
     def _send(self, token: str, rows: Sequence[Row], stamp: RequestStamp | None = None) -> Action:
         """POST ``rows`` (held by ``token``; ``stamp``: see :meth:`_post`) and settle
         them; return what the reply meant."""
         attempt = self._post(token, rows, stamp)
-        self._settle(token, rows, attempt)
+        self._settle(token, attempt.sent, attempt)
         return attempt.action
 
     def _settle(self, token: str, rows: Sequence[Row], t: _Try) -> None:
         """Apply the failure policy (see the module docstring) to ``rows`` for the reply ``t``."""
+        if not rows:
+            return
         ids = ids_of(rows)
         if t.action is Action.DELIVERED and t.per_event:
             self._settle_results(token, rows, t)
@@ -331,12 +361,14 @@ class Settler:
             self._part(token, rows)
             first, second = halves(rows)
             a = self._post(token, first)
+            first = a.sent
             if a.action is not Action.RETRY:
                 self._settle(token, first, a)
                 if a.action is Action.PAUSE or self.stopping.is_set():
                     self.spool.release(token, ids_of(second))
                     return
                 b = self._post(token, second)
+                second = b.sent
                 if b.action is not Action.RETRY:
                     self._settle(token, second, b)  # the failure went away
                     return
@@ -347,6 +379,7 @@ class Settler:
                 self.spool.release(token, ids_of(second))
                 return
             b = self._post(token, second)
+            second = b.sent
             if b.action is Action.RETRY:
                 self._retry_later(token, first, a)
                 self._retry_later(token, second, b)

@@ -7,9 +7,10 @@ event at send time, as posthog-python 7.x's v1 path does
 (``posthog/capture_v1.py``, ``_to_v1_event``; every transform is listed in
 docs/architecture.md, "The v1 wire format").
 
-Also here: the capture mode (:func:`resolve_capture_mode`), the request-body
-compression (:func:`resolve_compression`, :func:`compress`) and the reading of
-a v1 ``results`` map (:func:`parse_results`).
+The v1 reshaping of each stored event lives in :mod:`spoolpost.delivery.reshape`
+(re-exported here). Also here: the capture mode (:func:`resolve_capture_mode`),
+the request-body compression (:func:`resolve_compression`, :func:`compress`) and
+the reading of a v1 ``results`` map (:func:`parse_results`).
 """
 
 from __future__ import annotations
@@ -24,9 +25,38 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal, NamedTuple, Protocol, cast
 
 from spoolpost._version import __version__
+from spoolpost.delivery.reshape import (
+    OPTION_PROPERTIES,
+    UnsendableEvents,
+    to_v1_event,
+    v1_batch,
+)
 from spoolpost.errors import ConfigError
 from spoolpost.events.encoding import format_timestamp
 from spoolpost.spool import RequestStamp
+
+__all__ = [
+    "CAPTURE_MODES",
+    "CAPTURE_MODE_ENV",
+    "COMPRESSIONS",
+    "COMPRESSION_ENV",
+    "OPTION_PROPERTIES",
+    "SDK_INFO",
+    "CaptureMode",
+    "Compression",
+    "EventResult",
+    "PostHogAI",
+    "PostHogV0",
+    "PostHogV1",
+    "UnsendableEvents",
+    "WireFormat",
+    "compress",
+    "parse_results",
+    "resolve_capture_mode",
+    "resolve_compression",
+    "to_v1_event",
+    "wire_format",
+]
 
 log = logging.getLogger("spoolpost")
 
@@ -169,7 +199,8 @@ class WireFormat(Protocol):
         self, api_key: str, events: Sequence[bytes], now: float, stamp: RequestStamp | None
     ) -> tuple[dict[str, str], bytes]:
         """The headers and body of one request for ``events`` (stored JSON bytes),
-        sent at ``now`` (UTC seconds, as an RFC 3339 string in ``sent_at``)."""
+        sent at ``now`` (UTC seconds, as an RFC 3339 string in ``sent_at``).
+        Raises :class:`UnsendableEvents` for stored events it cannot send."""
         ...
 
 
@@ -209,106 +240,6 @@ class PostHogAI(PostHogV0):
     path = "/i/v0/ai/batch/"
 
 
-# -- v1 -----------------------------------------------------------------------------
-
-
-def _coerce_bool(value: Any) -> bool | None:
-    """posthog-python's ``_coerce_bool``: a bool as is; ``"true"``/``"1"``,
-    ``"false"``/``"0"`` (any case, trimmed); a number is true unless zero;
-    anything else None (the option is then left out)."""
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str):
-        text = value.strip().lower()
-        return True if text in ("true", "1") else False if text in ("false", "0") else None
-    if isinstance(value, (int, float)):
-        return value != 0
-    return None
-
-
-def _coerce_str(value: Any) -> str | None:
-    return value if isinstance(value, str) else None
-
-
-#: Properties lifted into the typed ``options`` object: (property, option, coercion).
-OPTION_PROPERTIES: tuple[tuple[str, str, Callable[[Any], Any]], ...] = (
-    ("$cookieless_mode", "cookieless_mode", _coerce_bool),
-    ("$ignore_sent_at", "disable_skew_correction", _coerce_bool),
-    ("$product_tour_id", "product_tour_id", _coerce_str),
-    ("$process_person_profile", "process_person_profile", _coerce_bool),
-)
-#: Properties lifted to top-level string fields: (property, field).
-TOP_LEVEL_PROPERTIES = (("$session_id", "session_id"), ("$window_id", "window_id"))
-#: Top-level keys moved into ``properties`` (v1 has no top-level form).
-RELOCATED = ("$set", "$set_once")
-#: Properties PostHog takes from the ``PostHog-Sdk-Info`` header instead.
-FROM_HEADERS = ("$lib", "$lib_version")
-
-
-def to_v1_event(event: Mapping[str, Any]) -> dict[str, Any]:
-    """A stored (v0-shaped) event as a v1 wire event, exactly as posthog-python's
-    ``_to_v1_event``: ``$set``/``$set_once`` at the top level move into
-    ``properties`` (a dict merges under the properties' own, which win);
-    ``$lib``/``$lib_version`` leave ``properties``; the :data:`OPTION_PROPERTIES`
-    leave ``properties`` for ``options`` (left out when they do not coerce);
-    ``$session_id``/``$window_id`` leave ``properties`` for top-level
-    ``session_id``/``window_id`` (strings only); the event keeps ``event``,
-    ``uuid``, ``distinct_id``, ``timestamp`` and nothing else. ``event`` is not
-    changed. Raises ``KeyError``/``TypeError`` for an event without those fields."""
-    return _reshape(event, dict(event.get("properties") or {}))
-
-
-#: Parses one stored body (UTF-8 JSON); skips ``json.loads``'s encoding detection.
-_decode = json.JSONDecoder().decode
-#: The decoder's scanner: (value, end) of the JSON value at an index.
-_ScanOnce = Callable[[str, int], tuple[Any, int]]
-_scan: _ScanOnce = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
-
-
-#: The properties v1 moves out of ``properties`` besides :data:`FROM_HEADERS`.
-_MOVED = frozenset(key for key, *_ in (*OPTION_PROPERTIES, *TOP_LEVEL_PROPERTIES))
-
-
-def _reshape(event: Mapping[str, Any], properties: dict[str, Any]) -> dict[str, Any]:
-    """:func:`to_v1_event` with the event's ``properties`` dict to change in place
-    (the send path passes the dict of a body it has just parsed: no copy)."""
-    if RELOCATED[0] in event or RELOCATED[1] in event:
-        for key in RELOCATED:
-            top = event.get(key)
-            if top is None:
-                continue
-            existing = properties.get(key)
-            if isinstance(top, dict) and isinstance(existing, dict):
-                properties[key] = {**top, **existing}
-            elif key not in properties:
-                properties[key] = top
-    for key in FROM_HEADERS:
-        properties.pop(key, None)
-    options: dict[str, Any] = {}
-    moves = not _MOVED.isdisjoint(properties)  # one check for the usual event
-    if moves:
-        for key, option, coerce in OPTION_PROPERTIES:
-            if key in properties:
-                value = coerce(properties.pop(key))
-                if value is not None:
-                    options[option] = value
-    shaped: dict[str, Any] = {
-        "event": event["event"],
-        "uuid": event["uuid"],
-        "distinct_id": event["distinct_id"],
-        "timestamp": event["timestamp"],
-        "options": options,
-        "properties": properties,
-    }
-    if moves:
-        for key, name in TOP_LEVEL_PROPERTIES:
-            if key in properties:
-                text = _coerce_str(properties.pop(key))
-                if text is not None:
-                    shaped[name] = text
-    return shaped
-
-
 class PostHogV1:
     """PostHog's v1 capture endpoint, ``POST {host}/i/v1/analytics/events``
     (posthog-python 7.x ``capture_mode="v1"``): ``Authorization: Bearer <key>``,
@@ -333,7 +264,7 @@ class PostHogV1:
             stamp = RequestStamp(str(uuid.uuid4()), sent, 1)
         body: dict[str, Any] = {
             "created_at": stamp.created_at,
-            "batch": _v1_batch(events),
+            "batch": v1_batch(events),
         }
         if self.historical_migration:
             body["historical_migration"] = True
@@ -346,31 +277,6 @@ class PostHogV1:
             "PostHog-Request-Timestamp": sent,
         }
         return headers, json.dumps(body, separators=(",", ":")).encode()
-
-
-def _parse(body: bytes) -> dict[str, Any]:
-    event: dict[str, Any] = _decode(body.decode())
-    return event
-
-
-def _v1_batch(events: Sequence[bytes]) -> list[dict[str, Any]]:
-    """Each stored body parsed (as :func:`_parse` would) and reshaped, one after
-    the other, so each parsed body is freed as soon as it is reshaped. The scanner
-    is called directly (no ``decode`` wrapper and its whitespace matching) on a
-    body that is one JSON value from its first to its last character; any other
-    body goes through :func:`_parse`'s decoder (the same result or error as ever)."""
-    batch: list[dict[str, Any]] = []
-    add = batch.append
-    for body in events:
-        text = body.decode()
-        try:
-            event, end = _scan(text, 0)
-        except StopIteration:
-            end = -1
-        if end != len(text):
-            event = _decode(text)
-        add(_reshape(event, event.get("properties") or {}))
-    return batch
 
 
 def wire_format(mode: CaptureMode, historical_migration: bool = False) -> WireFormat:

@@ -27,8 +27,8 @@ from spoolpost.spool.sql import IN_IDS, INSERT_EVENT, add_counter
 STATES: tuple[str, ...] = ("pending", "leased", "dead")
 LIVE_STATES: tuple[str, ...] = ("pending", "leased")
 #: Every reason a dead letter can have (docs/architecture.md, "An event row's states"):
-#: a lone event the endpoint refused (413, other 4xx), the limits, and the verdicts of
-#: PostHog's v1 per-event results.
+#: a lone event the endpoint refused (413, other 4xx), the limits, the verdicts of
+#: PostHog's v1 per-event results, and a stored body v1 cannot reshape (``malformed``).
 DEAD_REASONS: tuple[str, ...] = (
     "rejected",
     "too_large",
@@ -38,6 +38,7 @@ DEAD_REASONS: tuple[str, ...] = (
     "limited",
     "missing_result",
     "unknown_result",
+    "malformed",
 )
 #: The key ``export`` adds to each event line (state, attempts, reason, …);
 #: ``import`` drops it.

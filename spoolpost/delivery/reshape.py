@@ -1,0 +1,168 @@
+"""PostHog v1's event shape, made at send time from the format-neutral stored bytes.
+
+The spool stores each event as v0-shaped JSON; PostHog's v1 capture takes a
+reshaped event. :func:`to_v1_event` does what posthog-python 7.x's
+``_to_v1_event`` does (``posthog/capture_v1.py``; every transform is listed in
+docs/architecture.md, "The v1 wire format"); :func:`v1_batch` parses and
+reshapes a batch of stored bodies, naming any that cannot be
+(:class:`UnsendableEvents`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+
+def _coerce_bool(value: Any) -> bool | None:
+    """posthog-python's ``_coerce_bool``: a bool as is; ``"true"``/``"1"``,
+    ``"false"``/``"0"`` (any case, trimmed); a number is true unless zero;
+    anything else None (the option is then left out)."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        text = value.strip().lower()
+        return True if text in ("true", "1") else False if text in ("false", "0") else None
+    if isinstance(value, (int, float)):
+        return value != 0
+    return None
+
+
+def _coerce_str(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+#: Properties lifted into the typed ``options`` object: (property, option, coercion).
+OPTION_PROPERTIES: tuple[tuple[str, str, Callable[[Any], Any]], ...] = (
+    ("$cookieless_mode", "cookieless_mode", _coerce_bool),
+    ("$ignore_sent_at", "disable_skew_correction", _coerce_bool),
+    ("$product_tour_id", "product_tour_id", _coerce_str),
+    ("$process_person_profile", "process_person_profile", _coerce_bool),
+)
+#: Properties lifted to top-level string fields: (property, field).
+TOP_LEVEL_PROPERTIES = (("$session_id", "session_id"), ("$window_id", "window_id"))
+#: Top-level keys moved into ``properties`` (v1 has no top-level form).
+RELOCATED = ("$set", "$set_once")
+#: Properties PostHog takes from the ``PostHog-Sdk-Info`` header instead.
+FROM_HEADERS = ("$lib", "$lib_version")
+
+
+def to_v1_event(event: Mapping[str, Any]) -> dict[str, Any]:
+    """A stored (v0-shaped) event as a v1 wire event, exactly as posthog-python's
+    ``_to_v1_event``: ``$set``/``$set_once`` at the top level move into
+    ``properties`` (a dict merges under the properties' own, which win);
+    ``$lib``/``$lib_version`` leave ``properties``; the :data:`OPTION_PROPERTIES`
+    leave ``properties`` for ``options`` (left out when they do not coerce);
+    ``$session_id``/``$window_id`` leave ``properties`` for top-level
+    ``session_id``/``window_id`` (strings only); the event keeps ``event``,
+    ``uuid``, ``distinct_id``, ``timestamp`` and nothing else. ``event`` is not
+    changed. Raises ``KeyError``/``TypeError`` for an event without those fields."""
+    return _reshape(event, dict(event.get("properties") or {}))
+
+
+#: Parses one stored body (UTF-8 JSON); skips ``json.loads``'s encoding detection.
+_decode = json.JSONDecoder().decode
+#: The decoder's scanner: (value, end) of the JSON value at an index.
+_ScanOnce = Callable[[str, int], tuple[Any, int]]
+_scan: _ScanOnce = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
+
+
+#: The properties v1 moves out of ``properties`` besides :data:`FROM_HEADERS`.
+_MOVED = frozenset(key for key, *_ in (*OPTION_PROPERTIES, *TOP_LEVEL_PROPERTIES))
+
+
+def _reshape(event: Mapping[str, Any], properties: dict[str, Any]) -> dict[str, Any]:
+    """:func:`to_v1_event` with the event's ``properties`` dict to change in place
+    (the send path passes the dict of a body it has just parsed: no copy)."""
+    if RELOCATED[0] in event or RELOCATED[1] in event:
+        for key in RELOCATED:
+            top = event.get(key)
+            if top is None:
+                continue
+            existing = properties.get(key)
+            if isinstance(top, dict) and isinstance(existing, dict):
+                properties[key] = {**top, **existing}
+            elif key not in properties:
+                properties[key] = top
+    for key in FROM_HEADERS:
+        properties.pop(key, None)
+    options: dict[str, Any] = {}
+    moves = not _MOVED.isdisjoint(properties)  # one check for the usual event
+    if moves:
+        for key, option, coerce in OPTION_PROPERTIES:
+            if key in properties:
+                value = coerce(properties.pop(key))
+                if value is not None:
+                    options[option] = value
+    shaped: dict[str, Any] = {
+        "event": event["event"],
+        "uuid": event["uuid"],
+        "distinct_id": event["distinct_id"],
+        "timestamp": event["timestamp"],
+        "options": options,
+        "properties": properties,
+    }
+    if moves:
+        for key, name in TOP_LEVEL_PROPERTIES:
+            if key in properties:
+                text = _coerce_str(properties.pop(key))
+                if text is not None:
+                    shaped[name] = text
+    return shaped
+
+
+def _parse(body: bytes) -> dict[str, Any]:
+    event: dict[str, Any] = _decode(body.decode())
+    return event
+
+
+class UnsendableEvents(Exception):
+    """Stored events a wire format cannot build a request from (v1: a body that
+    is not UTF-8 JSON of a PostHog event object, e.g. damaged on disk). ``bad``
+    maps each one's position in the batch to the reason, in words."""
+
+    def __init__(self, bad: dict[int, str]) -> None:
+        first = next(iter(bad.values()), "")
+        super().__init__(f"{len(bad)} stored event(s) cannot be sent, e.g. {first}")
+        self.bad = bad
+
+
+def _why(exc: Exception) -> str:
+    """Why a stored body cannot be reshaped, for a dead letter's detail."""
+    if isinstance(exc, UnicodeDecodeError):
+        return f"stored body is not UTF-8 ({exc.reason} at byte {exc.start})"
+    if isinstance(exc, json.JSONDecodeError):
+        return f"stored body is not JSON ({exc.msg} at character {exc.pos})"
+    if isinstance(exc, KeyError):
+        return f"stored body is not a PostHog event: no {exc.args[0]!r} field"
+    return f"stored body is not a PostHog event: {type(exc).__name__}: {exc}"[:300]
+
+
+def v1_batch(events: Sequence[bytes]) -> list[dict[str, Any]]:
+    """Each stored body parsed (as :func:`_parse` would) and reshaped, one after
+    the other, so each parsed body is freed as soon as it is reshaped. The scanner
+    is called directly (no ``decode`` wrapper and its whitespace matching) on a
+    body that is one JSON value from its first to its last character; any other
+    body goes through :func:`_parse`'s decoder (the same result or error as ever).
+
+    Raises :class:`UnsendableEvents` naming every body that cannot be reshaped
+    (the others are checked too, so one request finds them all)."""
+    batch: list[dict[str, Any]] = []
+    add = batch.append
+    bad: dict[int, str] = {}
+    for n, body in enumerate(events):
+        try:
+            text = body.decode()
+            try:
+                event, end = _scan(text, 0)
+            except StopIteration:
+                end = -1
+            if end != len(text):
+                event = _decode(text)
+            add(_reshape(event, event.get("properties") or {}))
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
+            bad[n] = _why(exc)
+    if bad:
+        raise UnsendableEvents(bad)
+    return batch
