@@ -91,6 +91,24 @@ class Reply:
 
 
 EXCERPT_BYTES = 300
+#: The most of an answer's body read, in bytes (1 MiB). PostHog answers a few KiB;
+#: a v1 ``results`` map of about 60 bytes an event fits over 15,000 events. A
+#: longer body is cut there (its connection is dropped, not read to the end), and
+#: a cut v1 ``results`` map is malformed: the batch is retried.
+MAX_ANSWER_BYTES = 1 << 20
+
+
+def _read_capped(response: requests.Response, cap: int) -> tuple[bytes, bool]:
+    """Up to ``cap`` bytes of ``response``'s body (decoded per its
+    ``Content-Encoding``), and whether there was more."""
+    chunks: list[bytes] = []
+    size = 0
+    for chunk in response.iter_content(64 * 1024):
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > cap:
+            return b"".join(chunks)[:cap], True
+    return b"".join(chunks), False
 
 
 def _marker(api_key: str) -> str:
@@ -377,23 +395,34 @@ class HttpTransport:
                 timeout=self.timeout,
                 allow_redirects=False,
                 auth=self.auth,
+                stream=True,
             )
+            with response:
+                status = response.status_code
+                content, cut = _read_capped(response, MAX_ANSWER_BYTES)
         except requests.RequestException as exc:
             error = summarize(exc, self._error_url, self._hostname, self.timeout)
             return Reply(None, error=redact_key(error, self.api_key))
-        with response:
-            status, content = response.status_code, response.content
-            excerpt = _excerpt(content, self.api_key)
-            results = None
-            if self.wire.per_event and 200 <= status < 300:
-                results = parse_results(content)
-            refused = status == 415 or (
-                400 <= status < 500 and "invalid encoding" in excerpt.lower().replace("_", " ")
-            )
-            return Reply(
+        excerpt = _excerpt(content, self.api_key)
+        results = None
+        per_event = self.wire.per_event and 200 <= status < 300
+        if cut:
+            log.warning(
+                "%s answered %s with a body over %d bytes; only that much was read%s",
+                self.display_url,
                 status,
-                response.headers.get("Retry-After"),
-                excerpt,
-                results=results,
-                encoding_fault=refused,
+                MAX_ANSWER_BYTES,
+                ", so its results map is malformed and the batch is retried" if per_event else "",
             )
+        elif per_event:
+            results = parse_results(content)
+        refused = status == 415 or (
+            400 <= status < 500 and "invalid encoding" in excerpt.lower().replace("_", " ")
+        )
+        return Reply(
+            status,
+            response.headers.get("Retry-After"),
+            excerpt,
+            results=results,
+            encoding_fault=refused,
+        )
