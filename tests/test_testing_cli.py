@@ -109,3 +109,74 @@ def test_bad_options_exit_2_with_a_message(args: list[str], message: str) -> Non
     )
     assert result.returncode == 2 and result.stdout == ""
     assert message in result.stderr
+
+
+def v1_body(*uuids: str) -> dict[str, object]:
+    return {
+        "created_at": "2026-01-01T00:00:00Z",
+        "batch": [{"uuid": u, "event": "e", "distinct_id": "d"} for u in uuids],
+    }
+
+
+def test_v1_verdicts_are_scripted_per_event_from_the_command_line() -> None:
+    url_path = "/i/v1/analytics/events"
+    with serving("--v1-verdict", "retry:2", "--v1-verdict", "drop=bad name") as (proc, url):
+        with requests.Session() as session:
+            answers = [
+                session.post(f"{url}{url_path}", json=v1_body("u1", "u2"), timeout=10).json()
+                for _ in range(4)
+            ]
+            # A new event starts the sequence from its beginning.
+            late = session.post(f"{url}{url_path}", json=v1_body("u3"), timeout=10).json()
+            v0 = session.post(f"{url}/batch/", json=BODY, timeout=10).json()
+        code, out, _ = stop(proc)
+    each = [{"result": "retry"}] * 2 + [{"result": "drop", "details": "bad name"}, {"result": "ok"}]
+    assert answers == [{"results": {"u1": v, "u2": v}} for v in each]
+    assert late == {"results": {"u3": {"result": "retry"}}}
+    assert v0 == {"status": 1}  # v0 requests are not scripted
+    assert code == 0
+    assert out.splitlines() == [
+        f"POST {url_path} 2 events -> 200 (retry 2)",
+        f"POST {url_path} 2 events -> 200 (retry 2)",
+        f"POST {url_path} 2 events -> 200 (drop 2)",
+        f"POST {url_path} 2 events -> 200 (ok 2)",
+        f"POST {url_path} 1 events -> 200 (retry 1)",
+        "POST /batch/ 1 events -> ok",
+    ]
+
+
+def test_v1_verdicts_apply_to_the_seeded_share_of_events_and_missing_leaves_them_out() -> None:
+    uuids = [f"u{i}" for i in range(200)]
+    with serving("--v1-verdict", "missing", "--v1-rate", "0.25", "--seed", "3", "--quiet") as (
+        proc,
+        url,
+    ):
+        body = v1_body(*uuids)
+        first = requests.post(f"{url}/i/v1/analytics/events", json=body, timeout=10).json()
+        second = requests.post(f"{url}/i/v1/analytics/events", json=body, timeout=10).json()
+        stop(proc)
+    left_out = set(uuids) - set(first["results"])
+    assert 0.15 * 200 <= len(left_out) <= 0.35 * 200
+    assert all(v == {"result": "ok"} for v in first["results"].values())
+    assert set(second["results"]) == set(uuids)  # the script ran out: ok for all
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--v1-verdict", "retry:0"], "argument --v1-verdict: 'retry:0' is not RESULT"),
+        (["--v1-verdict", "Drop!"], "argument --v1-verdict: 'Drop!' is not RESULT"),
+        (["--v1-verdict", "drop="], "argument --v1-verdict: 'drop=' is not RESULT"),
+        (["--v1-rate", "1.5"], "argument --v1-rate: 1.5 is not a rate from 0 to 1"),
+    ],
+)
+def test_bad_v1_options_exit_2_with_a_message(args: list[str], message: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "spoolpost.testing", *args],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2 and result.stdout == ""
+    assert message in result.stderr
