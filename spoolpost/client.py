@@ -141,8 +141,9 @@ class Client(CaptureApi):
     default ``SPOOLPOST_CAPTURE_MODE``, then ``POSTHOG_CAPTURE_MODE``, then v0
     (:func:`~spoolpost.delivery.wire.resolve_capture_mode`). The spool is the same
     under both. ``capture_compression``: ``none``, ``gzip``, ``deflate`` or ``zstd``
-    (``pip install spoolpost[zstd]``) for v1; v0 takes gzip only (default: gzip if
-    ``gzip``, else none). ``timeout``:
+    (``pip install spoolpost[zstd]``) for v1 (default ``POSTHOG_CAPTURE_COMPRESSION``,
+    then gzip if ``gzip``, else none); v0 ignores it, as posthog-python does, and
+    sends gzip only with ``gzip`` (logged once at INFO). ``timeout``:
     seconds per request, a positive number or a (connect, read) pair (default:
     :class:`~spoolpost.delivery.transport.HttpTransport`'s). ``shutdown_timeout``:
     seconds the ``atexit`` shutdown and the ``with`` block exit may take (default

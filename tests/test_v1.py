@@ -5,13 +5,17 @@ loopback endpoint's v1 answers."""
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 from kit import API_KEY, START, MakeRig, Rig, counts, live
 
+from spoolpost.cli import cli
 from spoolpost.delivery.policy import RetryPolicy
+from spoolpost.delivery.transport import HttpTransport
 from spoolpost.delivery.wire import (
     PostHogV0,
     PostHogV1,
@@ -595,3 +599,45 @@ def test_client_capture_mode_v1_delivers_through_the_v1_path(
 def test_a_client_with_a_bad_compression_name_raises_config_error(make_client: Any) -> None:
     with pytest.raises(ConfigError, match="capture_compression must be one of"):
         make_client(capture_mode="v1", capture_compression="brotli")
+
+
+@pytest.mark.parametrize(
+    ("gzip", "compression", "sent", "logged"),
+    [
+        (False, None, None, False),
+        (True, None, "gzip", False),
+        (False, "deflate", None, True),
+        (False, "gzip", None, True),
+        (True, "deflate", "gzip", True),
+        (True, "none", "gzip", True),
+        (True, "gzip", "gzip", False),
+        (False, "none", None, False),
+    ],
+)
+def test_v0_ignores_capture_compression_and_sends_gzip_only_with_the_gzip_flag(
+    endpoint: LocalEndpoint,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+    gzip: bool,
+    compression: str | None,
+    sent: str | None,
+    logged: bool,
+) -> None:
+    # posthog-python: capture_compression is "ignored in V0, which uses gzip".
+    monkeypatch.setenv("POSTHOG_CAPTURE_COMPRESSION", "deflate")  # v1's only, too
+    with caplog.at_level(logging.INFO, logger="spoolpost"):
+        transport = HttpTransport(endpoint.url, API_KEY, gzip=gzip, compression=compression)
+    assert transport.post([b'{"uuid":"u1"}'], START).status == 200
+    assert endpoint.requests[0].headers.get("Content-Encoding") == sent
+    assert ("applies to the v1 capture mode only" in caplog.text) is logged
+
+
+def test_v0_still_refuses_a_bad_capture_compression_name() -> None:
+    with pytest.raises(ConfigError, match="capture_compression must be one of"):
+        HttpTransport("http://127.0.0.1:9", API_KEY, compression="brotli")
+
+
+def test_drain_help_names_the_compression_environment_variable() -> None:
+    result = CliRunner().invoke(cli, ["drain", "--help"], terminal_width=200)
+    assert result.exit_code == 0
+    assert "$POSTHOG_CAPTURE_COMPRESSION" in " ".join(result.output.split())

@@ -158,8 +158,9 @@ def _finite(value: float | None, name: str) -> float | None:
     "--capture-compression",
     type=click.Choice(["none", "gzip", "deflate", "zstd"], case_sensitive=False),
     default=None,
-    help="Request-body compression for v1 (v0 takes gzip only). Default: gzip with "
-    "--gzip, else none.",
+    help="Request-body compression for v1. Default: $POSTHOG_CAPTURE_COMPRESSION, else "
+    "gzip with --gzip, else none. v0 ignores it (as posthog-python) and sends gzip only "
+    "with --gzip.",
 )
 @click.option("--force-key", is_flag=True, help="Deliver a spool created for another API key.")
 @click.option(

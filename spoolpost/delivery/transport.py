@@ -263,6 +263,28 @@ def _positive_seconds(value: object) -> bool:
     return math.isfinite(value) and value > 0
 
 
+def _compression_for(wire: WireFormat, compression: str | None, gzip: bool) -> Compression:
+    """The body compression of a transport for ``wire``: under v1, ``compression``,
+    else ``POSTHOG_CAPTURE_COMPRESSION``, else gzip if ``gzip`` (see
+    :func:`resolve_compression`). Under v0 and the AI endpoint, gzip if ``gzip``,
+    else none, whatever ``compression`` says (posthog-python's rule: its
+    ``capture_compression`` is "ignored in V0, which uses gzip"); a given
+    ``compression`` is still checked (:class:`ConfigError`), and one that would
+    have meant another compression is logged once, at INFO."""
+    if wire.per_event:
+        return resolve_compression(compression, gzip=gzip)
+    asked = resolve_compression(compression, gzip=gzip, environ={})
+    chosen: Compression = "gzip" if gzip else "none"
+    if compression is not None and asked != chosen:
+        log.info(
+            "capture_compression %r applies to the v1 capture mode only; v0 sends %s "
+            "(gzip only with gzip=True, as posthog-python)",
+            compression,
+            "gzip" if gzip else "uncompressed bodies",
+        )
+    return chosen
+
+
 class HttpTransport:
     """POSTs batches to ``host`` + ``wire.path``.
 
@@ -270,8 +292,9 @@ class HttpTransport:
     are sent as HTTP basic auth and shown as ``user:***@`` in :attr:`display_url`,
     which is what logs and messages use). ``timeout``: seconds, one positive number
     for both, or a (connect, read) pair (default 5, 30); ``gzip`` sends
-    ``Content-Encoding: gzip``; ``verify`` is passed to requests (TLS on by
-    default). One ``requests.Session`` per calling thread.
+    ``Content-Encoding: gzip``; ``compression`` (none, gzip, deflate, zstd) is
+    v1's (v0 takes gzip from ``gzip`` only, as posthog-python); ``verify`` is
+    passed to requests (TLS on by default). One ``requests.Session`` per calling thread.
     Raises :class:`~spoolpost.errors.ConfigError` for a bad ``host``, ``api_key``
     or ``timeout``.
     """
@@ -302,11 +325,7 @@ class HttpTransport:
         #: :attr:`url` with ``user:***@`` where the host had credentials: for logs.
         self.display_url = checked.display_url + self.wire.path
         self.auth = checked.auth
-        # POSTHOG_CAPTURE_COMPRESSION is for v1 only, as in posthog-python.
-        env: dict[str, str] | None = None if self.wire.per_event else {}
-        chosen = resolve_compression(compression, gzip=gzip, environ=env)
-        if not self.wire.per_event and chosen != "none":
-            chosen = "gzip"
+        chosen = _compression_for(self.wire, compression, gzip)
         #: The compression in use; ``none`` after a fallback (see :meth:`post`).
         self.compression: Compression = chosen
         self.gzip = chosen == "gzip"
@@ -349,7 +368,7 @@ class HttpTransport:
                     self._host_setting,
                     self.api_key,
                     wire=PostHogAI(getattr(self.wire, "historical_migration", False)),
-                    compression="gzip" if self.compression != "none" else "none",
+                    gzip=self.compression != "none",
                     timeout=self.timeout,
                     verify=self.verify,
                 )
