@@ -11,8 +11,11 @@ reshapes a batch of stored bodies, naming any that cannot be
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
+
+from spoolpost._version import __version__
 
 
 def _coerce_bool(value: Any) -> bool | None:
@@ -69,7 +72,9 @@ _scan: _ScanOnce = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
 
 
 #: The properties v1 moves out of ``properties`` besides :data:`FROM_HEADERS`.
-_MOVED = frozenset(key for key, *_ in (*OPTION_PROPERTIES, *TOP_LEVEL_PROPERTIES))
+_MOVED = frozenset(
+    [key for key, _, _ in OPTION_PROPERTIES] + [key for key, _ in TOP_LEVEL_PROPERTIES]
+)
 
 
 def _reshape(event: Mapping[str, Any], properties: dict[str, Any]) -> dict[str, Any]:
@@ -139,19 +144,25 @@ def _why(exc: Exception) -> str:
     return f"stored body is not a PostHog event: {type(exc).__name__}: {exc}"[:300]
 
 
-def v1_batch(events: Sequence[bytes]) -> list[dict[str, Any]]:
-    """Each stored body parsed (as :func:`_parse` would) and reshaped, one after
-    the other, so each parsed body is freed as soon as it is reshaped. The scanner
-    is called directly (no ``decode`` wrapper and its whitespace matching) on a
-    body that is one JSON value from its first to its last character; any other
-    body goes through :func:`_parse`'s decoder (the same result or error as ever).
+def v1_batch(events: Sequence[bytes]) -> list[bytes]:
+    """Each stored body as the JSON bytes of its v1 wire event, in order: spliced
+    from the stored bytes by :func:`splice_v1` when it has the shape spoolpost's
+    capture writes, else parsed (as :func:`_parse` would), reshaped by
+    :func:`to_v1_event` and encoded (compact, ASCII), one after the other, so each
+    parsed body is freed as soon as it is encoded. The scanner is called directly
+    (no ``decode`` wrapper and its whitespace matching) on a body that is one JSON
+    value from its first to its last character; any other body goes through
+    :func:`_parse`'s decoder (the same result or error as ever).
 
     Raises :class:`UnsendableEvents` naming every body that cannot be reshaped
     (the others are checked too, so one request finds them all)."""
-    batch: list[dict[str, Any]] = []
+    batch: list[bytes] = []
     add = batch.append
     bad: dict[int, str] = {}
-    for n, body in enumerate(events):
+    for n, (body, spliced) in enumerate(zip(events, splice_batch(events), strict=True)):
+        if spliced is not None:
+            add(spliced)
+            continue
         try:
             text = body.decode()
             try:
@@ -160,9 +171,106 @@ def v1_batch(events: Sequence[bytes]) -> list[dict[str, Any]]:
                 end = -1
             if end != len(text):
                 event = _decode(text)
-            add(_reshape(event, event.get("properties") or {}))
+            add(_encode(_reshape(event, event.get("properties") or {})).encode())
         except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
             bad[n] = _why(exc)
     if bad:
         raise UnsendableEvents(bad)
     return batch
+
+
+#: Compact JSON, ASCII only (``json.dumps`` with ``separators=(",", ":")``).
+_encode = json.JSONEncoder(separators=(",", ":")).encode
+
+
+# -- the byte path ---------------------------------------------------------------------
+#
+# Most stored events are exactly what this version's capture wrote: top-level keys
+# uuid, event, distinct_id, properties, timestamp in that order, strings without
+# escapes there, flat properties ending in this version's ``$lib`` and
+# ``$lib_version``, nothing else for v1 to move. For those the v1 event is spliced
+# from the stored bytes (docs/architecture.md, "The v1 wire format"): the same JSON
+# values, not decoded and re-encoded; only plain byte searches, no regular
+# expression over the body. Any other body takes the decoding path above.
+
+#: The ``$lib`` property of every event this package captures (``events/build.py``).
+LIB = "spoolpost"
+_HEAD = b'{"uuid":"'
+_PROPERTIES = b',"properties":{'
+_LIB_TAIL = f',"$lib":"{LIB}","$lib_version":"{__version__}"}}'.encode()
+_ONLY_LIB = b"{" + _LIB_TAIL[1:]
+_TIMESTAMP = b',"timestamp":"'
+_OPTIONS = b',"options":{}}'
+#: A key v1 moves, anywhere in a body (as a value too: the decoding path then).
+_MOVED_KEYS = re.compile(
+    rb'"\$(?:' + b"|".join(re.escape(k[1:].encode()) for k in sorted(_MOVED)) + rb')"'
+)
+
+
+def _vouched(joined: bytes, n: int) -> bool:
+    """What the ``n`` bodies ``joined`` (by a newline) must hold between them for
+    :func:`_splice`: no escape, two of each brace and one ``"$lib"`` and
+    ``"$lib_version"`` a body, no key v1 moves, UTF-8 throughout. A body
+    :func:`_splice` takes has at least that many of each, so once every body is
+    taken, these totals hold for each body alone."""
+    return (
+        b"\\" not in joined
+        and joined.count(b"{") == 2 * n
+        and joined.count(b"}") == 2 * n
+        and joined.count(b'"$lib"') == n
+        and joined.count(b'"$lib_version"') == n
+        and (b'"$' not in joined or _MOVED_KEYS.search(joined) is None)
+        and _utf8(joined)
+    )
+
+
+def _utf8(data: bytes) -> bool:
+    try:
+        data.decode()
+    except UnicodeDecodeError:
+        return False  # the decoding path names the body
+    return True
+
+
+def _splice(body: bytes) -> bytes | None:
+    """:func:`splice_v1`'s checks of one body's layout, given :func:`_vouched`:
+    top-level uuid, event, distinct_id (12 quotes: strings without escapes),
+    properties ending in this version's ``$lib``/``$lib_version``, then the
+    timestamp alone (4 quotes), and the end."""
+    if not body.startswith(_HEAD) or not body.endswith(b'"}'):
+        return None
+    props = body.find(_PROPERTIES)
+    if props < 0 or body.count(b'"', 0, props) != 12:
+        return None
+    event_at = body.find(b'","event":"', 0, props)
+    if event_at < 0 or body.find(b'","distinct_id":"', event_at, props) < 0:
+        return None
+    members_at = props + len(_PROPERTIES)
+    lib = body.find(_LIB_TAIL, props)
+    if lib < 0:
+        if not body.startswith(_ONLY_LIB, members_at - 1):
+            return None
+        lib = members_at - 1  # properties held $lib and $lib_version only
+    end = lib + len(_LIB_TAIL)
+    if not body.startswith(_TIMESTAMP, end) or body.count(b'"', end) != 4:
+        return None
+    return body[: max(lib, members_at)] + b"}" + body[end:-1] + _OPTIONS
+
+
+def splice_v1(body: bytes) -> bytes | None:
+    """The v1 wire event of a stored ``body``, spliced from its bytes, or None when
+    ``body`` is not of the shape this version's capture writes (see above) and
+    must be decoded and reshaped by :func:`to_v1_event`. When not None it decodes
+    to what :func:`to_v1_event` gives for the decoded body (keys in another order:
+    ``options`` last)."""
+    return _splice(body) if _vouched(body, 1) else None
+
+
+def splice_batch(events: Sequence[bytes]) -> list[bytes | None]:
+    """:func:`splice_v1` of each body, with the checks :func:`_vouched` makes done
+    once for the whole batch when every body passes them (the usual batch)."""
+    if _vouched(b"\n".join(events), len(events)):
+        spliced = [_splice(body) for body in events]
+        if None not in spliced:
+            return spliced
+    return [splice_v1(body) for body in events]

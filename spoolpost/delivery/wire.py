@@ -22,7 +22,7 @@ import os
 import uuid
 import zlib
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Literal, NamedTuple, Protocol, cast
+from typing import Literal, NamedTuple, Protocol, cast
 
 from spoolpost._version import __version__
 from spoolpost.delivery.reshape import (
@@ -247,8 +247,9 @@ class PostHogV1:
     true`` only when set), no ``api_key`` and no ``sent_at``. Headers
     ``PostHog-Sdk-Info`` (:data:`SDK_INFO`), ``PostHog-Attempt``,
     ``PostHog-Request-Id`` and ``created_at`` come from the stored ``stamp``;
-    ``PostHog-Request-Timestamp`` is ``now``. Each stored body is parsed once
-    and reshaped by :func:`to_v1_event`."""
+    ``PostHog-Request-Timestamp`` is ``now``. Each stored body is spliced into
+    its v1 shape, or parsed once and reshaped by :func:`to_v1_event`
+    (:func:`~spoolpost.delivery.reshape.v1_batch`)."""
 
     path = "/i/v1/analytics/events"
     per_event = True
@@ -262,12 +263,8 @@ class PostHogV1:
         sent = format_timestamp(None, now)
         if stamp is None:  # a request with no stored identity (direct use): attempt 1
             stamp = RequestStamp(str(uuid.uuid4()), sent, 1)
-        body: dict[str, Any] = {
-            "created_at": stamp.created_at,
-            "batch": v1_batch(events),
-        }
-        if self.historical_migration:
-            body["historical_migration"] = True
+        head = b'{"created_at":' + json.dumps(stamp.created_at).encode() + b',"batch":['
+        tail = b'],"historical_migration":true}' if self.historical_migration else b"]}"
         headers = {
             "Content-Type": "application/json",
             "Authorization": f"Bearer {api_key}",
@@ -276,7 +273,7 @@ class PostHogV1:
             "PostHog-Request-Id": stamp.request_id,
             "PostHog-Request-Timestamp": sent,
         }
-        return headers, json.dumps(body, separators=(",", ":")).encode()
+        return headers, head + b",".join(v1_batch(events)) + tail
 
 
 def wire_format(mode: CaptureMode, historical_migration: bool = False) -> WireFormat:

@@ -22,7 +22,6 @@ transaction.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -133,21 +132,22 @@ class DueRows:
                 rows += self._of_lane(conn, lane, window[-1][_ID], limit - len(rows))
         return Found(rows, True, passed)
 
-    def claimed(self, found: Found, done: Collection[int]) -> None:
-        """Move the cursors past what a claim did with ``found``: ``done`` holds the
-        ids it leased or dead-lettered; candidates not in it (after the byte limit)
-        stay ahead of the cursors."""
-        fresh = [r[_ID] for r in found.rows if r[_ATTEMPTS] == 0]
-        gone = [i for i in fresh if i in done]
-        if gone:
-            lane = found.rows[0][_LANE]
-            self._lanes[lane] = max(self._lanes.get(lane, 0), max(gone))
+    def claimed(self, found: Found, stop: int) -> None:
+        """Move the cursors past what a claim did with ``found``: it leased or
+        dead-lettered the candidates before index ``stop``; the rest (after the
+        byte limit) stay ahead of the cursors."""
+        rows = found.rows
+        # Fresh rows follow the retries, in capture order: the last one done is the
+        # highest, and the first one left is the lowest.
+        done = rows[stop - 1] if stop else None
+        if done is not None and done[_ATTEMPTS] == 0:
+            lane = done[_LANE]
+            self._lanes[lane] = max(self._lanes.get(lane, 0), done[_ID])
         if not found.shared:
             return
-        blockers = [i for i in fresh if i not in done]
-        if found.passed is not None:
-            blockers.append(found.passed)
+        left = rows[stop][_ID] if stop < len(rows) else None
+        blockers = [i for i in (left, found.passed) if i is not None]
         if blockers:
             self._shared = max(self._shared, min(blockers) - 1)
-        elif gone:
-            self._shared = max(self._shared, max(gone))
+        elif done is not None:
+            self._shared = max(self._shared, done[_ID])

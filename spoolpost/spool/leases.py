@@ -120,20 +120,21 @@ class Leases:
                 taken: list[Row] = []
                 expired: list[int] = []
                 total = 0
-                for row_id, uuid, body, attempts, captured_at, request_id, lane in found.rows:
-                    if max_event_age is not None and captured_at < now - max_event_age:
-                        expired.append(row_id)
-                        died.append(Row(row_id, uuid, bytes(body), attempts, captured_at, None))
+                oldest = -1.0 if max_event_age is None else now - max_event_age
+                stop = len(found.rows)  # candidates before this were leased or expired
+                for n, row in enumerate(found.rows):
+                    if row[4] < oldest:  # captured_at
+                        expired.append(row[0])
+                        died.append(Row(*row[:5]))
                         continue
-                    if taken and total + len(body) > max_bytes:
+                    total += len(row[2])
+                    if taken and total > max_bytes:
+                        stop = n
                         break
-                    total += len(body)
-                    taken.append(
-                        Row(row_id, uuid, bytes(body), attempts, captured_at, request_id, lane)
-                    )
+                    taken.append(Row(*row))
                 if expired:
                     self.kill(conn, expired, None, now, "expired", None, "older than max_event_age")
-                self._due.claimed(found, {*expired, *(r.id for r in taken)})
+                self._due.claimed(found, stop)
                 if taken:
                     break
             else:
