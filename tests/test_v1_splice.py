@@ -90,8 +90,7 @@ def test_what_capture_writes_is_spliced_and_decodes_as_to_v1_event(name: str) ->
 def test_any_other_body_is_decoded_and_reshaped(name: str) -> None:
     body = DECODED[name]
     assert splice_v1(body) is None
-    [shaped] = v1_batch([body])
-    assert json.loads(shaped) == to_v1_event(json.loads(body))
+    assert json.loads(v1_batch([body])) == to_v1_event(json.loads(body))
 
 
 def test_a_mixed_request_body_is_the_reshaped_batch() -> None:
@@ -112,7 +111,8 @@ def test_batch_totals_are_not_taken_for_a_body_that_only_balances_another() -> N
     # spliced, and the first is named as unsendable.
     odd = b'{"$lib":1,"$lib_version":2}'
     nested = stored("e", {"a": {"b": 1}})
-    assert splice_batch([odd, nested]) == [None, None]
+    assert splice_batch([odd, nested]) is None
+    assert splice_v1(odd) is None and splice_v1(nested) is None
     with pytest.raises(UnsendableEvents) as caught:
         v1_batch([odd, nested])
     assert list(caught.value.bad) == [0]
@@ -121,7 +121,33 @@ def test_batch_totals_are_not_taken_for_a_body_that_only_balances_another() -> N
 def test_a_batch_of_what_capture_writes_is_spliced_whole() -> None:
     bodies = list(SPLICED.values()) * 3
     spliced = splice_batch(bodies)
-    assert None not in spliced
-    assert [json.loads(s) for s in spliced if s is not None] == [
-        to_v1_event(json.loads(b)) for b in bodies
-    ]
+    assert spliced is not None
+    assert json.loads(b"[" + spliced + b"]") == [to_v1_event(json.loads(b)) for b in bodies]
+    assert spliced == b",".join(s for s in map(splice_v1, bodies) if s is not None)
+
+
+def test_one_odd_body_sends_its_batch_body_by_body() -> None:
+    bodies = [*SPLICED.values(), DECODED["nested"], *SPLICED.values()]
+    assert splice_batch(bodies) is None
+    batch = json.loads(b"[" + v1_batch(bodies) + b"]")
+    assert batch == [to_v1_event(json.loads(b)) for b in bodies]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"uuid":"u","event":"e","distinct_id":"d"7,"properties":{"a":1,'
+        + lib_tail().encode()
+        + b'},"timestamp":"t"}',
+        b'{"uuid":"u","event":"e","distinct_id":"d","properties":{"a":1,'
+        + lib_tail().encode()
+        + b'},"timestamp":"t","x":"y"}',
+        b'{"uuid":"u","event":"e","distinct_id":"d","properties":{"a":1},"b":{'
+        + lib_tail()[1:].encode()
+        + b'},"timestamp":"t"}',
+    ],
+    ids=["junk-after-head", "key-after-timestamp", "object-after-properties"],
+)
+def test_a_layout_that_only_looks_alike_is_not_spliced(body: bytes) -> None:
+    assert splice_v1(body) is None
+    assert splice_batch([body, SPLICED["flat"]]) is None

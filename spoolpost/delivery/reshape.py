@@ -11,7 +11,6 @@ reshapes a batch of stored bodies, naming any that cannot be
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -144,22 +143,28 @@ def _why(exc: Exception) -> str:
     return f"stored body is not a PostHog event: {type(exc).__name__}: {exc}"[:300]
 
 
-def v1_batch(events: Sequence[bytes]) -> list[bytes]:
-    """Each stored body as the JSON bytes of its v1 wire event, in order: spliced
-    from the stored bytes by :func:`splice_v1` when it has the shape spoolpost's
-    capture writes, else parsed (as :func:`_parse` would), reshaped by
-    :func:`to_v1_event` and encoded (compact, ASCII), one after the other, so each
-    parsed body is freed as soon as it is encoded. The scanner is called directly
-    (no ``decode`` wrapper and its whitespace matching) on a body that is one JSON
-    value from its first to its last character; any other body goes through
-    :func:`_parse`'s decoder (the same result or error as ever).
+def v1_batch(events: Sequence[bytes]) -> bytes:
+    """The stored bodies as the JSON of their v1 wire events, comma-separated in
+    order (the inside of the request's ``batch`` array). A batch of what this
+    version's capture writes is spliced whole (:func:`splice_batch`); otherwise
+    each body is spliced (:func:`splice_v1`) or, when it cannot be, parsed (as
+    :func:`_parse` would), reshaped by :func:`to_v1_event` and encoded (compact,
+    ASCII), one after the other, so each parsed body is freed once encoded. The
+    scanner is called directly (no ``decode`` wrapper and its whitespace matching)
+    on a body that is one JSON value from its first to its last character; any
+    other body goes through :func:`_parse`'s decoder (the same result or error as
+    ever).
 
     Raises :class:`UnsendableEvents` naming every body that cannot be reshaped
     (the others are checked too, so one request finds them all)."""
+    whole = splice_batch(events)
+    if whole is not None:
+        return whole
     batch: list[bytes] = []
     add = batch.append
     bad: dict[int, str] = {}
-    for n, (body, spliced) in enumerate(zip(events, splice_batch(events), strict=True)):
+    for n, body in enumerate(events):
+        spliced = splice_v1(body)
         if spliced is not None:
             add(spliced)
             continue
@@ -176,7 +181,7 @@ def v1_batch(events: Sequence[bytes]) -> list[bytes]:
             bad[n] = _why(exc)
     if bad:
         raise UnsendableEvents(bad)
-    return batch
+    return b",".join(batch)
 
 
 #: Compact JSON, ASCII only (``json.dumps`` with ``separators=(",", ":")``).
@@ -201,60 +206,66 @@ _LIB_TAIL = f',"$lib":"{LIB}","$lib_version":"{__version__}"}}'.encode()
 _ONLY_LIB = b"{" + _LIB_TAIL[1:]
 _TIMESTAMP = b',"timestamp":"'
 _OPTIONS = b',"options":{}}'
-#: A key v1 moves, anywhere in a body (as a value too: the decoding path then).
-_MOVED_KEYS = re.compile(
-    rb'"\$(?:' + b"|".join(re.escape(k[1:].encode()) for k in sorted(_MOVED)) + rb')"'
-)
+#: Keys v1 moves, as they appear in a body (as values too: the decoding path then).
+_MOVED_TOKENS = tuple(f'"{key}"'.encode() for key in sorted(_MOVED))
 
 
 def _vouched(joined: bytes, n: int) -> bool:
     """What the ``n`` bodies ``joined`` (by a newline) must hold between them for
-    :func:`_splice`: no escape, two of each brace and one ``"$lib"`` and
-    ``"$lib_version"`` a body, no key v1 moves, UTF-8 throughout. A body
-    :func:`_splice` takes has at least that many of each, so once every body is
-    taken, these totals hold for each body alone."""
-    return (
-        b"\\" not in joined
-        and joined.count(b"{") == 2 * n
-        and joined.count(b"}") == 2 * n
-        and joined.count(b'"$lib"') == n
-        and joined.count(b'"$lib_version"') == n
-        and (b'"$' not in joined or _MOVED_KEYS.search(joined) is None)
-        and _utf8(joined)
-    )
-
-
-def _utf8(data: bytes) -> bool:
+    :func:`_layout`: no escape, one ``"$lib"`` and ``"$lib_version"`` a body, no
+    key v1 moves, UTF-8 throughout. A body :func:`_layout` takes has at least one
+    of each, so once every body is taken, these totals hold for each body alone."""
+    if b"\\" in joined or joined.count(b'"$lib"') != n:
+        return False
+    if joined.count(b'"$lib_version"') != n:
+        return False
+    for token in _MOVED_TOKENS:
+        if token in joined:
+            return False
     try:
-        data.decode()
+        joined.decode()
     except UnicodeDecodeError:
         return False  # the decoding path names the body
     return True
 
 
-def _splice(body: bytes) -> bytes | None:
-    """:func:`splice_v1`'s checks of one body's layout, given :func:`_vouched`:
-    top-level uuid, event, distinct_id (12 quotes: strings without escapes),
-    properties ending in this version's ``$lib``/``$lib_version``, then the
-    timestamp alone (4 quotes), and the end."""
+def _layout(body: bytes) -> int:
+    """Where ``body``'s ``$lib`` pair begins (the comma before it, or the brace
+    of a properties object holding only it), or -1 unless ``body`` has the layout
+    :func:`splice_v1` takes, given :func:`_vouched`: ``{"uuid":"``, then event
+    and distinct_id (12 quotes before properties, the last right before it:
+    strings without escapes), a
+    flat properties object (no brace between its own) ending in this version's
+    ``$lib``/``$lib_version``, then the timestamp alone (4 quotes) and ``"}``."""
     if not body.startswith(_HEAD) or not body.endswith(b'"}'):
-        return None
+        return -1
     props = body.find(_PROPERTIES)
-    if props < 0 or body.count(b'"', 0, props) != 12:
-        return None
+    if props < 0 or body[props - 1] != 0x22 or body.count(b'"', 0, props) != 12:
+        return -1
     event_at = body.find(b'","event":"', 0, props)
     if event_at < 0 or body.find(b'","distinct_id":"', event_at, props) < 0:
-        return None
+        return -1
     members_at = props + len(_PROPERTIES)
     lib = body.find(_LIB_TAIL, props)
     if lib < 0:
-        if not body.startswith(_ONLY_LIB, members_at - 1):
-            return None
-        lib = members_at - 1  # properties held $lib and $lib_version only
+        lib = members_at - 1  # properties may hold the pair alone
+        if not body.startswith(_ONLY_LIB, lib):
+            return -1
+    elif body.find(b"{", members_at, lib) >= 0 or body.find(b"}", members_at, lib) >= 0:
+        return -1
     end = lib + len(_LIB_TAIL)
     if not body.startswith(_TIMESTAMP, end) or body.count(b'"', end) != 4:
-        return None
-    return body[: max(lib, members_at)] + b"}" + body[end:-1] + _OPTIONS
+        return -1
+    return lib
+
+
+def _cut(body: bytes, lib: int) -> tuple[bytes, bytes, bytes]:
+    """The pieces of ``body``'s v1 event before :data:`_OPTIONS`: up to its
+    ``$lib`` pair, the brace closing properties, the timestamp."""
+    end = lib + len(_LIB_TAIL)
+    if body[lib] == 0x7B:  # "{": the pair alone
+        return body[: lib + 1], b"}", body[end:-1]
+    return body[:lib], b"}", body[end:-1]
 
 
 def splice_v1(body: bytes) -> bytes | None:
@@ -263,14 +274,28 @@ def splice_v1(body: bytes) -> bytes | None:
     must be decoded and reshaped by :func:`to_v1_event`. When not None it decodes
     to what :func:`to_v1_event` gives for the decoded body (keys in another order:
     ``options`` last)."""
-    return _splice(body) if _vouched(body, 1) else None
+    lib = _layout(body)
+    if lib < 0 or not _vouched(body, 1):
+        return None
+    return b"".join((*_cut(body, lib), _OPTIONS))
 
 
-def splice_batch(events: Sequence[bytes]) -> list[bytes | None]:
-    """:func:`splice_v1` of each body, with the checks :func:`_vouched` makes done
-    once for the whole batch when every body passes them (the usual batch)."""
-    if _vouched(b"\n".join(events), len(events)):
-        spliced = [_splice(body) for body in events]
-        if None not in spliced:
-            return spliced
-    return [splice_v1(body) for body in events]
+def splice_batch(events: Sequence[bytes]) -> bytes | None:
+    """What :func:`v1_batch` gives for ``events`` when every body is one
+    :func:`splice_v1` takes, made at once: the checks that are sums over the batch
+    (:func:`_vouched`) are made once, :func:`_layout` body by body, and the pieces
+    are joined once. None when any body is not such a one."""
+    if not _vouched(b"\n".join(events), len(events)):
+        return None
+    pieces: list[bytes] = []
+    add = pieces.extend
+    for body in events:
+        lib = _layout(body)
+        if lib < 0:
+            return None
+        add(_cut(body, lib))
+        pieces.append(_OPTIONS_NEXT)
+    return b"".join(pieces)[:-1]
+
+
+_OPTIONS_NEXT = _OPTIONS + b","

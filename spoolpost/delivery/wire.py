@@ -273,7 +273,7 @@ class PostHogV1:
             "PostHog-Request-Id": stamp.request_id,
             "PostHog-Request-Timestamp": sent,
         }
-        return headers, head + b",".join(v1_batch(events)) + tail
+        return headers, head + v1_batch(events) + tail
 
 
 def wire_format(mode: CaptureMode, historical_migration: bool = False) -> WireFormat:
