@@ -32,7 +32,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from spoolpost.delivery.wire import EventResult
+from spoolpost.delivery.wire import OK, EventResult
 from spoolpost.spool import Doomed, Row, Settlement
 
 DELIVERED_RESULTS = frozenset({"ok", "warning"})
@@ -49,7 +49,9 @@ def settlement_for(
     dead: list[Doomed] = []
     for row in rows:
         verdict = results.get(row.uuid)
-        if verdict is None:
+        if verdict is OK:  # the usual verdict, shared by parse_results
+            delivered.append(row.id)
+        elif verdict is None:
             missing.append(row.id)
         elif verdict.result in DELIVERED_RESULTS:
             delivered.append(row.id)

@@ -295,6 +295,11 @@ class EventResult(NamedTuple):
     details: str | None
 
 
+#: The verdict of an entry ``{"result": "ok"}``, shared.
+OK = EventResult("ok", None)
+_OK_ENTRY = {"result": "ok"}
+
+
 def parse_results(content: bytes) -> dict[str, EventResult] | None:
     """The ``results`` map of a v1 2xx body (``{"results": {uuid: {"result": …,
     "details": …}}}``), or None when it is malformed: not JSON, not an object, no
@@ -308,8 +313,11 @@ def parse_results(content: bytes) -> dict[str, EventResult] | None:
     if not isinstance(results, dict):
         return None
     parsed: dict[str, EventResult] = {}
-    plain: dict[str, EventResult] = {}  # one shared verdict per result without details
+    plain = {"ok": OK}  # one shared verdict per result without details
     for event_uuid, entry in results.items():
+        if entry == _OK_ENTRY:  # the usual entry, in one comparison
+            parsed[event_uuid] = OK
+            continue
         if not isinstance(entry, dict):
             return None
         result = entry.get("result")
