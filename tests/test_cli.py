@@ -77,6 +77,7 @@ def test_every_command_is_documented_in_the_readme_and_has_help() -> None:
         "check",
         "metrics",
         "path",
+        "compact",
     }
     for name, command in cli.commands.items():
         assert f"spoolpost {name}" in readme, f"README does not show `spoolpost {name}`"

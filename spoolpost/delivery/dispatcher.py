@@ -48,6 +48,7 @@ from spoolpost.delivery.transport import HttpTransport
 from spoolpost.errors import ConfigError
 from spoolpost.spool import Batch, Spool, Watermark
 from spoolpost.spool.owner import current_owner
+from spoolpost.spool.space import STEP_PAUSE
 
 __all__ = ["DeliveryConfig", "Dispatcher", "FlushBarrier", "FlushResult", "Step"]
 
@@ -327,6 +328,8 @@ class Dispatcher:
             flushing = bool(self._flushes)
         count, first_due_at, attempts = self.spool.due(now, self.config.flush_at)
         if count == 0:
+            if self._threads.inflight == 0 and self.spool.give_back_space():  # see its doc
+                return Step(reclaimed=reclaimed, wait=STEP_PAUSE, blocked_by="idle")
             next_due = self.spool.next_due_at()
             self._maybe_checkpoint(now)
             wait = None if next_due is None else max(0.0, next_due - now)

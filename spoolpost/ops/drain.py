@@ -7,6 +7,7 @@ left, a time budget runs out, the endpoint is down or delivery is paused, and
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -18,6 +19,9 @@ from spoolpost.delivery.hosts import canonical_host
 from spoolpost.delivery.policy import RetryPolicy
 from spoolpost.delivery.transport import DEFAULT_HOST, HttpTransport
 from spoolpost.spool import Spool
+from spoolpost.spool.space import STEP_PAUSE
+
+log = logging.getLogger("spoolpost")
 
 #: ``spoolpost drain`` exit codes, for cron.
 EXIT_EMPTY = 0
@@ -157,7 +161,27 @@ def drain_spool(
     )
     if interrupted:
         raise DrainInterrupted(result)
+    give_back_space(spool, clock)
     return result
+
+
+#: Seconds a drain may spend giving space back after it delivered.
+GIVE_BACK_BUDGET = 60.0
+
+
+def give_back_space(spool: Spool, clock: Clock = SYSTEM_CLOCK) -> None:
+    """After a drain: give the spool's free pages back to the filesystem in
+    bounded steps (:meth:`Spool.give_back_space`, pausing between them so that
+    running apps capture meanwhile), for at most :data:`GIVE_BACK_BUDGET`
+    seconds, then checkpoint the WAL, so that a spool drained from cron shrinks
+    with no app running (docs/architecture.md, "Space"). Never raises."""
+    deadline = clock.monotonic() + GIVE_BACK_BUDGET
+    while spool.give_back_space() and clock.monotonic() < deadline:
+        clock.sleep(STEP_PAUSE)
+    try:
+        spool.checkpoint()
+    except Exception:  # a nicety after the drain's work is done
+        log.debug("WAL checkpoint after the drain skipped", exc_info=True)
 
 
 def drain_exit_code(result: FlushResult) -> int:

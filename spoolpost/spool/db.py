@@ -185,6 +185,7 @@ class Database:
         try:
             if first:
                 self._refuse_foreign(conn)
+                migrations.prepare_new_file(conn)  # auto_vacuum: before WAL writes page 1
             mode = self._enable_wal(conn)
             if str(mode).lower() != "wal":
                 raise SpoolCorrupt(f"spool {self.path} could not be put in WAL mode (got {mode})")
