@@ -174,7 +174,7 @@ def give_back_space(spool: Spool, clock: Clock = SYSTEM_CLOCK) -> None:
     bounded steps (:meth:`Spool.give_back_space`, pausing between them so that
     running apps capture meanwhile), for at most :data:`GIVE_BACK_BUDGET`
     seconds, then checkpoint the WAL, so that a spool drained from cron shrinks
-    with no app running (docs/architecture.md, "Space"). Never raises."""
+    with no app running (docs/architecture.md, "Space and long writes"). Never raises."""
     deadline = clock.monotonic() + GIVE_BACK_BUDGET
     while spool.give_back_space() and clock.monotonic() < deadline:
         clock.sleep(STEP_PAUSE)

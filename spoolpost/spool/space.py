@@ -10,7 +10,7 @@ by a full ``VACUUM`` ("PRAGMA auto_vacuum", sqlite.org/pragma.html#pragma_auto_v
 A spool made before has that one ``VACUUM`` done for it automatically once it
 holds little (at most :data:`CONVERT_MAX_BYTES` of live pages, as right after a
 drain, so the copy takes a few milliseconds), or at once by ``spoolpost compact``.
-See docs/architecture.md, "Space".
+See docs/architecture.md, "Space and long writes".
 """
 
 from __future__ import annotations
@@ -139,8 +139,8 @@ def vacuum_step(db: Database, seconds: float | None = None) -> int:
     lock past :data:`STEP_BUSY_TIMEOUT`."""
     budget = STEP_SECONDS if seconds is None else seconds
     with _writer(db, STEP_BUSY_TIMEOUT) as conn:
-        db.begin(conn)
         try:
+            db.begin(conn)
             started = time.monotonic()
             left = _pragma(conn, "freelist_count")
             while left:
