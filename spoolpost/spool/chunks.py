@@ -4,12 +4,15 @@ most instead of the whole job.
 
 Each chunk is one ``BEGIN IMMEDIATE`` … ``COMMIT`` that holds the write lock for
 about :data:`CHUNK_SECONDS`; the chunk size adapts to what the last one took.
-After each commit the job pauses as long as it held the lock (at least
+After each commit the job pauses twice as long as it held the lock (at least
 :data:`MIN_PAUSE`): SQLite's busy handler polls the lock on a schedule of its
-own rather than queueing, so a writer that took the lock again at once could
-starve a waiting capture. Every chunk is committed on its own: a job
-interrupted half way leaves the chunks before it done, and its rerun does the
-rest (see docs/architecture.md, "Space and long writes").
+own (sleeps of 1, 2, 5, 10 … ms: ``sqliteDefaultBusyCallback``, main.c) rather than
+queueing, so a writer that took the lock again at once could starve a waiting
+capture. With a hold of h ≤ 5 ms and a pause of 2h, a capture that found the lock
+taken finds it free at one of its retries at +1, +3 or +8 ms. Every chunk is
+committed on its own: a job interrupted half way leaves the chunks before it
+done, and its rerun does the rest (see docs/architecture.md, "Space and long
+writes").
 """
 
 from __future__ import annotations
@@ -44,8 +47,8 @@ class Chunking:
     :data:`CHUNK_SECONDS`, 5 ms): a chunk that took less than half of it is
     followed by one twice as large, one that took longer by one half as large
     (between :data:`MIN_CHUNK` and :data:`MAX_CHUNK` rows). ``clock``: monotonic
-    seconds; ``sleep``: the pause after each chunk (as long as the chunk held the
-    lock, at least :data:`MIN_PAUSE`). ``sizes`` records each chunk's rows.
+    seconds; ``sleep``: the pause after each chunk (twice as long as the chunk
+    held the lock, at least :data:`MIN_PAUSE`). ``sizes`` records each chunk's rows.
     """
 
     seconds: float = CHUNK_SECONDS
@@ -79,5 +82,5 @@ class Chunking:
             elif held > self.seconds:
                 size = max(MIN_CHUNK, size // 2)
             if start < len(items):
-                self.sleep(max(MIN_PAUSE, held))
+                self.sleep(max(MIN_PAUSE, 2 * held))
         return done
