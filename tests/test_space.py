@@ -19,6 +19,7 @@ from spoolpost.cli import cli
 from spoolpost.clock import ManualClock
 from spoolpost.delivery.transport import HttpTransport
 from spoolpost.errors import SpoolLocked
+from spoolpost.ops.drain import give_back_space
 from spoolpost.spool import Spool, space
 from spoolpost.spool.space import STEP_PAUSE, file_bytes
 from spoolpost.testing import LocalEndpoint
@@ -272,3 +273,22 @@ def test_compact_while_another_process_holds_the_write_lock_says_so(spool_path: 
         holder.close()
     assert auto_vacuum(spool_path) == 0  # unchanged
     assert counts(spool_path)["pending"] == 3
+
+
+@pytest.mark.parametrize("steps", [True, False], ids=["drained", "budget-spent"])
+def test_after_a_drain_the_wal_is_checkpointed_and_space_given_back_unless_its_budget_ran_out(
+    rig: Rig, steps: bool
+) -> None:
+    fill(rig, 3000)
+    batch = rig.spool.claim(rig.clock.now(), max_events=3000, max_bytes=1 << 30, lease_ttl=60)
+    assert batch is not None
+    assert rig.spool.ack(batch.token, [r.id for r in batch.rows]) == 3000
+    before = rig.spool.space()
+    assert before.worth_giving_back and before.wal_bytes > 0
+
+    give_back_space(rig.spool, rig.clock, steps=steps)
+
+    after = rig.spool.space()
+    assert after.wal_bytes == 0  # checkpointed either way
+    assert after.free_pages == (0 if steps else before.free_pages)
+    assert (size(rig.path) < before.file_bytes / 10) is steps

@@ -161,7 +161,7 @@ def drain_spool(
     )
     if interrupted:
         raise DrainInterrupted(result)
-    give_back_space(spool, clock)
+    give_back_space(spool, clock, steps=not result.timed_out)  # a spent budget: checkpoint only
     return result
 
 
@@ -169,14 +169,15 @@ def drain_spool(
 GIVE_BACK_BUDGET = 60.0
 
 
-def give_back_space(spool: Spool, clock: Clock = SYSTEM_CLOCK) -> None:
+def give_back_space(spool: Spool, clock: Clock = SYSTEM_CLOCK, *, steps: bool = True) -> None:
     """After a drain: give the spool's free pages back to the filesystem in
     bounded steps (:meth:`Spool.give_back_space`, pausing between them so that
     running apps capture meanwhile), for at most :data:`GIVE_BACK_BUDGET`
-    seconds, then checkpoint the WAL, so that a spool drained from cron shrinks
-    with no app running (docs/architecture.md, "Space and long writes"). Never raises."""
+    seconds (none when ``steps`` is False: the drain's budget is spent), then
+    checkpoint the WAL, so that a spool drained from cron shrinks with no app
+    running (docs/architecture.md, "Space and long writes"). Never raises."""
     deadline = clock.monotonic() + GIVE_BACK_BUDGET
-    while spool.give_back_space() and clock.monotonic() < deadline:
+    while steps and spool.give_back_space() and clock.monotonic() < deadline:
         clock.sleep(STEP_PAUSE)
     try:
         spool.checkpoint()
