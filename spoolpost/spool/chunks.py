@@ -17,10 +17,14 @@ writes").
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeVar
+
+from spoolpost.spool.space import fold_wal
 
 if TYPE_CHECKING:
     import sqlite3
@@ -37,6 +41,20 @@ MIN_PAUSE = 0.001
 FIRST_CHUNK = 64
 MIN_CHUNK = 1
 MAX_CHUNK = 8192
+
+
+@contextlib.contextmanager
+def _no_gc() -> Iterator[None]:
+    """No cyclic garbage collection inside: a full collection over a bulk job's
+    millions of objects takes hundreds of milliseconds, which must not happen
+    while the write lock is held; it runs after the chunk instead."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 @dataclass
@@ -71,7 +89,7 @@ class Chunking:
         start = 0
         while start < len(items):
             chunk = items[start : start + size]
-            with db.write() as conn:
+            with _no_gc(), db.write() as conn:
                 began = self.clock()
                 done += write(conn, chunk)
             held = self.clock() - began
@@ -81,6 +99,7 @@ class Chunking:
                 size = min(MAX_CHUNK, size * 2)
             elif held > self.seconds:
                 size = max(MIN_CHUNK, size // 2)
+            fold_wal(db)
             if start < len(items):
                 self.sleep(max(MIN_PAUSE, 2 * held))
         return done

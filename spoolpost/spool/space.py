@@ -172,6 +172,17 @@ def full_vacuum(db: Database, busy_timeout: float) -> bool:
     return converted
 
 
+def fold_wal(db: Database) -> None:
+    """``PRAGMA wal_checkpoint(PASSIVE)`` on this process's write connection: copy
+    what the WAL holds into the database file without taking the write lock or
+    waiting for anyone, so that the WAL is restarted small at the next write.
+    A bulk writer calls it after each chunk, so that the commit of a capture in
+    another process never finds the WAL past ``wal_autocheckpoint`` (1000 pages)
+    and does that checkpoint's copy and fsync itself."""
+    with db.wlock:
+        db.writer().execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+
+
 def file_bytes(db: Database) -> int:
     """Bytes on disk of the spool file and its ``-wal``."""
     total = 0
