@@ -46,8 +46,8 @@ MAX_CHUNK = 8192
 @contextlib.contextmanager
 def _no_gc() -> Iterator[None]:
     """No cyclic garbage collection inside: a full collection over a bulk job's
-    millions of objects takes hundreds of milliseconds, which must not happen
-    while the write lock is held; it runs after the chunk instead."""
+    millions of objects is slow, and must not run while the write lock is held;
+    it runs after the chunk instead."""
     enabled = gc.isenabled()
     gc.disable()
     try:
