@@ -271,7 +271,7 @@ def compact(spool: Path | None, yes: bool, as_json: bool) -> None:
         spoolpost compact /var/lib/myapp/events.spool --yes
     """
     with open_spool(spool) as s:
-        before = s.space()
+        before = s.file_usage()
         if not yes:
             _confirm(
                 f"Compact {s.path} ({_mb(before.file_bytes + before.wal_bytes)}, "

@@ -48,7 +48,7 @@ from spoolpost.delivery.transport import HttpTransport
 from spoolpost.errors import ConfigError
 from spoolpost.spool import Batch, Spool, Watermark
 from spoolpost.spool.owner import current_owner
-from spoolpost.spool.space import STEP_PAUSE
+from spoolpost.spool.vacuum import STEP_PAUSE
 
 __all__ = ["DeliveryConfig", "Dispatcher", "FlushBarrier", "FlushResult", "Step"]
 

@@ -19,7 +19,7 @@ from spoolpost.delivery.hosts import canonical_host
 from spoolpost.delivery.policy import RetryPolicy
 from spoolpost.delivery.transport import DEFAULT_HOST, HttpTransport
 from spoolpost.spool import Spool
-from spoolpost.spool.space import STEP_PAUSE
+from spoolpost.spool.vacuum import STEP_PAUSE
 
 log = logging.getLogger("spoolpost")
 

@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeVar
 
-from spoolpost.spool.space import fold_wal
+from spoolpost.spool.vacuum import fold_wal
 
 if TYPE_CHECKING:
     import sqlite3

@@ -90,7 +90,7 @@ def prepare_new_file(conn: sqlite3.Connection) -> bool:
     """On a new, empty spool file, before anything writes its first page (even
     ``PRAGMA journal_mode=WAL`` writes the header): ``PRAGMA
     auto_vacuum=INCREMENTAL``, so that the file can give space back as it drains
-    (:mod:`spoolpost.spool.space`). SQLite takes the mode only before the first
+    (:mod:`spoolpost.spool.vacuum`). SQLite takes the mode only before the first
     table is created (sqlite.org/pragma.html#pragma_auto_vacuum); an existing
     file is left alone. Returns True if the file was new."""
     if int(conn.execute("PRAGMA page_count").fetchone()[0]) != 0:

@@ -2,7 +2,7 @@
 
 :class:`OperatorMethods` is the part of the ``Spool`` facade that the ``spoolpost``
 commands use: listing and tailing events, replaying and purging dead letters,
-importing, "try now", and (from :class:`~spoolpost.spool.space.SpaceMethods`) the
+importing, "try now", and (from :class:`~spoolpost.spool.vacuum.VacuumMethods`) the
 spool's size and ``compact``. Its SQL is in :mod:`spoolpost.spool.maintenance`.
 A view runs in one read snapshot; ``replay``, ``purge`` and ``import`` run in
 chunks of a few milliseconds each (:mod:`spoolpost.spool.chunks`), so that they
@@ -19,14 +19,14 @@ from typing import TYPE_CHECKING
 from spoolpost.spool import maintenance
 from spoolpost.spool.chunks import Chunking
 from spoolpost.spool.maintenance import Filter, KnownUuids, SpooledEvent
-from spoolpost.spool.space import SpaceMethods
+from spoolpost.spool.vacuum import VacuumMethods
 
 if TYPE_CHECKING:
     from spoolpost.spool.db import Database
     from spoolpost.spool.queries import SpoolSnapshot
 
 
-class OperatorMethods(SpaceMethods):
+class OperatorMethods(VacuumMethods):
     """Mixed into :class:`~spoolpost.spool.Spool`, which provides ``_db`` and
     :meth:`snapshot`."""
 

@@ -20,8 +20,8 @@ from spoolpost.clock import ManualClock
 from spoolpost.delivery.transport import HttpTransport
 from spoolpost.errors import SpoolLocked
 from spoolpost.ops.drain import give_back_space
-from spoolpost.spool import Spool, space
-from spoolpost.spool.space import STEP_PAUSE, file_bytes
+from spoolpost.spool import Spool, vacuum
+from spoolpost.spool.vacuum import STEP_PAUSE, file_bytes
 from spoolpost.testing import LocalEndpoint
 
 #: Events big enough that a few thousand make a spool of several MiB.
@@ -74,14 +74,14 @@ def test_a_new_spool_is_made_with_incremental_auto_vacuum(spool_path: Path) -> N
     Spool(spool_path).close()
     assert auto_vacuum(spool_path) == 2
     with Spool(spool_path) as spool:
-        assert spool.space().auto_vacuum == "incremental"
+        assert spool.file_usage().auto_vacuum == "incremental"
 
 
 @pytest.fixture
 def one_round_per_step(monkeypatch: pytest.MonkeyPatch) -> None:
     """Each give-back step does one round of incremental_vacuum calls, whatever the
     machine's speed, so that how many steps an episode takes is known."""
-    monkeypatch.setattr(space, "STEP_SECONDS", 0.0)
+    monkeypatch.setattr(vacuum, "STEP_SECONDS", 0.0)
 
 
 @pytest.mark.usefixtures("one_round_per_step")
@@ -94,13 +94,13 @@ def test_a_drained_spool_shrinks_below_a_tenth_of_its_peak_by_dispatcher_steps(
     rig.dispatcher.run_until_idle(rig.clock.now())
     delivered = {e["uuid"] for r in endpoint.requests for e in r.json["batch"]}
     peak = max(peak, size(rig.path))
-    assert rig.spool.space().free_pages > 0  # drained: the file is still its peak size
+    assert rig.spool.file_usage().free_pages > 0  # drained: the file is still its peak size
 
     with caplog.at_level(logging.INFO, logger="spoolpost"):
         steps = step_until_space_given_back(rig)
 
     assert steps > 1  # in bounded steps, not one long hold of the lock
-    assert rig.spool.space().free_pages == 0
+    assert rig.spool.file_usage().free_pages == 0
     assert size(rig.path) < peak / 10, (size(rig.path), peak)
     assert any("gave back" in r.getMessage() for r in caplog.records)
     # Loss accounting: every event whose capture returned was delivered; none dead.
@@ -114,10 +114,10 @@ def test_a_drained_spool_shrinks_below_a_tenth_of_its_peak_by_dispatcher_steps(
 def test_a_spool_with_a_small_freelist_is_left_alone(rig: Rig) -> None:
     fill(rig, 100)  # ~100 KiB: under the 1 MiB worth giving back
     rig.dispatcher.run_until_idle(rig.clock.now())
-    free = rig.spool.space().free_pages
+    free = rig.spool.file_usage().free_pages
     assert free > 0
     assert rig.spool.give_back_space() is False
-    assert rig.spool.space().free_pages == free
+    assert rig.spool.file_usage().free_pages == free
 
 
 @pytest.mark.usefixtures("one_round_per_step")
@@ -160,11 +160,11 @@ def test_an_old_spool_holding_much_is_not_vacuumed_by_delivery(
     batch = rig.spool.claim(rig.clock.now(), max_events=5000, max_bytes=1 << 30, lease_ttl=60)
     assert batch is not None
     assert rig.spool.ack(batch.token, [r.id for r in batch.rows]) == 5000
-    usage = rig.spool.space()
+    usage = rig.spool.file_usage()
     # Half the file is free, but ~6 MB is live: one VACUUM would hold capture up.
     assert usage.worth_giving_back and usage.used_bytes > 4 * 1024 * 1024
     assert rig.spool.give_back_space() is False
-    assert rig.spool.space() == usage
+    assert rig.spool.file_usage() == usage
     assert auto_vacuum(spool_path) == 0
 
 
@@ -180,7 +180,7 @@ def test_a_drain_gives_the_space_back_and_checkpoints(
         result = ops.drain_spool(spool, transport, config=INLINE, clock=ManualClock(start=T0))
         assert result.delivered == 3000 and result.pending == 0
         # Measured while the drain's spool is still open: no close-time checkpoint helps.
-        assert spool.space().free_pages == 0
+        assert spool.file_usage().free_pages == 0
         assert Path(f"{spool_path}-wal").stat().st_size == 0
         assert size(spool_path) < peak / 10
         assert file_bytes(spool._db) == size(spool_path)
@@ -283,12 +283,12 @@ def test_after_a_drain_the_wal_is_checkpointed_and_space_given_back_unless_its_b
     batch = rig.spool.claim(rig.clock.now(), max_events=3000, max_bytes=1 << 30, lease_ttl=60)
     assert batch is not None
     assert rig.spool.ack(batch.token, [r.id for r in batch.rows]) == 3000
-    before = rig.spool.space()
+    before = rig.spool.file_usage()
     assert before.worth_giving_back and before.wal_bytes > 0
 
     give_back_space(rig.spool, rig.clock, steps=steps)
 
-    after = rig.spool.space()
+    after = rig.spool.file_usage()
     assert after.wal_bytes == 0  # checkpointed either way
     assert after.free_pages == (0 if steps else before.free_pages)
     assert (size(rig.path) < before.file_bytes / 10) is steps

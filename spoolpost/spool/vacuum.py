@@ -54,7 +54,7 @@ _CALLS_PER_CHECK = 16
 
 
 @dataclass(frozen=True)
-class SpaceUsage:
+class FileUsage:
     """The spool file's size: ``page_size`` (bytes), ``page_count`` (pages in the
     database file, after the WAL is folded back), ``free_pages`` (on the
     freelist: space the file holds but no row uses), ``auto_vacuum`` (``none``,
@@ -103,8 +103,8 @@ def _pragma(conn: sqlite3.Connection, name: str) -> int:
     return int(conn.execute(f"PRAGMA {name}").fetchone()[0])
 
 
-def usage(db: Database) -> SpaceUsage:
-    """The :class:`SpaceUsage` of ``db``'s file, read on its read connection."""
+def usage(db: Database) -> FileUsage:
+    """The :class:`FileUsage` of ``db``'s file, read on its read connection."""
     with db.read() as conn:
         page_size, pages, free, mode = (
             _pragma(conn, n) for n in ("page_size", "page_count", "freelist_count", "auto_vacuum")
@@ -114,7 +114,7 @@ def usage(db: Database) -> SpaceUsage:
         wal_bytes = wal.stat().st_size
     except OSError:
         wal_bytes = 0
-    return SpaceUsage(page_size, pages, free, AUTO_VACUUM_MODES.get(mode, str(mode)), wal_bytes)
+    return FileUsage(page_size, pages, free, AUTO_VACUUM_MODES.get(mode, str(mode)), wal_bytes)
 
 
 @contextlib.contextmanager
@@ -192,7 +192,7 @@ def file_bytes(db: Database) -> int:
     return total
 
 
-class SpaceMethods:
+class VacuumMethods:
     """Mixed into :class:`~spoolpost.spool.Spool` (through
     :class:`~spoolpost.spool.operator.OperatorMethods`), which provides ``_db``."""
 
@@ -202,8 +202,8 @@ class SpaceMethods:
     _giving_back: bool = False
     _giving_back_from: int = 0
 
-    def space(self) -> SpaceUsage:
-        """How big the spool file is and how much of it is free (:class:`SpaceUsage`).
+    def file_usage(self) -> FileUsage:
+        """How big the spool file is and how much of it is free (:class:`FileUsage`).
         Raises :class:`SpoolClosed`."""
         return usage(self._db)
 
@@ -233,7 +233,7 @@ class SpaceMethods:
 
     def _give_back_step(self) -> bool:
         if not self._giving_back:
-            now = self.space()
+            now = self.file_usage()
             if not now.worth_giving_back:
                 return False
             if now.auto_vacuum == "none":
@@ -255,7 +255,7 @@ class SpaceMethods:
         )
         return False
 
-    def _convert(self, now: SpaceUsage) -> None:
+    def _convert(self, now: FileUsage) -> None:
         before = file_bytes(self._db)
         full_vacuum(self._db, STEP_BUSY_TIMEOUT)
         log.info(
