@@ -51,6 +51,7 @@ from spoolpost.errors import (
     SpoolFull,
     SpoolLocked,
     SpoolpostError,
+    SpoolUnwritable,
     UnsupportedFilesystem,
 )
 from spoolpost.events.contexts import (
@@ -80,6 +81,7 @@ __all__ = [
     "SpoolCorrupt",
     "SpoolFull",
     "SpoolLocked",
+    "SpoolUnwritable",
     "SpoolpostError",
     "UnsupportedFilesystem",
     "__version__",

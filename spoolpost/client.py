@@ -49,6 +49,7 @@ from spoolpost.events.pipeline import (
 from spoolpost.spool import (
     DEFAULT_DURABILITY,
     DEFAULT_MAX_SPOOL_BYTES,
+    DEFAULT_MIN_FREE_BYTES,
     DEFAULT_ON_FULL,
     Durability,
     OnFull,
@@ -111,7 +112,7 @@ class Client(CaptureApi):
     ``send``: False makes a capture-only client that starts no threads at all (for
     short-lived scripts and serverless handlers; deliver with ``spoolpost drain``
     from cron).
-    ``durability``, ``max_spool_bytes`` and ``on_full`` go to the
+    ``durability``, ``max_spool_bytes``, ``min_free_bytes`` and ``on_full`` go to the
     :class:`~spoolpost.spool.Spool`, which documents them and their defaults;
     ``flush_at``, ``flush_interval``, ``max_batch_size``, ``max_batch_bytes``,
     ``senders`` and ``lease_ttl`` shape delivery, as documented (defaults too) by
@@ -170,6 +171,7 @@ class Client(CaptureApi):
         send: bool = True,
         durability: Durability = DEFAULT_DURABILITY,
         max_spool_bytes: int = DEFAULT_MAX_SPOOL_BYTES,
+        min_free_bytes: int = DEFAULT_MIN_FREE_BYTES,
         on_full: OnFull = DEFAULT_ON_FULL,
         flush_at: int = DeliveryConfig.flush_at,
         flush_interval: float = DeliveryConfig.flush_interval,
@@ -228,6 +230,7 @@ class Client(CaptureApi):
             spool if spool is not None else _default_spool(api_key),
             durability=durability,
             max_spool_bytes=max_spool_bytes,
+            min_free_bytes=min_free_bytes,
             on_full=on_full,
         )
         self._capture = CapturePipeline(

@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 from spoolpost.clock import Clock
 from spoolpost.delivery.config import Step
-from spoolpost.errors import SpoolClosed
+from spoolpost.errors import SpoolClosed, SpoolUnwritable
 from spoolpost.spool import Batch, Spool
 
 log = logging.getLogger("spoolpost")
@@ -86,6 +86,8 @@ class Threads:
                 wait = step(self.clock.now()).wait
             except SpoolClosed:
                 return
+            except SpoolUnwritable:
+                pass  # logged once per episode by the spool; the next step is a second away
             except Exception:
                 log.exception("dispatcher step failed; going on")
             if wait == 0.0:

@@ -21,6 +21,7 @@ from typing import Any, NamedTuple
 
 from spoolpost.spool.db import Database
 from spoolpost.spool.owner import Owner, current_owner, owner_alive
+from spoolpost.spool.space import SpaceGuard, delivery_write
 from spoolpost.spool.sql import IN_IDS, add_counter, ids_json
 from spoolpost.spool.stamps import (
     STAMP_RETURNING,
@@ -83,6 +84,8 @@ class Leases:
         self._cursor = 0
         #: Called with the rows a claim dead-lettered as ``expired``, after the commit.
         self.on_expired: Callable[[list[Row]], None] | None = None
+        #: Runs the writes below on a full disk (set by the Spool; see spool/space.py).
+        self.space: SpaceGuard | None = None
         db.on_start_over(self._start_over)
 
     def _start_over(self, forked: bool) -> None:
@@ -113,7 +116,8 @@ class Leases:
             rows += fresh
         return rows
 
-    def claim(self, now: float, **options: Any) -> Batch | None:
+    @delivery_write()
+    def claim(self, /, now: float, **options: Any) -> Batch | None:
         """Lease due pending events to one sender; see :meth:`Spool.claim`. Rows it
         dead-letters as ``expired`` are told to :attr:`on_expired` once committed."""
         died: list[Row] = []
@@ -216,6 +220,7 @@ class Leases:
             (token, token),
         )
 
+    @delivery_write(frees=True)
     def ack(self, token: str, ids: Sequence[int]) -> int:
         """Delete delivered rows still leased to ``token``; see :meth:`Spool.ack`."""
         with self._db.write() as conn:
@@ -227,6 +232,7 @@ class Leases:
             self.forget_lease(conn, token)
         return n
 
+    @delivery_write(frees=True)
     def reschedule(
         self,
         token: str,
@@ -273,6 +279,7 @@ class Leases:
             self.kill(conn, dead_ids, None, now, reason, status, error)
         return len(updated) - len(dead_ids), len(dead_ids)
 
+    @delivery_write()
     def stamp_request(
         self, token: str, ids: Sequence[int], request_id: str, created_at: str
     ) -> RequestStamp | None:
@@ -286,6 +293,7 @@ class Leases:
             ).fetchall()
             return stamped_identity(conn, token, ids, stamped, request_id, created_at)
 
+    @delivery_write()
     def release(self, token: str, ids: Sequence[int] | None = None, unstamp: bool = False) -> int:
         """Give leased rows back, due now; see :meth:`Spool.release`."""
         with self._db.write() as conn:
@@ -295,6 +303,7 @@ class Leases:
             self.forget_lease(conn, token)
         return n
 
+    @delivery_write()
     def unstamp(self, token: str, ids: Sequence[int]) -> None:
         """Take back the request a claim stamped on rows ``token`` holds; see
         :meth:`Spool.unstamp`."""
@@ -315,6 +324,7 @@ class Leases:
             self._cursor = 0
         return n
 
+    @delivery_write(frees=True)
     def dead_letter(
         self,
         token: str,
@@ -365,6 +375,7 @@ class Leases:
             log.warning("dead-lettered %d event(s): %s %s", n, reason, status or "")
         return n
 
+    @delivery_write()
     def extend(self, token: str, expires_at: float) -> bool:
         """Extend a lease; see :meth:`Spool.extend`."""
         with self._db.write() as conn:
@@ -377,6 +388,7 @@ class Leases:
             )
         return n > 0
 
+    @delivery_write()
     def reclaim(self, now: float) -> int:
         """Take back abandoned leases; see :meth:`Spool.reclaim`."""
         # Rows that other processes gave back may lie behind the fresh-row

@@ -273,13 +273,14 @@ def meta(db: Database) -> dict[str, str]:
         return dict(conn.execute("SELECT key, value FROM meta").fetchall())
 
 
-def record_bound(db: Database, max_spool_bytes: int) -> None:
-    """:meth:`Spool.record_bound`: keep ``max_spool_bytes`` in the meta table."""
+def record_bound(db: Database, bounds: dict[str, int]) -> None:
+    """:meth:`Spool.record_bound`: keep the ``bounds`` (``max_spool_bytes``,
+    ``min_free_bytes``) in the meta table."""
     with db.write() as conn:
-        conn.execute(
-            "INSERT INTO meta (key, value) VALUES ('max_spool_bytes', ?)"
+        conn.executemany(
+            "INSERT INTO meta (key, value) VALUES (?, ?)"
             " ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-            (str(max_spool_bytes),),
+            [(key, str(value)) for key, value in bounds.items()],
         )
 
 

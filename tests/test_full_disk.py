@@ -1,0 +1,157 @@
+"""A full filesystem under the spool: capture drops (or raises SpoolFull) and never
+raises an sqlite3 error, delivery frees the space by itself, and nothing whose
+capture() returned is lost.
+
+Every test runs on a real tmpfs (see tests/faults.py; the kind is recorded as the
+``fault`` property) and states its loss accounting: returned = uuids capture()
+gave back, delivered = uuids the endpoint acknowledged, dropped = the spool's
+``dropped`` counter; lost = returned - delivered must be empty.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import sqlite3
+import threading
+from pathlib import Path
+
+import pytest
+from faults import SmallDisk, can_mount, integrity, probe_write, small_disk
+from kit import API_KEY
+
+from spoolpost import Client, SpoolFull, SpoolUnwritable
+from spoolpost.testing import LocalEndpoint, RecordedRequest, Response
+
+pytestmark = pytest.mark.skipif(can_mount() is not None, reason=f"{can_mount()}")
+
+PAD = "x" * 2000
+
+
+def stored_counter(path: Path, name: str) -> int:
+    conn = sqlite3.connect(path)
+    try:
+        row = conn.execute("SELECT value FROM counters WHERE name = ?", (name,)).fetchone()
+    finally:
+        conn.close()
+    return 0 if row is None else int(row[0])
+
+
+def hold(endpoint: LocalEndpoint) -> threading.Event:
+    """Hold every request until the returned event is set, then answer 200."""
+    gate = threading.Event()
+
+    def held(request: RecordedRequest) -> Response | None:
+        gate.wait(60)
+        return None
+
+    endpoint.set_handler(held)
+    return gate
+
+
+def fill_with_captures(client: Client, drops: int) -> list[str]:
+    """Capture padded events until ``drops`` of them were dropped; the uuids returned."""
+    returned: list[str] = []
+    dropped = 0
+    while dropped < drops:
+        uuid = client.capture("fill", distinct_id="u1", properties={"pad": PAD})
+        if uuid is None:
+            dropped += 1
+        else:
+            returned.append(uuid)
+        assert len(returned) < 50_000, "the disk never filled"
+    return returned
+
+
+def full_warnings(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [
+        r
+        for r in caplog.records
+        if r.name == "spoolpost" and r.levelno == logging.WARNING and "is full" in r.getMessage()
+    ]
+
+
+@pytest.fixture
+def disk(tmp_path: Path, record_property: pytest.RecordProperty) -> SmallDisk:
+    with small_disk(tmp_path, 24 << 20) as d:
+        record_property("fault", d.kind)
+        yield d  # type: ignore[misc]
+
+
+def test_default_client_on_a_full_filesystem_drops_warns_once_then_delivery_frees_space(
+    disk: SmallDisk, endpoint: LocalEndpoint, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="spoolpost")
+    gate = hold(endpoint)
+    # min_free_bytes=0: the spool itself fills the disk to its last byte (the
+    # floor would stop capture first; tests/test_min_free.py covers it).
+    client = Client(API_KEY, endpoint.url, spool=disk.spool_path, min_free_bytes=0, flush_at=1)
+    try:
+        first = client.capture("first", distinct_id="u1")
+        assert first is not None
+        assert endpoint.wait_for_requests(1)
+        reserve = disk.folder / "events.spool-reserve"
+        assert reserve.stat().st_size == 8 << 20  # the first claim made the reserve
+
+        returned = [first, *fill_with_captures(client, drops=25)]
+
+        # The fault bit: a fresh write fails with ENOSPC, capture took the
+        # SQLITE_FULL path, and enough was stored before it.
+        assert probe_write(disk.folder) == errno.ENOSPC
+        warned = full_warnings(caplog)
+        assert len(warned) == 1, [r.getMessage() for r in warned]
+        assert "SQLITE_FULL" in warned[0].getMessage()
+        assert len(returned) > 1000
+        assert client.spool.counters()["dropped"] == 25  # in memory: the disk is full
+        assert integrity(disk.spool_path) == "ok"
+
+        # The endpoint answers: acks on a disk with zero free bytes go through the
+        # reserve, the WAL is checkpointed, and capture resumes by itself.
+        gate.set()
+        assert client.flush(timeout=60).pending == 0
+        assert endpoint.wait_for_uuids(returned, timeout=60)
+        later = client.capture("after the disk filled", distinct_id="u1")
+        assert later is not None
+        assert client.flush(timeout=30).pending == 0
+        assert endpoint.wait_for_uuids([later], timeout=30)
+    finally:
+        client.shutdown(timeout=5)
+
+    delivered = set(endpoint.delivered_uuids())
+    lost = set(returned) - delivered
+    assert lost == set()  # returned = delivered, dropped = 25, lost = 0
+    assert stored_counter(disk.spool_path, "dropped") == 25  # persisted once writes worked
+    assert len(full_warnings(caplog)) == 1
+    assert integrity(disk.spool_path) == "ok"
+    assert any("gave up the" in r.getMessage() for r in caplog.records)
+
+
+def test_on_full_raise_on_a_full_filesystem_raises_spoolfull_never_sqlite3(
+    disk: SmallDisk, endpoint: LocalEndpoint
+) -> None:
+    client = Client(
+        API_KEY, endpoint.url, spool=disk.spool_path, send=False, on_full="raise", min_free_bytes=0
+    )
+    returned: list[str] = []
+    raised: list[BaseException] = []
+    try:
+        while len(raised) < 5:
+            try:
+                uuid = client.capture("fill", distinct_id="u1", properties={"pad": PAD})
+            except SpoolFull as exc:
+                raised.append(exc)
+            else:
+                assert uuid is not None
+                returned.append(uuid)
+            assert len(returned) < 50_000, "the disk never filled"
+        assert probe_write(disk.folder) == errno.ENOSPC
+        for exc in raised:
+            assert isinstance(exc, SpoolUnwritable)
+            assert exc.condition == "full"
+            assert str(disk.spool_path) in str(exc)
+        assert not any(isinstance(exc, sqlite3.Error) for exc in raised)
+        assert client.spool.counters()["dropped"] == 0  # raised, not dropped
+        assert client.flush(timeout=0).pending == len(returned)  # no sqlite3 error here either
+    finally:
+        client.shutdown(timeout=1)
+    assert integrity(disk.spool_path) == "ok"
