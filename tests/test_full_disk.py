@@ -12,12 +12,16 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
+import signal
 import sqlite3
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
 import pytest
-from faults import SmallDisk, can_mount, integrity, probe_write, small_disk
+from faults import SmallDisk, can_mount, free_bytes, integrity, probe_write, small_disk
 from kit import API_KEY
 
 from spoolpost import Client, SpoolFull, SpoolUnwritable
@@ -84,7 +88,7 @@ def test_default_client_on_a_full_filesystem_drops_warns_once_then_delivery_free
     caplog.set_level(logging.INFO, logger="spoolpost")
     gate = hold(endpoint)
     # min_free_bytes=0: the spool itself fills the disk to its last byte (the
-    # floor would stop capture first; tests/test_min_free.py covers it).
+    # floor would stop capture first; test_the_min_free_bytes_floor_... covers it).
     client = Client(API_KEY, endpoint.url, spool=disk.spool_path, min_free_bytes=0, flush_at=1)
     try:
         first = client.capture("first", distinct_id="u1")
@@ -154,4 +158,116 @@ def test_on_full_raise_on_a_full_filesystem_raises_spoolfull_never_sqlite3(
         assert client.flush(timeout=0).pending == len(returned)  # no sqlite3 error here either
     finally:
         client.shutdown(timeout=1)
+    assert integrity(disk.spool_path) == "ok"
+
+
+def test_the_min_free_bytes_floor_stops_capture_before_the_disk_is_full_and_lifts_after_delivery(
+    tmp_path: Path,
+    endpoint: LocalEndpoint,
+    caplog: pytest.LogCaptureFixture,
+    record_property: pytest.RecordProperty,
+) -> None:
+    caplog.set_level(logging.INFO, logger="spoolpost")
+    with small_disk(tmp_path, 128 << 20) as disk:
+        record_property("fault", disk.kind)
+        gate = hold(endpoint)
+        # The default floor: 64 MiB.
+        client = Client(API_KEY, endpoint.url, spool=disk.spool_path, flush_at=1)
+        try:
+            assert client.spool.min_free_bytes == 64 << 20
+            returned = fill_with_captures(client, drops=10)
+            # Stopped by the floor, not by the disk: 64 MiB are still free, no
+            # write ever failed, and the drops are already in the spool's counter.
+            assert free_bytes(disk.folder) >= 64 << 20
+            assert probe_write(disk.folder) is None
+            assert len(returned) > 10_000
+            assert client.spool._disk.hits == {"full": 0, "readonly": 0, "ioerror": 0}
+            assert stored_counter(disk.spool_path, "dropped") == 10
+            warned = full_warnings(caplog) + [
+                r for r in caplog.records if "down to its floor" in r.getMessage()
+            ]
+            assert len(warned) == 1 and "min_free_bytes=67108864" in warned[0].getMessage()
+
+            gate.set()
+            assert client.flush(timeout=120).pending == 0
+            later = client.capture("after delivery", distinct_id="u1")
+            assert later is not None  # the delivered rows' pages are room again
+            assert client.flush(timeout=30).pending == 0
+        finally:
+            client.shutdown(timeout=5)
+        # returned = delivered, dropped = 10 (counted), lost = 0
+        assert set(returned) | {later} <= set(endpoint.delivered_uuids())
+
+
+CHILD = """
+import sys
+from spoolpost import Client
+client = Client(sys.argv[1], "http://127.0.0.1:9", spool=sys.argv[2], send=False, min_free_bytes=0)
+for i in range(int(sys.argv[3])):
+    print(client.capture("before", distinct_id="u1", properties={"pad": "x" * 2000}), flush=True)
+print("READY", flush=True)
+sys.stdin.readline()  # the parent fills the disk meanwhile
+dropped = 0
+while True:  # until SIGKILL
+    uuid = client.capture("while full", distinct_id="u1", properties={"pad": "x" * 2000})
+    if uuid is None:
+        dropped += 1
+        if dropped == 5:
+            print("FULL", flush=True)
+    else:
+        print(uuid, flush=True)
+"""
+
+
+def test_sigkill_while_the_disk_is_full_loses_nothing_and_a_new_client_delivers_it_all(
+    disk: SmallDisk, endpoint: LocalEndpoint, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="spoolpost")
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD, API_KEY, str(disk.spool_path), "500"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert child.stdin is not None and child.stdout is not None
+    returned: list[str] = []
+    try:
+        for line in child.stdout:
+            if line.strip() == "READY":
+                break
+            returned.append(line.strip())
+        assert len(returned) == 500 and "None" not in returned
+        disk.fill()  # another program takes every byte left
+        assert probe_write(disk.folder) == errno.ENOSPC
+        child.stdin.write("go\n")
+        child.stdin.flush()
+        for line in child.stdout:
+            if line.strip() == "FULL":
+                break
+            returned.append(line.strip())
+        os.kill(child.pid, signal.SIGKILL)  # in the middle of captures on a full disk
+    finally:
+        child.kill()
+        _, err = child.communicate()
+    assert child.returncode == -signal.SIGKILL
+    warned = err.count("dropping new events until writes work again")
+    assert warned == 1 and "SQLITE_FULL" in err  # the full-disk path, warned once
+    assert "Traceback" not in err  # and never raised
+
+    # A new delivering client on the still-full disk: its own start-up writes and
+    # the acks go through the reserve the first process made.
+    assert disk.folder.joinpath("events.spool-reserve").exists()
+    client = Client(API_KEY, endpoint.url, spool=disk.spool_path, min_free_bytes=0)
+    try:
+        assert client.flush(timeout=60).pending == 0
+        disk.unfill()
+        later = client.capture("after", distinct_id="u1")
+        assert later is not None
+        assert client.flush(timeout=30).pending == 0
+    finally:
+        client.shutdown(timeout=5)
+    # returned (500 before, the rest while full) = delivered, lost = 0; the child's
+    # drops were counted in its memory and warned, and died with it.
+    assert set(returned) | {later} <= set(endpoint.delivered_uuids())
     assert integrity(disk.spool_path) == "ok"

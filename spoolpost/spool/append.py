@@ -330,11 +330,13 @@ class Appender:
             }[self.on_full]
             if self._space.reason == "min_free_bytes":
                 log.warning(
-                    "the filesystem under spool %s has less than min_free_bytes=%d free; "
+                    "the filesystem under spool %s is down to its floor (min_free_bytes=%d,"
+                    " plus room kept for the WAL and delivery's reserve; %s bytes free); "
                     "on_full=%s is %s (drops are counted as 'dropped'; not logged again "
                     "until there is room)",
                     self.path,
                     self.floor.min_free_bytes,
+                    self.floor.free(),
                     self.on_full,
                     doing,
                 )

@@ -30,7 +30,8 @@ class MetaMethods:
         Raises :class:`KeyMismatch` if the spool belongs to another key, unless
         ``force`` (then the spool is re-bound to the new key, logged at WARNING).
         """
-        queries.bind_key(self._db, fingerprint, force)
+        with contextlib.suppress(SpoolUnwritable):  # a full disk: bound at a later start
+            self._space.run(lambda: queries.bind_key(self._db, fingerprint, force))
 
     def bind_host(self, url: str, *, force: bool = False) -> str:
         """Record the ingestion endpoint ``url`` this spool delivers to (meta key
@@ -41,7 +42,10 @@ class MetaMethods:
         Raises :class:`HostMismatch` if the spool delivers elsewhere, unless
         ``force`` (then it is re-bound to ``url``, logged at WARNING).
         """
-        return queries.bind_host(self._db, url, force)
+        try:
+            return self._space.run(lambda: queries.bind_host(self._db, url, force))
+        except SpoolUnwritable:  # a full disk: bound at a later start
+            return url
 
     def save_endpoint_state(self, key: str, value: str) -> None:
         """Store one delivering process's endpoint state (``value``: JSON with an

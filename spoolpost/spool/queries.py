@@ -239,6 +239,8 @@ def stats_on(conn: sqlite3.Connection, path: Path, now: float) -> SpoolStats:
 
 def bind_key(db: Database, fingerprint: str, force: bool) -> None:
     """:meth:`Spool.bind_key`: record or check the project-key ``fingerprint``."""
+    if _meta_value(db, "key_fingerprint") == fingerprint:
+        return  # bound already: no write (a full or read-only disk can still open it)
     with db.write() as conn:
         row = conn.execute("SELECT value FROM meta WHERE key='key_fingerprint'").fetchone()
         if row is not None and row[0] != fingerprint:
@@ -267,6 +269,12 @@ def count(db: Database, name: str, n: int) -> None:
         add_counter(conn, name, n)
 
 
+def _meta_value(db: Database, key: str) -> str | None:
+    with db.read() as conn:
+        row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+    return None if row is None else str(row[0])
+
+
 def meta(db: Database) -> dict[str, str]:
     """:meth:`Spool.meta`: the meta table as a dict."""
     with db.read() as conn:
@@ -286,6 +294,8 @@ def record_bound(db: Database, bounds: dict[str, int]) -> None:
 
 def bind_host(db: Database, url: str, force: bool) -> str:
     """:meth:`Spool.bind_host`: record or check the ingestion endpoint ``url``."""
+    if _meta_value(db, "ingestion_host") == url:
+        return url  # bound already: no write
     with db.write() as conn:
         row = conn.execute("SELECT value FROM meta WHERE key = 'ingestion_host'").fetchone()
         if row is not None and row[0] != url:

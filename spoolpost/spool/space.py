@@ -47,14 +47,27 @@ FLOOR_EVERY = 1.0
 #: the checkpoint after them fit in it on a disk with zero free bytes.
 RESERVE_BYTES = 8 * 1024 * 1024
 RESERVE_SUFFIX = "-reserve"
+#: The reserve is made once the filesystem has less than this free (a spool on a
+#: roomy disk does not need one, and a test suite's thousands of spools do not
+#: take 8 MiB each).
+RESERVE_AT = 1024 * 1024 * 1024
+#: Bytes the WAL may take before a checkpoint recycles it (``wal_autocheckpoint`` =
+#: 1000 pages of 4 KiB): a capture's WAL frames are not in the space budget's
+#: estimate, so the floor keeps them free too.
+WAL_ALLOWANCE = 4 * 1024 * 1024
 
 
 class Floor:
     """``min_free_bytes`` for the spool at ``path``: bytes of the filesystem that
     capture leaves free (0: no floor). While ``reserve`` is not held (given up on
-    a full disk, or never made by a delivering process), capture leaves its size
-    free too, so that the bytes delivery needs on a full disk are kept one way or
-    the other."""
+    a full disk, or not made yet), capture leaves its size free too, so that the
+    bytes delivery needs on a full disk are kept one way or the other.
+
+    The filesystem is read (``statvfs``) only when capture's space budget is read
+    again, which happens after the budget (at most half the room left) is spent:
+    rarely while there is room, and at most once per :data:`FLOOR_EVERY` seconds
+    below the floor. A read that finds less than :data:`RESERVE_AT` free makes
+    the reserve file if it is missing."""
 
     def __init__(self, path: Path, min_free_bytes: int) -> None:
         self.path = path
@@ -63,17 +76,21 @@ class Floor:
         self._read_at = -FLOOR_EVERY
         self._free: int | None = None
         self._extra = 0
+        self._below = False
 
     def free(self) -> int | None:
-        """The filesystem's free bytes (``f_bavail * f_frsize``), read at most once
-        per :data:`FLOOR_EVERY` seconds; None when unknown."""
+        """The filesystem's free bytes (``f_bavail * f_frsize``); None when unknown.
+        Below the floor, read at most once per :data:`FLOOR_EVERY` seconds."""
         now = time.monotonic()
-        if now - self._read_at >= FLOOR_EVERY:
-            self._read_at = now
-            state = fs_state(self.path)
-            self._free = None if state is None else state[0]
-            reserve = self.reserve
-            self._extra = 0 if reserve is None or reserve.held() else reserve.size
+        if self._below and now - self._read_at < FLOOR_EVERY:
+            return self._free
+        self._read_at = now
+        state = fs_state(self.path)
+        self._free = None if state is None else state[0]
+        reserve = self.reserve
+        if reserve is not None and self._free is not None and self._free < RESERVE_AT:
+            reserve.ensure(self.min_free_bytes)
+        self._extra = 0 if reserve is None or reserve.held() else reserve.size
         return self._free
 
     def room(self, reusable: int) -> int | None:
@@ -83,12 +100,15 @@ class Floor:
         free = self.free()
         floor = self.min_free_bytes + self._extra
         if free is None or floor <= 0:
+            self._below = False
             return None
-        return free + reusable - floor
+        room = free + reusable - floor - WAL_ALLOWANCE
+        self._below = room <= 0
+        return room
 
     def forget(self) -> None:
         """Read the filesystem again on the next :meth:`room`."""
-        self._read_at = -FLOOR_EVERY
+        self._below = False
 
 
 class Reserve:
@@ -159,9 +179,8 @@ class SpaceGuard:
         self.reserve = floor.reserve = Reserve(path)
         self._checkpoint = checkpoint
         self._lock = threading.Lock()
-        self._first = True
         self._released = False
-        self._retry_ensure_at = 0.0
+        self._check_at = 0.0
 
     def run(self, write: Callable[[], R], frees: bool = False) -> R:
         """``write()``, one delivery write; ``frees``: it may delete rows (an ack, a
@@ -212,19 +231,18 @@ class SpaceGuard:
             self._checkpoint()
 
     def _after_write(self, frees: bool) -> None:
-        if self._first:
-            self._first = False
-            self.reserve.ensure(self.floor.min_free_bytes)
-        if not (self._released or self.conditions.active == "full"):
-            return
-        if frees:
+        if frees and (self._released or self.conditions.active == "full"):
+            # Give the WAL's bytes back, and let capture see the room at once.
             self._try_checkpoint()
             self.floor.forget()
         now = time.monotonic()
-        if self._released and now >= self._retry_ensure_at:
-            self._retry_ensure_at = now + FLOOR_EVERY
-            if self.reserve.ensure(self.floor.min_free_bytes):
-                self._released = False
+        if now < self._check_at:
+            return
+        # At most once per FLOOR_EVERY: (re)make the reserve once the disk is tight.
+        self._check_at = now + FLOOR_EVERY
+        state = fs_state(self.path)
+        if state is not None and state[0] < RESERVE_AT and not self.reserve.held():
+            self._released = not self.reserve.ensure(self.floor.min_free_bytes)
 
 
 class _Guarded(Protocol):
