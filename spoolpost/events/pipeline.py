@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from spoolpost.clock import Clock
-from spoolpost.errors import EventTooLarge
+from spoolpost.errors import EventTooLarge, SpoolUnwritable
 from spoolpost.events.build import check_event
 from spoolpost.events.encoding import encode_event
 
@@ -155,5 +155,10 @@ class CapturePipeline:
         with self._filtered_lock:
             n, self._filtered = self._filtered, 0
             self._filtered_due = self.clock.monotonic() + FILTERED_COUNT_EVERY
-        if n:
+        if not n:
+            return
+        try:
             self.spool.add_counter("filtered", n)
+        except SpoolUnwritable:  # a full or read-only disk: counted at a later flush
+            with self._filtered_lock:
+                self._filtered += n

@@ -19,6 +19,7 @@ again, then persisted as ``dropped``.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import sqlite3
@@ -52,6 +53,8 @@ def fs_state(path: Path) -> tuple[int, bool] | None:
 def classify(exc: BaseException, path: Path) -> Condition | None:
     """The disk condition the SQLite error ``exc`` on the spool ``path`` means, or
     None (busy, corrupt, misuse, …: not a disk condition)."""
+    if isinstance(exc, SpoolUnwritable):
+        return exc.condition  # type: ignore[return-value]
     if not isinstance(exc, sqlite3.Error):
         return None
     code = getattr(exc, "sqlite_errorcode", None)
@@ -65,12 +68,27 @@ def classify(exc: BaseException, path: Path) -> Condition | None:
     if primary == sqlite3.SQLITE_IOERR:
         # SQLite does not pass errno on; the filesystem tells ENOSPC and EROFS apart.
         state = fs_state(path)
-        if state is not None and state[1]:
+        if (state is not None and state[1]) or _open_for_write_fails(path):
             return "readonly"
         if state is not None and state[0] == 0:
             return "full"
         return "ioerror"
     return None
+
+
+def _write_errno(path: Path) -> int | None:
+    try:
+        os.close(os.open(path, os.O_RDWR))
+    except OSError as exc:
+        return exc.errno
+    return None
+
+
+def _open_for_write_fails(path: Path) -> bool:
+    """True if opening the spool file for writing fails with EROFS or EACCES (a
+    filesystem the kernel remounted read-only after an error still says "rw" in
+    its mount flags; this open tells)."""
+    return _write_errno(path) in (errno.EROFS, errno.EACCES, errno.EPERM)
 
 
 def describe(condition: Condition, path: Path, exc: BaseException) -> str:
@@ -80,8 +98,8 @@ def describe(condition: Condition, path: Path, exc: BaseException) -> str:
         return f"the filesystem under spool {path} is full ({name}: {exc})"
     if condition == "readonly":
         state = fs_state(path)
-        if state is not None and state[1]:
-            cause = "the filesystem is mounted read-only (EROFS)"
+        if (state is not None and state[1]) or _write_errno(path) == errno.EROFS:
+            cause = "the filesystem is read-only (EROFS)"
         elif not os.access(path.parent, os.W_OK | os.X_OK):
             cause = f"no write permission on the folder {path.parent}"
         elif path.exists() and not os.access(path, os.W_OK):
@@ -90,6 +108,15 @@ def describe(condition: Condition, path: Path, exc: BaseException) -> str:
             cause = "the file cannot be opened for writing"
         return f"spool {path} cannot be written: {cause} ({name}: {exc})"
     return f"spool {path} met an I/O error ({name}: {exc})"
+
+
+def refusal(exc: BaseException, path: Path) -> SpoolUnwritable | None:
+    """``exc`` as the :class:`SpoolUnwritable` it means, or None when it is not a
+    disk condition (nothing is logged here)."""
+    condition = classify(exc, path)
+    if condition is None:
+        return None
+    return SpoolUnwritable(describe(condition, path, exc), condition=condition, path=path)
 
 
 class DiskConditions:
@@ -113,7 +140,9 @@ class DiskConditions:
         """Note a write refused by ``condition`` (``doing``: what this process does
         about it, for the log line); log it if it starts an episode. Returns the
         :class:`SpoolUnwritable` to raise, should the caller raise."""
-        message = describe(condition, self.path, exc)
+        message = (
+            str(exc) if isinstance(exc, SpoolUnwritable) else describe(condition, self.path, exc)
+        )
         with self._lock:
             self.hits[condition] += 1
             starts = self.active != condition

@@ -25,6 +25,7 @@ from typing import Literal
 
 from spoolpost.errors import ConfigError, SpoolClosed, SpoolCorrupt, SpoolLocked
 from spoolpost.spool import files, migrations
+from spoolpost.spool.conditions import refusal
 
 log = logging.getLogger("spoolpost")
 
@@ -178,7 +179,18 @@ class Database:
     def connect(self, first: bool = False) -> sqlite3.Connection:
         """A connection with spoolpost's pragmas set. ``first``: the spool is being
         opened, so refuse another application's database before any pragma (even
-        the journal mode, which is stored in the file) changes it."""
+        the journal mode, which is stored in the file) changes it. A later
+        connection the disk refuses (read-only, permissions, I/O: see
+        spool/conditions.py) raises :class:`SpoolUnwritable`, not an sqlite3 error."""
+        try:
+            return self._connect(first)
+        except sqlite3.Error as exc:
+            refused = None if first else refusal(exc, self.path)
+            if refused is None:
+                raise
+            raise refused from exc
+
+    def _connect(self, first: bool) -> sqlite3.Connection:
         conn = sqlite3.connect(
             self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False
         )

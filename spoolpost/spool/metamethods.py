@@ -57,8 +57,9 @@ class MetaMethods:
         queries.save_endpoint(self._db, key, value)
 
     def add_counter(self, name: str, n: int = 1) -> None:
-        """Add ``n`` to the persisted counter ``name`` (one short write)."""
-        queries.count(self._db, name, n)
+        """Add ``n`` to the persisted counter ``name`` (one short write). Raises
+        :class:`SpoolUnwritable` when the disk refuses it."""
+        self._space.run(lambda: queries.count(self._db, name, n))
 
     def record_bound(self) -> None:
         """Keep this spool's ``max_spool_bytes`` and ``min_free_bytes`` in its meta
