@@ -11,6 +11,7 @@ gave back, delivered = uuids the endpoint acknowledged, dropped = the spool's
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import os
 import signal
@@ -21,10 +22,13 @@ import threading
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 from faults import SmallDisk, can_mount, free_bytes, integrity, probe_write, small_disk
 from kit import API_KEY
 
 from spoolpost import Client, SpoolFull, SpoolUnwritable
+from spoolpost.cli import cli
+from spoolpost.spool import DEFAULT_MAX_SPOOL_BYTES
 from spoolpost.testing import LocalEndpoint, RecordedRequest, Response
 
 pytestmark = pytest.mark.skipif(can_mount() is not None, reason=f"{can_mount()}")
@@ -271,3 +275,29 @@ def test_sigkill_while_the_disk_is_full_loses_nothing_and_a_new_client_delivers_
     # drops were counted in its memory and warned, and died with it.
     assert set(returned) | {later} <= set(endpoint.delivered_uuids())
     assert integrity(disk.spool_path) == "ok"
+
+
+def test_inspect_shows_both_bounds_and_where_the_spool_stands_below_the_floor(
+    tmp_path: Path, endpoint: LocalEndpoint, record_property: pytest.RecordProperty
+) -> None:
+    with small_disk(tmp_path, 128 << 20) as disk:
+        record_property("fault", disk.kind)
+        client = Client(API_KEY, endpoint.url, spool=disk.spool_path, send=False)
+        returned = [client.capture("e", distinct_id="u1") for _ in range(50)]
+        client.shutdown(timeout=1)
+        assert None not in returned
+        disk.fill(leave=32 << 20)  # another program leaves 32 MiB: under the 64 MiB floor
+
+        shown = CliRunner().invoke(cli, ["inspect", str(disk.spool_path), "--json"])
+        assert shown.exit_code == 0, shown.output
+        data = json.loads(shown.output)
+        assert data["max_spool_bytes"] == DEFAULT_MAX_SPOOL_BYTES
+        assert data["min_free_bytes"] == 64 << 20 and data["floor_source"] == "recorded"
+        assert data["used_bytes"] > 0
+        assert data["fs_free_bytes"] <= 32 << 20 and data["below_floor"] is True
+        assert data["state"] == "stuck" and "min_free_bytes" in data["summary"]
+
+        text = CliRunner().invoke(cli, ["inspect", str(disk.spool_path)])
+        assert text.exit_code == 0, text.output
+        assert f"floor min_free_bytes={64 << 20} B (recorded): BELOW IT" in text.output
+        assert f"of {DEFAULT_MAX_SPOOL_BYTES} B (recorded)" in text.output

@@ -66,6 +66,11 @@ def _human(r: dict[str, Any]) -> None:
         f"full            {r['full']:.1%} of {r['max_spool_bytes']} B ({r['bound_source']}),"
         f" used {r['used_bytes']} B"
     )
+    free = "unknown" if r["fs_free_bytes"] is None else f"{r['fs_free_bytes']} B"
+    echo(
+        f"disk            {free} free, floor min_free_bytes={r['min_free_bytes']} B"
+        f" ({r['floor_source']})" + (": BELOW IT, captures refused" if r["below_floor"] else "")
+    )
     if r["dead_reasons"]:
         reasons = ", ".join(f"{k}={v}" for k, v in sorted(r["dead_reasons"].items()))
         echo(f"dead reasons    {reasons}")

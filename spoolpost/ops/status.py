@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from spoolpost.events.timestamps import format_timestamp
-from spoolpost.spool import DEFAULT_MAX_SPOOL_BYTES
+from spoolpost.spool import DEFAULT_MAX_SPOOL_BYTES, DEFAULT_MIN_FREE_BYTES
 from spoolpost.spool.reader import EndpointState, LeaseInfo, Observation
 
 #: Transient failures in a row that ``inspect`` calls an outage (drain's default).
@@ -56,6 +56,20 @@ def bound(obs: Observation) -> tuple[int, str]:
     if stored.isdigit() and int(stored) > 0:
         return int(stored), "recorded"
     return DEFAULT_MAX_SPOOL_BYTES, "default"
+
+
+def floor(obs: Observation) -> tuple[int, str]:
+    """``min_free_bytes`` as the last client recorded it in the meta table, else
+    the default: (bytes, ``"recorded"`` or ``"default"``)."""
+    stored = obs.meta.get("min_free_bytes", "")
+    if stored.isdigit():
+        return int(stored), "recorded"
+    return DEFAULT_MIN_FREE_BYTES, "default"
+
+
+def below_floor(obs: Observation) -> bool:
+    """True when the filesystem's free bytes are under ``min_free_bytes``."""
+    return obs.fs_free_bytes is not None and obs.fs_free_bytes < floor(obs)[0]
 
 
 def fullness(obs: Observation) -> float:
@@ -108,6 +122,12 @@ def verdict(obs: Observation) -> Verdict:
         )
     if fullness(obs) >= FULL_AT:
         return Verdict("stuck", f"stuck: the spool is {fullness(obs):.0%} full")
+    if below_floor(obs):
+        return Verdict(
+            "stuck",
+            f"stuck: the filesystem has {obs.fs_free_bytes} B free, under min_free_bytes="
+            f"{floor(obs)[0]}: captures are refused (on_full) until delivery or you free space",
+        )
     pending = obs.stats.counts["pending"]
     fresh = pending - obs.retrying
     retry_at = obs.next_retry_at
@@ -140,7 +160,8 @@ def report(obs: Observation) -> dict[str, Any]:
     ``until``, ``status``, ``retrying``, ``next_retry_at``, ``last_error``,
     ``last_success_at``, ``oldest_pending_at``, ``leases``, ``key_fingerprint``,
     ``created_on``, ``ingestion_host``, ``max_spool_bytes``, ``bound_source``,
-    ``used_bytes``, ``full`` and ``endpoints``. Times are UTC seconds or null."""
+    ``used_bytes``, ``full``, ``min_free_bytes``, ``floor_source``, ``fs_free_bytes``,
+    ``below_floor`` and ``endpoints``. Times are UTC seconds or null."""
     v = verdict(obs)
     latest = obs.endpoints[0].data if obs.endpoints else {}
     last_error: dict[str, Any] | None = None
@@ -173,6 +194,10 @@ def report(obs: Observation) -> dict[str, Any]:
         "bound_source": source,
         "used_bytes": obs.used_bytes,
         "full": round(fullness(obs), 4),
+        "min_free_bytes": floor(obs)[0],
+        "floor_source": floor(obs)[1],
+        "fs_free_bytes": obs.fs_free_bytes,
+        "below_floor": below_floor(obs),
         "endpoints": [e.data | {"alive": e.alive} for e in obs.endpoints],
     }
 
