@@ -9,7 +9,10 @@ or allocation is added lightly.
 The spool's size is bounded by ``max_spool_bytes``; ``on_full`` says what a full
 spool does to new events (``drop_newest``, ``drop_oldest``, ``block``,
 ``raise``), with one WARNING per full episode (see docs/architecture.md,
-"Failure policy").
+"Failure policy"). The same policy applies below the filesystem's free-space
+floor (``min_free_bytes``, :class:`~spoolpost.spool.space.Floor`) and when the
+disk refuses a capture's write (full, read-only, permissions, I/O:
+:mod:`~spoolpost.spool.conditions`; see "The disk under the spool").
 """
 
 from __future__ import annotations
