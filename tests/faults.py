@@ -26,8 +26,10 @@ import contextlib
 import errno
 import functools
 import os
+import signal
 import sqlite3
 import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -210,6 +212,76 @@ def ext4_disk(base: Path, size: int = 16 << 20) -> Iterator[Ext4Disk]:
         yield Ext4Disk(image, mountpoint)
     finally:
         unmount(mountpoint)
+
+
+_CAPTURE_CHILD = """
+import sys
+from spoolpost import Client
+key, spool, before, pad, durability = sys.argv[1:6]
+client = Client(
+    key, "http://127.0.0.1:9", spool=spool, send=False, min_free_bytes=0, durability=durability
+)
+props = {"pad": "x" * int(pad)}
+for i in range(int(before)):
+    print(client.capture("before", distinct_id="u1", properties=props), flush=True)
+print("READY", flush=True)
+sys.stdin.readline()  # the parent brings the fault on meanwhile
+refused = 0
+while True:  # until SIGKILL
+    uuid = client.capture("during", distinct_id="u1", properties=props)
+    if uuid is None:
+        refused += 1
+        if refused == 5:
+            print("REFUSED", flush=True)
+    else:
+        print(uuid, flush=True)
+"""
+
+
+class CaptureChild:
+    """A capture-only app in a subprocess (``min_free_bytes=0``): ``before`` captures,
+    then READY; after :meth:`go` it captures until SIGKILLed, printing each uuid
+    capture() returned (the loss accounting's "returned") and REFUSED once five
+    captures were dropped. :attr:`stderr` is what it logged."""
+
+    def __init__(
+        self, spool: Path, key: str, *, before: int, pad: int = 0, durability: str = "process"
+    ) -> None:
+        self.args = [key, str(spool), str(before), str(pad), durability]
+        self.stderr = ""
+
+    def __enter__(self) -> CaptureChild:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", _CAPTURE_CHILD, *self.args],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        return self
+
+    def until(self, marker: str) -> list[str]:
+        """The lines printed before ``marker``."""
+        assert self.proc.stdout is not None
+        seen = []
+        for line in self.proc.stdout:
+            if line.strip() == marker:
+                return seen
+            seen.append(line.strip())
+        raise AssertionError(f"the child ended before {marker}: {self.proc.communicate()}")
+
+    def go(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write("go\n")
+        self.proc.stdin.flush()
+
+    def kill(self) -> None:
+        os.kill(self.proc.pid, signal.SIGKILL)
+        assert self.proc.wait() == -signal.SIGKILL
+
+    def __exit__(self, *exc: object) -> None:
+        self.proc.kill()
+        self.stderr = self.proc.communicate()[1]
 
 
 def as_nobody(folder: Path) -> dict[str, int]:

@@ -13,17 +13,21 @@ from __future__ import annotations
 import errno
 import json
 import logging
-import os
-import signal
 import sqlite3
-import subprocess
-import sys
 import threading
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from faults import SmallDisk, can_mount, free_bytes, integrity, probe_write, small_disk
+from faults import (
+    CaptureChild,
+    SmallDisk,
+    can_mount,
+    free_bytes,
+    integrity,
+    probe_write,
+    small_disk,
+)
 from kit import API_KEY
 
 from spoolpost import Client, SpoolFull, SpoolUnwritable
@@ -203,58 +207,19 @@ def test_the_min_free_bytes_floor_stops_capture_before_the_disk_is_full_and_lift
         assert set(returned) | {later} <= set(endpoint.delivered_uuids())
 
 
-CHILD = """
-import sys
-from spoolpost import Client
-client = Client(sys.argv[1], "http://127.0.0.1:9", spool=sys.argv[2], send=False, min_free_bytes=0)
-for i in range(int(sys.argv[3])):
-    print(client.capture("before", distinct_id="u1", properties={"pad": "x" * 2000}), flush=True)
-print("READY", flush=True)
-sys.stdin.readline()  # the parent fills the disk meanwhile
-dropped = 0
-while True:  # until SIGKILL
-    uuid = client.capture("while full", distinct_id="u1", properties={"pad": "x" * 2000})
-    if uuid is None:
-        dropped += 1
-        if dropped == 5:
-            print("FULL", flush=True)
-    else:
-        print(uuid, flush=True)
-"""
-
-
 def test_sigkill_while_the_disk_is_full_loses_nothing_and_a_new_client_delivers_it_all(
     disk: SmallDisk, endpoint: LocalEndpoint, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="spoolpost")
-    child = subprocess.Popen(
-        [sys.executable, "-c", CHILD, API_KEY, str(disk.spool_path), "500"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert child.stdin is not None and child.stdout is not None
-    returned: list[str] = []
-    try:
-        for line in child.stdout:
-            if line.strip() == "READY":
-                break
-            returned.append(line.strip())
+    with CaptureChild(disk.spool_path, API_KEY, before=500, pad=2000) as child:
+        returned = child.until("READY")
         assert len(returned) == 500 and "None" not in returned
         disk.fill()  # another program takes every byte left
         assert probe_write(disk.folder) == errno.ENOSPC
-        child.stdin.write("go\n")
-        child.stdin.flush()
-        for line in child.stdout:
-            if line.strip() == "FULL":
-                break
-            returned.append(line.strip())
-        os.kill(child.pid, signal.SIGKILL)  # in the middle of captures on a full disk
-    finally:
-        child.kill()
-        _, err = child.communicate()
-    assert child.returncode == -signal.SIGKILL
+        child.go()
+        returned += child.until("REFUSED")
+        child.kill()  # SIGKILL in the middle of captures on a full disk
+    err = child.stderr
     warned = err.count("dropping new events until writes work again")
     assert warned == 1 and "SQLITE_FULL" in err  # the full-disk path, warned once
     assert "Traceback" not in err  # and never raised

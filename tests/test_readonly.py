@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from faults import NOBODY, can_ext4, ext4_disk, integrity, probe_write
+from faults import NOBODY, CaptureChild, can_ext4, ext4_disk, integrity, probe_write
 from kit import API_KEY, live
 
 from spoolpost import Client, SpoolUnwritable
@@ -216,3 +216,35 @@ def test_chmod_000_on_the_folder_drops_with_one_error_and_capture_resumes_when_i
     with Spool(path) as spool:
         assert [e.uuid for e in live(spool)] == before + after
         assert spool.counters()["dropped"] == 20
+
+
+@pytest.mark.skipif(can_ext4() is not None, reason=f"{can_ext4()}")
+def test_sigkill_while_the_filesystem_is_read_only_loses_nothing_returned(
+    tmp_path: Path, endpoint: LocalEndpoint, record_property: pytest.RecordProperty
+) -> None:
+    record_property("fault", "ext4 errors=remount-ro, trigger_fs_error")
+    with ext4_disk(tmp_path, 48 << 20) as disk:
+        # durability="power": see the test above (the journal abort loses unsynced writes).
+        with CaptureChild(disk.spool_path, API_KEY, before=200, durability="power") as child:
+            returned = child.until("READY")
+            assert len(returned) == 200 and "None" not in returned
+            disk.make_readonly()
+            assert probe_write(disk.folder) == errno.EROFS  # the fault bites
+            child.go()
+            returned += child.until("REFUSED")
+            child.kill()  # SIGKILL in the middle of captures on a read-only filesystem
+        logged = [line for line in child.stderr.splitlines() if "cannot be written" in line]
+        assert len(logged) == 1, child.stderr  # one ERROR, naming the path and the cause
+        assert str(disk.spool_path) in logged[0] and "read-only (EROFS)" in logged[0]
+        assert "Traceback" not in child.stderr
+
+        disk.remount()  # the operator clears it; the killed app held the last open file
+        assert integrity(disk.spool_path) == "ok"
+        client = Client(API_KEY, endpoint.url, spool=disk.spool_path, min_free_bytes=0)
+        try:
+            assert client.flush(timeout=30).pending == 0
+        finally:
+            client.shutdown(timeout=5)
+    # returned (200 before, any during) = delivered; the child's 5+ drops were
+    # counted in its memory and logged, and died with it; lost = 0.
+    assert set(returned) <= set(endpoint.delivered_uuids())
