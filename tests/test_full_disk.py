@@ -28,11 +28,14 @@ from faults import (
     probe_write,
     small_disk,
 )
-from kit import API_KEY
+from kit import API_KEY, INLINE, T0, make_event
 
 from spoolpost import Client, SpoolFull, SpoolUnwritable
 from spoolpost.cli import cli
-from spoolpost.spool import DEFAULT_MAX_SPOOL_BYTES
+from spoolpost.clock import ManualClock
+from spoolpost.delivery import DeliveryConfig, Dispatcher
+from spoolpost.delivery.transport import HttpTransport
+from spoolpost.spool import DEFAULT_MAX_SPOOL_BYTES, Spool
 from spoolpost.testing import LocalEndpoint, RecordedRequest, Response
 
 pytestmark = pytest.mark.skipif(can_mount() is not None, reason=f"{can_mount()}")
@@ -266,3 +269,44 @@ def test_inspect_shows_both_bounds_and_where_the_spool_stands_below_the_floor(
         assert text.exit_code == 0, text.output
         assert f"floor min_free_bytes={64 << 20} B (recorded): BELOW IT" in text.output
         assert f"of {DEFAULT_MAX_SPOOL_BYTES} B (recorded)" in text.output
+
+
+def test_delivery_on_a_full_disk_with_no_reserve_logs_once_raises_no_sqlite3_and_resumes(
+    disk: SmallDisk, endpoint: LocalEndpoint, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="spoolpost")
+    clock = ManualClock(start=T0)
+    with Spool(disk.spool_path, min_free_bytes=0) as spool:
+        uuids = []
+        for i in range(50):
+            uuid, body = make_event(T0, i, pad=2000)
+            assert spool.append(uuid, body, T0)
+            uuids.append(uuid)
+        spool.checkpoint()
+        disk.folder.joinpath("events.spool-reserve").unlink(missing_ok=True)
+        disk.fill()  # another program took every byte, the reserve's too
+        assert probe_write(disk.folder) == errno.ENOSPC
+        transport = HttpTransport(endpoint.url, API_KEY)
+        dispatcher = Dispatcher(spool, transport, config=INLINE, clock=clock)
+        refused = 0
+        for _ in range(5):  # what the dispatcher thread does, a second apart
+            try:
+                dispatcher.step(clock.now())
+            except SpoolUnwritable as exc:  # never an sqlite3 error
+                assert exc.condition == "full"
+                refused += 1
+            clock.advance(1.0)
+        assert refused >= 1
+        warned = full_warnings(caplog)
+        assert len(warned) == 1, [r.getMessage() for r in warned]  # once per episode
+        assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+        disk.unfill()  # space comes back: delivery resumes by itself
+        clock.advance(DeliveryConfig().lease_ttl + 1)  # a batch whose ack was refused
+        for _ in range(20):
+            dispatcher.run_until_idle(clock.now())
+            clock.advance(1.0)
+        dispatcher.stop(1.0)
+        assert spool.stats(clock.now()).counts == {"pending": 0, "leased": 0, "dead": 0}
+    # returned 50 = delivered (a batch whose ack was refused is sent again: at-least-once)
+    assert set(uuids) <= set(endpoint.delivered_uuids())
