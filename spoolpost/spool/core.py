@@ -73,7 +73,8 @@ class Spool(MetaMethods, OperatorMethods):
     of the process) or ``"power"`` (``synchronous=FULL``: survives power loss).
     ``max_spool_bytes``: bound on the file's used pages (default 512 MiB).
     ``min_free_bytes``: free space capture leaves on the filesystem (default 64
-    MiB; 0: none), read with ``statvfs`` at most once a second.
+    MiB; 0: none); ``statvfs`` is read only when capture's space budget is read
+    again (at most once a second below the floor).
     ``on_full``: ``drop_newest`` (default), ``drop_oldest``, ``block`` (up to
     ``block_timeout`` seconds, then :class:`SpoolFull`) or ``raise``; it also
     decides when the disk refuses a capture (full, read-only, permissions, I/O:

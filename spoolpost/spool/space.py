@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Concatenate, ParamSpec, Protocol, TypeVar
 
 from spoolpost.errors import SpoolpostError
-from spoolpost.spool.conditions import DiskConditions, classify, fs_state
+from spoolpost.spool.conditions import Condition, DiskConditions, classify, fs_state
 
 log = logging.getLogger("spoolpost")
 
@@ -136,8 +136,8 @@ class Reserve:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             try:
                 try:
-                    os.posix_fallocate(fd, 0, self.size)
-                except OSError:  # a filesystem without fallocate: write the bytes
+                    os.posix_fallocate(fd, 0, self.size)  # not on macOS: AttributeError
+                except (OSError, AttributeError):  # no fallocate here: write the bytes
                     block = bytes(1 << 20)
                     for _ in range(self.size // len(block)):
                         os.write(fd, block)
@@ -205,9 +205,9 @@ class SpaceGuard:
         self._after_write(frees)
         return result
 
-    def _refused(self, condition: str, exc: sqlite3.Error) -> SpoolpostError:
+    def _refused(self, condition: Condition, exc: sqlite3.Error) -> SpoolpostError:
         doing = "delivery retries after a backoff; what is stored stays"
-        return self.conditions.enter(condition, exc, doing)  # type: ignore[arg-type]
+        return self.conditions.enter(condition, exc, doing)
 
     def _give_up_reserve(self) -> None:
         with self._lock:
@@ -231,10 +231,10 @@ class SpaceGuard:
             self._checkpoint()
 
     def _after_write(self, frees: bool) -> None:
-        if frees and (self._released or self.conditions.active == "full"):
-            # Give the WAL's bytes back, and let capture see the room at once.
-            self._try_checkpoint()
-            self.floor.forget()
+        if frees:
+            if self._released or self.conditions.active == "full":
+                self._try_checkpoint()  # give the WAL's bytes back to the filesystem
+            self.floor.forget()  # capture below the floor sees the freed room at once
         now = time.monotonic()
         if now < self._check_at:
             return
