@@ -92,6 +92,12 @@ class Spool(MetaMethods, OperatorMethods):
     pages, a bad WAL) is moved aside to ``<path>.corrupt-<timestamp>`` and a new
     spool is started (logged at ERROR, naming both files).
 
+    Delivery's writes (claim, ack, reschedule, release, dead-letter, settle, …)
+    get through a full disk by giving up a reserve file next to the spool; a disk
+    that still refuses them (or a read the disk refuses: a folder without
+    permission) raises :class:`SpoolUnwritable`, never an ``sqlite3`` error (see
+    docs/architecture.md, "The disk under the spool").
+
     Fork: a child process never uses the parent's connections; it closes its
     copies and reopens the spool on first use.
     """
