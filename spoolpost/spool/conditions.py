@@ -3,8 +3,10 @@
 :func:`classify` tells which condition an SQLite error means (see
 docs/architecture.md, "Failure policy", "The disk under the spool"):
 
-- ``full``: ``SQLITE_FULL`` (ENOSPC, EDQUOT, or ``max_page_count``), or an
-  ``SQLITE_IOERR`` variant while the filesystem has no free block left;
+- ``full``: ``SQLITE_FULL`` (ENOSPC, or ``max_page_count``), or an
+  ``SQLITE_IOERR`` variant while the filesystem has no free block left or a
+  probe write beside the spool fails with ENOSPC or EDQUOT (SQLite reports a
+  quota as ``SQLITE_IOERR_WRITE``);
 - ``readonly``: ``SQLITE_READONLY*``, ``SQLITE_CANTOPEN``, ``SQLITE_PERM``, or an
   ``SQLITE_IOERR`` variant while the filesystem is mounted read-only (EROFS);
 - ``ioerror``: any other ``SQLITE_IOERR*`` (extended codes as in SQLite's
@@ -70,9 +72,30 @@ def classify(exc: BaseException, path: Path) -> Condition | None:
         state = fs_state(path)
         if (state is not None and state[1]) or _open_for_write_fails(path):
             return "readonly"
-        if state is not None and state[0] == 0:
+        if (state is not None and state[0] == 0) or _probe_errno(path) in _NO_ROOM:
             return "full"
         return "ioerror"
+    return None
+
+
+_NO_ROOM = (errno.ENOSPC, errno.EDQUOT)
+
+
+def _probe_errno(path: Path) -> int | None:
+    """The errno of writing one page to a new file beside the spool (ENOSPC, or
+    EDQUOT: SQLite reports a quota as ``SQLITE_IOERR_WRITE``, and a quota leaves
+    ``statvfs`` showing free blocks), or None when it worked. The failure path
+    only: three syscalls."""
+    probe = path.with_name(f".{path.name}-probe-{os.getpid()}")
+    try:
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, bytes(4096))
+        finally:
+            os.close(fd)
+            os.unlink(probe)
+    except OSError as exc:
+        return exc.errno
     return None
 
 
