@@ -310,3 +310,65 @@ def test_delivery_on_a_full_disk_with_no_reserve_logs_once_raises_no_sqlite3_and
         assert spool.stats(clock.now()).counts == {"pending": 0, "leased": 0, "dead": 0}
     # returned 50 = delivered (a batch whose ack was refused is sent again: at-least-once)
     assert set(uuids) <= set(endpoint.delivered_uuids())
+
+
+class _Warned(logging.Handler):
+    """Sets ``event`` when spoolpost logs a WARNING (a full episode began)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.event = threading.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.event.set()
+
+
+def test_on_full_block_on_a_full_filesystem_waits_until_delivery_frees_space(
+    disk: SmallDisk, endpoint: LocalEndpoint
+) -> None:
+    warned = _Warned()
+    logging.getLogger("spoolpost").addHandler(warned)
+    clock = ManualClock(start=T0)
+    spool = Spool(disk.spool_path, min_free_bytes=0, on_full="block", block_timeout=120.0)
+    dispatcher = Dispatcher(spool, HttpTransport(endpoint.url, API_KEY), config=INLINE, clock=clock)
+    returned: list[str] = []
+    outcome: list[bool | BaseException] = []
+
+    def fill_until_blocked() -> None:
+        # Append until an append finds the disk full and blocks; it returns once
+        # delivery made room (block never drops).
+        try:
+            for i in range(50_000):
+                uuid, body = make_event(T0, i, pad=2000)
+                if warned.event.is_set():  # the previous append waited, then got in
+                    outcome.append(spool.append(uuid, body, T0))
+                    returned.append(uuid)
+                    return
+                assert spool.append(uuid, body, T0)
+                returned.append(uuid)
+            raise AssertionError("the disk never filled")
+        except BaseException as exc:
+            outcome.append(exc)
+
+    try:
+        worker = threading.Thread(target=fill_until_blocked)
+        worker.start()
+        assert warned.event.wait(60)  # an append met the full disk and is blocked
+        # The disk itself is full (SQLITE_FULL), or the floor refused just before it
+        # (it keeps room for the WAL): block waits on either.
+        assert probe_write(disk.folder) == errno.ENOSPC or spool._disk.active is None
+        assert not outcome, outcome  # blocked, not raised
+        for _ in range(100):  # deliver: acks free space and wake the blocked append
+            dispatcher.run_until_idle(clock.now())
+            clock.advance(1.0)
+            if not worker.is_alive():
+                break
+        worker.join(60)
+        assert outcome == [True], outcome
+        dispatcher.run_until_idle(clock.now())
+        assert spool.counters()["dropped"] == 0
+    finally:
+        logging.getLogger("spoolpost").removeHandler(warned)
+        dispatcher.stop(1.0)
+        spool.close()
+    assert set(returned) <= set(endpoint.delivered_uuids())  # lost = 0, dropped = 0
