@@ -372,3 +372,26 @@ def test_on_full_block_on_a_full_filesystem_waits_until_delivery_frees_space(
         dispatcher.stop(1.0)
         spool.close()
     assert set(returned) <= set(endpoint.delivered_uuids())  # lost = 0, dropped = 0
+
+
+def test_a_client_starts_on_a_disk_another_program_filled_after_a_clean_close(
+    disk: SmallDisk, endpoint: LocalEndpoint
+) -> None:
+    capturer = Client(API_KEY, endpoint.url, spool=disk.spool_path, send=False, min_free_bytes=0)
+    returned = [
+        capturer.capture("e", distinct_id="u1", properties={"pad": PAD}) for _ in range(200)
+    ]
+    capturer.shutdown(timeout=1)  # a clean close: SQLite removes the -wal and -shm files
+    assert None not in returned
+    assert not disk.folder.joinpath("events.spool-wal").exists()
+    assert disk.folder.joinpath("events.spool-reserve").exists()
+    disk.fill()  # another program takes every byte: opening needs new -wal/-shm files
+    assert probe_write(disk.folder) == errno.ENOSPC
+
+    client = Client(API_KEY, endpoint.url, spool=disk.spool_path, min_free_bytes=0)
+    try:  # it gave up the reserve to open, and delivers
+        assert not disk.folder.joinpath("events.spool-reserve").exists()
+        assert client.flush(timeout=60).pending == 0
+    finally:
+        client.shutdown(timeout=5)
+    assert set(returned) <= set(endpoint.delivered_uuids())  # returned = delivered, lost = 0

@@ -154,7 +154,7 @@ class Spool(MetaMethods, OperatorMethods):
         )
         self._leases = Leases(self._db)
         self._leases.space = self._space = SpaceGuard(self.path, self._disk, floor, self.checkpoint)
-        self._db.open()
+        self._space.opening(self._db.open)
 
     # -- lifecycle ---------------------------------------------------------------
 

@@ -205,11 +205,25 @@ class SpaceGuard:
         self._after_write(frees)
         return result
 
+    def opening(self, open_spool: Callable[[], None]) -> None:
+        """``open_spool()``; if it fails while the filesystem has less free than the
+        reserve's size (opening needs the ``-wal`` and ``-shm`` files, which a spool
+        closed cleanly no longer has), give up the reserve and open once more, so
+        that a delivering process can start on a full disk."""
+        try:
+            open_spool()
+        except (sqlite3.Error, SpoolpostError):
+            state = fs_state(self.path)
+            if state is None or state[0] >= self.reserve.size or not self.reserve.held():
+                raise
+            self._give_up_reserve(checkpoint=False)
+            open_spool()
+
     def _refused(self, condition: Condition, exc: sqlite3.Error) -> SpoolpostError:
         doing = "delivery retries after a backoff; what is stored stays"
         return self.conditions.enter(condition, exc, doing)
 
-    def _give_up_reserve(self) -> None:
+    def _give_up_reserve(self, checkpoint: bool = True) -> None:
         with self._lock:
             released = self.reserve.release()
             if released:
@@ -224,7 +238,8 @@ class SpaceGuard:
                 self.reserve.path,
             )
         # Fold the WAL into the file so the write after this finds its frames reusable.
-        self._try_checkpoint()
+        if checkpoint:
+            self._try_checkpoint()
 
     def _try_checkpoint(self) -> None:
         with contextlib.suppress(sqlite3.Error, SpoolpostError):
