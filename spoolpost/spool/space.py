@@ -28,7 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Concatenate, ParamSpec, Protocol, TypeVar
 
-from spoolpost.errors import SpoolpostError
+from spoolpost.errors import SpoolpostError, SpoolUnwritable
 from spoolpost.spool.conditions import Condition, DiskConditions, classify, fs_state
 
 log = logging.getLogger("spoolpost")
@@ -188,7 +188,7 @@ class SpaceGuard:
         Raises :class:`SpoolUnwritable` for a disk condition it cannot get past."""
         try:
             result = write()
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, SpoolUnwritable) as exc:
             condition = classify(exc, self.path)
             if condition is None:
                 raise
@@ -197,7 +197,7 @@ class SpaceGuard:
             self._give_up_reserve()
             try:
                 result = write()
-            except sqlite3.Error as again:
+            except (sqlite3.Error, SpoolUnwritable) as again:
                 condition = classify(again, self.path)
                 if condition is None:
                     raise
@@ -219,7 +219,7 @@ class SpaceGuard:
             self._give_up_reserve(checkpoint=False)
             open_spool()
 
-    def _refused(self, condition: Condition, exc: sqlite3.Error) -> SpoolpostError:
+    def _refused(self, condition: Condition, exc: BaseException) -> SpoolpostError:
         doing = "delivery retries after a backoff; what is stored stays"
         return self.conditions.enter(condition, exc, doing)
 
