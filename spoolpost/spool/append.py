@@ -103,6 +103,7 @@ class Appender:
         """:meth:`Spool.append <spoolpost.spool.Spool.append>`: write one event
         (``now``: its capture time, UTC seconds; ``lane``: None or ``"ai"``);
         return once it is committed."""
+        self._db.check_file()  # a deleted or replaced file: at most once a second
         deadline = None
         recovered = False
         while True:

@@ -214,8 +214,11 @@ def prepare_file(path: Path) -> FileId:
     new spool started, so the app keeps running. Raises :class:`ConfigError`
     for OS errors.
     """
-    if file_type(path) is FileKind.SPECIAL:
+    kind = file_type(path)
+    if kind is FileKind.SPECIAL:
         raise ConfigError(special_file_message(path))
+    if kind is FileKind.MISSING:
+        set_orphans_aside(path)
     try:
         # O_NONBLOCK: a FIFO swapped in after the check above must not hang the open.
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NONBLOCK, 0o600)
@@ -283,17 +286,21 @@ def file_id(path: Path) -> FileId | None:
     return (st.st_dev, st.st_ino)
 
 
-def move_aside(path: Path, failed: FileId | None, exc: BaseException) -> None:
+def move_aside(
+    path: Path, failed: FileId | None, exc: BaseException, *, logged: bool = True
+) -> Path | None:
     """Move the corrupt spool ``path`` (and its -wal, -shm) to
-    ``<path>.corrupt-<UTC time>``, logged at ERROR with ``exc``.
+    ``<path>.corrupt-<UTC time>``, logged at ERROR with ``exc`` (unless not
+    ``logged``: the caller logs what it carried over); return where.
 
     If the file at ``path`` is no longer ``failed``, the one that failed (another
-    process moved it aside first and started a new spool), leave the new one alone.
+    process moved it aside first and started a new spool), leave the new one
+    alone and return None.
     """
     current = file_id(path)
     if current is None or (failed is not None and current != failed):
-        return
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        return None
+    stamp = _stamp()
     aside = path.with_name(f"{path.name}.corrupt-{stamp}")
     n = 1
     while aside.exists():
@@ -304,9 +311,87 @@ def move_aside(path: Path, failed: FileId | None, exc: BaseException) -> None:
         side = Path(str(path) + suffix)
         with contextlib.suppress(FileNotFoundError):
             os.replace(side, Path(str(aside) + suffix))
-    log.error(
-        "spool %s is corrupt (%s); moved it aside to %s and started a new spool", path, exc, aside
-    )
+    if logged:
+        log.error(
+            "spool %s is corrupt (%s); moved it aside to %s and started a new spool",
+            path,
+            exc,
+            aside,
+        )
+    return aside
+
+
+def _stamp() -> str:
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+
+
+def set_orphans_aside(path: Path) -> list[Path]:
+    """With no spool file at ``path``, move a ``-wal``/``-shm`` left beside it to
+    ``<path>.orphaned-<UTC time>-wal``/``-shm`` and return their new paths.
+
+    They belong to a spool that was deleted or moved while a process had it
+    open (that process still writes through them and carries its rows over when
+    it notices; see docs/architecture.md, "The file replaced or deleted"). A new
+    database opened beside them would read their pages as its own, without an
+    error; renamed, they stay with the process that has them open."""
+    if file_type(path) is not FileKind.MISSING:
+        return []
+    stamp = _stamp()
+    moved = []
+    for side in side_files(path):
+        suffix = str(side)[len(str(path)) :]
+        aside = path.with_name(f"{path.name}.orphaned-{stamp}{suffix}")
+        try:
+            os.rename(side, aside)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        moved.append(aside)
+    if moved:
+        log.warning(
+            "spool %s is missing but its %s were left beside it; moved them aside to %s "
+            "so that a new spool does not read them as its own",
+            path,
+            " and ".join(p.name[len(path.name) + len(".orphaned-") + len(stamp) :] for p in moved),
+            ", ".join(str(p) for p in moved),
+        )
+    return moved
+
+
+def whereabouts(known: FileId) -> str | None:
+    """What became of the open file ``known`` (device, inode), from this
+    process's open descriptors (``/proc/self/fd``, Linux): ``"deleted"``, the path
+    it was moved to, or None when no descriptor of it is found (another OS)."""
+    fd_dir = Path("/proc/self/fd")
+    try:
+        fds = list(fd_dir.iterdir())
+    except OSError:
+        return None
+    for fd in fds:
+        try:
+            st = os.stat(fd)
+            if (st.st_dev, st.st_ino) != known or not stat.S_ISREG(st.st_mode):
+                continue
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        return "deleted" if st.st_nlink == 0 else target.removesuffix(" (deleted)")
+    return None
+
+
+#: Name parts of the files set aside beside a spool, as :func:`quarantined` finds them.
+ASIDE_MARKS = (".corrupt-", ".orphaned-")
+
+
+def quarantined(path: Path) -> list[Path]:
+    """The files set aside beside the spool ``path``: corrupt spools
+    (``<path>.corrupt-<UTC time>``, with their ``-wal``/``-shm``) and side files of
+    a deleted spool (``<path>.orphaned-<UTC time>-wal``/``-shm``), sorted by name.
+    Nothing is opened or moved."""
+    try:
+        names = sorted(p for p in path.parent.iterdir() if p.name.startswith(path.name + "."))
+    except OSError:
+        return []
+    return [p for p in names if any(p.name[len(path.name) :].startswith(m) for m in ASIDE_MARKS)]
 
 
 # -- network filesystems ---------------------------------------------------------------

@@ -2,7 +2,10 @@
 
 Each function runs on a :class:`~spoolpost.spool.db.Database` in one read (or,
 for the bookkeeping writes, one ``BEGIN IMMEDIATE`` transaction); counts are
-derived from the rows themselves. The flush barrier is a :data:`Watermark`.
+derived from the rows themselves. SQLite corruption met by any of them
+quarantines the file with its readable rows carried over and tries once more
+(:func:`~spoolpost.spool.db.recovering`), never a raw ``sqlite3`` error. The
+flush barrier is a :data:`Watermark`.
 :class:`SpoolSnapshot` answers the same questions inside one pinned WAL snapshot.
 """
 
@@ -17,7 +20,7 @@ from typing import Any
 
 from spoolpost.errors import HostMismatch, KeyMismatch, SpoolClosed
 from spoolpost.spool import files, maintenance, migrations
-from spoolpost.spool.db import Database
+from spoolpost.spool.db import Database, recovering
 from spoolpost.spool.maintenance import Filter, SpooledEvent
 from spoolpost.spool.owner import Owner, current_owner, owner_alive
 from spoolpost.spool.sql import add_counter
@@ -108,6 +111,7 @@ class SpoolSnapshot:
 # -- the flush barrier -------------------------------------------------------------------
 
 
+@recovering
 def watermark(db: Database, now: float) -> Watermark:
     """:meth:`Spool.watermark`: (newest event id, ``now``)."""
     with db.read() as conn:
@@ -115,6 +119,7 @@ def watermark(db: Database, now: float) -> Watermark:
     return (int(row[0] or 0), now)
 
 
+@recovering
 def any_open_through(db: Database, watermark: Watermark) -> bool:
     """:meth:`Spool.any_open_through`: is an event inside ``watermark`` still live?"""
     last_id, at = watermark
@@ -125,6 +130,7 @@ def any_open_through(db: Database, watermark: Watermark) -> bool:
     return row is not None
 
 
+@recovering
 def dead_through(db: Database, watermark: Watermark) -> int:
     """:meth:`Spool.dead_through`: dead letters inside ``watermark``."""
     last_id, at = watermark
@@ -137,6 +143,7 @@ def dead_through(db: Database, watermark: Watermark) -> int:
         )
 
 
+@recovering
 def states_through(db: Database, watermark: Watermark) -> dict[str, int]:
     """:meth:`Spool.states_through`: counts by state inside ``watermark``."""
     with db.read(snapshot=True) as conn:
@@ -146,6 +153,7 @@ def states_through(db: Database, watermark: Watermark) -> dict[str, int]:
 # -- schedule and totals -------------------------------------------------------------------
 
 
+@recovering
 def next_due_at(db: Database) -> float | None:
     """:meth:`Spool.next_due_at`: when the earliest retry becomes due, or None."""
     with db.read() as conn:
@@ -155,6 +163,7 @@ def next_due_at(db: Database) -> float | None:
     return None if row[0] is None else float(row[0])
 
 
+@recovering
 def earliest_due(db: Database, now: float) -> tuple[float, str | None] | None:
     """:meth:`Spool.earliest_due`: (when the first live event can be sent, why not
     before), or None when no event is live."""
@@ -190,12 +199,14 @@ def _counters(conn: sqlite3.Connection) -> dict[str, int]:
     return base | {str(k): int(v) for k, v in found.items()}
 
 
+@recovering
 def counters(db: Database) -> dict[str, int]:
     """:meth:`Spool.counters`: the persisted totals."""
     with db.read() as conn:
         return _counters(conn)
 
 
+@recovering
 def stats(db: Database, now: float) -> SpoolStats:
     """:meth:`Spool.stats`: a :class:`SpoolStats` at ``now`` (UTC seconds)."""
     with db.read(snapshot=True) as conn:
@@ -237,6 +248,7 @@ def stats_on(conn: sqlite3.Connection, path: Path, now: float) -> SpoolStats:
 # -- bookkeeping -----------------------------------------------------------------------------
 
 
+@recovering
 def bind_key(db: Database, fingerprint: str, force: bool) -> None:
     """:meth:`Spool.bind_key`: record or check the project-key ``fingerprint``."""
     with db.write() as conn:
@@ -261,18 +273,21 @@ def bind_key(db: Database, fingerprint: str, force: bool) -> None:
             )
 
 
+@recovering
 def count(db: Database, name: str, n: int) -> None:
     """:meth:`Spool.add_counter`: add ``n`` to the counter ``name``, one short write."""
     with db.write() as conn:
         add_counter(conn, name, n)
 
 
+@recovering
 def meta(db: Database) -> dict[str, str]:
     """:meth:`Spool.meta`: the meta table as a dict."""
     with db.read() as conn:
         return dict(conn.execute("SELECT key, value FROM meta").fetchall())
 
 
+@recovering
 def record_bound(db: Database, max_spool_bytes: int) -> None:
     """:meth:`Spool.record_bound`: keep ``max_spool_bytes`` in the meta table."""
     with db.write() as conn:
@@ -283,6 +298,7 @@ def record_bound(db: Database, max_spool_bytes: int) -> None:
         )
 
 
+@recovering
 def bind_host(db: Database, url: str, force: bool) -> str:
     """:meth:`Spool.bind_host`: record or check the ingestion endpoint ``url``."""
     with db.write() as conn:
@@ -309,6 +325,7 @@ ENDPOINT_PREFIX = "endpoint:"
 KEEP_ENDPOINT_RECORDS = 16
 
 
+@recovering
 def save_endpoint(db: Database, key: str, value: str) -> None:
     """:meth:`Spool.save_endpoint_state`: one short write; the oldest records past
     :data:`KEEP_ENDPOINT_RECORDS` are deleted in the same transaction."""
