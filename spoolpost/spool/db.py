@@ -174,6 +174,11 @@ class Database(FileSwitch):
             self._discard(conn, exc)
             raise
         self.writer_conn = conn
+        # Both connections are opened on the same file now, never later by path:
+        # the file at the path may be another one by then (docs/architecture.md,
+        # "The file replaced, deleted or damaged").
+        if self.reader_conn is None:
+            self.reader_conn = self.connect()
         # The side files this connection uses: when the spool is deleted they may
         # be moved aside (files.set_orphans_aside), and are removed once carried.
         self._side_ids = {i for i in map(files.file_id, files.side_files(self.path)) if i}
@@ -308,9 +313,16 @@ class Database(FileSwitch):
     @contextlib.contextmanager
     def snapshot(self) -> Iterator[sqlite3.Connection]:
         """A private read connection holding one WAL snapshot, taken on entry and
-        closed on exit. Raises :class:`SpoolClosed`."""
+        closed on exit. Raises :class:`SpoolClosed`, and :class:`SpoolCorrupt`
+        when the file at the path is not a spool (see :meth:`follow_file`)."""
         if self.closed:
             raise SpoolClosed(f"spool {self.path} is closed")
+        self.follow_file()  # it opens the file at the path: the one open, or a new spool
+        if files.file_id(self.path) != self.file_id:
+            raise SpoolCorrupt(
+                f"spool {self.path}: the file there is not a spool; this process still"
+                " has the spool it had open, but cannot open a snapshot of it"
+            )
         conn = self.connect()
         try:
             conn.execute("BEGIN")

@@ -325,20 +325,25 @@ def _stamp() -> str:
     return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
 
 
-def set_orphans_aside(path: Path) -> list[Path]:
-    """With no spool file at ``path``, move a ``-wal``/``-shm`` left beside it to
-    ``<path>.orphaned-<UTC time>-wal``/``-shm`` and return their new paths.
+def set_orphans_aside(path: Path, ours: set[FileId] | None = None) -> list[Path]:
+    """Move a ``-wal``/``-shm`` orphaned beside ``path`` to
+    ``<path>.orphaned-<UTC time>-wal``/``-shm`` and return their new paths: with
+    no spool file at ``path``, any there; else only those whose (device, inode)
+    is in ``ours`` (the side files of the file a process just left).
 
     They belong to a spool that was deleted or moved while a process had it
     open (that process still writes through them and carries its rows over when
-    it notices; see docs/architecture.md, "The file replaced or deleted"). A new
-    database opened beside them would read their pages as its own, without an
-    error; renamed, they stay with the process that has them open."""
-    if file_type(path) is not FileKind.MISSING:
+    it notices; see docs/architecture.md, "The file replaced, deleted or
+    damaged"). A new database opened beside them would read their pages as its
+    own, without an error; renamed, they stay with the process that has them open."""
+    missing = file_type(path) is FileKind.MISSING
+    if not missing and not ours:
         return []
     stamp = _stamp()
     moved = []
     for side in side_files(path):
+        if not missing and file_id(side) not in (ours or set()):
+            continue
         suffix = str(side)[len(str(path)) :]
         aside = path.with_name(f"{path.name}.orphaned-{stamp}{suffix}")
         try:
@@ -348,8 +353,8 @@ def set_orphans_aside(path: Path) -> list[Path]:
         moved.append(aside)
     if moved:
         log.warning(
-            "spool %s is missing but its %s were left beside it; moved them aside to %s "
-            "so that a new spool does not read them as its own",
+            "spool %s: its %s belong to a spool file gone from the path; moved them aside"
+            " to %s so that a new spool does not read them as its own",
             path,
             " and ".join(p.name[len(path.name) + len(".orphaned-") + len(stamp) :] for p in moved),
             ", ".join(str(p) for p in moved),

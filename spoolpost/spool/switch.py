@@ -73,6 +73,8 @@ class FileSwitch:
     switches: list[str]
     _next_check: float
     _side_ids: set[files.FileId]
+    #: The file at the path where no spool could be opened (not tried again).
+    _refused: files.FileId | None = None
 
     def _start_over(self, forked: bool) -> None:
         raise NotImplementedError
@@ -118,12 +120,12 @@ class FileSwitch:
         was deleted, moved or replaced (ERROR naming what happened). The rows the
         open connection still reads are carried into the spool now at ``path``
         (a new one if none is), so nothing whose capture returned is lost."""
-        if files.file_id(self.path) == self.file_id:
+        if not self._left():
             return
         with self.wlock, self.rlock:
+            if self.closed or self.file_id is None or not self._left():
+                return  # closed, another thread switched first, or no spool can be there
             current = files.file_id(self.path)
-            if self.closed or self.file_id is None or current == self.file_id:
-                return  # closed, or another thread switched first
             where = files.whereabouts(self.file_id)
             if where and Path(where).name.startswith(f"{self.path.name}.corrupt-"):
                 what = f"moved aside as corrupt to {where} by another process"
@@ -137,15 +139,25 @@ class FileSwitch:
                 what += ", and another file now is at its path"
             self._switch(None, what)
 
+    def _left(self) -> bool:
+        """True when the file at ``path`` is not the one open (nor one refused)."""
+        current = files.file_id(self.path)
+        return current != self.file_id and (current is None or current != self._refused)
+
     def _switch(self, exc: BaseException | None, what: str | None) -> None:
         """Leave the open file for a new spool at ``path``, carrying its rows over;
         under both locks. ``exc``: the corruption that makes it leave (the file is
-        moved aside); else ``what`` happened to it."""
+        moved aside); else ``what`` happened to it.
+
+        If no spool can be opened at ``path`` (another application's file is
+        there, the folder is gone or unwritable), the open file is kept: after
+        ``exc`` the error is raised; otherwise one ERROR says so, this process
+        goes on with the file it has open (its own delivery still drains it),
+        and that file at ``path`` is not tried again."""
         source = self.writer_conn or self.reader_conn
         old = [c for c in (self.writer_conn, self.reader_conn) if c is not None]
+        kept = (self.writer_conn, self.reader_conn, self.file_id, self._side_ids)
         self.writer_conn = self.reader_conn = None
-        gone_sides = set(self._side_ids)
-        complete = False
         try:
             if exc is not None:
                 aside = files.move_aside(self.path, self.file_id, exc, logged=False)
@@ -154,10 +166,25 @@ class FileSwitch:
                 # Fold the WAL into the file that is left, so a moved file is whole.
                 with contextlib.suppress(sqlite3.Error):
                     source.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            files.set_orphans_aside(self.path)
+            files.set_orphans_aside(self.path, kept[3])
             self._start_over(False)
             self._connect_and_migrate()
-            self.generation += 1
+        except Exception as failure:
+            self.writer_conn, self.reader_conn, self.file_id, self._side_ids = kept
+            if exc is not None:
+                raise
+            self._refused = files.file_id(self.path)
+            log.error(
+                "spool %s was %s, and no spool can be opened there (%s); this process goes"
+                " on with the file it has open",
+                self.path,
+                what,
+                failure,
+            )
+            return
+        self.generation += 1
+        complete = False
+        try:
             if source is not None:
                 complete = self._carry(source, what or "left")
         finally:
@@ -169,7 +196,7 @@ class FileSwitch:
         if complete and exc is None:
             # Side files of the file left, moved aside: everything they held is carried.
             for aside in files.quarantined(self.path):
-                if ".orphaned-" in aside.name and files.file_id(aside) in gone_sides:
+                if ".orphaned-" in aside.name and files.file_id(aside) in kept[3]:
                     with contextlib.suppress(OSError):
                         aside.unlink()
 
