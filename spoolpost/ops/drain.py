@@ -26,6 +26,9 @@ EXIT_REMAIN = 3
 EXIT_OUTAGE = 4
 EXIT_PAUSED = 5
 EXIT_DEAD = 6
+#: The spool was damaged: its file was set aside and what could be read carried
+#: into a new spool at the same path (delivered as far as the run went).
+EXIT_DAMAGED = 7
 
 
 @dataclass(frozen=True)
@@ -34,10 +37,14 @@ class DrainResult(FlushResult):
     process delivered meanwhile are not counted), plus, when the drain did not
     try because nothing could become due within its budget, ``waiting_until``
     (UTC seconds: when the first event becomes due) and ``waiting_for`` (why:
-    the last error stored with it, or a lease held by another process)."""
+    the last error stored with it, or a lease held by another process);
+    ``damaged``: one line per spool file this run found damaged (set aside as
+    ``<spool>.corrupt-<time>``, its readable rows carried into a new spool at the
+    same path, and what could not be read), as :attr:`Spool.switches` says."""
 
     waiting_until: float | None = None
     waiting_for: str | None = None
+    damaged: tuple[str, ...] = ()
 
 
 def drain_host(spool: Spool, host: str | None) -> str:
@@ -120,6 +127,7 @@ def drain_spool(
                 timed_out=True,
                 waiting_until=due[0],
                 waiting_for=due[1],
+                damaged=tuple(spool.switches),
             )
     dispatcher = Dispatcher(
         spool, transport, config=config or DRAIN_CONFIG, retry=retry, clock=clock
@@ -130,8 +138,8 @@ def drain_spool(
     interrupted = False
     try:
         barrier = FlushBarrier.take_starting(spool, clock.now(), dispatcher.start)
-        if barrier is None:
-            return DrainResult()  # nothing to send: no thread was started
+        if barrier is None:  # nothing to send: no thread was started
+            return DrainResult(damaged=tuple(spool.switches))
         total = barrier.unsettled
         report: Callable[[int], None] | None = None
         if progress is not None:
@@ -153,7 +161,11 @@ def drain_spool(
     # The barrier's count includes what other processes delivered meanwhile;
     # this run delivered no more than its own senders settled.
     result = DrainResult(
-        **(vars(flushed) | {"delivered": min(flushed.delivered, dispatcher.settled)})
+        **(
+            vars(flushed)
+            | {"delivered": min(flushed.delivered, dispatcher.settled)}
+            | {"damaged": tuple(spool.switches)}
+        )
     )
     if interrupted:
         raise DrainInterrupted(result)
@@ -161,9 +173,12 @@ def drain_spool(
 
 
 def drain_exit_code(result: FlushResult) -> int:
-    """The documented ``spoolpost drain`` exit code for a drain's result:
-    events remain → 5 paused, 4 outage, 3 budget; none remain → 6 if this run
-    dead-lettered any, else 0."""
+    """The documented ``spoolpost drain`` exit code for a drain's result: 7 if
+    the run found the spool damaged (a :class:`DrainResult` with ``damaged``);
+    else events remain → 5 paused, 4 outage, 3 budget; none remain → 6 if this
+    run dead-lettered any, else 0."""
+    if getattr(result, "damaged", ()):
+        return EXIT_DAMAGED
     if result.pending:
         if result.paused:
             return EXIT_PAUSED

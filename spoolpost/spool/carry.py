@@ -2,11 +2,10 @@
 
 When the file a process has open is deleted, moved, replaced or found damaged,
 the process still reads it through its open connection. :func:`carry_rows`
-copies every row that connection can read into the new spool: events (a leased
-one becomes pending again, its lease is void), dead letters, the counters and
-the meta table. A damaged page is skipped by rowid ranges (:func:`readable`),
-never allowed to stop the rest. See docs/architecture.md, "The file replaced,
-deleted or damaged".
+copies every row that connection can read into the new spool: events (with
+their leases), dead letters, the counters and the meta table. A damaged page
+is skipped by rowid ranges (:func:`readable`), never allowed to stop the rest.
+See docs/architecture.md, "The file replaced, deleted or damaged".
 """
 
 from __future__ import annotations
@@ -19,7 +18,8 @@ from dataclasses import dataclass, field
 CARRY_CHUNK = 500
 
 _EVENT_COLUMNS = (
-    "uuid, body, size, captured_at, attempts, next_attempt_at, last_error,"
+    "uuid, body, size, captured_at, state, lease_token, lease_expires_at,"
+    " attempts, next_attempt_at, last_error,"
     " first_failed_at, last_failed_at, request_id, request_created_at, request_attempts, lane"
 )
 _DEAD_COLUMNS = (
@@ -31,8 +31,8 @@ _CORRUPT = (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
 
 @dataclass
 class Carried:
-    """What :func:`carry_rows` did: ``events`` (pending, leased ones made pending)
-    and ``dead`` letters copied, ``known`` rows skipped because the new spool
+    """What :func:`carry_rows` did: ``events`` (pending or leased) and ``dead``
+    letters copied, ``known`` rows skipped because the new spool
     already held their uuid (another process carried them first), and
     ``skipped``: the rowid ranges (first, last) of a table that could not be
     read (damaged pages), as ``table:first-last``."""
@@ -88,35 +88,41 @@ def readable(
     conn: sqlite3.Connection, table: str, columns: str, skipped: list[str]
 ) -> Iterator[list[tuple[object, ...]]]:
     """The rows of ``table`` (``rowid`` first, then ``columns``) that ``conn`` can
-    read, in rowid order, in chunks of :data:`CARRY_CHUNK`. A range that fails
-    with SQLite corruption is skipped and named in ``skipped``."""
-    last = 0
+    read, in rowid order, in chunks of at most :data:`CARRY_CHUNK`. A range that
+    fails with SQLite corruption is skipped and named in ``skipped``.
+
+    Each chunk is one query with a ``LIMIT``: a cursor reads one row ahead, so a
+    row just before a damaged page would be lost with an open-ended scan. At a
+    failure, the rows up to the damage are read one query each."""
+    select = f"SELECT rowid, {columns} FROM {table} WHERE rowid >= ? ORDER BY rowid LIMIT ?"
+    start = 0  # the next rowid wanted: every row below it is read or skipped
     while True:
-        chunk: list[tuple[object, ...]] = []
         try:
-            cursor = conn.execute(
-                f"SELECT rowid, {columns} FROM {table} WHERE rowid > ? ORDER BY rowid", (last,)
-            )
-            for row in cursor:
-                chunk.append(row)
-                last = int(row[0])
-                if len(chunk) >= CARRY_CHUNK:
-                    yield chunk
-                    chunk = []
+            rows = conn.execute(select, (start, CARRY_CHUNK)).fetchall()
         except sqlite3.DatabaseError as exc:
             if not _damaged(exc):
                 raise
-            if chunk:
-                yield chunk
-            resume = _skip_damage(conn, table, last)
-            skipped.append(f"{table}:{last + 1}-{'end' if resume is None else resume - 1}")
-            if resume is None:
-                return
-            last = resume - 1
+            rows = []
+        if rows:
+            yield rows
+            start = int(str(rows[-1][0])) + 1
             continue
-        if chunk:
-            yield chunk
-        return
+        while True:  # the damage, or the end: row by row up to it
+            try:
+                row = conn.execute(select, (start, 1)).fetchone()
+            except sqlite3.DatabaseError as exc:
+                if not _damaged(exc):
+                    raise
+                break
+            if row is None:
+                return
+            yield [row]
+            start = int(row[0]) + 1
+        resume = _skip_damage(conn, table, start - 1)
+        skipped.append(f"{table}:{start}-{'end' if resume is None else resume - 1}")
+        if resume is None:
+            return
+        start = resume
 
 
 def _uuids(conn: sqlite3.Connection, table: str) -> set[str]:
@@ -128,20 +134,22 @@ def carry_rows(source: sqlite3.Connection, target: sqlite3.Connection) -> Carrie
     new spool's write connection, no transaction open; the caller holds its
     write lock), one ``BEGIN IMMEDIATE`` transaction per chunk.
 
-    An event keeps its id where the target has it free, its attempts, schedule,
-    last error and stored request identity; a leased one becomes pending. Rows
-    whose uuid the target already holds are skipped (another process carried
-    them). Counters take the larger of the two values (carrying twice never
-    doubles them); meta keys the target lacks are added. Raises what SQLite
+    An event keeps its id where the target has it free, its state and lease
+    (so a sender's ack by token and ids still finds it; a lease whose record or
+    ids did not come along expires and is taken back), attempts, schedule, last
+    error and stored request identity. Rows whose uuid the target already holds
+    are skipped (another process carried them). Counters take the larger of the
+    two values (carrying twice never doubles them); meta keys the target lacks
+    are added. Raises what SQLite
     raises for the target; damage in ``source`` is skipped and reported."""
     done = Carried()
     known = _uuids(target, "events") | _uuids(target, "dead_events")
     n = _EVENT_COLUMNS.count(",") + 1
     # ?1 is the old id, kept where the target has it free; the columns are ?2, ?3, …
     insert_event = (
-        f"INSERT INTO events (id, state, {_EVENT_COLUMNS}) VALUES ("
+        f"INSERT INTO events (id, {_EVENT_COLUMNS}) VALUES ("
         "(SELECT CASE WHEN EXISTS (SELECT 1 FROM events WHERE id = ?1) THEN NULL ELSE ?1 END),"
-        f" 'pending', {', '.join(f'?{i + 2}' for i in range(n))})"
+        f" {', '.join(f'?{i + 2}' for i in range(n))})"
     )
     dead_marks = ", ".join("?" * (_DEAD_COLUMNS.count(",") + 1))
     insert_dead = f"INSERT INTO dead_events ({_DEAD_COLUMNS}) VALUES ({dead_marks})"
@@ -175,9 +183,10 @@ def carry_rows(source: sqlite3.Connection, target: sqlite3.Connection) -> Carrie
 def _carry_small_tables(
     source: sqlite3.Connection, target: sqlite3.Connection, done: Carried
 ) -> None:
-    """The counters (the larger value wins) and the meta keys the target lacks."""
+    """The counters (the larger value wins), the meta keys and the lease records
+    the target lacks."""
     found: dict[str, list[tuple[object, ...]]] = {}
-    for table in ("counters", "meta"):
+    for table in ("counters", "meta", "leases"):
         try:
             found[table] = source.execute(f"SELECT * FROM {table}").fetchall()
         except sqlite3.DatabaseError as exc:
@@ -193,6 +202,11 @@ def _carry_small_tables(
             found["counters"],
         )
         target.executemany("INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)", found["meta"])
+        target.executemany(
+            "INSERT OR IGNORE INTO leases (token, host, pid, pid_start, created_at, expires_at)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            [row[:6] for row in found["leases"]],
+        )
         target.execute("COMMIT")
     except BaseException:
         if target.in_transaction:

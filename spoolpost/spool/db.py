@@ -326,7 +326,12 @@ class Database(FileSwitch):
         conn = self.connect()
         try:
             conn.execute("BEGIN")
-            conn.execute("SELECT 1 FROM events LIMIT 1").fetchall()  # pins the snapshot
+            try:
+                conn.execute("SELECT 1 FROM events LIMIT 1").fetchall()  # pins the snapshot
+            except sqlite3.DatabaseError as exc:
+                if is_corrupt(exc):
+                    raise SpoolCorrupt(f"spool {self.path} is damaged: {exc}") from None
+                raise
             yield conn
         finally:
             with contextlib.suppress(sqlite3.Error):

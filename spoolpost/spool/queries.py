@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from spoolpost.errors import HostMismatch, KeyMismatch, SpoolClosed
+from spoolpost.errors import HostMismatch, KeyMismatch, SpoolClosed, SpoolCorrupt
 from spoolpost.spool import files, maintenance, migrations
-from spoolpost.spool.db import Database, recovering
+from spoolpost.spool.db import Database, is_corrupt, recovering
 from spoolpost.spool.maintenance import Filter, SpooledEvent
 from spoolpost.spool.owner import Owner, current_owner, owner_alive
 from spoolpost.spool.sql import add_counter
@@ -99,8 +99,14 @@ class SpoolSnapshot:
 
     def states_through(self, watermark: Watermark) -> dict[str, int]:
         """:meth:`Spool.states_through`, as of the snapshot. Raises
-        :class:`SpoolClosed` after the snapshot's ``with`` block."""
-        return _states_through(self._open(), watermark)
+        :class:`SpoolClosed` after the snapshot's ``with`` block, and
+        :class:`SpoolCorrupt` when it meets a damaged page."""
+        try:
+            return _states_through(self._open(), watermark)
+        except sqlite3.DatabaseError as exc:
+            if is_corrupt(exc):  # Spool.states_through would quarantine it
+                raise SpoolCorrupt(f"spool {self._path} is damaged: {exc}") from None
+            raise
 
     def events(self, where: Filter, now: float) -> Iterator[SpooledEvent]:
         """:meth:`Spool.events`, as of the snapshot. Raises :class:`SpoolClosed`

@@ -1,0 +1,137 @@
+"""A damaged page met on a read path (the flush barrier's counts, the dispatcher's
+claim, a drain) is handled like damage met on a write: the file is set aside as
+``<spool>.corrupt-<time>`` after every row that can still be read is carried into a
+new spool at the path. No raw ``sqlite3`` error reaches the app; delivery resumes.
+
+The damage is real: one leaf page of the events table's b-tree (found with SQLite's
+dbstat) is overwritten in the file after a checkpoint. Each test states its loss
+accounting: events whose capture() returned, delivered, and those on the damaged
+page (destroyed by the fault itself, named in the ERROR); spoolpost loses none.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from faults_files import damage_page, leaf_pages, rowids_on_page
+from kit import API_KEY, T0, add_events, live
+
+from spoolpost import Client
+from spoolpost.ops import EXIT_DAMAGED
+from spoolpost.spool import Spool
+from spoolpost.testing import LocalEndpoint
+
+#: Bodies this big put about a dozen events on a 4 KiB leaf page.
+PAD = {"pad": "x" * 250}
+
+
+def checkpointed(spool: Spool) -> None:
+    """Fold the whole WAL into the file, so that damage written there is what is read."""
+    for _ in range(100):  # a reader of this process may hold a snapshot for a moment
+        if spool.checkpoint():
+            return
+    raise AssertionError("the WAL could not be checkpointed")
+
+
+def damage_a_middle_leaf(path: Path) -> list[int]:
+    """Damage the middle leaf page of the events table; return the ids it held."""
+    leaves = leaf_pages(path)
+    assert len(leaves) >= 5, leaves
+    victim = leaves[len(leaves) // 2]
+    ids = rowids_on_page(path, victim)
+    damage_page(path, victim)
+    return ids
+
+
+def delivered(endpoint: LocalEndpoint) -> list[str]:
+    return [e["uuid"] for r in endpoint.requests for e in r.events]
+
+
+def test_a_damaged_page_under_a_running_client(
+    spool_path: Path,
+    endpoint: LocalEndpoint,
+    make_client: Callable[..., Client],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Delivery threads run, but nothing is due before flush().
+    client = make_client(flush_at=100_000, flush_interval=3600.0)
+    captured = [client.capture("e", distinct_id="u", properties=PAD) for _ in range(120)]
+    checkpointed(client.spool)
+    lost_ids = damage_a_middle_leaf(spool_path)
+    destroyed = [captured[i - 1] for i in lost_ids]  # ids follow capture order here
+    with Spool(spool_path) as other:  # another process captures: every cache is stale now
+        (theirs,) = add_events(other, ["other process"], at=time.time())
+
+    result = client.flush(timeout=30)  # meets the damage: nothing raised
+
+    assert result.complete
+    (error,) = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    (aside,) = spool_path.parent.glob("events.spool.corrupt-*[0-9TZ]")
+    assert f"spool {spool_path} was moved aside as corrupt to {aside}" in error
+    assert f"carried {len(captured) + 1 - len(lost_ids)} event(s)" in error
+    assert f"could not read events:{min(lost_ids)}-{max(lost_ids)}" in error
+    assert client.spool.switches == [error]
+
+    # Delivery resumes for new events, and shutdown raises nothing either.
+    after = [client.capture("after", distinct_id="u") for _ in range(3)]
+    assert client.flush(timeout=30).complete
+    client.shutdown(timeout=5)
+
+    returned = [*captured, theirs, *after]
+    assert sorted(delivered(endpoint)) == sorted(set(returned) - set(destroyed))
+    # Accounting: returned 124 = delivered 124 - len(destroyed) + destroyed by the fault.
+    assert len(delivered(endpoint)) + len(destroyed) == len(returned)
+
+
+def test_a_claim_that_meets_a_damaged_page_quarantines_and_goes_on(
+    spool_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with Spool(spool_path) as spool:
+        uuids = add_events(spool, [f"e{i}" for i in range(120)])
+        checkpointed(spool)
+        lost_ids = damage_a_middle_leaf(spool_path)
+        with Spool(spool_path) as other:
+            (late,) = add_events(other, ["late"], at=T0 + 500)
+        leased: list[str] = []
+        while batch := spool.claim(T0 + 1000, max_events=50, max_bytes=1 << 22, lease_ttl=60):
+            leased += [r.uuid for r in batch.rows]
+        lost = {uuids[i - 1] for i in lost_ids}
+        # Leases taken before the damage was met were carried with their rows: each
+        # event is leased once. Returned 121 = leased 121 - 15 + 15 destroyed.
+        assert sorted(leased) == sorted({*uuids, late} - lost)
+    (error,) = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert f"could not read events:{min(lost_ids)}-{max(lost_ids)}" in error
+
+
+def test_drain_of_a_damaged_spool_exits_7_with_no_traceback(
+    spool_path: Path, endpoint: LocalEndpoint
+) -> None:
+    with Spool(spool_path) as spool:  # captured now: none is past max_event_age
+        uuids = add_events(spool, [f"e{i}" for i in range(120)], at=time.time())
+        checkpointed(spool)
+    lost_ids = damage_a_middle_leaf(spool_path)
+
+    command = [sys.executable, "-m", "spoolpost", "drain", str(spool_path)]
+    command += ["--host", endpoint.url, "--api-key", API_KEY]
+    drain = subprocess.run([*command, "--json"], capture_output=True, text=True, timeout=120)
+
+    assert drain.returncode == EXIT_DAMAGED == 7, drain.stderr
+    assert "Traceback" not in drain.stderr
+    (line,) = drain.stderr.splitlines()  # one ERROR line, naming both files
+    assert line.startswith(f"spoolpost: ERROR spool {spool_path} was moved aside as corrupt")
+    summary = json.loads(drain.stdout)
+    lost = {uuids[i - 1] for i in lost_ids}
+    assert summary["exit_code"] == 7 and summary["remaining"] == 0
+    assert summary["damaged"] == [line.removeprefix("spoolpost: ERROR ")]
+    assert sorted(delivered(endpoint)) == sorted(set(uuids) - lost)
+    assert live(spool_path) == []  # the new spool at the path is drained
+    # A second run finds a healthy spool: exit 0.
+    again = subprocess.run([*command, "--quiet"], capture_output=True, text=True, timeout=120)
+    assert (again.returncode, again.stdout, again.stderr) == (0, "", "")
