@@ -20,10 +20,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner, Result
 from faults_files import damage_page, leaf_pages, rowids_on_page
 from kit import API_KEY, T0, add_events, live
+from prometheus_client.parser import text_string_to_metric_families
 
 from spoolpost import Client
+from spoolpost.cli import cli
 from spoolpost.ops import EXIT_DAMAGED
 from spoolpost.spool import Spool
 from spoolpost.testing import LocalEndpoint
@@ -135,3 +138,91 @@ def test_drain_of_a_damaged_spool_exits_7_with_no_traceback(
     # A second run finds a healthy spool: exit 0.
     again = subprocess.run([*command, "--quiet"], capture_output=True, text=True, timeout=120)
     assert (again.returncode, again.stdout, again.stderr) == (0, "", "")
+
+
+# -- what the operator's read-only commands say about it --------------------------------
+
+
+def run(*args: str | Path) -> Result:
+    result = CliRunner().invoke(cli, [str(a) for a in args])
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result
+
+
+def metric_values(text: str) -> dict[str, float]:
+    return {
+        sample.name: sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def damaged_file(path: Path) -> bytes:
+    """A spool at ``path`` whose schema page is destroyed past the header: SQLite
+    calls it corrupt on opening. Returns its bytes."""
+    with Spool(path) as spool:
+        add_events(spool, ["a", "b"])
+    raw = bytearray(path.read_bytes())
+    raw[100:4096] = b"\xff" * (4096 - 100)
+    path.write_bytes(bytes(raw))
+    return bytes(raw)
+
+
+@pytest.mark.parametrize("state", ["missing", "corrupt"])
+def test_inspect_json_and_metrics_answer_for_a_spool_that_cannot_be_read(
+    spool_path: Path, tmp_path: Path, state: str
+) -> None:
+    spool_path.parent.mkdir(parents=True)
+    before = damaged_file(spool_path) if state == "corrupt" else None
+
+    inspected = run("inspect", spool_path, "--json")
+    metrics = run("metrics", spool_path)
+    target = tmp_path / "spoolpost.prom"
+    written = run("metrics", spool_path, "--textfile", target)
+
+    assert inspected.exit_code == metrics.exit_code == written.exit_code == 1
+    answer = json.loads(inspected.stdout)
+    assert answer["path"] == str(spool_path) and answer["state"] == state
+    assert answer["quarantined"] == []
+    assert answer["error"] in inspected.stderr  # and one "Error: …" line
+    assert inspected.stderr.startswith("Error: ") and inspected.stderr.count("\n") == 1
+    for text in (metrics.stdout, target.read_text()):
+        assert metric_values(text) == {"spoolpost_up": 0.0, "spoolpost_quarantined_files": 0.0}
+    # Read-only: nothing created, nothing moved.
+    if before is None:
+        assert not spool_path.exists()
+    else:
+        assert spool_path.read_bytes() == before
+    assert [p.name for p in spool_path.parent.iterdir() if ".corrupt-" in p.name] == []
+
+
+def test_inspect_and_check_report_quarantined_files_and_move_nothing(
+    spool_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with Spool(spool_path) as spool:
+        add_events(spool, [f"e{i}" for i in range(120)])
+        checkpointed(spool)
+        damage_a_middle_leaf(spool_path)
+        with Spool(spool_path) as other:
+            add_events(other, ["late"])
+        assert spool.stats(T0).counts["pending"] == 121 - 15  # met the damage, carried
+    (aside,) = spool_path.parent.glob("events.spool.corrupt-*[0-9TZ]")
+    listing = sorted(spool_path.parent.glob("events.spool.*"))
+
+    r = run("inspect", spool_path, "--json")
+    check = run("check", spool_path)
+    human = run("inspect", spool_path)
+    metrics = metric_values(run("metrics", spool_path).stdout)
+
+    files = [Path(f"{aside}{suffix}") for suffix in ("", "-shm", "-wal")]  # by name
+    assert r.exit_code == 0 and json.loads(r.stdout)["quarantined"] == [
+        {"path": str(f), "kind": "corrupt", "bytes": f.stat().st_size} for f in files
+    ]
+    assert check.exit_code == 1
+    names = ", ".join(f.name for f in files)
+    assert check.stdout.endswith(f"3 file(s) set aside: {names} (WARNING)\n")
+    assert f"set aside       {aside} (corrupt spool, " in human.stdout
+    assert metrics["spoolpost_up"] == 1.0 and metrics["spoolpost_quarantined_files"] == 3.0
+    # Moved nothing (a read-only connection may add an empty -wal/-shm to the spool).
+    assert sorted(spool_path.parent.glob("events.spool.*")) == listing

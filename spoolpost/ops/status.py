@@ -7,16 +7,22 @@ and ``metrics``. Everything here reads the spool through
   JSON-able dict whose schema README documents ("inspect --json").
 - :func:`check` compares an observation with :class:`Thresholds` (Nagios codes).
 - :func:`metrics_registry` exposes one as Prometheus metrics.
+- :func:`quarantine` lists the files set aside beside a spool (corrupt ones,
+  side files of a deleted one); :func:`unreadable` is the machine-readable
+  answer when the spool itself cannot be read (missing, corrupt).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+from spoolpost.errors import SpoolCorrupt
 from spoolpost.events.timestamps import format_timestamp
-from spoolpost.spool import DEFAULT_MAX_SPOOL_BYTES
+from spoolpost.spool import DEFAULT_MAX_SPOOL_BYTES, files
+from spoolpost.spool.files import FileKind
 from spoolpost.spool.reader import EndpointState, LeaseInfo, Observation
 
 #: Transient failures in a row that ``inspect`` calls an outage (drain's default).
@@ -134,6 +140,49 @@ def _lease(lease: LeaseInfo) -> dict[str, Any]:
     }
 
 
+def quarantine(path: Path) -> list[dict[str, Any]]:
+    """The files set aside beside the spool ``path`` (:func:`files.quarantined`):
+    ``[{"path", "kind": "corrupt" or "orphaned", "bytes"}]``, by name. ``corrupt``:
+    a spool moved aside as ``<path>.corrupt-<UTC time>`` (with its ``-wal``/``-shm``)
+    after its readable rows were carried into a new spool; ``orphaned``: the
+    ``-wal``/``-shm`` of a spool deleted under a process, moved aside before a new
+    spool opened beside them. Nothing is opened or moved."""
+    found = []
+    for aside in files.quarantined(path):
+        try:
+            size = aside.stat().st_size
+        except OSError:
+            continue
+        kind = "corrupt" if ".corrupt-" in aside.name[len(path.name) :] else "orphaned"
+        found.append({"path": str(aside), "kind": kind, "bytes": size})
+    return found
+
+
+#: ``state`` of :func:`unreadable`'s answer.
+UNREADABLE_STATES = ("missing", "corrupt", "unreadable")
+
+
+def unreadable(path: Path, error: Exception) -> dict[str, Any]:
+    """The ``inspect --json`` object for a spool that cannot be read: ``path``,
+    ``state`` (``missing``: no file at ``path``; ``corrupt``: SQLite finds it
+    damaged, and it is left as it is; ``unreadable``: anything else, e.g. not a
+    spool, a newer schema, permissions), ``summary`` and ``error`` (the message),
+    and ``quarantined`` (:func:`quarantine`)."""
+    if files.file_type(path) is FileKind.MISSING:
+        state = "missing"
+    elif isinstance(error, SpoolCorrupt):
+        state = "corrupt"
+    else:
+        state = "unreadable"
+    return {
+        "path": str(path),
+        "state": state,
+        "summary": f"{state}: {error}",
+        "error": str(error),
+        "quarantined": quarantine(path),
+    }
+
+
 def report(obs: Observation) -> dict[str, Any]:
     """The ``inspect --json`` object (schema in README, "inspect --json"): the
     keys of :meth:`SpoolStats.as_dict` plus ``state``, ``summary``, ``since``,
@@ -174,6 +223,7 @@ def report(obs: Observation) -> dict[str, Any]:
         "used_bytes": obs.used_bytes,
         "full": round(fullness(obs), 4),
         "endpoints": [e.data | {"alive": e.alive} for e in obs.endpoints],
+        "quarantined": quarantine(Path(obs.stats.path)),
     }
 
 
@@ -210,8 +260,8 @@ class Thresholds:
 
 def check(obs: Observation, limits: Thresholds) -> tuple[int, str]:
     """The Nagios-style exit code (0 ok, 1 warning, 2 critical) and one line of
-    text for ``obs`` against ``limits``; a paused or stuck spool is at least a
-    warning."""
+    text for ``obs`` against ``limits``; a paused or stuck spool, and files set
+    aside beside it (:func:`quarantine`), are at least a warning."""
     age = obs.stats.oldest_pending_age or 0.0
     measures = [
         ("oldest pending", age, limits.pending_age, f"{age:.0f}s"),
@@ -226,4 +276,9 @@ def check(obs: Observation, limits: Thresholds) -> tuple[int, str]:
     v = verdict(obs)
     if v.state in ("paused", "outage", "stuck"):
         code = max(code, WARNING)
+    aside = quarantine(Path(obs.stats.path))
+    if aside:  # damage happened: someone should look (and remove them once done)
+        code = max(code, WARNING)
+        names = ", ".join(Path(a["path"]).name for a in aside)
+        parts.append(f"{len(aside)} file(s) set aside: {names} (WARNING)")
     return code, f"SPOOLPOST {_LEVELS[code]} - {v.line}; " + ", ".join(parts)
