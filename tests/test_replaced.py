@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -201,3 +203,70 @@ def test_a_spool_replaced_by_a_file_that_is_not_a_spool_is_left_alone_and_kept_o
     assert spool_path.read_text() == "someone's notes\n"  # refused untouched
     (error,) = errors(caplog)
     assert "and no spool can be opened there" in error and "not an SQLite database" in error
+
+
+#: A process that captured N events into SPOOL, then (on a line from stdin) notices
+#: that its file was deleted. Its log lines go to stdout, so the parent knows when the
+#: copy is made; the parent holds the new spool's write lock, so the carry waits there.
+HANDLER = """
+import logging, sys, time
+from spoolpost.spool import Spool
+
+class Out(logging.Handler):
+    def emit(self, record):
+        print(record.getMessage(), flush=True)
+
+logging.getLogger("spoolpost").addHandler(Out())
+logging.getLogger("spoolpost").setLevel(logging.INFO)
+spool = Spool(sys.argv[1], busy_timeout=600)
+for i in range(int(sys.argv[2])):
+    spool.append(f"u{i}", b'{"n": %d}' % i, time.time())
+print("ready", flush=True)
+sys.stdin.readline()
+spool.reclaim(time.time())  # notices the deletion: copies the file, then carries
+print("carried", flush=True)
+"""
+
+
+def test_sigkill_while_carrying_a_deleted_spools_rows_loses_nothing(
+    spool_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    spool_path.parent.mkdir(parents=True)
+    child = subprocess.Popen(
+        [sys.executable, "-c", HANDLER, str(spool_path), "300"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert child.stdin is not None and child.stdout is not None
+    try:
+        assert child.stdout.readline().strip() == "ready"  # 300 appends returned
+        unlink_spool(spool_path)
+        Spool(spool_path).close()  # another process starts a new spool at the path
+        blocker = sqlite3.connect(spool_path, isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")  # the child's carry will wait for this lock
+        child.stdin.write("go\n")
+        child.stdin.flush()
+        line = child.stdout.readline()
+        assert "copied it to" in line, line
+        child.kill()  # SIGKILL: after the copy, before a single row was carried
+        assert child.wait(timeout=60) == -signal.SIGKILL
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+        child.stdin.close()
+        child.stdout.close()
+    (rescue,) = spool_path.parent.glob("events.spool.rescue-*")
+    assert rescue.name.endswith(f"-{child.pid}")
+
+    # The next process to open the spool carries what the killed one was carrying.
+    with Spool(spool_path) as spool:
+        assert sorted(e.uuid for e in live(spool)) == sorted(f"u{i}" for i in range(300))
+    assert list(spool_path.parent.glob("events.spool.rescue-*")) == []
+    (warning,) = [r.getMessage() for r in caplog.records if "from" in r.getMessage()]
+    assert f"carried 300 event(s) and 0 dead letter(s) (0 already here) from {rescue}" in warning
+    assert f"left by process {child.pid}, which stopped while carrying them" in warning
+    # Accounting: appends returned 300, in the spool 300, lost 0.

@@ -21,7 +21,7 @@ from typing import Any
 
 from spoolpost.errors import SpoolCorrupt
 from spoolpost.events.timestamps import format_timestamp
-from spoolpost.spool import DEFAULT_MAX_SPOOL_BYTES, files
+from spoolpost.spool import DEFAULT_MAX_SPOOL_BYTES, aside, files
 from spoolpost.spool.files import FileKind
 from spoolpost.spool.reader import EndpointState, LeaseInfo, Observation
 
@@ -141,20 +141,21 @@ def _lease(lease: LeaseInfo) -> dict[str, Any]:
 
 
 def quarantine(path: Path) -> list[dict[str, Any]]:
-    """The files set aside beside the spool ``path`` (:func:`files.quarantined`):
+    """The files set aside beside the spool ``path`` (:func:`aside.quarantined`):
     ``[{"path", "kind": "corrupt" or "orphaned", "bytes"}]``, by name. ``corrupt``:
     a spool moved aside as ``<path>.corrupt-<UTC time>`` (with its ``-wal``/``-shm``)
     after its readable rows were carried into a new spool; ``orphaned``: the
     ``-wal``/``-shm`` of a spool deleted under a process, moved aside before a new
     spool opened beside them. Nothing is opened or moved."""
     found = []
-    for aside in files.quarantined(path):
+    for file in aside.quarantined(path):
         try:
-            size = aside.stat().st_size
+            size = file.stat().st_size
         except OSError:
             continue
-        kind = "corrupt" if ".corrupt-" in aside.name[len(path.name) :] else "orphaned"
-        found.append({"path": str(aside), "kind": kind, "bytes": size})
+        name = file.name[len(path.name) :]
+        kind = next(k for k in ("corrupt", "orphaned", "rescue") if name.startswith(f".{k}-"))
+        found.append({"path": str(file), "kind": kind, "bytes": size})
     return found
 
 

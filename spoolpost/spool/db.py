@@ -131,6 +131,8 @@ class Database(FileSwitch):
         self._open()
         self._opening = False
         _LIVE.add(self)
+        with self.wlock:
+            self.carry_rescues()  # rows a killed process was carrying over
 
     def _open(self) -> None:
         files.make_folders(self.path)

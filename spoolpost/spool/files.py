@@ -300,11 +300,11 @@ def move_aside(
     current = file_id(path)
     if current is None or (failed is not None and current != failed):
         return None
-    stamp = _stamp()
-    aside = path.with_name(f"{path.name}.corrupt-{stamp}")
+    when = stamp()
+    aside = path.with_name(f"{path.name}.corrupt-{when}")
     n = 1
     while aside.exists():
-        aside = path.with_name(f"{path.name}.corrupt-{stamp}-{n}")
+        aside = path.with_name(f"{path.name}.corrupt-{when}-{n}")
         n += 1
     os.replace(path, aside)
     for suffix in ("-wal", "-shm"):
@@ -321,7 +321,8 @@ def move_aside(
     return aside
 
 
-def _stamp() -> str:
+def stamp() -> str:
+    """Now as a UTC time for file names (``20260101T000000Z``)."""
     return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
 
 
@@ -339,13 +340,13 @@ def set_orphans_aside(path: Path, ours: set[FileId] | None = None) -> list[Path]
     missing = file_type(path) is FileKind.MISSING
     if not missing and not ours:
         return []
-    stamp = _stamp()
+    when = stamp()
     moved = []
     for side in side_files(path):
         if not missing and file_id(side) not in (ours or set()):
             continue
         suffix = str(side)[len(str(path)) :]
-        aside = path.with_name(f"{path.name}.orphaned-{stamp}{suffix}")
+        aside = path.with_name(f"{path.name}.orphaned-{when}{suffix}")
         try:
             os.rename(side, aside)
         except (FileNotFoundError, NotADirectoryError):
@@ -356,47 +357,10 @@ def set_orphans_aside(path: Path, ours: set[FileId] | None = None) -> list[Path]
             "spool %s: its %s belong to a spool file gone from the path; moved them aside"
             " to %s so that a new spool does not read them as its own",
             path,
-            " and ".join(p.name[len(path.name) + len(".orphaned-") + len(stamp) :] for p in moved),
+            " and ".join(p.name[len(path.name) + len(".orphaned-") + len(when) :] for p in moved),
             ", ".join(str(p) for p in moved),
         )
     return moved
-
-
-def whereabouts(known: FileId) -> str | None:
-    """What became of the open file ``known`` (device, inode), from this
-    process's open descriptors (``/proc/self/fd``, Linux): ``"deleted"``, the path
-    it was moved to, or None when no descriptor of it is found (another OS)."""
-    fd_dir = Path("/proc/self/fd")
-    try:
-        fds = list(fd_dir.iterdir())
-    except OSError:
-        return None
-    for fd in fds:
-        try:
-            st = os.stat(fd)
-            if (st.st_dev, st.st_ino) != known or not stat.S_ISREG(st.st_mode):
-                continue
-            target = os.readlink(fd)
-        except OSError:
-            continue
-        return "deleted" if st.st_nlink == 0 else target.removesuffix(" (deleted)")
-    return None
-
-
-#: Name parts of the files set aside beside a spool, as :func:`quarantined` finds them.
-ASIDE_MARKS = (".corrupt-", ".orphaned-")
-
-
-def quarantined(path: Path) -> list[Path]:
-    """The files set aside beside the spool ``path``: corrupt spools
-    (``<path>.corrupt-<UTC time>``, with their ``-wal``/``-shm``) and side files of
-    a deleted spool (``<path>.orphaned-<UTC time>-wal``/``-shm``), sorted by name.
-    Nothing is opened or moved."""
-    try:
-        names = sorted(p for p in path.parent.iterdir() if p.name.startswith(path.name + "."))
-    except OSError:
-        return []
-    return [p for p in names if any(p.name[len(path.name) :].startswith(m) for m in ASIDE_MARKS)]
 
 
 # -- network filesystems ---------------------------------------------------------------

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -24,7 +25,7 @@ from pathlib import Path
 from typing import Concatenate, ParamSpec, TypeVar
 
 from spoolpost.errors import SpoolClosed, SpoolCorrupt
-from spoolpost.spool import carry, files
+from spoolpost.spool import aside, carry, files
 
 log = logging.getLogger("spoolpost")
 
@@ -126,7 +127,7 @@ class FileSwitch:
             if self.closed or self.file_id is None or not self._left():
                 return  # closed, another thread switched first, or no spool can be there
             current = files.file_id(self.path)
-            where = files.whereabouts(self.file_id)
+            where = aside.whereabouts(self.file_id)
             if where and Path(where).name.startswith(f"{self.path.name}.corrupt-"):
                 what = f"moved aside as corrupt to {where} by another process"
             elif where == "deleted":
@@ -155,17 +156,20 @@ class FileSwitch:
         goes on with the file it has open (its own delivery still drains it),
         and that file at ``path`` is not tried again."""
         source = self.writer_conn or self.reader_conn
+        rescue: Path | None = None
         old = [c for c in (self.writer_conn, self.reader_conn) if c is not None]
         kept = (self.writer_conn, self.reader_conn, self.file_id, self._side_ids)
         self.writer_conn = self.reader_conn = None
         try:
             if exc is not None:
-                aside = files.move_aside(self.path, self.file_id, exc, logged=False)
-                what = f"moved aside as corrupt to {aside or 'another name'} ({exc})"
+                corrupt_at = files.move_aside(self.path, self.file_id, exc, logged=False)
+                what = f"moved aside as corrupt to {corrupt_at or 'another name'} ({exc})"
             elif source is not None:
-                # Fold the WAL into the file that is left, so a moved file is whole.
+                # Fold the WAL into the file that is left, so a moved file is whole,
+                # and keep a copy until it is carried: a deleted file dies with us.
                 with contextlib.suppress(sqlite3.Error):
                     source.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                rescue = self._rescue(source, what or "left")
             files.set_orphans_aside(self.path, kept[3])
             self._start_over(False)
             self._connect_and_migrate()
@@ -193,12 +197,66 @@ class FileSwitch:
                 # file that was moved or deleted ("databaseIsUnmoved").
                 with contextlib.suppress(sqlite3.Error):
                     conn.close()
+        if complete and rescue is not None:
+            _remove(rescue)
         if complete and exc is None:
             # Side files of the file left, moved aside: everything they held is carried.
-            for aside in files.quarantined(self.path):
-                if ".orphaned-" in aside.name and files.file_id(aside) in kept[3]:
+            for file in aside.quarantined(self.path):
+                if ".orphaned-" in file.name and files.file_id(file) in kept[3]:
                     with contextlib.suppress(OSError):
-                        aside.unlink()
+                        file.unlink()
+
+    def _rescue(self, source: sqlite3.Connection, what: str) -> Path | None:
+        """Copy the file being left, through ``source`` (SQLite's backup API), to
+        :func:`aside.rescue_path`; the path, or None if it could not be made
+        (logged; the carry goes on without it)."""
+        final = aside.rescue_path(self.path)
+        partial = final.with_name(f"{final.name}.partial")
+        try:
+            copy = sqlite3.connect(partial)
+            try:
+                source.backup(copy)
+            finally:
+                copy.close()
+            os.replace(partial, final)
+        except (sqlite3.Error, OSError) as exc:
+            log.error(
+                "spool %s was %s; it could not be copied to %s: %s", self.path, what, final, exc
+            )
+            _remove(partial)
+            return None
+        log.info(
+            "spool %s was %s; copied it to %s until its rows are carried", self.path, what, final
+        )
+        return final
+
+    def carry_rescues(self) -> None:
+        """Carry the rows of rescue copies (:func:`aside.rescues`) whose process is
+        gone (it stopped while carrying them) into this spool, then remove them:
+        the next process to open the spool finishes what a killed one began.
+        Rows already here (by uuid) are not carried twice."""
+        for rescue, pid in aside.rescues(self.path):
+            if pid == os.getpid() or _alive(pid) or self.writer_conn is None:
+                continue
+            conn = sqlite3.connect(rescue)
+            try:
+                done = carry.carry_rows(conn, self.writer_conn)
+            except sqlite3.Error as exc:
+                log.error("spool %s: carrying the rows of %s failed: %s", self.path, rescue, exc)
+                continue
+            finally:
+                conn.close()
+            log.warning(
+                "spool %s: carried %d event(s) and %d dead letter(s) (%d already here) from %s,"
+                " left by process %d, which stopped while carrying them",
+                self.path,
+                done.events,
+                done.dead,
+                done.known,
+                rescue,
+                pid,
+            )
+            _remove(rescue)
 
     def _carry(self, source: sqlite3.Connection, what: str) -> bool:
         """Carry what ``source`` reads into the new spool and log it; True when
@@ -243,3 +301,21 @@ class FileSwitch:
             if is_corrupt(exc):
                 raise SpoolCorrupt(f"spool {self.path} is corrupt again: {exc}") from None
             raise
+
+
+def _remove(path: Path) -> None:
+    """Remove ``path`` and the -wal/-shm SQLite may have made beside it."""
+    for file in (path, *files.side_files(path)):
+        with contextlib.suppress(OSError):
+            file.unlink()
+
+
+def _alive(pid: int) -> bool:
+    """True while process ``pid`` exists on this host."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
