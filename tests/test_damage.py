@@ -11,10 +11,12 @@ page (destroyed by the fault itself, named in the ERROR); spoolpost loses none.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -27,6 +29,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from spoolpost import Client
 from spoolpost.cli import cli
+from spoolpost.clock import ManualClock
+from spoolpost.delivery import Step
+from spoolpost.delivery.threads import Threads
+from spoolpost.errors import SpoolCorrupt
 from spoolpost.ops import EXIT_DAMAGED
 from spoolpost.spool import Spool
 from spoolpost.testing import LocalEndpoint
@@ -226,3 +232,31 @@ def test_inspect_and_check_report_quarantined_files_and_move_nothing(
     assert metrics["spoolpost_up"] == 1.0 and metrics["spoolpost_quarantined_files"] == 3.0
     # Moved nothing (a read-only connection may add an empty -wal/-shm to the spool).
     assert sorted(spool_path.parent.glob("events.spool.*")) == listing
+
+
+def test_a_dispatcher_step_that_keeps_failing_logs_once_and_backs_off(
+    spool: Spool, caplog: pytest.LogCaptureFixture
+) -> None:
+    clock = ManualClock(start=T0)
+    threads = Threads(spool, clock, threading.Condition(), senders=1)
+    calls: list[float] = []
+    done = threading.Event()
+
+    def step(now: float) -> Step:  # a spool that stays damaged for four steps
+        calls.append(clock.monotonic())
+        if len(calls) <= 4:
+            raise SpoolCorrupt(f"spool {spool.path} is corrupt again: malformed")
+        threads.halt()
+        done.set()
+        return Step()
+
+    threads.start(step, lambda batch: None)
+    assert done.wait(60)
+    threads.stop(5)
+    assert [b - a for a, b in itertools.pairwise(calls)] == [1.0, 2.0, 4.0, 5.0]
+    messages = [(r.levelname, r.getMessage()) for r in caplog.records]
+    assert messages == [
+        ("ERROR", f"delivery step failed: spool {spool.path} is corrupt again: malformed;"
+                  " retrying with backoff"),
+        ("WARNING", "delivery steps work again after 4 failure(s)"),
+    ]  # fmt: skip
