@@ -80,9 +80,10 @@ class Spool(OperatorMethods):
     for a file that is not an SQLite database (a non-empty file without the
     SQLite header) or an SQLite database that is not a spool (both left
     untouched), :class:`SpoolLocked` when another process holds the file locked
-    past ``busy_timeout``. An SQLite file that SQLite finds corrupt (damaged
-    pages, a bad WAL) is moved aside to ``<path>.corrupt-<timestamp>`` and a new
-    spool is started (logged at ERROR, naming both files).
+    past ``busy_timeout``. An SQLite file found corrupt (damaged pages, a bad WAL;
+    opening, writing or reading) is moved aside to ``<path>.corrupt-<timestamp>``
+    and a new spool takes its readable rows (one ERROR names both files); so does
+    a file deleted or replaced under it (see docs/architecture.md).
 
     Fork: a child process never uses the parent's connections; it closes its
     copies and reopens the spool on first use.

@@ -76,6 +76,8 @@ class FileSwitch:
     _side_ids: set[files.FileId]
     #: The file at the path where no spool could be opened (not tried again).
     _refused: files.FileId | None = None
+    #: The last error :meth:`reopen` switched files for.
+    _handled: BaseException | None = None
 
     def _start_over(self, forked: bool) -> None:
         raise NotImplementedError
@@ -90,7 +92,10 @@ class FileSwitch:
         replaced. Either way every row the open connection can still read is
         carried into the new spool first (:mod:`~spoolpost.spool.carry`)."""
         with self.wlock, self.rlock:
-            self._switch(exc, None)
+            # A group commit hands one error to every capture in it: switch once.
+            if exc is None or exc is not self._handled:
+                self._handled = exc
+                self._switch(exc, None)
 
     def recover(self, exc: BaseException, generation: int) -> bool:
         """After ``exc`` met by an operation begun at :attr:`generation`
