@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -270,3 +271,29 @@ def test_sigkill_while_carrying_a_deleted_spools_rows_loses_nothing(
     assert f"carried 300 event(s) and 0 dead letter(s) (0 already here) from {rescue}" in warning
     assert f"left by process {child.pid}, which stopped while carrying them" in warning
     # Accounting: appends returned 300, in the spool 300, lost 0.
+
+
+def test_the_spools_folder_removed_under_a_delivering_client_loses_nothing(
+    spool_path: Path,
+    endpoint: LocalEndpoint,
+    make_client: Callable[..., Client],
+    caplog: pytest.LogCaptureFixture,
+    no_timed_check: None,
+) -> None:
+    # Delivery threads run; nothing is due before flush().
+    client = make_client(flush_at=100_000, flush_interval=3600.0)
+    before = [client.capture("before", distinct_id="u") for _ in range(5)]
+    shutil.rmtree(spool_path.parent)  # `rm -rf` of the folder: the file and its side files
+    gap = [client.capture("gap", distinct_id="u") for _ in range(5)]
+    assert not spool_path.parent.exists()  # not noticed yet
+
+    client.spool.reclaim(time.time())  # the dispatcher's periodic check
+    assert spool_path.exists()  # the folder made again, a new spool in it
+    assert client.flush(timeout=30).complete
+    (error,) = errors(caplog)
+    assert f"spool {spool_path} was deleted; carried 10 event(s)" in error
+    after = client.capture("after", distinct_id="u")
+    assert client.flush(timeout=30).complete
+    returned = [*before, *gap, after]
+    assert sorted(delivered_uuids(endpoint)) == sorted(returned)  # lost 0, dropped 0
+    assert [p.name for p in spool_path.parent.iterdir() if ".rescue-" in p.name] == []

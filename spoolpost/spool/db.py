@@ -108,6 +108,7 @@ class Database(FileSwitch):
         self.switches: list[str] = []
         self._next_check = 0.0
         self._side_ids: set[files.FileId] = set()
+        self._refused: list[files.FileId | None] = []
 
     def on_start_over(self, reset: Callable[[bool], None]) -> None:
         """Call the bound method ``reset(forked)`` whenever state tied to the open

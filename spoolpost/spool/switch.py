@@ -74,8 +74,9 @@ class FileSwitch:
     switches: list[str]
     _next_check: float
     _side_ids: set[files.FileId]
-    #: The file at the path where no spool could be opened (not tried again).
-    _refused: files.FileId | None = None
+    #: ``[what is at the path]`` (None: nothing) when no spool could be opened
+    #: there; not tried again until that changes. Empty otherwise.
+    _refused: list[files.FileId | None]
     #: The last error :meth:`reopen` switched files for.
     _handled: BaseException | None = None
 
@@ -148,7 +149,7 @@ class FileSwitch:
     def _left(self) -> bool:
         """True when the file at ``path`` is not the one open (nor one refused)."""
         current = files.file_id(self.path)
-        return current != self.file_id and (current is None or current != self._refused)
+        return current != self.file_id and [current] != self._refused
 
     def _switch(self, exc: BaseException | None, what: str | None) -> None:
         """Leave the open file for a new spool at ``path``, carrying its rows over;
@@ -166,6 +167,7 @@ class FileSwitch:
         kept = (self.writer_conn, self.reader_conn, self.file_id, self._side_ids)
         self.writer_conn = self.reader_conn = None
         try:
+            files.make_folders(self.path)  # the folder may be gone with the file
             if exc is not None:
                 corrupt_at = files.move_aside(self.path, self.file_id, exc, logged=False)
                 what = f"moved aside as corrupt to {corrupt_at or 'another name'} ({exc})"
@@ -182,7 +184,7 @@ class FileSwitch:
             self.writer_conn, self.reader_conn, self.file_id, self._side_ids = kept
             if exc is not None:
                 raise
-            self._refused = files.file_id(self.path)
+            self._refused = [files.file_id(self.path)]
             log.error(
                 "spool %s was %s, and no spool can be opened there (%s); this process goes"
                 " on with the file it has open",
@@ -192,6 +194,7 @@ class FileSwitch:
             )
             return
         self.generation += 1
+        self._refused = []
         complete = False
         try:
             if source is not None:
