@@ -14,6 +14,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import signal
 import subprocess
 import sys
 import threading
@@ -260,3 +261,65 @@ def test_a_dispatcher_step_that_keeps_failing_logs_once_and_backs_off(
                   " retrying with backoff"),
         ("WARNING", "delivery steps work again after 4 failure(s)"),
     ]  # fmt: skip
+
+
+#: A process that opens SPOOL (damaged by the parent), then, on a line from stdin, meets
+#: the damage. Its logging handler holds it inside the quarantine (after the file was
+#: moved aside, before any row is carried) until the parent kills it.
+QUARANTINING = """
+import logging, sys, time
+from spoolpost.spool import Spool
+
+class Hold(logging.Handler):
+    def emit(self, record):
+        print(record.getMessage(), flush=True)
+        if "carrying the readable rows" in record.getMessage():
+            sys.stdin.readline()  # never answered: SIGKILL comes here
+
+logging.getLogger("spoolpost").addHandler(Hold())
+logging.getLogger("spoolpost").setLevel(logging.INFO)
+spool = Spool(sys.argv[1])
+print("ready", flush=True)
+sys.stdin.readline()
+spool.stats(time.time())
+"""
+
+
+def test_sigkill_while_quarantining_a_damaged_spool_strands_nothing(
+    spool_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with Spool(spool_path) as spool:
+        uuids = add_events(spool, [f"e{i}" for i in range(120)])
+        checkpointed(spool)
+    lost = {uuids[i - 1] for i in damage_a_middle_leaf(spool_path)}
+    child = subprocess.Popen(
+        [sys.executable, "-c", QUARANTINING, str(spool_path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert child.stdin is not None and child.stdout is not None
+    try:
+        assert child.stdout.readline().strip() == "ready"
+        child.stdin.write("go\n")
+        child.stdin.flush()
+        line = child.stdout.readline()
+        assert "carrying the readable rows of" in line, line
+        child.kill()  # SIGKILL: moved aside, nothing carried yet
+        assert child.wait(timeout=60) == -signal.SIGKILL
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+        child.stdin.close()
+        child.stdout.close()
+    (aside,) = spool_path.parent.glob("events.spool.corrupt-*Z")
+    assert Path(f"{aside}.carrying-{child.pid}").exists()
+    assert not spool_path.exists()  # killed before a new spool was made
+
+    with Spool(spool_path) as spool:  # the next process carries what was readable
+        assert sorted(e.uuid for e in live(spool)) == sorted(set(uuids) - lost)
+    assert not Path(f"{aside}.carrying-{child.pid}").exists() and aside.exists()
+    (warning,) = [r.getMessage() for r in caplog.records if "left by process" in r.getMessage()]
+    assert f"carried {120 - len(lost)} event(s)" in warning and str(aside) in warning
+    # Accounting: returned 120 = in the new spool 120 - len(lost) + destroyed on the page.

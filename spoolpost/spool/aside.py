@@ -76,4 +76,30 @@ def quarantined(path: Path) -> list[Path]:
         names = sorted(p for p in path.parent.iterdir() if p.name.startswith(path.name + "."))
     except OSError:
         return []
-    return [p for p in names if any(p.name[len(path.name) :].startswith(m) for m in ASIDE_MARKS)]
+    return [
+        p
+        for p in names
+        if any(p.name[len(path.name) :].startswith(m) for m in ASIDE_MARKS)
+        and ".carrying-" not in p.name
+    ]
+
+
+def carrying_marker(file: Path) -> Path:
+    """The empty file that says this process is carrying the rows of ``file`` (a
+    spool moved aside as corrupt): ``<file>.carrying-<pid>``, removed once done."""
+    return Path(f"{file}.carrying-{os.getpid()}")
+
+
+def carrying(path: Path) -> list[tuple[Path, Path, int]]:
+    """The markers (:func:`carrying_marker`) beside the spool ``path``: (marker,
+    the corrupt file it names, the pid of the process that was carrying)."""
+    found = []
+    try:
+        names = sorted(p for p in path.parent.iterdir() if p.name.startswith(path.name + "."))
+    except OSError:
+        return []
+    for marker in names:
+        match = re.fullmatch(r"(.+\.corrupt-[0-9TZ-]+)\.carrying-(\d+)", marker.name)
+        if match and marker.name.startswith(f"{path.name}.corrupt-"):
+            found.append((marker, marker.with_name(match[1]), int(match[2])))
+    return found

@@ -133,7 +133,7 @@ class Database(FileSwitch):
         self._opening = False
         _LIVE.add(self)
         with self.wlock:
-            self.carry_rescues()  # rows a killed process was carrying over
+            self.carry_left_behind()  # rows a killed process was carrying over
 
     def _open(self) -> None:
         files.make_folders(self.path)

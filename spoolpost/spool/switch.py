@@ -163,6 +163,7 @@ class FileSwitch:
         and that file at ``path`` is not tried again."""
         source = self.writer_conn or self.reader_conn
         rescue: Path | None = None
+        marker: Path | None = None
         old = [c for c in (self.writer_conn, self.reader_conn) if c is not None]
         kept = (self.writer_conn, self.reader_conn, self.file_id, self._side_ids)
         self.writer_conn = self.reader_conn = None
@@ -171,6 +172,11 @@ class FileSwitch:
             if exc is not None:
                 corrupt_at = files.move_aside(self.path, self.file_id, exc, logged=False)
                 what = f"moved aside as corrupt to {corrupt_at or 'another name'} ({exc})"
+                if corrupt_at is not None and source is not None:
+                    # Until its rows are carried: the next process finishes if we die.
+                    marker = aside.carrying_marker(corrupt_at)
+                    marker.touch()
+                    log.info("spool %s: carrying the readable rows of %s", self.path, corrupt_at)
             elif source is not None:
                 # Fold the WAL into the file that is left, so a moved file is whole,
                 # and keep a copy until it is carried: a deleted file dies with us.
@@ -199,6 +205,8 @@ class FileSwitch:
         try:
             if source is not None:
                 complete = self._carry(source, what or "left")
+                if marker is not None:
+                    _remove(marker)
         finally:
             for conn in old:
                 # SQLite does not checkpoint or delete side files on closing a
@@ -238,33 +246,40 @@ class FileSwitch:
         )
         return final
 
-    def carry_rescues(self) -> None:
-        """Carry the rows of rescue copies (:func:`aside.rescues`) whose process is
-        gone (it stopped while carrying them) into this spool, then remove them:
-        the next process to open the spool finishes what a killed one began.
-        Rows already here (by uuid) are not carried twice."""
-        for rescue, pid in aside.rescues(self.path):
+    def carry_left_behind(self) -> None:
+        """Carry into this spool the rows a process that is gone was carrying when
+        it stopped: its rescue copies (:func:`aside.rescues`) and the corrupt files
+        it had moved aside (:func:`aside.carrying`); then remove the copies and
+        markers. The next process to open the spool finishes what a killed one
+        began; rows already here (by uuid) are not carried twice."""
+        left = [(file, file, pid) for file, pid in aside.rescues(self.path)]
+        left += aside.carrying(self.path)
+        for done_with, file, pid in left:
             if pid == os.getpid() or _alive(pid) or self.writer_conn is None:
                 continue
-            conn = sqlite3.connect(rescue)
+            conn = sqlite3.connect(file)
             try:
                 done = carry.carry_rows(conn, self.writer_conn)
             except sqlite3.Error as exc:
-                log.error("spool %s: carrying the rows of %s failed: %s", self.path, rescue, exc)
+                log.error("spool %s: carrying the rows of %s failed: %s", self.path, file, exc)
                 continue
             finally:
                 conn.close()
             log.warning(
                 "spool %s: carried %d event(s) and %d dead letter(s) (%d already here) from %s,"
-                " left by process %d, which stopped while carrying them",
+                " left by process %d, which stopped while carrying them%s",
                 self.path,
                 done.events,
                 done.dead,
                 done.known,
-                rescue,
+                file,
                 pid,
+                f"; could not read {', '.join(done.skipped)}" if done.skipped else "",
             )
-            _remove(rescue)
+            if done_with == file:
+                _remove(file)  # a rescue copy, carried
+            else:
+                done_with.unlink(missing_ok=True)  # the marker; the corrupt file stays
 
     def _carry(self, source: sqlite3.Connection, what: str) -> bool:
         """Carry what ``source`` reads into the new spool and log it; True when
