@@ -162,6 +162,12 @@ class Dispatcher:
             return self._health.gate_until
 
     @property
+    def gate_failure(self) -> str | None:
+        """What last closed the endpoint gate (:meth:`EndpointHealth.gate_failure`)."""
+        with self._cond:
+            return self._health.gate_failure()
+
+    @property
     def requests_in_flight(self) -> int:
         """How many POSTs are under way right now (started, no reply yet)."""
         with self._cond:
@@ -209,6 +215,7 @@ class Dispatcher:
         *,
         outage_after: int | None = None,
         progress: Callable[[int], None] | None = None,
+        wait_past_timeout: bool = True,
     ) -> FlushResult:
         """Send every event inside ``barrier`` (:meth:`FlushBarrier.take`) now; wait
         up to ``timeout`` seconds; return what the flush came to
@@ -218,7 +225,8 @@ class Dispatcher:
         configuration fault (at once if a pause is in effect: ``paused`` says
         why), when ``outage_after`` transient failures in a row suggest an outage
         (for the cron drain), or at the timeout. ``progress(pending)`` is called
-        on each check. Backoff and ``Retry-After`` are honoured throughout.
+        on each check. Backoff and ``Retry-After`` are honoured; ``wait_past_timeout``
+        False returns at once when the endpoint gate opens only after the timeout.
         Without started threads the sending happens inline, in this thread,
         driven by ``clock``.
         """
@@ -240,12 +248,13 @@ class Dispatcher:
                     if outage_after is not None:
                         outage = self._health.outage(outage_after)
                     settled = self._settler.settled - settled_at_start
+                    by, held = self._health.blocked(now)
                 if progress is not None:
                     progress(max(0, barrier.unsettled - settled) if still_open else 0)
                 remaining = deadline - self.clock.monotonic()
                 if not still_open or paused is not None or outage:
                     break
-                if remaining <= 0:
+                if remaining <= 0 or (by == "gate" and held > remaining and not wait_past_timeout):
                     timed_out = True
                     break
                 if self.running:

@@ -96,6 +96,14 @@ class EndpointHealth:
         """Why delivery is paused at ``now`` (a configuration fault), or None."""
         return self.paused_reason if now < self.pause_until else None
 
+    def gate_failure(self) -> str | None:
+        """The last failure, with the ``Retry-After`` it carried (``HTTP 429: …
+        (Retry-After 60s)``), or None before any failure."""
+        failure, after = self.last_failure, self.last_retry_after
+        if failure is None or after is None:
+            return failure
+        return f"{failure} (Retry-After {after:g}s)"
+
     def outage(self, after: int) -> str | None:
         """The last failure once ``after`` transient failures came in a row (an
         outage, for the cron drain), else None."""
