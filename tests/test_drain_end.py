@@ -7,6 +7,9 @@ Real spools under tmp_path, the real loopback endpoint, real subprocesses."""
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -112,3 +115,55 @@ def test_drain_cli_ends_at_once_on_a_long_retry_after_and_says_why(
     assert summary["waiting_for"] == 'HTTP 503: {"status":1} (Retry-After 120s)'
     assert len(endpoint.requests) == 2
     assert spool.stats(time.time()).counts["pending"] == 3
+
+
+# -- what a drain that stopped with a request in flight leaves behind --------------------
+
+
+def test_a_drain_stopped_with_a_request_in_flight_leaves_a_lease_inspect_does_not_call_stuck(
+    spool_path: Path, spool: Spool, endpoint: LocalEndpoint
+) -> None:
+    # Loss accounting: 3 events stored; the hung request is never answered; the 3
+    # stay leased to the gone drain, and the next drain takes them back and
+    # delivers 3. Lost: 0.
+    add_events(spool, ["a", "b", "c"], at=time.time() - 10)
+    endpoint.respond(Response(hang=True))
+    drain = subprocess.Popen(
+        [sys.executable, "-m", "spoolpost", "drain", str(spool_path), "--api-key", API_KEY,
+         "--host", endpoint.url, "--grace", "0", "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        assert endpoint.wait_for_requests(1, timeout=60)  # the request is in flight
+        drain.send_signal(signal.SIGTERM)  # systemd's stop
+        out, err = drain.communicate(timeout=60)
+    finally:
+        if drain.poll() is None:
+            drain.kill()
+            drain.communicate()
+        endpoint.release_hung()
+    assert drain.returncode == 130, err
+    assert json.loads(out)["remaining"] == 3
+
+    data = json.loads(run("inspect", spool_path, "--json").stdout)
+    human = run("inspect", spool_path).stdout
+    check = run("check", spool_path)
+
+    (lease,) = data["leases"]
+    assert (lease["pid"], lease["alive"], lease["events"]) == (drain.pid, False, 3)
+    assert lease["left_at_stop"] is True and lease["taken_back"] == "at once"
+    assert data["state"] == "healthy"
+    assert data["summary"] == (
+        f"healthy; 3 event(s) were in flight when process(es) {drain.pid} stopped; "
+        "the next delivering process takes them back at once"
+    )
+    assert "(GONE, stopped with this request in flight)" in human
+    assert check.exit_code == 0 and check.stdout.startswith("SPOOLPOST OK - healthy; 3 event")
+    assert data["counts"] == {"pending": 0, "leased": 3, "dead": 0}  # inspect took nothing
+
+    with LocalEndpoint() as later:
+        again = run("drain", spool_path, "--api-key", API_KEY, "--host", later.url, "--force-host")
+        assert again.exit_code == 0, again.output
+        assert len(later.delivered_uuids()) == 3

@@ -164,8 +164,7 @@ class Dispatcher:
     @property
     def gate_failure(self) -> str | None:
         """What last closed the endpoint gate (:meth:`EndpointHealth.gate_failure`)."""
-        with self._cond:
-            return self._health.gate_failure()
+        return self._health.gate_failure()  # two attribute reads, for display
 
     @property
     def requests_in_flight(self) -> int:
@@ -434,9 +433,10 @@ class Dispatcher:
             self.record_health(self.clock.now())
             return
         alive = self._threads.stop(timeout)
-        self.record_health(self.clock.now())
         with self._cond:
             busy = sorted(self._settler.requests.values())
+            self._health.on_stop(self.clock.now(), len(busy))  # recorded for inspect
+        self.record_health(self.clock.now())
         if busy:
             log.warning(
                 "stop deadline reached with %d request(s) still in flight (%s) to %s; "
