@@ -23,7 +23,7 @@ from spoolpost.dropin.calls import CaptureCalls
 from spoolpost.dropin.enrich import Enricher, Unsent, repair_arguments
 from spoolpost.dropin.report import LOST_COUNTER, EventsNotStored, OnError, Reporter
 from spoolpost.dropin.settings import fallback_spool_path, log_ignored, server_host
-from spoolpost.errors import HostMismatch
+from spoolpost.errors import HostMismatch, SpoolFull
 from spoolpost.events.api import CaptureApi
 
 __all__ = ["DEFAULT_FLUSH_TIMEOUT", "Posthog"]
@@ -201,6 +201,7 @@ class Posthog(CaptureCalls):
             log.error("Posthog: no spool could be opened (%s); capture calls store nothing", exc)
             return
         self.client._capture.null_unencodable = True  # posthog-python sends null
+        self.client._capture.on_dropped = self._dropped
         self.client.dispatcher.set_on_dead(self.reporter.dead, self.reporter.episode)
 
     def _client(self, host: str, spool: str | None, options: dict[str, Any]) -> Client:
@@ -244,6 +245,8 @@ class Posthog(CaptureCalls):
                 assert self._open_error is not None
                 raise self._open_error
             result: str | None = getattr(target, method)(*args, **kwargs)
+            if result is not None and self.client is not None:
+                self._stored(self.client)
             if result is not None and self.sync_mode and self.client is not None:
                 self.client.flush(self.timeout)
             return result
@@ -253,6 +256,31 @@ class Posthog(CaptureCalls):
             log.error("%s() stored nothing: %s: %s", method, type(exc).__name__, exc)
             self._lose(EventsNotStored(method, exc), summary)
             return None
+
+    def _stored(self, client: Client) -> None:
+        """A capture call stored its event: a full episode ends once the spool's
+        (its WARNING's) is over; one that ``drop_oldest`` began by deleting older
+        pending events to make room is told to ``on_error`` with no events."""
+        full = client.spool.full
+        if full == self.reporter.full_episode:
+            return  # the common case: no episode, and none beginning
+        if not full:
+            self.reporter.stored()
+        elif client.spool.on_full == "drop_oldest":
+            self._dropped(None)
+
+    def _dropped(self, event: dict[str, Any] | None) -> None:
+        """The spool's ``on_full`` policy dropped ``event`` (None: older events, for
+        ``drop_oldest``), counted as ``dropped``: ``on_error(SpoolFull, [event])``
+        once per full episode."""
+        assert self.client is not None  # the hook is set on its pipeline
+        spool = self.client.spool
+        error = SpoolFull(
+            f"spool {spool.path} is full (max_spool_bytes={spool.max_spool_bytes}, "
+            f"on_full={spool.on_full}); events are dropped and counted as 'dropped' "
+            "until it is back down to 7/8 of that"
+        )
+        self.reporter.dropped(error, event)
 
     def _lose(self, error: EventsNotStored, summary: dict[str, Any]) -> None:
         with self._lock:

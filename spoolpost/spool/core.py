@@ -228,6 +228,11 @@ class Spool(OperatorMethods):
         """
         return self._appender.append(uuid, body, now, lane)
 
+    @property
+    def full(self) -> bool:
+        """True in a full episode: from its WARNING (on_full acts) until room is back."""
+        return self._appender.full_episode
+
     # -- claim and settle -------------------------------------------------------
 
     def set_on_expired(self, hook: Callable[[list[Row]], None] | None) -> None:
