@@ -38,7 +38,7 @@ from spoolpost.client import Client
 from spoolpost.delivery.dispatcher import FlushResult
 from spoolpost.delivery.policy import PausePolicy, RetryPolicy
 from spoolpost.dropin import Posthog
-from spoolpost.dropin.module import SettingsModule, make_default_client
+from spoolpost.dropin.module import SettingsModule, make_default_client, reread_per_call
 from spoolpost.dropin.report import OnError
 from spoolpost.errors import (
     ConfigError,
@@ -105,7 +105,8 @@ __all__ = [
 ]
 
 # -- settings: posthog-python 7.x's module settings (read when the default client is
-# made), with Posthog's defaults; see README, "Drop-in for posthog-python".
+# made; disabled and debug at every call, as there), with Posthog's defaults; see
+# README, "Drop-in for posthog-python".
 api_key: str | None = os.environ.get("SPOOLPOST_API_KEY")
 project_api_key: str | None = None  # wins over api_key, as in posthog-python
 host: str | None = os.environ.get("SPOOLPOST_HOST")  # None: PostHog Cloud US
@@ -157,13 +158,16 @@ _default_lock = threading.Lock()
 
 
 def setup() -> Posthog:
-    """The module-level default client, made from the settings on first use."""
+    """The module-level default client, made from the settings on first use; at
+    every call ``disabled`` and ``debug`` are read again, as posthog-python's
+    ``setup()`` does (a client made disabled is made again once enabled)."""
     global default_client
+    module = sys.modules[__name__]
     client = default_client
-    if client is None:
+    if client is None or not reread_per_call(client, module):
         with _default_lock:
-            if default_client is None:
-                default_client = make_default_client(sys.modules[__name__])
+            if default_client is None or default_client is client:
+                default_client = make_default_client(module)
             client = default_client
     return client
 

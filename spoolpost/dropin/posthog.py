@@ -228,6 +228,12 @@ class Posthog(CaptureCalls):
             path,
         )
 
+    @property
+    def unopened(self) -> bool:
+        """True when this client was made disabled (or with ``send=False``) and so
+        opened no spool."""
+        return self.client is None and self._open_error is None
+
     # -- the capture calls ---------------------------------------------------------
 
     def _target(self) -> CaptureApi | None:
