@@ -21,6 +21,7 @@ from spoolpost.delivery.policy import RetryPolicy
 from spoolpost.delivery.wire import resolve_capture_mode, resolve_compression
 from spoolpost.dropin.calls import CaptureCalls
 from spoolpost.dropin.enrich import Enricher, Unsent, repair_arguments
+from spoolpost.dropin.flags import FlagCalls
 from spoolpost.dropin.report import LOST_COUNTER, EventsNotStored, OnError, Reporter
 from spoolpost.dropin.settings import fallback_spool_path, log_ignored, server_host
 from spoolpost.errors import HostMismatch, SpoolFull
@@ -36,7 +37,7 @@ DEFAULT_FLUSH_TIMEOUT = 10.0
 _NOT_GIVEN: dict[str, Any] = {}  # the ignored options' posthog-python defaults, filled below
 
 
-class Posthog(CaptureCalls):
+class Posthog(CaptureCalls, FlagCalls):
     """posthog-python 7.x's ``Posthog`` (``posthog.Client``), storing every event in a
     spoolpost spool before a capture call returns.
 
@@ -59,7 +60,10 @@ class Posthog(CaptureCalls):
     exception or a non-dict result drops the event, as there). The rest (feature
     flags, exception autocapture, AI, metrics, tracing, emails, ``max_queue_size``)
     is ignored with one INFO line each when given a value other than posthog-python's
-    default.
+    default. ``capture_exception`` sends ``$exception`` as posthog-python builds it;
+    the flag calls (``feature_enabled``, ``get_feature_flag``, …,
+    :class:`~spoolpost.dropin.flags.FlagCalls`) evaluate nothing and return
+    posthog-python's answer when it cannot evaluate.
 
     spoolpost's own options, keyword-only: ``spool`` (the spool file; default
     :func:`~spoolpost.client.default_spool_path`, and when that cannot be opened
