@@ -51,8 +51,10 @@ class Posthog(CaptureCalls, FlagCalls):
     ``historical_migration``. Meant as there: ``debug`` (DEBUG logging on the
     ``spoolpost`` logger, and capture calls re-raise), ``on_error(error, events)``
     (called in a reporter thread: once per batch dead-lettered, with
-    :class:`~spoolpost.dropin.EventsRejected`, and once per capture call that stored
-    nothing, with :class:`~spoolpost.dropin.EventsNotStored`), ``send=False`` (send
+    :class:`~spoolpost.dropin.EventsRejected`, once per capture call that stored
+    nothing, with :class:`~spoolpost.dropin.EventsNotStored`, once per outage or pause
+    episode, and once per full-spool episode in which ``on_full`` drops events, with
+    :class:`~spoolpost.errors.SpoolFull`), ``send=False`` (send
     and store nothing; capture calls still return uuids), ``sync_mode`` (each capture
     call also delivers what is pending, waiting up to ``timeout`` seconds, default 15),
     ``super_properties`` (merged over every event's properties),
