@@ -196,17 +196,18 @@ def drain(
 
     Delivers what was in the spool when it started (events captured meanwhile
     may go too); the summary counts the events that were there at the start.
-    Backoff and Retry-After set by
-    earlier failures are honoured (within the budget): when nothing can become
-    due within --budget it exits 3 at once, saying until when and why; --now
-    tries at once. Without --host it delivers where the spool first delivered.
+    Backoff and Retry-After set by earlier failures are honoured (within the
+    budget): when nothing can become due within --budget, before the start or
+    after a Retry-After met while draining, it exits 3 at once, saying until
+    when and why; --now tries at once. Without --host it delivers where the
+    spool first delivered.
     A progress bar shows on a terminal. SIGTERM is handled like Ctrl-C. With
     --quiet it prints only for exit codes other than 0 and 3.
 
     \b
     Exit codes (for cron):
         0  nothing left to deliver, nothing dead-lettered by this run
-        3  events remain: the budget ran out
+        3  events remain: the budget ran out, or nothing can become due within it
         4  events remain: the endpoint is down (an outage)
         5  events remain: delivery paused by a configuration fault (401/403/404/3xx)
         6  nothing left, but this run dead-lettered events (see tail --state dead)

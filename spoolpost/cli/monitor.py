@@ -68,6 +68,8 @@ def _human(r: dict[str, Any]) -> None:
     echo(f"last success    {format_time(r['last_success_at'])}")
     for lease in r["leases"]:
         alive = "running" if lease["alive"] else "GONE"
+        if lease.get("left_at_stop"):
+            alive += ", stopped with this request in flight"
         echo(
             f"lease           {plural(lease['events'])} to pid {lease['pid']} on {lease['host']}"
             f" ({alive}), until {format_time(lease['expires_at'])};"

@@ -73,12 +73,25 @@ def _who(e: EndpointState) -> str:
     return f"pid {e.owner.pid} on {e.owner.host}, " + ("running" if e.alive else "gone")
 
 
+def left_at_stop(obs: Observation, lease: LeaseInfo) -> bool:
+    """True when ``lease`` belongs to a process that stopped delivery cleanly with
+    its request still in flight (a drain at its budget's end, a shutdown at its
+    deadline: its endpoint record has ``stopped_at`` at or after the lease was
+    taken): the next delivering process takes it back, as planned; not stuck."""
+    for e in obs.endpoints:
+        stopped = e.data.get("stopped_at")
+        if e.owner == lease.owner and stopped is not None:
+            return float(stopped) >= lease.created_at
+    return False
+
+
 def verdict(obs: Observation) -> Verdict:
     """The state of the spool, first match wins: paused (the latest endpoint
     record is paused by a configuration fault), outage (its gate closed after
-    :data:`OUTAGE_AFTER` failures in a row), stuck (leases of a gone owner, or
-    the spool :data:`FULL_AT` full), backing off (the gate or every pending retry
-    is due later), else healthy."""
+    :data:`OUTAGE_AFTER` failures in a row), stuck (leases of a gone owner that
+    did not stop cleanly, see :func:`left_at_stop`; or the spool
+    :data:`FULL_AT` full), backing off (the gate or every pending retry is due
+    later), else healthy (saying so when a stopped process left leases)."""
     now = obs.now
     latest = obs.endpoints[0] if obs.endpoints else None
     data: dict[str, Any] = latest.data if latest else {}
@@ -103,7 +116,9 @@ def verdict(obs: Observation) -> Verdict:
             since=data.get("last_error_at"),
             until=gate_until,
         )
-    gone = [lease for lease in obs.leases if not lease.alive]
+    gone = [lease for lease in obs.leases if not lease.alive and lease.events]
+    left = [lease for lease in gone if left_at_stop(obs, lease)]
+    gone = [lease for lease in gone if lease not in left]
     if gone:
         n = sum(lease.events for lease in gone)
         pids = ", ".join(sorted({str(lease.owner.pid) for lease in gone}))
@@ -124,10 +139,18 @@ def verdict(obs: Observation) -> Verdict:
         return Verdict(
             "backing_off", f"backing off until {_at(until)}{why} after {after}", until=until
         )
+    if left:
+        n = sum(lease.events for lease in left)
+        pids = ", ".join(sorted({str(lease.owner.pid) for lease in left}))
+        return Verdict(
+            "healthy",
+            f"healthy; {n} event(s) were in flight when process(es) {pids} stopped; "
+            "the next delivering process takes them back at once",
+        )
     return Verdict("healthy", "healthy")
 
 
-def _lease(lease: LeaseInfo) -> dict[str, Any]:
+def _lease(obs: Observation, lease: LeaseInfo) -> dict[str, Any]:
     return {
         "token": lease.token,
         "host": lease.owner.host,
@@ -137,6 +160,7 @@ def _lease(lease: LeaseInfo) -> dict[str, Any]:
         "created_at": lease.created_at,
         "expires_at": lease.expires_at,
         "taken_back": "at expiry" if lease.alive else "at once",
+        "left_at_stop": not lease.alive and left_at_stop(obs, lease),
     }
 
 
@@ -215,7 +239,7 @@ def report(obs: Observation) -> dict[str, Any]:
         "last_error": last_error,
         "last_success_at": max(known) if known else None,
         "oldest_pending_at": None if age is None else obs.now - age,
-        "leases": [_lease(lease) for lease in obs.leases],
+        "leases": [_lease(obs, lease) for lease in obs.leases],
         "key_fingerprint": obs.meta.get("key_fingerprint"),
         "created_on": obs.meta.get("host"),
         "ingestion_host": obs.meta.get("ingestion_host") or latest.get("url"),

@@ -294,6 +294,11 @@ class Appender:
         )
         self._space.episode = _FullEpisode()
 
+    @property
+    def full_episode(self) -> bool:
+        """True from the WARNING of a full episode until it ends (see :meth:`_make_room`)."""
+        return self._space.episode.active
+
     def signal_space(self) -> None:
         if self.on_full == "block":
             with self._space_freed:

@@ -80,10 +80,9 @@ class Spool(OperatorMethods):
     for a file that is not an SQLite database (a non-empty file without the
     SQLite header) or an SQLite database that is not a spool (both left
     untouched), :class:`SpoolLocked` when another process holds the file locked
-    past ``busy_timeout``. An SQLite file found corrupt (damaged pages, a bad WAL;
-    opening, writing or reading) is moved aside to ``<path>.corrupt-<timestamp>``
-    and a new spool takes its readable rows (one ERROR names both files); so does
-    a file deleted or replaced under it (see docs/architecture.md).
+    past ``busy_timeout``. A file found corrupt (opening, writing or reading) is moved
+    aside to ``<path>.corrupt-<timestamp>``; a new spool takes its readable rows, as
+    it does a file's deleted or replaced under it (one ERROR; docs/architecture.md).
 
     Fork: a child process never uses the parent's connections; it closes its
     copies and reopens the spool on first use.
@@ -228,6 +227,11 @@ class Spool(OperatorMethods):
         :class:`SpoolClosed`.
         """
         return self._appender.append(uuid, body, now, lane)
+
+    @property
+    def full(self) -> bool:
+        """True in a full episode: from its WARNING (on_full acts) until room is back."""
+        return self._appender.full_episode
 
     # -- claim and settle -------------------------------------------------------
 
