@@ -162,6 +162,11 @@ class Dispatcher:
             return self._health.gate_until
 
     @property
+    def gate_failure(self) -> str | None:
+        """What last closed the endpoint gate (:meth:`EndpointHealth.gate_failure`)."""
+        return self._health.gate_failure()  # two attribute reads, for display
+
+    @property
     def requests_in_flight(self) -> int:
         """How many POSTs are under way right now (started, no reply yet)."""
         with self._cond:
@@ -209,6 +214,7 @@ class Dispatcher:
         *,
         outage_after: int | None = None,
         progress: Callable[[int], None] | None = None,
+        wait_past_timeout: bool = True,
     ) -> FlushResult:
         """Send every event inside ``barrier`` (:meth:`FlushBarrier.take`) now; wait
         up to ``timeout`` seconds; return what the flush came to
@@ -218,7 +224,8 @@ class Dispatcher:
         configuration fault (at once if a pause is in effect: ``paused`` says
         why), when ``outage_after`` transient failures in a row suggest an outage
         (for the cron drain), or at the timeout. ``progress(pending)`` is called
-        on each check. Backoff and ``Retry-After`` are honoured throughout.
+        on each check. Backoff and ``Retry-After`` are honoured; ``wait_past_timeout``
+        False returns at once when the endpoint gate opens only after the timeout.
         Without started threads the sending happens inline, in this thread,
         driven by ``clock``.
         """
@@ -240,12 +247,13 @@ class Dispatcher:
                     if outage_after is not None:
                         outage = self._health.outage(outage_after)
                     settled = self._settler.settled - settled_at_start
+                    by, held = self._health.blocked(now)
                 if progress is not None:
                     progress(max(0, barrier.unsettled - settled) if still_open else 0)
                 remaining = deadline - self.clock.monotonic()
                 if not still_open or paused is not None or outage:
                     break
-                if remaining <= 0:
+                if remaining <= 0 or (by == "gate" and held > remaining and not wait_past_timeout):
                     timed_out = True
                     break
                 if self.running:
@@ -425,9 +433,10 @@ class Dispatcher:
             self.record_health(self.clock.now())
             return
         alive = self._threads.stop(timeout)
-        self.record_health(self.clock.now())
         with self._cond:
             busy = sorted(self._settler.requests.values())
+            self._health.on_stop(self.clock.now(), len(busy))  # recorded for inspect
+        self.record_health(self.clock.now())
         if busy:
             log.warning(
                 "stop deadline reached with %d request(s) still in flight (%s) to %s; "

@@ -120,6 +120,7 @@ class Appender:
         """:meth:`Spool.append <spoolpost.spool.Spool.append>`: write one event
         (``now``: its capture time, UTC seconds; ``lane``: None or ``"ai"``);
         return once it is committed."""
+        self._db.check_file()  # a deleted or replaced file: at most once a second
         deadline = None
         recovered = False
         while True:
@@ -363,6 +364,11 @@ class Appender:
             episode.dropped,
         )
         self._space.episode = _FullEpisode()
+
+    @property
+    def full_episode(self) -> bool:
+        """True from the WARNING of a full episode until it ends (see :meth:`_make_room`)."""
+        return self._space.episode.active
 
     def signal_space(self) -> None:
         if self.on_full == "block":

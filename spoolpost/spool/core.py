@@ -88,9 +88,9 @@ class Spool(MetaMethods, OperatorMethods):
     for a file that is not an SQLite database (a non-empty file without the
     SQLite header) or an SQLite database that is not a spool (both left
     untouched), :class:`SpoolLocked` when another process holds the file locked
-    past ``busy_timeout``. An SQLite file that SQLite finds corrupt (damaged
-    pages, a bad WAL) is moved aside to ``<path>.corrupt-<timestamp>`` and a new
-    spool is started (logged at ERROR, naming both files).
+    past ``busy_timeout``. A file found corrupt (opening, writing or reading) is moved
+    aside to ``<path>.corrupt-<timestamp>``; a new spool takes its readable rows, as
+    it does a file's deleted or replaced under it (one ERROR; docs/architecture.md).
 
     Delivery's writes (claim, ack, reschedule, release, dead-letter, settle, …)
     get through a full disk by giving up a reserve file next to the spool; a disk
@@ -209,6 +209,11 @@ class Spool(MetaMethods, OperatorMethods):
         :class:`SpoolClosed`.
         """
         return self._appender.append(uuid, body, now, lane)
+
+    @property
+    def full(self) -> bool:
+        """True in a full episode: from its WARNING (on_full acts) until room is back."""
+        return self._appender.full_episode
 
     # -- claim and settle -------------------------------------------------------
 

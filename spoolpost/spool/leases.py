@@ -121,7 +121,8 @@ class Leases:
         """Lease due pending events to one sender; see :meth:`Spool.claim`. Rows it
         dead-letters as ``expired`` are told to :attr:`on_expired` once committed."""
         died: list[Row] = []
-        batch = self._claim(now, died, **options)
+        # Damage met here quarantines the file, its rows carried over (db.guarded).
+        batch = self._db.guarded(lambda: self._claim(now, died, **options))
         if died and self.on_expired is not None:
             self.on_expired(died)
         return batch
@@ -395,6 +396,9 @@ class Leases:
         # cursor; this runs every few seconds, so they wait at most that long.
         self._cursor = 0
         self._db.follow_file()
+        return self._db.guarded(lambda: self._reclaim(now))
+
+    def _reclaim(self, now: float) -> int:
         with self._db.read() as conn:
             leases = conn.execute(
                 "SELECT token, host, pid, pid_start, expires_at FROM leases"
@@ -430,9 +434,14 @@ class Leases:
         return n
 
     def due(self, now: float, limit: int) -> tuple[int, float | None, int]:
-        """What a claim would find due; see :meth:`Spool.due`."""
-        with self._db.read() as conn:
-            rows = self._due_rows(conn, now, limit, "next_attempt_at, attempts")
+        """What a claim would find due; see :meth:`Spool.due`. Also notices, at
+        most once a second, a spool file deleted or replaced (``check_file``)."""
+        self._db.check_file()
+        rows = self._db.guarded(lambda: self._read_due(now, limit))
         if not rows:
             return 0, None, 0
         return len(rows), min(float(r[0]) for r in rows), max(int(r[1]) for r in rows)
+
+    def _read_due(self, now: float, limit: int) -> list[Any]:
+        with self._db.read() as conn:
+            return self._due_rows(conn, now, limit, "next_attempt_at, attempts")
