@@ -39,7 +39,7 @@ from spoolpost.delivery.health import EndpointHealth, Notice
 from spoolpost.delivery.policy import Action, RetryPolicy, classify, parse_retry_after
 from spoolpost.delivery.results import dead_groups, settlement_for
 from spoolpost.delivery.transport import HttpTransport, Reply
-from spoolpost.errors import SpoolClosed
+from spoolpost.errors import SpoolClosed, SpoolUnwritable
 from spoolpost.events.encoding import format_timestamp
 from spoolpost.spool import Batch, RequestStamp, Row, Spool
 
@@ -166,6 +166,10 @@ class Settler:
                 "and are sent again once the lease ends",
                 len(batch.rows),
             )
+        except SpoolUnwritable:
+            # Logged once per episode by the spool. The rows keep their lease and
+            # are sent again once it ends (at-least-once).
+            log.debug("batch of %d event(s) left leased: the disk refused a write", len(batch.rows))
         except Exception as exc:
             log.exception(
                 "delivering a batch of %d event(s) failed unexpectedly; they are "

@@ -35,6 +35,13 @@ class OperatorMethods(VacuumMethods):
     def snapshot(self) -> contextlib.AbstractContextManager[SpoolSnapshot]:
         raise NotImplementedError  # provided by Spool
 
+    @property
+    def switches(self) -> list[str]:
+        """One line per file this spool object left for a new spool at its path
+        (found damaged, deleted, moved or replaced), oldest first: what happened,
+        what was carried over, what could not be read (the ERROR logged then)."""
+        return list(self._db.switches)
+
     def events(self, where: Filter | None = None, *, now: float) -> Iterator[SpooledEvent]:
         """Every event matching ``where`` (None: all) at ``now`` (UTC seconds, for
         ``older_than``): live events in capture order, then dead letters in the

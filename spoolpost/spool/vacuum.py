@@ -207,7 +207,7 @@ class VacuumMethods:
         Raises :class:`SpoolClosed`."""
         return usage(self._db)
 
-    def give_back_space(self) -> bool:
+    def give_back_space(self) -> float | None:
         """One bounded step of giving free pages back to the filesystem; for the
         delivery thread when it is idle, and the end of a drain.
 
@@ -220,16 +220,16 @@ class VacuumMethods:
         (``auto_vacuum=NONE``) is converted by one ``VACUUM`` instead, once its
         live pages are at most :data:`CONVERT_MAX_BYTES`.
 
-        Returns True when pages were freed and more remain: call again after
-        :data:`STEP_PAUSE` seconds. Never raises: a failure (another process
-        holding the lock, a closed spool) is logged at DEBUG and the step is
-        taken again at a later call.
+        Returns the seconds to wait before the next call (:data:`STEP_PAUSE`)
+        when pages were freed and more remain, else None. Never raises: a
+        failure (another process holding the lock, a closed spool) is logged at
+        DEBUG and the step is taken again at a later call.
         """
         try:
-            return self._give_back_step()
+            return STEP_PAUSE if self._give_back_step() else None
         except Exception:
             log.debug("spool %s: giving space back skipped", self._db.path, exc_info=True)
-            return False
+            return None
 
     def _give_back_step(self) -> bool:
         if not self._giving_back:
