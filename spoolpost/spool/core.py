@@ -153,7 +153,9 @@ class Spool(MetaMethods, OperatorMethods):
             conditions=self._disk,
         )
         self._leases = Leases(self._db)
-        self._leases.space = self._space = SpaceGuard(self.path, self._disk, floor, self.checkpoint)
+        self._leases.space = self._space = SpaceGuard(
+            self.path, self._disk, floor, self.checkpoint, self._db.guarded
+        )
         self._space.opening(self._db.open)
 
     # -- lifecycle ---------------------------------------------------------------
