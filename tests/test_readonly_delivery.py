@@ -29,7 +29,7 @@ from kit import API_KEY, START, dead_letters, live, make_event
 from spoolpost.clock import ManualClock
 from spoolpost.delivery import DeliveryConfig, Dispatcher
 from spoolpost.delivery.transport import HttpTransport
-from spoolpost.spool import Spool
+from spoolpost.spool import Spool, remembered
 from spoolpost.testing import LocalEndpoint, Response
 from spoolpost.testing.responses import reject_uuids
 
@@ -83,7 +83,11 @@ def test_a_read_only_spool_is_delivered_from_memory_and_written_down_once_writab
         dispatcher = Dispatcher(spool, transport, config=BATCHES_OF_20, clock=clock)
         try:
             returned = store(spool, 100, clock.now())
-            bad = returned[7]
+            bad = returned[50]
+            with Spool(disk.spool_path, min_free_bytes=0) as other:  # another live sender
+                held = other.claim(clock.now(), max_events=10, max_bytes=1 << 20, lease_ttl=3600)
+            assert held is not None
+            theirs = {r.uuid for r in held.rows}
             set_immutable(disk.spool_path)
             try:
                 assert write_errno(disk.spool_path) == errno.EPERM  # the fault bites
@@ -96,12 +100,13 @@ def test_a_read_only_spool_is_delivered_from_memory_and_written_down_once_writab
 
                 # (a) everything stored before the fault is delivered while read-only,
                 # (b) each once: the answers are remembered, nothing is sent again.
+                # Another process's unexpired lease is honoured: its rows are not sent.
                 once = Counter(endpoint.delivered_uuids())
-                assert set(once) == set(returned) - {bad} and set(once.values()) == {1}
+                assert set(once) == set(returned) - {bad} - theirs and set(once.values()) == {1}
                 sent = len(endpoint.requests)
                 run(dispatcher, clock, 60)
                 assert len(endpoint.requests) == sent
-                assert spool._leases.read_only and spool._leases.remembered == 100
+                assert spool._leases.read_only and spool._leases.remembered == 90
                 assert len(live(spool)) == 100  # nothing could be written
             finally:
                 set_immutable(disk.spool_path, on=False)
@@ -109,11 +114,15 @@ def test_a_read_only_spool_is_delivered_from_memory_and_written_down_once_writab
             # (c) writes work again: what was remembered is written down, then leasing.
             run(dispatcher, clock, 5)
             assert not spool._leases.read_only and spool._leases.remembered == 0
+            assert {e.uuid for e in live(spool)} == theirs  # still theirs
+            assert spool.release(held.token) == 10  # the other sender gives them back
+            run(dispatcher, clock, 5)
             assert live(spool) == []
             (dead,) = dead_letters(spool)
             assert (dead.uuid, dead.reason, dead.status) == (bad, "rejected", 400)
             counters = spool.counters()
             assert (counters["delivered"], counters["dead"], counters["dropped"]) == (99, 1, 1)
+            sent = len(endpoint.requests)
             later = store(spool, 3, clock.now())
             run(dispatcher, clock, 5)
             assert len(endpoint.requests) == sent + 1  # only the new events
@@ -121,14 +130,15 @@ def test_a_read_only_spool_is_delivered_from_memory_and_written_down_once_writab
             dispatcher.stop(1)
             spool.close()
     assert Counter(endpoint.delivered_uuids()) == Counter([*returned, *later]) - Counter([bad])
-    # Accounting: returned 100 + 3 = delivered 102 (each once) + dead 1 (rejected);
-    # dropped 1 (captured during the fault, counted); lost 0.
+    # Accounting: returned 100 + 3 = delivered 102 (each once; 10 after the other
+    # sender gave them back) + dead 1 (rejected); dropped 1 (captured during the
+    # fault, counted); lost 0.
     (error,) = messages(caplog, logging.ERROR)
     assert str(disk.spool_path) in error and "cannot be written" in error
     (warning,) = [m for m in messages(caplog, logging.WARNING) if "read-only" in m]
     assert "delivery goes on read-only" in warning
     infos = messages(caplog, logging.INFO)
-    assert any("wrote down 99 delivered, 1 dead" in m for m in infos), infos
+    assert any("wrote down 89 delivered, 1 dead" in m for m in infos), infos
     assert any("delivery leases again" in m for m in infos), infos
 
 
@@ -139,7 +149,7 @@ import sys
 from spoolpost.clock import ManualClock
 from spoolpost.delivery import DeliveryConfig, Dispatcher
 from spoolpost.delivery.transport import HttpTransport
-from spoolpost.spool import Spool
+from spoolpost.spool import Spool, remembered
 
 url, key, path, batches = sys.argv[1:5]
 clock = ManualClock(start=1.7e9)
@@ -205,3 +215,35 @@ def test_sigkill_during_read_only_delivery_resends_only_the_unsettled(
     assert set(delivered) == set(returned)
     assert {u for u, n in delivered.items() if n == 2} == set(first)
     # Accounting: returned 100 = delivered 100 (60 of them twice, at-least-once); lost 0.
+
+
+def test_read_only_delivery_stops_at_its_memory_bound_and_says_so_once(
+    tmp_path: Path,
+    endpoint: LocalEndpoint,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(remembered, "MAX_REMEMBERED", 40)  # 100 000 in use
+    clock = ManualClock(start=START)
+    with ext4_disk(tmp_path) as disk:
+        spool = Spool(disk.spool_path, min_free_bytes=0)
+        transport = HttpTransport(endpoint.url, API_KEY)
+        dispatcher = Dispatcher(spool, transport, config=BATCHES_OF_20, clock=clock)
+        try:
+            returned = store(spool, 100, clock.now())
+            set_immutable(disk.spool_path)
+            try:
+                assert write_errno(disk.spool_path) == errno.EPERM  # the fault bites
+                run(dispatcher, clock, 30)
+                assert len(endpoint.delivered_uuids()) == 40  # then nothing more is sent
+                full = [m for m in messages(caplog, logging.WARNING) if "nothing more" in m]
+                assert len(full) == 1 and "keeps 40 outcomes in memory" in full[0]
+            finally:
+                set_immutable(disk.spool_path, on=False)
+            run(dispatcher, clock, 10)  # written down, then the rest is leased and sent
+            assert live(spool) == []
+        finally:
+            dispatcher.stop(1)
+            spool.close()
+    assert Counter(endpoint.delivered_uuids()) == Counter(returned)
+    # Accounting: returned 100 = delivered 100 (40 while read-only), each once; lost 0.
