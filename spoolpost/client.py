@@ -316,9 +316,15 @@ class Client(CaptureApi):
         what is pending. Never raises for delivery trouble; returns an empty
         result on a disabled client. ``timeout`` must be >= 0 (``inf``: no limit),
         else ``ValueError``. Raises :class:`~spoolpost.errors.SpoolClosed` after
-        :meth:`shutdown` (whose own result says what was left), and
+        :meth:`shutdown` (whose own result says what was left),
         :class:`~spoolpost.errors.SpoolUnwritable` when the spool cannot even be read
-        (its folder lost its permissions: ``condition`` ``"readonly"``).
+        (its folder lost its permissions: ``condition`` ``"readonly"``), and
+        :class:`~spoolpost.errors.SpoolCorrupt` only when a damaged spool is still
+        corrupt on a second try: damage met while counting, sending or settling
+        quarantines the file (one ERROR, readable rows carried into a new spool)
+        and the call runs once more on the new spool. Opening that new spool can
+        raise what opening a spool raises (:class:`~spoolpost.errors.ConfigError`,
+        :class:`~spoolpost.errors.SpoolLocked`).
         """
         _check_timeout(timeout)
         if self.disabled:
@@ -345,7 +351,12 @@ class Client(CaptureApi):
         Idempotent (a second call returns the first call's result). Whatever is not
         delivered by then stays in the spool for the next start or a cron drain:
         nothing is dropped at the deadline. Capturing afterwards raises
-        :class:`~spoolpost.errors.SpoolClosed`.
+        :class:`~spoolpost.errors.SpoolClosed`. A spool it cannot read
+        (:class:`~spoolpost.errors.SpoolUnwritable`) is logged and shut down all
+        the same; the other errors :meth:`flush` raises (``SpoolCorrupt`` when a
+        damaged spool is still corrupt on a second try, and what opening the new
+        spool after a quarantine raises) come out of this call before anything
+        is stopped or closed, so it may be called again.
         """
         _check_timeout(timeout)
         with self._lock:

@@ -298,3 +298,15 @@ def integrity(path: Path) -> str:
         return str(conn.execute("PRAGMA integrity_check").fetchone()[0])
     finally:
         conn.close()
+
+
+def set_immutable(spool: Path, on: bool = True) -> None:
+    """``chattr +i`` (``on``) or ``-i`` on the spool file and its ``-wal``: from then on
+    every write SQLite makes to them fails with EPERM while reads work, and ``-i``
+    clears it under the open files (an ext4 read-only remount cannot be undone
+    without closing them). Not the ``-shm``: SQLite maps it, and a store into an
+    immutable mapped file is a SIGBUS. Root and a filesystem with attributes
+    (:func:`ext4_disk`) needed."""
+    for path in (spool, Path(f"{spool}-wal")):
+        done = _run("chattr", "+i" if on else "-i", str(path))
+        assert done.returncode == 0, done.stderr

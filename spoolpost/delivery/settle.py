@@ -39,7 +39,7 @@ from spoolpost.delivery.health import EndpointHealth, Notice
 from spoolpost.delivery.policy import Action, RetryPolicy, classify, parse_retry_after
 from spoolpost.delivery.results import dead_groups, settlement_for
 from spoolpost.delivery.transport import HttpTransport, Reply
-from spoolpost.errors import SpoolClosed, SpoolUnwritable
+from spoolpost.errors import SpoolClosed, SpoolCorrupt, SpoolUnwritable
 from spoolpost.events.encoding import format_timestamp
 from spoolpost.spool import Batch, RequestStamp, Row, Spool
 
@@ -166,6 +166,11 @@ class Settler:
                 "and are sent again once the lease ends",
                 len(batch.rows),
             )
+        except SpoolCorrupt as exc:
+            # Damage met by a settle write was quarantined and the write tried again
+            # on the new spool (docs/architecture.md, "Damage on a read path"); this
+            # is the file still damaged after that. The rows keep their lease.
+            log.error("batch of %d event(s) left leased: %s", len(batch.rows), exc)
         except SpoolUnwritable:
             # Logged once per episode by the spool. The rows keep their lease and
             # are sent again once it ends (at-least-once).

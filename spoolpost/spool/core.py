@@ -53,11 +53,12 @@ from spoolpost.spool.db import (
     Database,
     Durability,
 )
-from spoolpost.spool.leases import Batch, Leases, Row
+from spoolpost.spool.leases import Batch, Row
 from spoolpost.spool.metamethods import MetaMethods
 from spoolpost.spool.operator import OperatorMethods
 from spoolpost.spool.owner import Owner
 from spoolpost.spool.queries import SpoolSnapshot, SpoolStats, Watermark
+from spoolpost.spool.readonly import ReadOnlyLeases
 from spoolpost.spool.settlement import Settled, Settlement, settle
 from spoolpost.spool.space import DEFAULT_MIN_FREE_BYTES, Floor, SpaceGuard
 from spoolpost.spool.stamps import RequestStamp, Stamper
@@ -152,8 +153,10 @@ class Spool(MetaMethods, OperatorMethods):
             floor=floor,
             conditions=self._disk,
         )
-        self._leases = Leases(self._db)
-        self._leases.space = self._space = SpaceGuard(self.path, self._disk, floor, self.checkpoint)
+        self._leases = ReadOnlyLeases(self._db)  # delivery goes on from a read-only spool
+        self._leases.space = self._space = SpaceGuard(
+            self.path, self._disk, floor, self.checkpoint, self._db.guarded
+        )
         self._space.opening(self._db.open)
 
     # -- lifecycle ---------------------------------------------------------------
@@ -333,19 +336,28 @@ class Spool(MetaMethods, OperatorMethods):
         ``next_attempt_at``, ``error`` as ``last_error``; ``max_attempts`` ends in
         the dead state), dead-letter (with HTTP ``status``). Rows no longer held by
         ``token`` are untouched. Returns the counts."""
-        settled = self._space.run(
-            lambda: settle(
-                self._db,
-                self._leases,
-                token,
-                settlement,
-                now=now,
-                next_attempt_at=next_attempt_at,
-                error=error,
-                max_attempts=max_attempts,
-                status=status,
+        settled = self._leases.settle_or_remember(
+            token,
+            settlement,
+            lambda: self._space.run(
+                lambda: settle(
+                    self._db,
+                    self._leases,
+                    token,
+                    settlement,
+                    now=now,
+                    next_attempt_at=next_attempt_at,
+                    error=error,
+                    max_attempts=max_attempts,
+                    status=status,
+                ),
+                frees=True,
             ),
-            frees=True,
+            now=now,
+            next_attempt_at=next_attempt_at,
+            error=error,
+            max_attempts=max_attempts,
+            status=status,
         )
         if settled.delivered or settled.dead:
             self._appender.signal_space()

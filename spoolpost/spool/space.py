@@ -26,7 +26,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Concatenate, ParamSpec, Protocol, TypeVar
+from typing import Concatenate, ParamSpec, Protocol, TypeVar, cast
 
 from spoolpost.errors import SpoolpostError, SpoolUnwritable
 from spoolpost.spool.conditions import Condition, DiskConditions, classify, fs_state
@@ -164,6 +164,9 @@ class SpaceGuard:
     """Runs delivery's writes to the spool ``path`` through :meth:`run`; thread-safe.
 
     ``checkpoint()``: the spool's ``wal_checkpoint(TRUNCATE)`` (True when whole).
+    ``guard(write)``: runs one try of a write so that SQLite corruption it meets
+    quarantines the file (rows carried over) and runs the write once more on the
+    new spool (the database's ``guarded``; default: the write alone).
     """
 
     def __init__(
@@ -172,8 +175,10 @@ class SpaceGuard:
         conditions: DiskConditions,
         floor: Floor,
         checkpoint: Callable[[], bool],
+        guard: Callable[[Callable[[], object]], object] = lambda write: write(),
     ) -> None:
         self.path = path
+        self._guard = guard
         self.conditions = conditions
         self.floor = floor
         self.reserve = floor.reserve = Reserve(path)
@@ -185,9 +190,10 @@ class SpaceGuard:
     def run(self, write: Callable[[], R], frees: bool = False) -> R:
         """``write()``, one delivery write; ``frees``: it may delete rows (an ack, a
         settlement, a dead-letter), so a checkpoint after it gives bytes back.
-        Raises :class:`SpoolUnwritable` for a disk condition it cannot get past."""
+        Raises :class:`SpoolUnwritable` for a disk condition it cannot get past, and
+        :class:`SpoolCorrupt` when the spool is still corrupt after a quarantine."""
         try:
-            result = write()
+            result = self._guarded(write)
         except (sqlite3.Error, SpoolUnwritable) as exc:
             condition = classify(exc, self.path)
             if condition is None:
@@ -196,7 +202,7 @@ class SpaceGuard:
                 raise self._refused(condition, exc) from exc
             self._give_up_reserve()
             try:
-                result = write()
+                result = self._guarded(write)
             except (sqlite3.Error, SpoolUnwritable) as again:
                 condition = classify(again, self.path)
                 if condition is None:
@@ -204,6 +210,9 @@ class SpaceGuard:
                 raise self._refused(condition, again) from again
         self._after_write(frees)
         return result
+
+    def _guarded(self, write: Callable[[], R]) -> R:
+        return cast(R, self._guard(write))
 
     def opening(self, open_spool: Callable[[], None]) -> None:
         """``open_spool()``; if it fails while the filesystem has less free than the
