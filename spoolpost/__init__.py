@@ -38,7 +38,8 @@ from spoolpost.client import Client
 from spoolpost.delivery.dispatcher import FlushResult
 from spoolpost.delivery.policy import PausePolicy, RetryPolicy
 from spoolpost.dropin import Posthog
-from spoolpost.dropin.module import SettingsModule, make_default_client
+from spoolpost.dropin.flags import CODE_VARIABLE_SETTERS, code_variables_setter
+from spoolpost.dropin.module import SettingsModule, make_default_client, reread_per_call
 from spoolpost.dropin.report import OnError
 from spoolpost.errors import (
     ConfigError,
@@ -51,6 +52,7 @@ from spoolpost.errors import (
     SpoolFull,
     SpoolLocked,
     SpoolpostError,
+    SpoolUnwritable,
     UnsupportedFilesystem,
 )
 from spoolpost.events.contexts import (
@@ -80,22 +82,41 @@ __all__ = [
     "SpoolCorrupt",
     "SpoolFull",
     "SpoolLocked",
+    "SpoolUnwritable",
     "SpoolpostError",
     "UnsupportedFilesystem",
     "__version__",
     "alias",
     "capture",
     "capture_ai",
+    "capture_exception",
     "configure",
+    "evaluate_flags",
+    "feature_enabled",
+    "feature_flag_definitions",
     "flush",
+    "get_all_flags",
+    "get_all_flags_and_payloads",
+    "get_feature_flag",
+    "get_feature_flag_evaluation_runtime",
+    "get_feature_flag_keys_by_evaluation_runtime",
+    "get_feature_flag_payload",
+    "get_feature_flag_result",
+    "get_remote_config_payload",
     "get_tags",
     "group_identify",
     "identify",
     "identify_context",
     "join",
+    "load_feature_flags",
     "new_context",
     "scoped",
     "set",
+    "set_capture_exception_code_variables_context",
+    "set_code_variables_detect_secrets_context",
+    "set_code_variables_ignore_patterns_context",
+    "set_code_variables_mask_patterns_context",
+    "set_code_variables_mask_url_credentials_context",
     "set_context_device_id",
     "set_context_session",
     "set_once",
@@ -105,7 +126,8 @@ __all__ = [
 ]
 
 # -- settings: posthog-python 7.x's module settings (read when the default client is
-# made), with Posthog's defaults; see README, "Drop-in for posthog-python".
+# made; disabled and debug at every call, as there), with Posthog's defaults; see
+# README, "Drop-in for posthog-python".
 api_key: str | None = os.environ.get("SPOOLPOST_API_KEY")
 project_api_key: str | None = None  # wins over api_key, as in posthog-python
 host: str | None = os.environ.get("SPOOLPOST_HOST")  # None: PostHog Cloud US
@@ -157,13 +179,16 @@ _default_lock = threading.Lock()
 
 
 def setup() -> Posthog:
-    """The module-level default client, made from the settings on first use."""
+    """The module-level default client, made from the settings on first use; at
+    every call ``disabled`` and ``debug`` are read again, as posthog-python's
+    ``setup()`` does (a client made disabled is made again once enabled)."""
     global default_client
+    module = sys.modules[__name__]
     client = default_client
-    if client is None:
+    if client is None or not reread_per_call(client, module):
         with _default_lock:
-            if default_client is None:
-                default_client = make_default_client(sys.modules[__name__])
+            if default_client is None or default_client is client:
+                default_client = make_default_client(module)
             client = default_client
     return client
 
@@ -205,6 +230,30 @@ set = _lenient("set")  # shadows the builtin here, as in posthog-python
 set_once = _lenient("set_once")
 alias = _lenient("alias")
 group_identify = _lenient("group_identify")
+capture_exception = _lenient("capture_exception")
+
+# posthog-python's flag calls, not evaluated (dropin/flags.py): the same answers as
+# posthog-python gives when it cannot evaluate, and one INFO line each.
+feature_enabled = _lenient("feature_enabled")
+get_feature_flag = _lenient("get_feature_flag")
+get_all_flags = _lenient("get_all_flags")
+get_feature_flag_result = _lenient("get_feature_flag_result")
+get_feature_flag_payload = _lenient("get_feature_flag_payload")
+get_remote_config_payload = _lenient("get_remote_config_payload")
+get_all_flags_and_payloads = _lenient("get_all_flags_and_payloads")
+evaluate_flags = _lenient("evaluate_flags")
+feature_flag_definitions = _lenient("feature_flag_definitions")
+get_feature_flag_evaluation_runtime = _lenient("get_feature_flag_evaluation_runtime")
+get_feature_flag_keys_by_evaluation_runtime = _lenient(
+    "get_feature_flag_keys_by_evaluation_runtime"
+)
+load_feature_flags = _lenient("load_feature_flags")
+# posthog-python's code-variable context setters: accepted, ignored (INFO once).
+set_capture_exception_code_variables_context = code_variables_setter(CODE_VARIABLE_SETTERS[0])
+set_code_variables_mask_patterns_context = code_variables_setter(CODE_VARIABLE_SETTERS[1])
+set_code_variables_ignore_patterns_context = code_variables_setter(CODE_VARIABLE_SETTERS[2])
+set_code_variables_mask_url_credentials_context = code_variables_setter(CODE_VARIABLE_SETTERS[3])
+set_code_variables_detect_secrets_context = code_variables_setter(CODE_VARIABLE_SETTERS[4])
 
 
 def flush(timeout_seconds: float | None = 10) -> None:

@@ -16,6 +16,7 @@ wires them to the spool and to delivery and owns the client's lifecycle.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import os
 import threading
@@ -38,7 +39,7 @@ from spoolpost.delivery import (
 from spoolpost.delivery.hosts import canonical_host
 from spoolpost.delivery.transport import DEFAULT_TIMEOUT, Timeout
 from spoolpost.delivery.wire import resolve_capture_mode, wire_format
-from spoolpost.errors import ConfigError, SpoolClosed
+from spoolpost.errors import ConfigError, SpoolClosed, SpoolUnwritable
 from spoolpost.events.api import CaptureApi
 from spoolpost.events.pipeline import (
     DEFAULT_MAX_EVENT_BYTES,
@@ -49,6 +50,7 @@ from spoolpost.events.pipeline import (
 from spoolpost.spool import (
     DEFAULT_DURABILITY,
     DEFAULT_MAX_SPOOL_BYTES,
+    DEFAULT_MIN_FREE_BYTES,
     DEFAULT_ON_FULL,
     Durability,
     OnFull,
@@ -111,7 +113,7 @@ class Client(CaptureApi):
     ``send``: False makes a capture-only client that starts no threads at all (for
     short-lived scripts and serverless handlers; deliver with ``spoolpost drain``
     from cron).
-    ``durability``, ``max_spool_bytes`` and ``on_full`` go to the
+    ``durability``, ``max_spool_bytes``, ``min_free_bytes`` and ``on_full`` go to the
     :class:`~spoolpost.spool.Spool`, which documents them and their defaults;
     ``flush_at``, ``flush_interval``, ``max_batch_size``, ``max_batch_bytes``,
     ``senders`` and ``lease_ttl`` shape delivery, as documented (defaults too) by
@@ -171,6 +173,7 @@ class Client(CaptureApi):
         send: bool = True,
         durability: Durability = DEFAULT_DURABILITY,
         max_spool_bytes: int = DEFAULT_MAX_SPOOL_BYTES,
+        min_free_bytes: int = DEFAULT_MIN_FREE_BYTES,
         on_full: OnFull = DEFAULT_ON_FULL,
         flush_at: int = DeliveryConfig.flush_at,
         flush_interval: float = DeliveryConfig.flush_interval,
@@ -229,6 +232,7 @@ class Client(CaptureApi):
             spool if spool is not None else _default_spool(api_key),
             durability=durability,
             max_spool_bytes=max_spool_bytes,
+            min_free_bytes=min_free_bytes,
             on_full=on_full,
         )
         self._capture = CapturePipeline(
@@ -313,7 +317,15 @@ class Client(CaptureApi):
         what is pending. Never raises for delivery trouble; returns an empty
         result on a disabled client. ``timeout`` must be >= 0 (``inf``: no limit),
         else ``ValueError``. Raises :class:`~spoolpost.errors.SpoolClosed` after
-        :meth:`shutdown` (whose own result says what was left).
+        :meth:`shutdown` (whose own result says what was left),
+        :class:`~spoolpost.errors.SpoolUnwritable` when the spool cannot even be read
+        (its folder lost its permissions: ``condition`` ``"readonly"``), and
+        :class:`~spoolpost.errors.SpoolCorrupt` only when a damaged spool is still
+        corrupt on a second try: damage met while counting, sending or settling
+        quarantines the file (one ERROR, readable rows carried into a new spool)
+        and the call runs once more on the new spool. Opening that new spool can
+        raise what opening a spool raises (:class:`~spoolpost.errors.ConfigError`,
+        :class:`~spoolpost.errors.SpoolLocked`).
         """
         _check_timeout(timeout)
         if self.disabled:
@@ -340,7 +352,12 @@ class Client(CaptureApi):
         Idempotent (a second call returns the first call's result). Whatever is not
         delivered by then stays in the spool for the next start or a cron drain:
         nothing is dropped at the deadline. Capturing afterwards raises
-        :class:`~spoolpost.errors.SpoolClosed`.
+        :class:`~spoolpost.errors.SpoolClosed`. A spool it cannot read
+        (:class:`~spoolpost.errors.SpoolUnwritable`) is logged and shut down all
+        the same; the other errors :meth:`flush` raises (``SpoolCorrupt`` when a
+        damaged spool is still corrupt on a second try, and what opening the new
+        spool after a quarantine raises) come out of this call before anything
+        is stopped or closed, so it may be called again.
         """
         _check_timeout(timeout)
         with self._lock:
@@ -350,15 +367,22 @@ class Client(CaptureApi):
                 return self._shutdown_result
             start = self.clock.monotonic()
             reserve = stop_reserve(timeout) if self.send else 0.0
-            result = self.flush(max(0.0, timeout - reserve))
+            try:
+                result = self.flush(max(0.0, timeout - reserve))
+            except SpoolUnwritable as exc:  # it cannot even be read: shut down all the same
+                log.warning("shutdown: %s; what it holds stays there", exc)
+                result = FlushResult(timed_out=True, outage=str(exc))
             self._shut = True
             self._shutdown_result = result
         _live.discard(self)
         if self._delivering:
             self.dispatcher.stop(max(0.0, timeout - (self.clock.monotonic() - start)))
         self._save_filtered()
-        if self.spool.any_open_through(self.spool.watermark(self.clock.now())):
-            log.info("shutdown: undelivered events stay in the spool %s for later", self.spool.path)
+        with contextlib.suppress(SpoolUnwritable):
+            if self.spool.any_open_through(self.spool.watermark(self.clock.now())):
+                log.info(
+                    "shutdown: undelivered events stay in the spool %s for later", self.spool.path
+                )
         self.spool.close()
         return result
 

@@ -39,6 +39,20 @@ class SpoolFull(SpoolpostError):
     ``on_full`` is ``"raise"``, or ``"block"`` and the block timeout ran out."""
 
 
+class SpoolUnwritable(SpoolFull):
+    """Raised when the spool's filesystem refuses a write: full (ENOSPC, EDQUOT,
+    ``SQLITE_FULL``), read-only (EROFS), permission lost, or an I/O error. By
+    ``capture()`` as :class:`SpoolFull` is (``on_full="raise"``, or ``"block"``
+    past its timeout), so one ``except SpoolFull`` serves both; by delivery's
+    writes too. ``condition``: ``"full"``, ``"readonly"`` or ``"ioerror"``;
+    ``path``: the spool file."""
+
+    def __init__(self, message: str, *, condition: str, path: object) -> None:
+        super().__init__(message)
+        self.condition = condition
+        self.path = path
+
+
 class SpoolCorrupt(SpoolpostError):
     """Raised when a spool file is not a usable SQLite database."""
 

@@ -509,13 +509,28 @@ def test_module_settings_reach_the_client(
     monkeypatch.setattr(spoolpost, "disable_geoip", False)
     monkeypatch.setattr(spoolpost, "is_server", False)
     monkeypatch.setattr(spoolpost, "super_properties", {"app": "shop"})
-    monkeypatch.setattr(spoolpost, "client_options", {"flush_at": 2, "max_batch_size": 2})
+    # No batch is ever due by age (flush_interval): only flush_at and flush() send.
+    options = {"flush_at": 2, "max_batch_size": 2, "flush_interval": 3600.0}
+    monkeypatch.setattr(spoolpost, "client_options", options)
 
-    for i in range(4):
+    def capture(i: int) -> None:
         spoolpost.capture("e", distinct_id="u", properties={"email": "a@example.com", "i": i})
+
+    capture(0)
+    capture(1)
+    # flush_at=2 reached the client: these two go without a flush.
+    assert endpoint.wait_for_requests(1)
+    for i in range(2, 5):
+        capture(i)
     spoolpost.flush(timeout_seconds=10)
 
-    assert [len(r.events) for r in endpoint.requests] == [2, 2]
+    # max_batch_size=2: events 2..4 go as [2, 3] and [4], whether the dispatcher
+    # claims 2 and 3 before 4 is captured or all three at once (each batch holds
+    # at most 2, and a batch is due only once 2 are waiting, or at the flush).
+    # Two senders may POST those two in either order.
+    batches = [[e["properties"]["i"] for e in r.events] for r in endpoint.requests]
+    assert batches[0] == [0, 1]
+    assert sorted(batches[1:]) == [[2, 3], [4]]
     for event in (e for r in endpoint.requests for e in r.events):
         assert set(event["properties"]) == {
             "i",

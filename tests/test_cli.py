@@ -77,6 +77,7 @@ def test_every_command_is_documented_in_the_readme_and_has_help() -> None:
         "check",
         "metrics",
         "path",
+        "compact",
     }
     for name, command in cli.commands.items():
         assert f"spoolpost {name}" in readme, f"README does not show `spoolpost {name}`"
@@ -519,6 +520,7 @@ def test_drain_delivers_everything_and_exits_0(
         "exit_code": 0,
         "waiting_until": None,
         "waiting_for": None,
+        "damaged": [],
     }
     assert sorted(endpoint.delivered_uuids()) == sorted(uuids)
     assert endpoint.requests[0].json["api_key"] == SECRET  # the key goes on the wire only
@@ -682,6 +684,7 @@ def test_drain_interrupted_by_ctrl_c_stops_within_the_grace_and_prints_its_summa
             "exit_code": 130,
             "waiting_until": None,
             "waiting_for": None,
+            "damaged": [],
         }
     else:
         assert stdout == "delivered 0, dead-lettered 0, remaining 3; interrupted\n"

@@ -44,7 +44,7 @@ def size(value: int) -> str:
 
 def rendered(name: str, default: Any) -> str:
     """The README cell for a Client default, in README's own notation."""
-    if name in ("max_spool_bytes", "max_batch_bytes", "max_event_bytes"):
+    if name in ("max_spool_bytes", "min_free_bytes", "max_batch_bytes", "max_event_bytes"):
         return size(default)
     if name == "flush_interval" or name == "shutdown_timeout":
         return f"{float(default)} s"

@@ -16,6 +16,7 @@ import pytest
 
 import spoolpost
 from spoolpost import Posthog
+from spoolpost.dropin.flags import CODE_VARIABLE_SETTERS, UNEVALUATED
 from spoolpost.dropin.module import POSTHOG_MODULE_SETTINGS
 from spoolpost.dropin.settings import IGNORED, MAPPED
 
@@ -111,3 +112,45 @@ def test_every_posthog_module_setting_is_read(name: str) -> None:
         assert vars(spoolpost)[name] == ours[name].default  # no INFO line by default
     if name in IGNORED:
         assert readme_module_table()[name].startswith("ignored (INFO)")
+
+
+# -- the module-level API's functions -------------------------------------------------------
+
+
+def posthog_module_functions() -> list[str]:
+    """The public functions posthog-python's module defines, read from its source."""
+    tree = ast.parse(Path(posthog.__file__).read_text("utf-8"))
+    return [
+        node.name
+        for node in tree.body
+        if isinstance(node, ast.FunctionDef) and not node.name.startswith("_")
+    ]
+
+
+def readme_function_table() -> dict[str, str]:
+    section = README.read_text("utf-8").split("| posthog-python module function |", 1)[1]
+    rows = {}
+    for line in section.split("\n\n", 1)[0].splitlines():
+        match = re.match(r"^\| `([A-Za-z_]+)` \| (.+) \|$", line)
+        if match:
+            rows[match[1]] = match[2]
+    return rows
+
+
+def test_readme_lists_every_posthog_module_function_and_nothing_else() -> None:
+    assert list(readme_function_table()) == posthog_module_functions()
+
+
+@pytest.mark.parametrize("name", posthog_module_functions())
+def test_every_posthog_module_function_exists_or_is_absent_with_a_reason(name: str) -> None:
+    row = readme_function_table()[name]
+    if row.startswith("absent: "):
+        assert len(row) > len("absent: ") + 10, f"say why {name!r} is absent"
+        assert not hasattr(spoolpost, name)
+        return
+    assert callable(getattr(spoolpost, name, None)), f"spoolpost has no function {name!r}"
+    if name in UNEVALUATED:
+        assert row.startswith("not evaluated (INFO once)")
+        assert callable(getattr(Posthog, name))  # on the class too, as in posthog-python
+    if name in CODE_VARIABLE_SETTERS:
+        assert row.startswith("ignored (INFO once)")

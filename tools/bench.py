@@ -45,6 +45,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import bench_space
 from bench_endpoint import EndpointProcess
 
 import spoolpost
@@ -53,6 +54,7 @@ from spoolpost.events.encoding import encode_event, uuid7_str
 from spoolpost.events.build import capture_event
 from spoolpost.client import key_fingerprint
 from spoolpost.spool import Spool
+from spoolpost.spool.chunks import Chunking
 
 API_KEY = "phc_bench_0000000000000000000000000000"
 EVENT = "page_view"
@@ -98,6 +100,9 @@ class Sizes:
     stall_delay: float = 10.0
     stall_senders: int = 4
     stall_spool_events: int = 700_000
+    import_lines: int = 1_000_000
+    import_capture_rate: float = 200.0
+    space_events: int = 1_000_000
 
 
 FULL = Sizes()
@@ -119,6 +124,8 @@ QUICK = Sizes(
     drain_budget=30.0,
     stall_delay=2.0,
     stall_spool_events=150_000,
+    import_lines=20_000,
+    space_events=20_000,
 )
 
 
@@ -186,6 +193,8 @@ def fill_spool(path: Path, n: int) -> float:
     try:
         spool.bind_key(key_fingerprint(API_KEY))
         now = time.time()
+        # Nobody writes beside the filler: big chunks, no pause between them.
+        filling = Chunking(seconds=1.0, sleep=lambda s: None)
         chunk = 20_000
         for first in range(0, n, chunk):
             rows = []
@@ -193,7 +202,7 @@ def fill_spool(path: Path, n: int) -> float:
                 uuid = uuid7_str(now)
                 body = template.replace(placeholder.encode(), uuid.encode())
                 rows.append((uuid, body))
-            spool.import_events(rows, now=now)
+            spool.import_events(rows, now=now, chunking=filling)
     finally:
         spool.close()
     return time.perf_counter() - start
@@ -542,6 +551,7 @@ def _drain(sizes: Sizes, mode: str) -> dict[str, Any]:
             proc.returncode = os.waitstatus_to_exitcode(status)
         ended = time.time()
         stats = ep.stats()
+        after_mb = sum(p.stat().st_size for p in d.glob("drain.spool*")) / 1e6
         stdout = out_path.read_text(errors="replace")
         stderr = err_path.read_text(errors="replace")
     opened = launched
@@ -565,10 +575,27 @@ def _drain(sizes: Sizes, mode: str) -> dict[str, Any]:
         "drain_cpu_s": usage.ru_utime + usage.ru_stime,
         "endpoint_cpu_s": stats["cpu_s"] - endpoint_cpu,
         "spool_file_mb": spool_mb,
+        "spool_file_mb_after": after_mb,
         "fill_seconds": fill_s,
         "exit_code": proc.returncode,
         "summary": summary,
     }
+
+
+def bench_import_beside(sizes: Sizes) -> dict[str, Any]:
+    """Capture latency (a separate process at a steady rate) while `spoolpost import`
+    of N lines writes into the same spool (tools/bench_space.py)."""
+    with workdir() as d:
+        log(f"  importing {sizes.import_lines} lines beside a capturing process ...")
+        return bench_space.import_beside(d, sizes.import_lines, sizes.import_capture_rate)
+
+
+def bench_space_app(sizes: Sizes) -> dict[str, Any]:
+    """Seconds after an app delivered an N-event backlog until the spool file is back
+    under 10 % of its peak, with no manual step (tools/bench_space.py)."""
+    with workdir() as d:
+        log(f"  an app delivering a backlog of {sizes.space_events} events ...")
+        return bench_space.space_app(d, sizes.space_events, fill_spool)
 
 
 def bench_stall(sizes: Sizes) -> dict[str, Any]:
@@ -621,6 +648,7 @@ class Bench:
     name: str
     func: Callable[[Sizes], dict[str, Any]]
     needs: tuple[str, ...] = ()
+    optional: bool = False  # run only when named with --only
 
 
 BENCHES: dict[str, Bench] = {
@@ -641,6 +669,8 @@ BENCHES: dict[str, Bench] = {
         Bench("drain", bench_drain),
         Bench("drain_v1", bench_drain_v1),
         Bench("stall", bench_stall),
+        Bench("import_beside", bench_import_beside, optional=True),
+        Bench("space_app", bench_space_app, optional=True),
     ]
 }
 
@@ -808,6 +838,47 @@ def build_rows(r: dict[str, dict[str, Any]]) -> list[Row]:
                 _verdict(dv["events_per_s"] >= 50_000),
             )
         )
+    if "drain" in r and "spool_file_mb_after" in r["drain"]:
+        dr = r["drain"]
+        ratio = dr["spool_file_mb_after"] / dr["spool_file_mb"] if dr["spool_file_mb"] else None
+        rows.append(
+            Row(
+                "spool file after the drain, vs its peak",
+                _fmt(dr["spool_file_mb_after"], "MB"),
+                f"peak {_fmt(dr['spool_file_mb'], 'MB')}",
+                "n/a" if ratio is None else f"{ratio:.3f}x",
+                "< 0.1x",
+                _verdict(None if ratio is None else ratio < 0.1),
+            )
+        )
+    if "space_app" in r:
+        sa = r["space_app"]
+        secs = sa["seconds_to_under_10pct"]
+        rows.append(
+            Row(
+                f"app delivering {sa['events']:,} events: back under 10 % of peak",
+                "never (120 s)" if secs is None else _fmt(secs, "s"),
+                f"{sa['after_mb']:.1f} of peak {sa['peak_mb']:.0f} MB",
+                f"{sa['ratio']:.3f}x",
+                "<= 60 s",
+                _verdict(secs is not None and secs <= 60),
+            )
+        )
+    if "import_beside" in r:
+        ib = r["import_beside"]
+        rows.append(
+            Row(
+                f"capture latency beside an import of {ib['lines']:,} lines",
+                f"p99 {_fmt(ib['p99_ms'], 'ms')} (p50 {_fmt(ib['p50_ms'], 'ms')},"
+                f" max {_fmt(ib['max_ms'], 'ms')}; from due: p99"
+                f" {_fmt(ib['from_due_p99_ms'], 'ms')})",
+                f"{ib['captures_during_writes']:,} captures;"
+                f" import {_fmt(ib['import_seconds'], 's')}",
+                "-",
+                "p99 <= 50 ms",
+                _verdict(max(ib["p99_ms"], ib["from_due_p99_ms"]) <= 50.0),
+            )
+        )
     if "stall" in r:
         st = r["stall"]
         n = st["senders"]
@@ -891,7 +962,7 @@ def machine() -> dict[str, Any]:
 def selected(only: list[str]) -> list[str]:
     """Benchmark names to run for ``--only`` (with what their comparisons need), in order."""
     if not only:
-        return list(BENCHES)
+        return [name for name, bench in BENCHES.items() if not bench.optional]
     wanted: set[str] = set()
 
     def add(name: str) -> None:
@@ -918,6 +989,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--drain-budget", type=float, help="seconds the drain may take")
     parser.add_argument("--stall-delay", type=float, help="seconds one request is held")
     parser.add_argument("--no-stall", action="store_true", help="skip the stalled-request run")
+    parser.add_argument("--import-lines", type=int, help="lines of the import_beside run")
     parser.add_argument("--save", metavar="PATH", help="also write the JSON report to PATH")
     parser.add_argument("--render", metavar="PATH", help="print the tables of a saved report")
     args = parser.parse_args(argv)
@@ -940,6 +1012,8 @@ def main(argv: list[str] | None = None) -> int:
         overrides["drain_budget"] = args.drain_budget
     if args.stall_delay is not None:
         overrides["stall_delay"] = args.stall_delay
+    if args.import_lines is not None:
+        overrides["import_lines"] = args.import_lines
     if overrides:
         sizes = Sizes(**{**sizes.__dict__, **overrides})
     names = selected(args.only)

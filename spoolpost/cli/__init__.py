@@ -10,7 +10,7 @@ argument or ``$SPOOLPOST_SPOOL`` and its endpoint from ``--host``/``--api-key`` 
 
 This module holds the ``cli`` group, its error handling and logging; the commands
 live in :mod:`~spoolpost.cli.views` (inspect, tail, export),
-:mod:`~spoolpost.cli.repair` (replay, purge, import, capture),
+:mod:`~spoolpost.cli.repair` (replay, purge, import, capture, compact),
 :mod:`~spoolpost.cli.deliver` (drain) and :mod:`~spoolpost.cli.demo`, over the
 shared options of :mod:`~spoolpost.cli.options`.
 """
@@ -115,6 +115,7 @@ cli.add_command(repair.purge)
 cli.add_command(views.export)
 cli.add_command(repair.import_)
 cli.add_command(repair.capture)
+cli.add_command(repair.compact)
 cli.add_command(deliver.drain)
 cli.add_command(demo.demo)
 cli.add_command(monitor.check)

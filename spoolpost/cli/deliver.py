@@ -27,6 +27,7 @@ from spoolpost.cli.options import (
 from spoolpost.delivery.barrier import FlushResult
 from spoolpost.delivery.transport import HttpTransport
 from spoolpost.delivery.wire import resolve_capture_mode, wire_format
+from spoolpost.errors import SpoolCorrupt
 from spoolpost.ops import EXIT_REMAIN, drain_exit_code, drain_spool
 
 #: ``spoolpost drain`` exit code after Ctrl-C (128 + SIGINT, as shells report it).
@@ -196,20 +197,24 @@ def drain(
 
     Delivers what was in the spool when it started (events captured meanwhile
     may go too); the summary counts the events that were there at the start.
-    Backoff and Retry-After set by
-    earlier failures are honoured (within the budget): when nothing can become
-    due within --budget it exits 3 at once, saying until when and why; --now
-    tries at once. Without --host it delivers where the spool first delivered.
+    Backoff and Retry-After set by earlier failures are honoured (within the
+    budget): when nothing can become due within --budget, before the start or
+    after a Retry-After met while draining, it exits 3 at once, saying until
+    when and why; --now tries at once. Without --host it delivers where the
+    spool first delivered.
     A progress bar shows on a terminal. SIGTERM is handled like Ctrl-C. With
     --quiet it prints only for exit codes other than 0 and 3.
 
     \b
     Exit codes (for cron):
         0  nothing left to deliver, nothing dead-lettered by this run
-        3  events remain: the budget ran out
+        3  events remain: the budget ran out, or nothing can become due within it
         4  events remain: the endpoint is down (an outage)
         5  events remain: delivery paused by a configuration fault (401/403/404/3xx)
         6  nothing left, but this run dead-lettered events (see tail --state dead)
+        7  the spool was damaged: the file is set aside as SPOOL.corrupt-<time>, what
+           could be read is carried into a new spool at SPOOL and delivered as far
+           as this run went; the summary (and one ERROR) says what could not be read
       130  interrupted (Ctrl-C, SIGTERM): sending stops within about a second, requests in
            flight get --grace, then the summary; a second Ctrl-C quits at once
         1  an error (no spool, no API key, a bad host URL, a spool of another key)
@@ -260,6 +265,9 @@ def drain(
                 )
             except ops.DrainInterrupted as stopped:
                 result = stopped.result
+            except SpoolCorrupt as exc:  # damaged past what a new spool could take in
+                click.echo(f"Error: {exc}", err=True)
+                click.get_current_context().exit(ops.EXIT_DAMAGED)
         finally:
             if bar is not None:
                 bar.close()
@@ -268,6 +276,7 @@ def drain(
     code = EXIT_INTERRUPTED if interrupted else drain_exit_code(result)
     waiting_until: float | None = getattr(result, "waiting_until", None)
     waiting_for: str | None = getattr(result, "waiting_for", None)
+    damaged: tuple[str, ...] = getattr(result, "damaged", ())
     summary = {
         "delivered": result.delivered,
         "dead": result.dead,
@@ -278,6 +287,7 @@ def drain(
         "exit_code": code,
         "waiting_until": waiting_until,
         "waiting_for": waiting_for,
+        "damaged": list(damaged),
     }
 
     def human() -> None:
@@ -298,6 +308,8 @@ def drain(
             )
         elif code == EXIT_REMAIN:
             line += "; the budget ran out"
+        if damaged:
+            line += f"; damaged: {damaged[-1].split(' was ', 1)[-1]}"
         click.echo(line)
 
     if not quiet or code not in (ops.EXIT_EMPTY, EXIT_REMAIN):

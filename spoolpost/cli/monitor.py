@@ -4,8 +4,10 @@
 
 from __future__ import annotations
 
+import json
 import re
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +27,7 @@ from spoolpost.cli.options import (
 from spoolpost.client import default_spool_path
 from spoolpost.errors import SpoolpostError
 from spoolpost.ops.metrics import metrics_text, write_textfile
-from spoolpost.ops.status import UNKNOWN, Threshold, Thresholds, report
+from spoolpost.ops.status import UNKNOWN, Threshold, Thresholds, quarantine, report, unreadable
 from spoolpost.ops.status import check as check_spool
 from spoolpost.spool.maintenance import STATES
 from spoolpost.spool.reader import Observation, SpoolReader
@@ -34,6 +36,18 @@ from spoolpost.spool.reader import Observation, SpoolReader
 def observe(spool: Path | None, api_key: str | None = None) -> Observation:
     """Read the spool given (or the key's default one) read-only, now."""
     return SpoolReader(spool_path(spool, api_key)).observe(time.time())
+
+
+def _observe_or_fail(path: Path, answer: Callable[[Exception], None]) -> Observation:
+    """Read the spool at ``path``; when it cannot be read (missing, corrupt, not a
+    spool), give ``answer(error)`` its machine-readable output (stdout), then say
+    ``Error: …`` on stderr and exit 1 (the documented code)."""
+    try:
+        return SpoolReader(path).observe(time.time())
+    except (SpoolpostError, OSError) as exc:
+        answer(exc)
+        click.echo(f"Error: {exc}", err=True)
+        raise click.exceptions.Exit(1) from None
 
 
 def _human(r: dict[str, Any]) -> None:
@@ -54,6 +68,8 @@ def _human(r: dict[str, Any]) -> None:
     echo(f"last success    {format_time(r['last_success_at'])}")
     for lease in r["leases"]:
         alive = "running" if lease["alive"] else "GONE"
+        if lease.get("left_at_stop"):
+            alive += ", stopped with this request in flight"
         echo(
             f"lease           {plural(lease['events'])} to pid {lease['pid']} on {lease['host']}"
             f" ({alive}), until {format_time(lease['expires_at'])};"
@@ -66,12 +82,24 @@ def _human(r: dict[str, Any]) -> None:
         f"full            {r['full']:.1%} of {r['max_spool_bytes']} B ({r['bound_source']}),"
         f" used {r['used_bytes']} B"
     )
+    free = "unknown" if r["fs_free_bytes"] is None else f"{r['fs_free_bytes']} B"
+    echo(
+        f"disk            {free} free, floor min_free_bytes={r['min_free_bytes']} B"
+        f" ({r['floor_source']})" + (": BELOW IT, captures refused" if r["below_floor"] else "")
+    )
     if r["dead_reasons"]:
         reasons = ", ".join(f"{k}={v}" for k, v in sorted(r["dead_reasons"].items()))
         echo(f"dead reasons    {reasons}")
     counters = ", ".join(f"{k}={v}" for k, v in sorted(r["counters"].items()))
     echo(f"counters        {counters}")
     echo(f"file            {r['file_bytes']} B, WAL {r['wal_bytes']} B")
+    _aside(r["quarantined"])
+
+
+def _aside(found: list[dict[str, Any]]) -> None:
+    for a in found:
+        what = "corrupt spool" if a["kind"] == "corrupt" else "orphaned side file"
+        click.echo(f"set aside       {a['path']} ({what}, {a['bytes']} B)")
 
 
 @click.command()
@@ -80,16 +108,27 @@ def _human(r: dict[str, Any]) -> None:
 @json_option
 def inspect(spool: Path | None, api_key: str | None, as_json: bool) -> None:
     """Say whether SPOOL is healthy, backing off, paused, in an outage or stuck,
-    and show why: counts, errors, leases, endpoint and bounds. Never writes,
-    never sends: the file is opened read-only, and a corrupt file is reported
-    (exit 1), not moved.
+    and show why: counts, errors, leases, endpoint and bounds, and files set
+    aside beside it (corrupt spools, orphaned side files). Never writes, never
+    sends: the file is opened read-only, and a corrupt file is reported, not
+    moved. Exit 0 when the spool was read; 1 when it cannot be (missing,
+    corrupt, not a spool): then --json still prints an object whose "state" is
+    missing, corrupt or unreadable, with "error".
 
     \b
     Example:
         spoolpost inspect /var/lib/myapp/events.spool
         spoolpost inspect /var/lib/myapp/events.spool --json | jq .state
     """
-    r = report(observe(spool, api_key))
+    where = spool_path(spool, api_key)
+
+    def answer(exc: Exception) -> None:
+        if as_json:
+            click.echo(json.dumps(unreadable(where, exc), sort_keys=True))
+        else:
+            _aside(quarantine(where))
+
+    r = report(_observe_or_fail(where, answer))
     emit(r, as_json, lambda: _human(r))
 
 
@@ -138,7 +177,8 @@ def check(
 ) -> None:
     """Check SPOOL for monitoring (Nagios plugin conventions): one line, and exit
     0 ok, 1 warning, 2 critical, 3 unknown (the spool cannot be read). A value
-    above WARN warns, above CRIT is critical; a paused, outage or stuck spool is
+    above WARN warns, above CRIT is critical; a paused, outage or stuck spool,
+    and files set aside beside it (corrupt spools: look, then remove them), are
     at least a warning.
 
     \b
@@ -158,7 +198,9 @@ def check(
         obs = observe(spool, api_key)
     except (SpoolpostError, OSError, click.ClickException) as exc:
         message = exc.format_message() if isinstance(exc, click.ClickException) else str(exc)
-        click.echo(f"SPOOLPOST UNKNOWN - {message}")
+        aside = quarantine(spool) if spool is not None else []
+        more = f"; {len(aside)} file(s) set aside beside it" if aside else ""
+        click.echo(f"SPOOLPOST UNKNOWN - {message}{more}")
         ctx.exit(UNKNOWN)
     code, line = check_spool(obs, limits)
     click.echo(line)
@@ -174,16 +216,27 @@ def check(
     help="Write to this file atomically (node_exporter's textfile collector) instead of stdout.",
 )
 def metrics(spool: Path | None, api_key: str | None, textfile: Path | None) -> None:
-    """Print SPOOL's state in the Prometheus text format: gauges spoolpost_pending,
-    _leased, _dead, _bytes, _oldest_pending_age_seconds, _paused; counters
-    spoolpost_delivered_total, _dead_lettered_total, _dropped_total.
+    """Print SPOOL's state in the Prometheus text format: gauges spoolpost_up,
+    spoolpost_pending, _leased, _dead, _bytes, _oldest_pending_age_seconds,
+    _paused, _quarantined_files; counters spoolpost_delivered_total,
+    _dead_lettered_total, _dropped_total. When SPOOL cannot be read (missing,
+    corrupt) it still prints (or writes) spoolpost_up 0 and
+    spoolpost_quarantined_files, then exits 1.
 
     \b
     Example:
         spoolpost metrics /var/lib/myapp/events.spool \\
             --textfile /var/lib/node_exporter/textfile_collector/spoolpost.prom
     """
-    obs = observe(spool, api_key)
+    where = spool_path(spool, api_key)
+
+    def answer(exc: Exception) -> None:  # spoolpost_up 0, then the error and exit 1
+        if textfile is None:
+            click.echo(metrics_text(None, where), nl=False)
+        else:
+            write_textfile(None, textfile, where)
+
+    obs = _observe_or_fail(where, answer)
     if textfile is None:
         click.echo(metrics_text(obs), nl=False)
     else:

@@ -1,5 +1,6 @@
 """Commands that change what a spool holds: ``replay`` and ``purge`` of dead letters,
-``import`` of JSON Lines, and ``capture`` of one event."""
+``import`` of JSON Lines, ``capture`` of one event, and ``compact`` (one full
+``VACUUM``)."""
 
 from __future__ import annotations
 
@@ -45,7 +46,10 @@ def replay(
 
     Without filters every dead letter is replayed. Fix the cause first (a 400 that
     will be rejected again is dead-lettered again). A progress bar shows on a
-    terminal.
+    terminal. Safe beside running apps: the dead letters are moved in chunks of
+    a few milliseconds each, so captures never wait long. Each chunk is
+    committed on its own: if the run is interrupted, run it again to replay the
+    rest.
 
     \b
     Example:
@@ -57,7 +61,7 @@ def replay(
         n = s.count_dead(where, now=now)
         if not dry_run:
             for _ in progress([where], 1, f"replaying {plural(n, 'dead letter')}"):
-                n = s.replay(where, now=now)  # one transaction: all of them or none
+                n = s.replay(where, now=now)  # in short chunks, each committed
     verb = "would replay" if dry_run else "replayed"
     emit(
         {"replayed": n, "dry_run": dry_run},
@@ -83,7 +87,9 @@ def purge(
     """Delete dead letters from SPOOL for good (all of them without filters).
 
     Asks for confirmation unless --yes; with no answer to read (stdin closed or
-    empty) it refuses and deletes nothing.
+    empty) it refuses and deletes nothing. Safe beside running apps: it deletes
+    in chunks of a few milliseconds each, each committed on its own; if the run
+    is interrupted, run it again to purge the rest.
 
     \b
     Example:
@@ -99,16 +105,16 @@ def purge(
     emit({"purged": n}, as_json, lambda: click.echo(f"purged {plural(n, 'dead letter')}"))
 
 
-def _confirm(question: str) -> None:
+def _confirm(question: str, unchanged: str = "deleted", command: str = "purge") -> None:
     try:
         answer = click.confirm(question, default=False, err=True)
     except click.Abort:  # end of input: nobody to ask
         raise click.ClickException(
-            "no confirmation could be read (stdin is closed or empty); nothing was "
-            "deleted. Pass --yes to purge without asking."
+            f"no confirmation could be read (stdin is closed or empty); nothing was "
+            f"{unchanged}. Pass --yes to {command} without asking."
         ) from None
     if not answer:
-        raise click.ClickException("not confirmed; nothing was deleted")
+        raise click.ClickException(f"not confirmed; nothing was {unchanged}")
 
 
 @click.command("import")
@@ -130,6 +136,12 @@ def import_(spool: Path | None, source: IO[bytes], as_json: bool) -> None:
     line is checked first: one bad line and nothing is written (the error names
     each bad line's number). Events whose uuid is already in the spool
     (pending, leased or dead) are skipped. A progress bar shows on a terminal.
+
+    Safe beside running apps: events are written in chunks of a few milliseconds
+    each, so captures never wait long. Each chunk is committed on its own: if
+    the run is interrupted, run it again with the same input; it skips what is
+    already in by uuid and adds the rest (lines without a "uuid" get a new one
+    each run, so give every line a uuid, as export does, to make a rerun safe).
 
     \b
     Example:
@@ -230,3 +242,52 @@ def capture(
     except ValueError as exc:  # a bad name, id, timestamp or uuid (and ConfigError)
         raise click.ClickException(str(exc)) from exc
     click.echo(captured)
+
+
+@click.command()
+@spool_argument
+@click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation.")
+@json_option
+def compact(spool: Path | None, yes: bool, as_json: bool) -> None:
+    """Rewrite SPOOL without its free pages (one full VACUUM), giving them back.
+
+    You rarely need it: a spool gives space back by itself once it drains
+    (incremental auto_vacuum, in short steps on the delivery thread and at the
+    end of `spoolpost drain`). compact gives it back now, and switches a spool
+    made by an older spoolpost to incremental auto_vacuum (which such a spool
+    otherwise gets by itself once it is nearly empty).
+
+    It is one VACUUM and cannot be done in chunks: it holds the spool's write
+    lock while it copies every stored event, so captures in every process wait
+    meanwhile (up to their busy_timeout, then on_full applies). It needs free
+    disk space of up to twice the stored events. Asks for confirmation unless
+    --yes; with no answer to read it refuses and changes nothing.
+
+    Exit codes: 0 compacted; 1 not confirmed, or an error (a failed VACUUM
+    leaves the spool as it was).
+
+    \b
+    Example:
+        spoolpost compact /var/lib/myapp/events.spool --yes
+    """
+    with open_spool(spool) as s:
+        before = s.file_usage()
+        if not yes:
+            _confirm(
+                f"Compact {s.path} ({_mb(before.file_bytes + before.wal_bytes)}, "
+                f"{_mb(before.free_bytes)} free)? It holds the spool's write lock for "
+                "the whole VACUUM: captures wait until it is done.",
+                unchanged="changed",
+                command="compact",
+            )
+        done = s.compact()
+    note = " (switched to incremental auto_vacuum)" if done.converted else ""
+    emit(
+        {"before_bytes": done.before, "after_bytes": done.after, "converted": done.converted},
+        as_json,
+        lambda: click.echo(f"compacted {s.path}: {_mb(done.before)} -> {_mb(done.after)}{note}"),
+    )
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.1f} MB"

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from spoolpost.errors import SpoolCorrupt
 from spoolpost.spool import Spool, Watermark
 
 
@@ -43,15 +44,27 @@ class FlushBarrier:
         request goes out at once and the counts are still exact as of ``now``.
 
         Returns None, without calling ``start``, when nothing captured up to
-        ``now`` is left in the spool (an O(log n) check). Raises
+        ``now`` is left in the spool (an O(log n) check). A damaged page met while
+        counting is handled by the spool (the file is quarantined, its readable
+        rows carried over) and the counts are taken again there. Raises
         :class:`~spoolpost.errors.SpoolClosed`.
         """
         watermark = spool.watermark(now)
         if not spool.any_open_through(watermark):
             return None
-        with spool.snapshot() as pinned:
-            start()
-            return cls(watermark, pinned.states_through(watermark))
+        started = False
+        try:
+            with spool.snapshot() as pinned:
+                start()
+                started = True
+                return cls(watermark, pinned.states_through(watermark))
+        except SpoolCorrupt:
+            # A damaged page: counted again through the spool, which quarantines
+            # the file with its readable rows carried over (same ids where free).
+            counts = spool.states_through(watermark)
+            if not started:
+                start()
+            return cls(watermark, counts)
 
     @property
     def unsettled(self) -> int:

@@ -7,19 +7,17 @@
   abandoned leases, decide whether a batch is due (``flush_at``,
   ``flush_interval``, a flush), respect the endpoint gate and any pause
   (:mod:`spoolpost.delivery.health`), claim batches and hand them out.
-- :meth:`Dispatcher.start` runs ``step`` in a dispatcher thread and hands the
-  batches to ``senders`` sender threads through a ``queue.Queue``. Without
-  :meth:`start`, ``step`` sends inline, which is how the deterministic tests
-  drive it (:meth:`Dispatcher.run_until_idle` steps until nothing more can be
-  sent at one ``now``).
+- :meth:`Dispatcher.start` runs ``step`` in a dispatcher thread and hands the batches to
+  ``senders`` sender threads through a ``queue.Queue``. Without :meth:`start`, ``step``
+  sends inline, which is how the deterministic tests drive it
+  (:meth:`Dispatcher.run_until_idle` steps until nothing more can be sent at one ``now``).
 - :meth:`Dispatcher.flush` waits at a :class:`FlushBarrier` until everything
   captured before it is settled.
 
-Each batch is settled by :mod:`spoolpost.delivery.settle`. Backoff never parks a
-sender thread: a rescheduled row simply becomes due later. No exception ends a
-thread: it is logged, the batch is rescheduled, and the thread goes on.
-:meth:`Dispatcher.stop` returns by its deadline whatever a sender is blocked in.
-See docs/architecture.md, "Delivery policy".
+Each batch is settled by :mod:`spoolpost.delivery.settle`. Backoff never parks a sender
+thread: a rescheduled row simply becomes due later. No exception ends a thread: it is
+logged, the batch is rescheduled, and the thread goes on. :meth:`Dispatcher.stop` returns
+by its deadline whatever a sender is blocked in. See docs/architecture.md, "Delivery policy".
 """
 
 from __future__ import annotations
@@ -162,6 +160,11 @@ class Dispatcher:
             return self._health.gate_until
 
     @property
+    def gate_failure(self) -> str | None:
+        """What last closed the endpoint gate (:meth:`EndpointHealth.gate_failure`)."""
+        return self._health.gate_failure()  # two attribute reads, for display
+
+    @property
     def requests_in_flight(self) -> int:
         """How many POSTs are under way right now (started, no reply yet)."""
         with self._cond:
@@ -209,6 +212,7 @@ class Dispatcher:
         *,
         outage_after: int | None = None,
         progress: Callable[[int], None] | None = None,
+        wait_past_timeout: bool = True,
     ) -> FlushResult:
         """Send every event inside ``barrier`` (:meth:`FlushBarrier.take`) now; wait
         up to ``timeout`` seconds; return what the flush came to
@@ -218,7 +222,8 @@ class Dispatcher:
         configuration fault (at once if a pause is in effect: ``paused`` says
         why), when ``outage_after`` transient failures in a row suggest an outage
         (for the cron drain), or at the timeout. ``progress(pending)`` is called
-        on each check. Backoff and ``Retry-After`` are honoured throughout.
+        on each check. Backoff and ``Retry-After`` are honoured; ``wait_past_timeout``
+        False returns at once when the endpoint gate opens only after the timeout.
         Without started threads the sending happens inline, in this thread,
         driven by ``clock``.
         """
@@ -240,12 +245,13 @@ class Dispatcher:
                     if outage_after is not None:
                         outage = self._health.outage(outage_after)
                     settled = self._settler.settled - settled_at_start
+                    by, held = self._health.blocked(now)
                 if progress is not None:
                     progress(max(0, barrier.unsettled - settled) if still_open else 0)
                 remaining = deadline - self.clock.monotonic()
                 if not still_open or paused is not None or outage:
                     break
-                if remaining <= 0:
+                if remaining <= 0 or (by == "gate" and held > remaining and not wait_past_timeout):
                     timed_out = True
                     break
                 if self.running:
@@ -327,6 +333,8 @@ class Dispatcher:
             flushing = bool(self._flushes)
         count, first_due_at, attempts = self.spool.due(now, self.config.flush_at)
         if count == 0:
+            if self._threads.inflight == 0 and (pause := self.spool.give_back_space()):
+                return Step(reclaimed=reclaimed, wait=pause, blocked_by="idle")  # see its doc
             next_due = self.spool.next_due_at()
             self._maybe_checkpoint(now)
             wait = None if next_due is None else max(0.0, next_due - now)
@@ -425,9 +433,10 @@ class Dispatcher:
             self.record_health(self.clock.now())
             return
         alive = self._threads.stop(timeout)
-        self.record_health(self.clock.now())
         with self._cond:
             busy = sorted(self._settler.requests.values())
+            self._health.on_stop(self.clock.now(), len(busy))  # recorded for inspect
+        self.record_health(self.clock.now())
         if busy:
             log.warning(
                 "stop deadline reached with %d request(s) still in flight (%s) to %s; "

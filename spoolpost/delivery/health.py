@@ -80,6 +80,8 @@ class EndpointHealth:
         self.paused_since: float | None = None
         self.last_failure_at: float | None = None
         self.last_retry_after: float | None = None
+        self.stopped_at: float | None = None  # a stop that left requests in flight
+        self.left_in_flight = 0
 
     # -- questions -----------------------------------------------------------------
 
@@ -95,6 +97,14 @@ class EndpointHealth:
     def paused_at(self, now: float) -> str | None:
         """Why delivery is paused at ``now`` (a configuration fault), or None."""
         return self.paused_reason if now < self.pause_until else None
+
+    def gate_failure(self) -> str | None:
+        """The last failure, with the ``Retry-After`` it carried (``HTTP 429: …
+        (Retry-After 60s)``), or None before any failure."""
+        failure, after = self.last_failure, self.last_retry_after
+        if failure is None or after is None:
+            return failure
+        return f"{failure} (Retry-After {after:g}s)"
 
     def outage(self, after: int) -> str | None:
         """The last failure once ``after`` transient failures came in a row (an
@@ -205,19 +215,33 @@ class EndpointHealth:
             logging.DEBUG, "delivery still paused (%s); next probe in %.0fs", (failure, pause)
         )
 
+    def on_stop(self, at: float, in_flight: int) -> None:
+        """Delivery stopped at ``at`` with ``in_flight`` requests still under way:
+        their leases stay behind, for the next delivering process to take back
+        (recorded so that ``inspect`` does not call them stuck)."""
+        if in_flight:
+            self.stopped_at, self.left_in_flight = at, in_flight
+
     # -- for display by other processes ----------------------------------------------
 
     def episode(self) -> tuple[object, ...]:
         """What changes only when an episode does (the gate closing or growing, a
         pause beginning or growing, a recovery): the dispatcher persists
         :meth:`record` when this changes, not on every request."""
-        return (self.gate_until, self.gate_failures, self.pause_until, self.paused_reason)
+        return (
+            self.gate_until,
+            self.gate_failures,
+            self.pause_until,
+            self.paused_reason,
+            self.stopped_at,
+        )
 
     def record(self) -> dict[str, object]:
         """The endpoint's state as plain JSON-able data, for ``spoolpost inspect`` in
         another process (times in UTC seconds or None; ``paused_status`` is the HTTP
         status of the fault that began the pause, None when not paused or when
-        there was no status)."""
+        there was no status; ``stopped_at``/``left_in_flight``: a stop that left
+        requests in flight, whose leases are then not stuck)."""
         match = _STATUS.match(self.paused_reason or "")
         return {
             "url": self.url,
@@ -231,6 +255,8 @@ class EndpointHealth:
             "last_error": self.last_failure,
             "last_error_at": self.last_failure_at,
             "last_success_at": self.last_success_at,
+            "stopped_at": self.stopped_at,
+            "left_in_flight": self.left_in_flight,
         }
 
 

@@ -8,7 +8,8 @@ import logging
 from collections.abc import Mapping, Sequence
 
 from spoolpost.delivery.config import POISON_AFTER, STUCK_AFTER
-from spoolpost.spool import Row
+from spoolpost.delivery.transport import HttpTransport
+from spoolpost.spool import Row, Spool
 
 log = logging.getLogger("spoolpost")
 
@@ -56,3 +57,13 @@ def unsendable(
         groups.setdefault(why, []).append(rows[n])
         log.warning("event %s cannot be sent: %s; it is dead-lettered", rows[n].uuid, why)
     return groups, [r for n, r in enumerate(rows) if n not in bad]
+
+
+def leave_request(spool: Spool, transport: HttpTransport, token: str, rows: Sequence[Row]) -> None:
+    """Before ``rows`` (held by ``token``) are divided (a split, an isolation
+    round): under a per-event wire format (v1) they leave their stored request,
+    so each part sent is a new request (new PostHog-Request-Id, attempt 1) and a
+    part given back unsent has no identity (see docs/architecture.md, "An event
+    row's states")."""
+    if transport.for_lane(rows[0].lane).wire.per_event:
+        spool.unstamp(token, ids_of(rows), forget=True)

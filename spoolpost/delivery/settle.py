@@ -36,12 +36,12 @@ from typing import TypeAlias
 from spoolpost.clock import Clock
 from spoolpost.delivery.config import POISON_AFTER
 from spoolpost.delivery.health import EndpointHealth, Notice
-from spoolpost.delivery.parts import halves, ids_of, probe_rows, unsendable
+from spoolpost.delivery.parts import halves, ids_of, leave_request, probe_rows, unsendable
 from spoolpost.delivery.policy import Action, RetryPolicy, classify, parse_retry_after
 from spoolpost.delivery.results import dead_groups, settlement_for
 from spoolpost.delivery.transport import HttpTransport, Reply
 from spoolpost.delivery.wire import UnsendableEvents
-from spoolpost.errors import SpoolClosed
+from spoolpost.errors import SpoolClosed, SpoolCorrupt, SpoolUnwritable
 from spoolpost.events.encoding import format_timestamp
 from spoolpost.spool import Batch, RequestStamp, Row, Spool
 
@@ -141,6 +141,15 @@ class Settler:
                 "and are sent again once the lease ends",
                 len(batch.rows),
             )
+        except SpoolCorrupt as exc:
+            # Damage met by a settle write was quarantined and the write tried again
+            # on the new spool (docs/architecture.md, "Damage on a read path"); this
+            # is the file still damaged after that. The rows keep their lease.
+            log.error("batch of %d event(s) left leased: %s", len(batch.rows), exc)
+        except SpoolUnwritable:
+            # Logged once per episode by the spool. The rows keep their lease and
+            # are sent again once it ends (at-least-once).
+            log.debug("batch of %d event(s) left leased: the disk refused a write", len(batch.rows))
         except Exception as exc:
             log.exception(
                 "delivering a batch of %d event(s) failed unexpectedly; they are "
@@ -334,7 +343,7 @@ class Settler:
         trouble (a retry or a pause), or a halt, the rest goes back to the spool
         unsent."""
         self.spool.extend(token, now + self.lease_ttl)
-        self._part(token, rows)
+        leave_request(self.spool, self.transport, token, rows)
         first, second = halves(rows)
         if self.stopping.is_set():
             self.spool.release(token, ids_of(rows))
@@ -358,7 +367,7 @@ class Settler:
         """
         while len(rows) > 1 and not self.stopping.is_set():
             self.spool.extend(token, t.at + self.lease_ttl)
-            self._part(token, rows)
+            leave_request(self.spool, self.transport, token, rows)
             first, second = halves(rows)
             a = self._post(token, first)
             first = a.sent
@@ -399,14 +408,6 @@ class Settler:
                 self.transport.display_url,
                 t.reply.describe(),
             )
-
-    def _part(self, token: str, rows: Sequence[Row]) -> None:
-        """Before ``rows`` are divided (a split, an isolation round): under v1 they
-        leave their stored request, so each part sent is a new request (new
-        PostHog-Request-Id, attempt 1) and a part given back unsent has no identity
-        (see docs/architecture.md, "An event row's states")."""
-        if self.transport.for_lane(rows[0].lane).wire.per_event:
-            self.spool.unstamp(token, ids_of(rows), forget=True)
 
     def _looks_poisoned(self, rows: Sequence[Row], now: float) -> bool:
         """Rows of which one failed transiently at least :data:`POISON_AFTER` times

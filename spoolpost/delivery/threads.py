@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 from spoolpost.clock import Clock
 from spoolpost.delivery.config import Step
-from spoolpost.errors import SpoolClosed
+from spoolpost.errors import SpoolClosed, SpoolpostError, SpoolUnwritable
 from spoolpost.spool import Batch, Spool
 
 log = logging.getLogger("spoolpost")
@@ -79,6 +79,7 @@ class Threads:
         self._queue.put(batch)
 
     def _run(self, step: Callable[[float], Step]) -> None:
+        failures = 0  # steps in a row that failed with a spoolpost error
         while not self.stopping.is_set():
             self.wake.clear()
             wait: float | None = 1.0
@@ -86,8 +87,18 @@ class Threads:
                 wait = step(self.clock.now()).wait
             except SpoolClosed:
                 return
+            except SpoolpostError as exc:  # e.g. a spool that stays damaged: no spinning
+                failures += 1
+                # A full or unwritable disk is logged once per episode by the spool.
+                if failures == 1 and not isinstance(exc, SpoolUnwritable):
+                    log.error("delivery step failed: %s; retrying with backoff", exc)
+                wait = min(MAX_STEP_WAIT, 0.5 * 2**failures)
             except Exception:
                 log.exception("dispatcher step failed; going on")
+            else:
+                if failures:
+                    log.warning("delivery steps work again after %d failure(s)", failures)
+                    failures = 0
             if wait == 0.0:
                 continue
             timeout = MAX_STEP_WAIT if wait is None else min(wait, MAX_STEP_WAIT)

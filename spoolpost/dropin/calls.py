@@ -16,6 +16,12 @@ from typing import Any
 
 from spoolpost.dropin.enrich import SYSTEM_PROPERTIES
 from spoolpost.events.contexts import ContextApi, context_distinct_id, with_context_tags
+from spoolpost.events.exceptions import (
+    already_captured,
+    exc_info_of,
+    exception_properties,
+    mark_captured,
+)
 
 __all__ = ["CaptureCalls"]
 
@@ -68,6 +74,33 @@ class CaptureCalls(ContextApi):
         if not (isinstance(event, str) and event.startswith("$ai_")):
             log.debug("capture_ai called with non-AI event name %r; sent to the AI endpoint", event)
         return self._capture("capture_ai", event, **kwargs)
+
+    def capture_exception(self, exception: Any = None, **kwargs: Any) -> str | None:
+        """posthog-python 7.x's ``capture_exception``: a ``$exception`` event for
+        ``exception`` (an exception or an exc_info tuple; None: the one being
+        handled, ``sys.exc_info()``), its properties built as posthog-python builds
+        them (:mod:`spoolpost.events.exceptions`: ``$exception_list``,
+        ``$exception_level``; the caller's ``properties`` win), with :meth:`capture`'s
+        keyword arguments. Returns the event's uuid, or None: when there is no
+        exception (WARNING), or it was captured before (by either library, as
+        posthog-python marks it). Never raises, even with ``debug`` (as there)."""
+        try:
+            if exception is not None and already_captured(exception):
+                log.debug("Exception already captured, skipping")
+                return None
+            info = exc_info_of(exception)
+            if info is None:
+                log.warning("No exception information available")
+                return None
+            kwargs.pop("_capture_metadata", None)  # posthog-python's integrations' channel
+            properties = exception_properties(info, dict(kwargs.pop("properties", None) or {}))
+            uid: str | None = self.capture("$exception", properties=properties, **kwargs)
+            if exception is not None and uid is not None:
+                mark_captured(exception, uid)
+            return uid
+        except Exception as exc:
+            log.exception("Failed to capture exception: %s", exc)
+            return None
 
     def _capture(
         self, method: str, event: str, *, distinct_id: Any = None,

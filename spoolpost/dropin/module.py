@@ -4,7 +4,9 @@ The package's settings are posthog-python 7.x's module settings
 (:data:`POSTHOG_MODULE_SETTINGS`, each meaning what the :class:`~spoolpost.Posthog`
 argument of the same name means) plus spoolpost's own (:data:`OWN_SETTINGS`).
 :func:`make_default_client` builds the default client from them: a
-:class:`~spoolpost.Posthog`, so module-level capture calls never raise.
+:class:`~spoolpost.Posthog`, so module-level capture calls never raise; as
+posthog-python's ``setup()`` does, ``disabled`` and ``debug`` are read again at
+every call (:func:`reread_per_call`), the rest once.
 :class:`SettingsModule` is the package's class: setting an attribute that spoolpost
 does not read warns once (a misspelling, or ``spoolpost.spool`` meant as
 ``spool_path``). ``tests/test_dropin_compat.py`` checks the list against the
@@ -28,6 +30,7 @@ __all__ = [
     "SettingWarning",
     "SettingsModule",
     "make_default_client",
+    "reread_per_call",
 ]
 
 log = logging.getLogger("spoolpost")
@@ -137,3 +140,24 @@ def make_default_client(
             "capture calls store nothing (set spoolpost.api_key or SPOOLPOST_API_KEY)"
         )
     return Posthog(key, **options)
+
+
+#: The module settings read at every module-level call, as posthog-python 7.x's
+#: ``setup()`` re-applies them (``posthog/__init__.py``); the others are read once,
+#: when the default client is made.
+PER_CALL_SETTINGS = ("disabled", "debug")
+
+
+def reread_per_call(client: Posthog, module: types.ModuleType) -> bool:
+    """Apply ``module``'s ``debug`` (capture calls re-raise; DEBUG logging is set
+    when the client is made, as in posthog-python) and ``disabled`` to ``client``.
+    Returns False when ``client`` must be made again: it was made disabled, so it
+    opened no spool, and is now enabled."""
+    client.debug = bool(module.debug)
+    disabled = bool(module.disabled) or not client.api_key
+    if disabled == client.disabled:
+        return True
+    if not disabled and client.unopened:
+        return False
+    client.disabled = disabled
+    return True

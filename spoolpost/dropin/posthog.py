@@ -21,9 +21,10 @@ from spoolpost.delivery.policy import RetryPolicy
 from spoolpost.delivery.wire import resolve_capture_mode, resolve_compression
 from spoolpost.dropin.calls import CaptureCalls
 from spoolpost.dropin.enrich import Enricher, Unsent, repair_arguments
+from spoolpost.dropin.flags import FlagCalls
 from spoolpost.dropin.report import LOST_COUNTER, EventsNotStored, OnError, Reporter
 from spoolpost.dropin.settings import fallback_spool_path, log_ignored, server_host
-from spoolpost.errors import HostMismatch
+from spoolpost.errors import HostMismatch, SpoolFull
 from spoolpost.events.api import CaptureApi
 
 __all__ = ["DEFAULT_FLUSH_TIMEOUT", "Posthog"]
@@ -36,7 +37,7 @@ DEFAULT_FLUSH_TIMEOUT = 10.0
 _NOT_GIVEN: dict[str, Any] = {}  # the ignored options' posthog-python defaults, filled below
 
 
-class Posthog(CaptureCalls):
+class Posthog(CaptureCalls, FlagCalls):
     """posthog-python 7.x's ``Posthog`` (``posthog.Client``), storing every event in a
     spoolpost spool before a capture call returns.
 
@@ -50,8 +51,10 @@ class Posthog(CaptureCalls):
     ``historical_migration``. Meant as there: ``debug`` (DEBUG logging on the
     ``spoolpost`` logger, and capture calls re-raise), ``on_error(error, events)``
     (called in a reporter thread: once per batch dead-lettered, with
-    :class:`~spoolpost.dropin.EventsRejected`, and once per capture call that stored
-    nothing, with :class:`~spoolpost.dropin.EventsNotStored`), ``send=False`` (send
+    :class:`~spoolpost.dropin.EventsRejected`, once per capture call that stored
+    nothing, with :class:`~spoolpost.dropin.EventsNotStored`, once per outage or pause
+    episode, and once per full-spool episode in which ``on_full`` drops events, with
+    :class:`~spoolpost.errors.SpoolFull`), ``send=False`` (send
     and store nothing; capture calls still return uuids), ``sync_mode`` (each capture
     call also delivers what is pending, waiting up to ``timeout`` seconds, default 15),
     ``super_properties`` (merged over every event's properties),
@@ -59,7 +62,10 @@ class Posthog(CaptureCalls):
     exception or a non-dict result drops the event, as there). The rest (feature
     flags, exception autocapture, AI, metrics, tracing, emails, ``max_queue_size``)
     is ignored with one INFO line each when given a value other than posthog-python's
-    default.
+    default. ``capture_exception`` sends ``$exception`` as posthog-python builds it;
+    the flag calls (``feature_enabled``, ``get_feature_flag``, …,
+    :class:`~spoolpost.dropin.flags.FlagCalls`) evaluate nothing and return
+    posthog-python's answer when it cannot evaluate.
 
     spoolpost's own options, keyword-only: ``spool`` (the spool file; default
     :func:`~spoolpost.client.default_spool_path`, and when that cannot be opened
@@ -201,6 +207,7 @@ class Posthog(CaptureCalls):
             log.error("Posthog: no spool could be opened (%s); capture calls store nothing", exc)
             return
         self.client._capture.null_unencodable = True  # posthog-python sends null
+        self.client._capture.on_dropped = self._dropped
         self.client.dispatcher.set_on_dead(self.reporter.dead, self.reporter.episode)
 
     def _client(self, host: str, spool: str | None, options: dict[str, Any]) -> Client:
@@ -227,6 +234,12 @@ class Posthog(CaptureCalls):
             path,
         )
 
+    @property
+    def unopened(self) -> bool:
+        """True when this client was made disabled (or with ``send=False``) and so
+        opened no spool."""
+        return self.client is None and self._open_error is None
+
     # -- the capture calls ---------------------------------------------------------
 
     def _target(self) -> CaptureApi | None:
@@ -244,6 +257,8 @@ class Posthog(CaptureCalls):
                 assert self._open_error is not None
                 raise self._open_error
             result: str | None = getattr(target, method)(*args, **kwargs)
+            if result is not None and self.client is not None:
+                self._stored(self.client)
             if result is not None and self.sync_mode and self.client is not None:
                 self.client.flush(self.timeout)
             return result
@@ -253,6 +268,31 @@ class Posthog(CaptureCalls):
             log.error("%s() stored nothing: %s: %s", method, type(exc).__name__, exc)
             self._lose(EventsNotStored(method, exc), summary)
             return None
+
+    def _stored(self, client: Client) -> None:
+        """A capture call stored its event: a full episode ends once the spool's
+        (its WARNING's) is over; one that ``drop_oldest`` began by deleting older
+        pending events to make room is told to ``on_error`` with no events."""
+        full = client.spool.full
+        if full == self.reporter.full_episode:
+            return  # the common case: no episode, and none beginning
+        if not full:
+            self.reporter.stored()
+        elif client.spool.on_full == "drop_oldest":
+            self._dropped(None)
+
+    def _dropped(self, event: dict[str, Any] | None) -> None:
+        """The spool's ``on_full`` policy dropped ``event`` (None: older events, for
+        ``drop_oldest``), counted as ``dropped``: ``on_error(SpoolFull, [event])``
+        once per full episode."""
+        assert self.client is not None  # the hook is set on its pipeline
+        spool = self.client.spool
+        error = SpoolFull(
+            f"spool {spool.path} is full (max_spool_bytes={spool.max_spool_bytes}, "
+            f"on_full={spool.on_full}); events are dropped and counted as 'dropped' "
+            "until it is back down to 7/8 of that"
+        )
+        self.reporter.dropped(error, event)
 
     def _lose(self, error: EventsNotStored, summary: dict[str, Any]) -> None:
         with self._lock:

@@ -2,9 +2,12 @@
 
 posthog-python calls ``on_error(error, batch)`` from its consumer threads when an
 upload fails; here the same callback hears of events that could not be stored at
-capture (:class:`EventsNotStored`) and of batches the endpoint's replies
-dead-lettered (:class:`EventsRejected`). Both are told in one reporter thread, so a
-slow or raising callback never delays a capture or a sender.
+capture (:class:`EventsNotStored`), of batches the endpoint's replies
+dead-lettered (:class:`EventsRejected`), of outage and pause episodes
+(:class:`DeliveryInterrupted`) and of full-spool episodes, in which the spool's
+``on_full`` policy drops events (:class:`~spoolpost.errors.SpoolFull`, once per
+episode). All are told in one reporter thread, so a slow or raising callback never
+delays a capture or a sender.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any, TypeAlias
 
-from spoolpost.errors import SpoolpostError
+from spoolpost.errors import SpoolFull, SpoolpostError
 from spoolpost.spool import Row
 
 __all__ = [
@@ -101,6 +104,8 @@ class Reporter:
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._pid = os.getpid()
+        #: True from an ``on_full`` drop until the spool's full episode is over.
+        self.full_episode = False
 
     def report(self, error: Exception, events: list[dict[str, Any]]) -> None:
         """Queue ``on_error(error, events)``; returns at once."""
@@ -122,6 +127,21 @@ class Reporter:
     def episode(self, kind: str, failure: str) -> None:
         """The dispatcher's ``on_episode`` hook: report an outage or a pause once."""
         self.report(DeliveryInterrupted(kind, failure), [])
+
+    def dropped(self, error: SpoolFull, event: dict[str, Any] | None) -> None:
+        """An ``on_full`` policy dropped ``event`` (None: older events, not at hand):
+        tell ``on_error(error, [event])`` (``[]`` for None)
+        at the first drop of a full episode only (the drops are counted in the
+        spool's ``dropped`` counter); the episode lasts until :meth:`stored`."""
+        with self._lock:
+            first, self.full_episode = not self.full_episode, True
+        if first:
+            self.report(error, [] if event is None else [event])
+
+    def stored(self) -> None:
+        """A capture call stored its event once the spool's full episode was over
+        (:attr:`Spool.full <spoolpost.spool.Spool.full>`): the next drop is told again."""
+        self.full_episode = False
 
     def close(self, timeout: float) -> None:
         """Let the thread tell what is queued and exit; wait up to ``timeout`` seconds

@@ -8,20 +8,27 @@ between lives here.
 
 from __future__ import annotations
 
+import enum
 import logging
 import threading
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from spoolpost.clock import Clock
-from spoolpost.errors import EventTooLarge
+from spoolpost.errors import EventTooLarge, SpoolUnwritable
 from spoolpost.events.build import check_event
 from spoolpost.events.encoding import encode_event
 
 if TYPE_CHECKING:
     from spoolpost.spool import Spool
 
-__all__ = ["DEFAULT_MAX_EVENT_BYTES", "FILTERED_COUNT_EVERY", "BeforeSend", "CapturePipeline"]
+__all__ = [
+    "DEFAULT_MAX_EVENT_BYTES",
+    "FILTERED_COUNT_EVERY",
+    "BeforeSend",
+    "CapturePipeline",
+    "Outcome",
+]
 
 log = logging.getLogger("spoolpost")
 
@@ -31,6 +38,14 @@ DEFAULT_MAX_EVENT_BYTES = 900 * 1024
 FILTERED_COUNT_EVERY = 1.0
 
 BeforeSend = Callable[[dict[str, Any]], "Mapping[str, Any] | None"]
+
+
+class Outcome(enum.Enum):
+    """What :meth:`CapturePipeline.store` did with one event."""
+
+    STORED = "stored"  #: committed to the spool
+    FILTERED = "filtered"  #: ``before_send`` returned None: the caller's choice, never an error
+    DROPPED = "dropped"  #: the spool's ``on_full`` policy dropped it (counted as ``dropped``)
 
 
 class CapturePipeline:
@@ -56,6 +71,9 @@ class CapturePipeline:
         #: True: values that cannot be encoded are written as null, each with a
         #: WARNING naming its path (posthog-python's behaviour; the drop-in sets it).
         self.null_unencodable = False
+        #: Called with each event the spool's ``on_full`` policy dropped (the drop-in
+        #: tells ``on_error``); in the capturing thread, so it must not block.
+        self.on_dropped: Callable[[dict[str, Any]], None] | None = None
         self.after_fork_in_child()
 
     def after_fork_in_child(self) -> None:
@@ -72,6 +90,23 @@ class CapturePipeline:
         once committed, or None when ``before_send`` or the spool's ``on_full``
         policy dropped it.
 
+        Raises as :meth:`store` does; an ``on_full`` drop also goes to
+        :attr:`on_dropped`.
+        """
+        outcome, stored = self.store(event, now, lane)
+        if outcome is Outcome.STORED:
+            uuid: str = stored["uuid"]
+            return uuid
+        if outcome is Outcome.DROPPED and self.on_dropped is not None:
+            self.on_dropped(stored)
+        return None
+
+    def store(
+        self, event: dict[str, Any], now: float, lane: str | None = None
+    ) -> tuple[Outcome, dict[str, Any]]:
+        """As :meth:`write`, returning the :class:`Outcome` and the event as
+        ``before_send`` left it (``event`` itself when it was filtered).
+
         Raises :class:`~spoolpost.errors.EncodingError` (via
         :func:`~spoolpost.events.encoding.encode_event`),
         :class:`~spoolpost.errors.EventTooLarge` over ``max_event_bytes``, and what
@@ -81,15 +116,14 @@ class CapturePipeline:
             kept = self._run_before_send(event)
             if kept is None:
                 self._count_filtered()
-                return None
+                return Outcome.FILTERED, event
             event = kept
         body = self._encode(event)
         if len(body) > self.max_event_bytes:
             raise EventTooLarge(len(body), self.max_event_bytes)
-        uuid: str = event["uuid"]
-        if not self.spool.append(uuid, body, now, lane):
-            return None
-        return uuid
+        if not self.spool.append(event["uuid"], body, now, lane):
+            return Outcome.DROPPED, event
+        return Outcome.STORED, event
 
     def _encode(self, event: dict[str, Any]) -> bytes:
         if not self.null_unencodable:
@@ -155,5 +189,10 @@ class CapturePipeline:
         with self._filtered_lock:
             n, self._filtered = self._filtered, 0
             self._filtered_due = self.clock.monotonic() + FILTERED_COUNT_EVERY
-        if n:
+        if not n:
+            return
+        try:
             self.spool.add_counter("filtered", n)
+        except SpoolUnwritable:  # a full or read-only disk: counted at a later flush
+            with self._filtered_lock:
+                self._filtered += n

@@ -15,6 +15,7 @@ from pathlib import Path
 from spoolpost.errors import ConfigError
 from spoolpost.ops.drain import (
     DRAIN_CONFIG,
+    EXIT_DAMAGED,
     EXIT_DEAD,
     EXIT_EMPTY,
     EXIT_ERROR,
@@ -38,6 +39,7 @@ from spoolpost.spool import Spool, check_spool_file
 
 __all__ = [
     "DRAIN_CONFIG",
+    "EXIT_DAMAGED",
     "EXIT_DEAD",
     "EXIT_EMPTY",
     "EXIT_ERROR",

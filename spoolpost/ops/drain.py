@@ -7,6 +7,7 @@ left, a time budget runs out, the endpoint is down or delivery is paused, and
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -18,6 +19,9 @@ from spoolpost.delivery.hosts import canonical_host
 from spoolpost.delivery.policy import RetryPolicy
 from spoolpost.delivery.transport import DEFAULT_HOST, HttpTransport
 from spoolpost.spool import Spool
+from spoolpost.spool.vacuum import STEP_PAUSE
+
+log = logging.getLogger("spoolpost")
 
 #: ``spoolpost drain`` exit codes, for cron.
 EXIT_EMPTY = 0
@@ -26,18 +30,27 @@ EXIT_REMAIN = 3
 EXIT_OUTAGE = 4
 EXIT_PAUSED = 5
 EXIT_DEAD = 6
+#: The spool was damaged: its file was set aside and what could be read carried
+#: into a new spool at the same path (delivered as far as the run went).
+EXIT_DAMAGED = 7
 
 
 @dataclass(frozen=True)
 class DrainResult(FlushResult):
     """A :class:`FlushResult` whose counts are this run's own (events another
-    process delivered meanwhile are not counted), plus, when the drain did not
-    try because nothing could become due within its budget, ``waiting_until``
-    (UTC seconds: when the first event becomes due) and ``waiting_for`` (why:
-    the last error stored with it, or a lease held by another process)."""
+    process delivered meanwhile are not counted), plus, when nothing could
+    become due within its budget (before it started, or once a failure's
+    backoff or ``Retry-After`` closed the endpoint gate past the budget's end),
+    ``waiting_until`` (UTC seconds: when the first event becomes due, or the
+    gate opens) and ``waiting_for`` (why: the last error stored with it and its
+    ``Retry-After``, or a lease held by another process); ``damaged``: one line
+    per spool file this run found damaged (set aside as
+    ``<spool>.corrupt-<time>``, its readable rows carried into a new spool at the
+    same path, and what could not be read), as :attr:`Spool.switches` says."""
 
     waiting_until: float | None = None
     waiting_for: str | None = None
+    damaged: tuple[str, ...] = ()
 
 
 def drain_host(spool: Spool, host: str | None) -> str:
@@ -97,7 +110,10 @@ def drain_spool(
 
     When no event can become due within ``budget`` (every pending one waits for
     a stored backoff or ``Retry-After`` past it), it returns at once without
-    starting a thread, with ``waiting_until`` and ``waiting_for`` set.
+    starting a thread, with ``waiting_until`` and ``waiting_for`` set. So it
+    does when a reply met while draining (a 429 or 503 with ``Retry-After``)
+    closes the endpoint gate past the budget's end: it stops at once (requests
+    in flight get ``grace``) instead of idling until the budget is spent.
     ``retry_now`` first makes stored retries due now (:meth:`Spool.retry_now`):
     this run tries at once, ignoring stored backoff.
 
@@ -109,6 +125,7 @@ def drain_spool(
     spool.bind_key(key_fingerprint(transport.api_key), force=force_key)
     spool.bind_host(canonical_host(transport.host), force=force_host)
     now = clock.now()
+    ends_at = None if budget is None else now + budget  # UTC seconds
     if retry_now:
         spool.retry_now(now)
     elif budget is not None:
@@ -120,6 +137,7 @@ def drain_spool(
                 timed_out=True,
                 waiting_until=due[0],
                 waiting_for=due[1],
+                damaged=tuple(spool.switches),
             )
     dispatcher = Dispatcher(
         spool, transport, config=config or DRAIN_CONFIG, retry=retry, clock=clock
@@ -130,8 +148,8 @@ def drain_spool(
     interrupted = False
     try:
         barrier = FlushBarrier.take_starting(spool, clock.now(), dispatcher.start)
-        if barrier is None:
-            return DrainResult()  # nothing to send: no thread was started
+        if barrier is None:  # nothing to send: no thread was started
+            return DrainResult(damaged=tuple(spool.switches))
         total = barrier.unsettled
         report: Callable[[int], None] | None = None
         if progress is not None:
@@ -142,28 +160,63 @@ def drain_spool(
 
         timeout = float("inf") if budget is None else budget
         try:
-            dispatcher.flush(barrier, timeout, outage_after=outage_after, progress=report)
+            dispatcher.flush(
+                barrier,
+                timeout,
+                outage_after=outage_after,
+                progress=report,
+                wait_past_timeout=False,
+            )
         except KeyboardInterrupt:
             interrupted = True
     finally:
         dispatcher.stop(grace)
+    gate_until, gate_failure = dispatcher.gate_until, dispatcher.gate_failure
     # Requests that finished during the grace period settled their events: a flush
     # with no time left sends nothing and tallies the spool as it is now.
     flushed = dispatcher.flush(barrier, 0.0, outage_after=outage_after)
     # The barrier's count includes what other processes delivered meanwhile;
     # this run delivered no more than its own senders settled.
-    result = DrainResult(
-        **(vars(flushed) | {"delivered": min(flushed.delivered, dispatcher.settled)})
-    )
+    counts = vars(flushed) | {"delivered": min(flushed.delivered, dispatcher.settled)}
+    counts |= {"damaged": tuple(spool.switches)}
+    stopped_by = flushed.paused or flushed.outage or interrupted
+    if flushed.pending and not stopped_by and ends_at is not None and gate_until > ends_at:
+        # The gate opens past the budget's end: say until when and why.
+        counts |= {"waiting_until": gate_until, "waiting_for": gate_failure}
+    result = DrainResult(**counts)
     if interrupted:
         raise DrainInterrupted(result)
+    give_back_space(spool, clock, steps=not result.timed_out)  # a spent budget: checkpoint only
     return result
 
 
+#: Seconds a drain may spend giving space back after it delivered.
+GIVE_BACK_BUDGET = 60.0
+
+
+def give_back_space(spool: Spool, clock: Clock = SYSTEM_CLOCK, *, steps: bool = True) -> None:
+    """After a drain: give the spool's free pages back to the filesystem in
+    bounded steps (:meth:`Spool.give_back_space`, pausing between them so that
+    running apps capture meanwhile), for at most :data:`GIVE_BACK_BUDGET`
+    seconds (none when ``steps`` is False: the drain's budget is spent), then
+    checkpoint the WAL, so that a spool drained from cron shrinks with no app
+    running (docs/architecture.md, "Space and long writes"). Never raises."""
+    deadline = clock.monotonic() + GIVE_BACK_BUDGET
+    while steps and spool.give_back_space() and clock.monotonic() < deadline:
+        clock.sleep(STEP_PAUSE)
+    try:
+        spool.checkpoint()
+    except Exception:  # a nicety after the drain's work is done
+        log.debug("WAL checkpoint after the drain skipped", exc_info=True)
+
+
 def drain_exit_code(result: FlushResult) -> int:
-    """The documented ``spoolpost drain`` exit code for a drain's result:
-    events remain → 5 paused, 4 outage, 3 budget; none remain → 6 if this run
-    dead-lettered any, else 0."""
+    """The documented ``spoolpost drain`` exit code for a drain's result: 7 if
+    the run found the spool damaged (a :class:`DrainResult` with ``damaged``);
+    else events remain → 5 paused, 4 outage, 3 budget; none remain → 6 if this
+    run dead-lettered any, else 0."""
+    if getattr(result, "damaged", ()):
+        return EXIT_DAMAGED
     if result.pending:
         if result.paused:
             return EXIT_PAUSED

@@ -7,16 +7,22 @@ and ``metrics``. Everything here reads the spool through
   JSON-able dict whose schema README documents ("inspect --json").
 - :func:`check` compares an observation with :class:`Thresholds` (Nagios codes).
 - :func:`metrics_registry` exposes one as Prometheus metrics.
+- :func:`quarantine` lists the files set aside beside a spool (corrupt ones,
+  side files of a deleted one); :func:`unreadable` is the machine-readable
+  answer when the spool itself cannot be read (missing, corrupt).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+from spoolpost.errors import SpoolCorrupt
 from spoolpost.events.timestamps import format_timestamp
-from spoolpost.spool import DEFAULT_MAX_SPOOL_BYTES
+from spoolpost.spool import DEFAULT_MAX_SPOOL_BYTES, DEFAULT_MIN_FREE_BYTES, aside, files
+from spoolpost.spool.files import FileKind
 from spoolpost.spool.reader import EndpointState, LeaseInfo, Observation
 
 #: Transient failures in a row that ``inspect`` calls an outage (drain's default).
@@ -58,6 +64,20 @@ def bound(obs: Observation) -> tuple[int, str]:
     return DEFAULT_MAX_SPOOL_BYTES, "default"
 
 
+def floor(obs: Observation) -> tuple[int, str]:
+    """``min_free_bytes`` as the last client recorded it in the meta table, else
+    the default: (bytes, ``"recorded"`` or ``"default"``)."""
+    stored = obs.meta.get("min_free_bytes", "")
+    if stored.isdigit():
+        return int(stored), "recorded"
+    return DEFAULT_MIN_FREE_BYTES, "default"
+
+
+def below_floor(obs: Observation) -> bool:
+    """True when the filesystem's free bytes are under ``min_free_bytes``."""
+    return obs.fs_free_bytes is not None and obs.fs_free_bytes < floor(obs)[0]
+
+
 def fullness(obs: Observation) -> float:
     """Used bytes over the bound, 0.0 to 1.0 (and above when over it)."""
     return obs.used_bytes / bound(obs)[0]
@@ -67,12 +87,25 @@ def _who(e: EndpointState) -> str:
     return f"pid {e.owner.pid} on {e.owner.host}, " + ("running" if e.alive else "gone")
 
 
+def left_at_stop(obs: Observation, lease: LeaseInfo) -> bool:
+    """True when ``lease`` belongs to a process that stopped delivery cleanly with
+    its request still in flight (a drain at its budget's end, a shutdown at its
+    deadline: its endpoint record has ``stopped_at`` at or after the lease was
+    taken): the next delivering process takes it back, as planned; not stuck."""
+    for e in obs.endpoints:
+        stopped = e.data.get("stopped_at")
+        if e.owner == lease.owner and stopped is not None:
+            return float(stopped) >= lease.created_at
+    return False
+
+
 def verdict(obs: Observation) -> Verdict:
     """The state of the spool, first match wins: paused (the latest endpoint
     record is paused by a configuration fault), outage (its gate closed after
-    :data:`OUTAGE_AFTER` failures in a row), stuck (leases of a gone owner, or
-    the spool :data:`FULL_AT` full), backing off (the gate or every pending retry
-    is due later), else healthy."""
+    :data:`OUTAGE_AFTER` failures in a row), stuck (leases of a gone owner that
+    did not stop cleanly, see :func:`left_at_stop`; or the spool
+    :data:`FULL_AT` full), backing off (the gate or every pending retry is due
+    later), else healthy (saying so when a stopped process left leases)."""
     now = obs.now
     latest = obs.endpoints[0] if obs.endpoints else None
     data: dict[str, Any] = latest.data if latest else {}
@@ -97,7 +130,9 @@ def verdict(obs: Observation) -> Verdict:
             since=data.get("last_error_at"),
             until=gate_until,
         )
-    gone = [lease for lease in obs.leases if not lease.alive]
+    gone = [lease for lease in obs.leases if not lease.alive and lease.events]
+    left = [lease for lease in gone if left_at_stop(obs, lease)]
+    gone = [lease for lease in gone if lease not in left]
     if gone:
         n = sum(lease.events for lease in gone)
         pids = ", ".join(sorted({str(lease.owner.pid) for lease in gone}))
@@ -108,6 +143,12 @@ def verdict(obs: Observation) -> Verdict:
         )
     if fullness(obs) >= FULL_AT:
         return Verdict("stuck", f"stuck: the spool is {fullness(obs):.0%} full")
+    if below_floor(obs):
+        return Verdict(
+            "stuck",
+            f"stuck: the filesystem has {obs.fs_free_bytes} B free, under min_free_bytes="
+            f"{floor(obs)[0]}: captures are refused (on_full) until delivery or you free space",
+        )
     pending = obs.stats.counts["pending"]
     fresh = pending - obs.retrying
     retry_at = obs.next_retry_at
@@ -118,10 +159,18 @@ def verdict(obs: Observation) -> Verdict:
         return Verdict(
             "backing_off", f"backing off until {_at(until)}{why} after {after}", until=until
         )
+    if left:
+        n = sum(lease.events for lease in left)
+        pids = ", ".join(sorted({str(lease.owner.pid) for lease in left}))
+        return Verdict(
+            "healthy",
+            f"healthy; {n} event(s) were in flight when process(es) {pids} stopped; "
+            "the next delivering process takes them back at once",
+        )
     return Verdict("healthy", "healthy")
 
 
-def _lease(lease: LeaseInfo) -> dict[str, Any]:
+def _lease(obs: Observation, lease: LeaseInfo) -> dict[str, Any]:
     return {
         "token": lease.token,
         "host": lease.owner.host,
@@ -131,6 +180,51 @@ def _lease(lease: LeaseInfo) -> dict[str, Any]:
         "created_at": lease.created_at,
         "expires_at": lease.expires_at,
         "taken_back": "at expiry" if lease.alive else "at once",
+        "left_at_stop": not lease.alive and left_at_stop(obs, lease),
+    }
+
+
+def quarantine(path: Path) -> list[dict[str, Any]]:
+    """The files set aside beside the spool ``path`` (:func:`aside.quarantined`):
+    ``[{"path", "kind": "corrupt" or "orphaned", "bytes"}]``, by name. ``corrupt``:
+    a spool moved aside as ``<path>.corrupt-<UTC time>`` (with its ``-wal``/``-shm``)
+    after its readable rows were carried into a new spool; ``orphaned``: the
+    ``-wal``/``-shm`` of a spool deleted under a process, moved aside before a new
+    spool opened beside them. Nothing is opened or moved."""
+    found = []
+    for file in aside.quarantined(path):
+        try:
+            size = file.stat().st_size
+        except OSError:
+            continue
+        name = file.name[len(path.name) :]
+        kind = next(k for k in ("corrupt", "orphaned", "rescue") if name.startswith(f".{k}-"))
+        found.append({"path": str(file), "kind": kind, "bytes": size})
+    return found
+
+
+#: ``state`` of :func:`unreadable`'s answer.
+UNREADABLE_STATES = ("missing", "corrupt", "unreadable")
+
+
+def unreadable(path: Path, error: Exception) -> dict[str, Any]:
+    """The ``inspect --json`` object for a spool that cannot be read: ``path``,
+    ``state`` (``missing``: no file at ``path``; ``corrupt``: SQLite finds it
+    damaged, and it is left as it is; ``unreadable``: anything else, e.g. not a
+    spool, a newer schema, permissions), ``summary`` and ``error`` (the message),
+    and ``quarantined`` (:func:`quarantine`)."""
+    if files.file_type(path) is FileKind.MISSING:
+        state = "missing"
+    elif isinstance(error, SpoolCorrupt):
+        state = "corrupt"
+    else:
+        state = "unreadable"
+    return {
+        "path": str(path),
+        "state": state,
+        "summary": f"{state}: {error}",
+        "error": str(error),
+        "quarantined": quarantine(path),
     }
 
 
@@ -140,7 +234,8 @@ def report(obs: Observation) -> dict[str, Any]:
     ``until``, ``status``, ``retrying``, ``next_retry_at``, ``last_error``,
     ``last_success_at``, ``oldest_pending_at``, ``leases``, ``key_fingerprint``,
     ``created_on``, ``ingestion_host``, ``max_spool_bytes``, ``bound_source``,
-    ``used_bytes``, ``full`` and ``endpoints``. Times are UTC seconds or null."""
+    ``used_bytes``, ``full``, ``min_free_bytes``, ``floor_source``, ``fs_free_bytes``,
+    ``below_floor`` and ``endpoints``. Times are UTC seconds or null."""
     v = verdict(obs)
     latest = obs.endpoints[0].data if obs.endpoints else {}
     last_error: dict[str, Any] | None = None
@@ -165,7 +260,7 @@ def report(obs: Observation) -> dict[str, Any]:
         "last_error": last_error,
         "last_success_at": max(known) if known else None,
         "oldest_pending_at": None if age is None else obs.now - age,
-        "leases": [_lease(lease) for lease in obs.leases],
+        "leases": [_lease(obs, lease) for lease in obs.leases],
         "key_fingerprint": obs.meta.get("key_fingerprint"),
         "created_on": obs.meta.get("host"),
         "ingestion_host": obs.meta.get("ingestion_host") or latest.get("url"),
@@ -173,7 +268,12 @@ def report(obs: Observation) -> dict[str, Any]:
         "bound_source": source,
         "used_bytes": obs.used_bytes,
         "full": round(fullness(obs), 4),
+        "min_free_bytes": floor(obs)[0],
+        "floor_source": floor(obs)[1],
+        "fs_free_bytes": obs.fs_free_bytes,
+        "below_floor": below_floor(obs),
         "endpoints": [e.data | {"alive": e.alive} for e in obs.endpoints],
+        "quarantined": quarantine(Path(obs.stats.path)),
     }
 
 
@@ -210,8 +310,8 @@ class Thresholds:
 
 def check(obs: Observation, limits: Thresholds) -> tuple[int, str]:
     """The Nagios-style exit code (0 ok, 1 warning, 2 critical) and one line of
-    text for ``obs`` against ``limits``; a paused or stuck spool is at least a
-    warning."""
+    text for ``obs`` against ``limits``; a paused or stuck spool, and files set
+    aside beside it (:func:`quarantine`), are at least a warning."""
     age = obs.stats.oldest_pending_age or 0.0
     measures = [
         ("oldest pending", age, limits.pending_age, f"{age:.0f}s"),
@@ -226,4 +326,9 @@ def check(obs: Observation, limits: Thresholds) -> tuple[int, str]:
     v = verdict(obs)
     if v.state in ("paused", "outage", "stuck"):
         code = max(code, WARNING)
+    aside = quarantine(Path(obs.stats.path))
+    if aside:  # damage happened: someone should look (and remove them once done)
+        code = max(code, WARNING)
+        names = ", ".join(Path(a["path"]).name for a in aside)
+        parts.append(f"{len(aside)} file(s) set aside: {names} (WARNING)")
     return code, f"SPOOLPOST {_LEVELS[code]} - {v.line}; " + ", ".join(parts)

@@ -1,7 +1,7 @@
 """Events into and out of a spool from outside an app: ``import`` and ``capture``.
 
 - :func:`parse_import` / :func:`import_events` — JSON Lines of PostHog events
-  into a spool, validated first, then all or nothing;
+  into a spool, all validated first, then written in short chunks;
 - :func:`capture_one` — one event through a capture-only client.
 
 (``export`` is :meth:`~spoolpost.spool.Spool.events` plus
@@ -112,9 +112,13 @@ def import_events(
     max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
 ) -> ImportResult:
     """Add JSON Lines of PostHog events (see :func:`parse_import`) to ``spool`` as
-    pending events, due now: all of them in one transaction, or none.
+    pending events, due now.
 
-    The whole input is validated (and held in memory) before anything is written.
+    The whole input is validated (and held in memory) before anything is written:
+    one bad line and nothing is. Then it is written in chunks of a few
+    milliseconds each (:meth:`Spool.import_events`), so that apps capturing into
+    the same spool wait only that long; an interrupted import leaves whole
+    chunks, and a rerun with the same input adds the rest.
     Events whose uuid is already in the spool in any state (pending, leased or
     dead: a dead letter is replayed with ``replay``, not imported again), or
     repeated in the input, are skipped. ``max_spool_bytes``/``on_full`` do not

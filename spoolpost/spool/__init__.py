@@ -28,6 +28,7 @@ from spoolpost.spool.leases import Batch, Row
 from spoolpost.spool.maintenance import Filter, SpooledEvent
 from spoolpost.spool.queries import SpoolSnapshot, SpoolStats, Watermark
 from spoolpost.spool.settlement import Doomed, Settled, Settlement
+from spoolpost.spool.space import DEFAULT_MIN_FREE_BYTES
 from spoolpost.spool.sql import AI_LANE
 from spoolpost.spool.stamps import RequestStamp, Stamper
 
@@ -37,6 +38,7 @@ __all__ = [
     "DEFAULT_BUSY_TIMEOUT",
     "DEFAULT_DURABILITY",
     "DEFAULT_MAX_SPOOL_BYTES",
+    "DEFAULT_MIN_FREE_BYTES",
     "DEFAULT_ON_FULL",
     "DURABILITY_MODES",
     "ON_FULL_POLICIES",

@@ -9,7 +9,10 @@ or allocation is added lightly.
 The spool's size is bounded by ``max_spool_bytes``; ``on_full`` says what a full
 spool does to new events (``drop_newest``, ``drop_oldest``, ``block``,
 ``raise``), with one WARNING per full episode (see docs/architecture.md,
-"Failure policy").
+"Failure policy"). The same policy applies below the filesystem's free-space
+floor (``min_free_bytes``, :class:`~spoolpost.spool.space.Floor`) and when the
+disk refuses a capture's write (full, read-only, permissions, I/O:
+:mod:`~spoolpost.spool.conditions`; see "The disk under the spool").
 """
 
 from __future__ import annotations
@@ -22,8 +25,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from spoolpost.errors import SpoolFull, SpoolLocked
+from spoolpost.errors import SpoolFull, SpoolLocked, SpoolUnwritable
+from spoolpost.spool.conditions import DiskConditions, classify, persist_drops
 from spoolpost.spool.db import BUSY_CODES, Database, is_corrupt
+from spoolpost.spool.queries import count
+from spoolpost.spool.space import Floor
 from spoolpost.spool.sql import IN_IDS, INSERT_EVENT, add_counter, ids_json
 
 log = logging.getLogger("spoolpost")
@@ -62,6 +68,8 @@ class _Space:
     # read again from the file; 0: read it on the next append.
     budget: int = 0
     episode: _FullEpisode = field(default_factory=_FullEpisode)
+    # Which bound the full episode met: max_spool_bytes or min_free_bytes.
+    reason: str = "max_spool_bytes"
 
 
 class Appender:
@@ -72,13 +80,22 @@ class Appender:
     """
 
     def __init__(
-        self, db: Database, *, max_spool_bytes: int, on_full: OnFull, block_timeout: float
+        self,
+        db: Database,
+        *,
+        max_spool_bytes: int,
+        on_full: OnFull,
+        block_timeout: float,
+        floor: Floor | None = None,
+        conditions: DiskConditions | None = None,
     ) -> None:
         self._db = db
         self.path = db.path
         self.max_spool_bytes = max_spool_bytes
         self.on_full: OnFull = on_full
         self.block_timeout = block_timeout
+        self.floor = floor or Floor(db.path, 0)
+        self.disk = conditions or DiskConditions(db.path)
         self._space = _Space()
         self._reset_locks()
         db.on_start_over(self._start_over)
@@ -103,6 +120,7 @@ class Appender:
         """:meth:`Spool.append <spoolpost.spool.Spool.append>`: write one event
         (``now``: its capture time, UTC seconds; ``lane``: None or ``"ai"``);
         return once it is committed."""
+        self._db.check_file()  # a deleted or replaced file: at most once a second
         deadline = None
         recovered = False
         while True:
@@ -110,24 +128,55 @@ class Appender:
             item = _Append(uuid, body, now, lane)
             self._group_commit(item)
             if item.error is None:
+                if self.disk.active is not None:
+                    self._disk_writable()
                 return item.written
             if is_corrupt(item.error) and not recovered:
                 # A corrupt spool never stops the app: move it aside, go on in a new one.
                 recovered = True
                 self._db.reopen(item.error)
                 continue
-            if not (isinstance(item.error, _Full) and self.on_full == "block"):
+            item.error = self._disk_refused(item.error)
+            if item.error is None:
+                return False  # dropped and counted (in memory until the disk takes it)
+            if not (isinstance(item.error, _Full | SpoolUnwritable) and self.on_full == "block"):
                 raise item.error.as_public() if isinstance(item.error, _Full) else item.error
             if deadline is None:
                 deadline = time.monotonic() + self.block_timeout
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise item.error.as_public()
+                raise item.error.as_public() if isinstance(item.error, _Full) else item.error
             with self._space_freed:
                 # Woken by an ack in this process; polled for frees by others.
                 if self._freed == freed:
                     self._space_freed.wait(min(remaining, 0.5))
             self._space.budget = 0
+
+    def _disk_refused(self, exc: BaseException) -> BaseException | None:
+        """A capture's write failed with ``exc``: if the disk refused it (full,
+        read-only, permissions, I/O; see spool/conditions.py), apply ``on_full``
+        and return None (dropped, counted) or the :class:`SpoolUnwritable` to raise
+        (``raise``, ``block``); any other error is returned as it is. Dropping the
+        oldest events needs the disk too, so ``drop_oldest`` drops the new one."""
+        condition = classify(exc, self.path)
+        if condition is None:
+            return exc
+        self._space.budget = 0
+        self.floor.forget()
+        if self.on_full == "drop_newest" or self.on_full == "drop_oldest":
+            self.disk.dropped(1)
+            self.disk.enter(condition, exc, "dropping new events until writes work again")
+            return None
+        doing = {"raise": "refusing new events", "block": "blocking capture"}[self.on_full]
+        error = self.disk.enter(condition, exc, f"{doing} (SpoolUnwritable, a SpoolFull)")
+        error.__cause__ = exc
+        return error
+
+    def _disk_writable(self) -> None:
+        """A write worked after a disk condition: end its episode and persist the
+        drops counted in memory meanwhile (one short write)."""
+        self.disk.clear()
+        persist_drops(self.disk, lambda n: count(self._db, "dropped", n))
 
     def _group_commit(self, item: _Append) -> None:
         # The bare lock, not the Condition's Python-level context manager: this
@@ -197,11 +246,12 @@ class Appender:
         for it in keep:
             it.written = it.done = True
 
-    def _used_bytes(self, conn: sqlite3.Connection) -> int:
+    def _used_bytes(self, conn: sqlite3.Connection) -> tuple[int, int]:
+        """(bytes of the file's used pages, bytes of its free pages)."""
         page_size = conn.execute("PRAGMA page_size").fetchone()[0]
         pages = conn.execute("PRAGMA page_count").fetchone()[0]
         free = conn.execute("PRAGMA freelist_count").fetchone()[0]
-        return int((pages - free) * page_size)
+        return int((pages - free) * page_size), int(free * page_size)
 
     def _make_room(
         self, conn: sqlite3.Connection, batch: list[_Append], cost: int
@@ -220,13 +270,20 @@ class Appender:
         the spool at its bound, does not end it.
         """
         space = self._space
-        used = self._used_bytes(conn)
+        used, reusable = self._used_bytes(conn)
         headroom = self.max_spool_bytes - used
+        floor = self.floor.room(reusable)
+        below_floor = floor is not None and floor < headroom
+        if below_floor:
+            assert floor is not None
+            headroom = floor
         if cost <= headroom:
             space.budget = min(self.max_spool_bytes // 64, (headroom - cost) // 2)
-            if space.episode.active and used <= self.max_spool_bytes * ROOM_AGAIN:
+            roomy = not below_floor or headroom >= self.floor.min_free_bytes // 8
+            if space.episode.active and used <= self.max_spool_bytes * ROOM_AGAIN and roomy:
                 self._end_full_episode()
             return batch
+        space.reason = "min_free_bytes" if below_floor else "max_spool_bytes"
         need = cost - headroom
         space.budget = 0
         if self.on_full == "drop_oldest" and self._drop_oldest(conn, need) >= need:
@@ -265,6 +322,8 @@ class Appender:
         episode = self._space.episode
         if self.on_full in ("drop_newest", "drop_oldest"):
             episode.dropped += dropped
+        if not episode.active and self.disk.active is not None:
+            episode.active = True  # the disk's own episode was logged already
         if not episode.active:
             episode.active = True
             doing = {
@@ -273,6 +332,19 @@ class Appender:
                 "block": "blocking capture until there is room",
                 "raise": "refusing new events (SpoolFull)",
             }[self.on_full]
+            if self._space.reason == "min_free_bytes":
+                log.warning(
+                    "the filesystem under spool %s is down to its floor (min_free_bytes=%d,"
+                    " plus room kept for the WAL and delivery's reserve; %s bytes free); "
+                    "on_full=%s is %s (drops are counted as 'dropped'; not logged again "
+                    "until there is room)",
+                    self.path,
+                    self.floor.min_free_bytes,
+                    self.floor.free(),
+                    self.on_full,
+                    doing,
+                )
+                return
             log.warning(
                 "spool %s is full (max_spool_bytes=%d); on_full=%s is %s "
                 "(drops are counted as 'dropped'; not logged again until it is back down to"
@@ -292,6 +364,11 @@ class Appender:
             episode.dropped,
         )
         self._space.episode = _FullEpisode()
+
+    @property
+    def full_episode(self) -> bool:
+        """True from the WARNING of a full episode until it ends (see :meth:`_make_room`)."""
+        return self._space.episode.active
 
     def signal_space(self) -> None:
         if self.on_full == "block":

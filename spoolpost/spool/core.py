@@ -45,6 +45,7 @@ from spoolpost.spool.append import (
     Appender,
     OnFull,
 )
+from spoolpost.spool.conditions import DiskConditions
 from spoolpost.spool.db import (
     DEFAULT_BUSY_TIMEOUT,
     DEFAULT_DURABILITY,
@@ -52,15 +53,18 @@ from spoolpost.spool.db import (
     Database,
     Durability,
 )
-from spoolpost.spool.leases import Batch, Leases, Row
+from spoolpost.spool.leases import Batch, Row
+from spoolpost.spool.metamethods import MetaMethods
 from spoolpost.spool.operator import OperatorMethods
 from spoolpost.spool.owner import Owner
 from spoolpost.spool.queries import SpoolSnapshot, SpoolStats, Watermark
+from spoolpost.spool.readonly import ReadOnlyLeases
 from spoolpost.spool.settlement import Settled, Settlement, settle
+from spoolpost.spool.space import DEFAULT_MIN_FREE_BYTES, Floor, SpaceGuard
 from spoolpost.spool.stamps import RequestStamp, Stamper
 
 
-class Spool(OperatorMethods):
+class Spool(MetaMethods, OperatorMethods):
     """One spool file. Thread-safe; one instance per process and path is enough.
 
     ``path``: the SQLite file. It is created ``0600``, and an existing file (and
@@ -69,8 +73,13 @@ class Spool(OperatorMethods):
     ``durability``: ``"process"`` (WAL + ``synchronous=NORMAL``: survives a crash
     of the process) or ``"power"`` (``synchronous=FULL``: survives power loss).
     ``max_spool_bytes``: bound on the file's used pages (default 512 MiB).
+    ``min_free_bytes``: free space capture leaves on the filesystem (default 64
+    MiB; 0: none); ``statvfs`` is read only when capture's space budget is read
+    again (at most once a second below the floor).
     ``on_full``: ``drop_newest`` (default), ``drop_oldest``, ``block`` (up to
-    ``block_timeout`` seconds, then :class:`SpoolFull`) or ``raise``.
+    ``block_timeout`` seconds, then :class:`SpoolFull`) or ``raise``; it also
+    decides when the disk refuses a capture (full, read-only, permissions, I/O:
+    drops are counted, :class:`SpoolUnwritable` is a :class:`SpoolFull`).
     ``busy_timeout``: seconds a writer waits for another process's write lock.
 
     Raises :class:`ConfigError` for bad settings, an empty path or a directory,
@@ -80,9 +89,15 @@ class Spool(OperatorMethods):
     for a file that is not an SQLite database (a non-empty file without the
     SQLite header) or an SQLite database that is not a spool (both left
     untouched), :class:`SpoolLocked` when another process holds the file locked
-    past ``busy_timeout``. An SQLite file that SQLite finds corrupt (damaged
-    pages, a bad WAL) is moved aside to ``<path>.corrupt-<timestamp>`` and a new
-    spool is started (logged at ERROR, naming both files).
+    past ``busy_timeout``. A file found corrupt (opening, writing or reading) is moved
+    aside to ``<path>.corrupt-<timestamp>``; a new spool takes its readable rows, as
+    it does a file's deleted or replaced under it (one ERROR; docs/architecture.md).
+
+    Delivery's writes (claim, ack, reschedule, release, dead-letter, settle, …)
+    get through a full disk by giving up a reserve file next to the spool; a disk
+    that still refuses them (or a read the disk refuses: a folder without
+    permission) raises :class:`SpoolUnwritable`, never an ``sqlite3`` error (see
+    docs/architecture.md, "The disk under the spool").
 
     Fork: a child process never uses the parent's connections; it closes its
     copies and reopens the spool on first use.
@@ -94,6 +109,7 @@ class Spool(OperatorMethods):
         *,
         durability: Durability = DEFAULT_DURABILITY,
         max_spool_bytes: int = DEFAULT_MAX_SPOOL_BYTES,
+        min_free_bytes: int = DEFAULT_MIN_FREE_BYTES,
         on_full: OnFull = DEFAULT_ON_FULL,
         block_timeout: float = DEFAULT_BLOCK_TIMEOUT,
         busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
@@ -105,6 +121,8 @@ class Spool(OperatorMethods):
             raise ConfigError(f"on_full must be one of {ON_FULL_POLICIES}, not {on_full!r}")
         if max_spool_bytes <= 0:
             raise ConfigError(f"max_spool_bytes must be positive, not {max_spool_bytes!r}")
+        if min_free_bytes < 0:
+            raise ConfigError(f"min_free_bytes must be >= 0, not {min_free_bytes!r}")
         if busy_timeout < 0 or block_timeout < 0:
             raise ConfigError("busy_timeout and block_timeout must be >= 0 seconds")
         if not os.fspath(path):
@@ -114,6 +132,7 @@ class Spool(OperatorMethods):
             raise ConfigError(f"spool path {self.path} is a directory; give a file path")
         self.durability: Durability = durability
         self.max_spool_bytes = max_spool_bytes
+        self.min_free_bytes = min_free_bytes
         self.on_full: OnFull = on_full
         self.block_timeout = block_timeout
         self.busy_timeout = busy_timeout
@@ -124,11 +143,21 @@ class Spool(OperatorMethods):
             busy_timeout=busy_timeout,
             allow_network_fs=allow_network_fs,
         )
+        self._disk = DiskConditions(self.path)
+        floor = Floor(self.path, min_free_bytes)
         self._appender = Appender(
-            self._db, max_spool_bytes=max_spool_bytes, on_full=on_full, block_timeout=block_timeout
+            self._db,
+            max_spool_bytes=max_spool_bytes,
+            on_full=on_full,
+            block_timeout=block_timeout,
+            floor=floor,
+            conditions=self._disk,
         )
-        self._leases = Leases(self._db)
-        self._db.open()
+        self._leases = ReadOnlyLeases(self._db)  # delivery goes on from a read-only spool
+        self._leases.space = self._space = SpaceGuard(
+            self.path, self._disk, floor, self.checkpoint, self._db.guarded
+        )
+        self._space.opening(self._db.open)
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -164,50 +193,6 @@ class Spool(OperatorMethods):
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    # -- meta ------------------------------------------------------------------
-
-    def bind_key(self, fingerprint: str, *, force: bool = False) -> None:
-        """Record the project-key ``fingerprint`` this spool belongs to, or check it.
-
-        Raises :class:`KeyMismatch` if the spool belongs to another key, unless
-        ``force`` (then the spool is re-bound to the new key, logged at WARNING).
-        """
-        queries.bind_key(self._db, fingerprint, force)
-
-    def bind_host(self, url: str, *, force: bool = False) -> str:
-        """Record the ingestion endpoint ``url`` this spool delivers to (meta key
-        ``ingestion_host``), or check it: give ``url`` normalised (see
-        :func:`spoolpost.delivery.hosts.canonical_host`), so that equivalent
-        settings compare equal. Returns the recorded endpoint (``url`` once bound).
-
-        Raises :class:`HostMismatch` if the spool delivers elsewhere, unless
-        ``force`` (then it is re-bound to ``url``, logged at WARNING).
-        """
-        return queries.bind_host(self._db, url, force)
-
-    def save_endpoint_state(self, key: str, value: str) -> None:
-        """Store one delivering process's endpoint state (``value``: JSON with an
-        ``updated_at`` in UTC seconds) under the meta key ``key`` (which starts
-        with ``endpoint:``), for ``spoolpost inspect`` in other processes. One
-        short write; only the 16 most recently updated records are kept."""
-        if not key.startswith(queries.ENDPOINT_PREFIX):
-            raise ValueError(f"an endpoint state key starts with 'endpoint:', not {key!r}")
-        queries.save_endpoint(self._db, key, value)
-
-    def add_counter(self, name: str, n: int = 1) -> None:
-        """Add ``n`` to the persisted counter ``name`` (one short write)."""
-        queries.count(self._db, name, n)
-
-    def record_bound(self) -> None:
-        """Keep this spool's ``max_spool_bytes`` in its meta table, so that
-        ``spoolpost inspect``/``check`` in another process know how full it is, a
-        capture-only app's spool too (one short write). Raises :class:`SpoolLocked`."""
-        queries.record_bound(self._db, self.max_spool_bytes)
-
-    def meta(self) -> dict[str, str]:
-        """The spool's meta table as a dict (host, key_fingerprint, …)."""
-        return queries.meta(self._db)
-
     # -- append (group commit) -----------------------------------------------
 
     def append(self, uuid: str, body: bytes, now: float, lane: str | None = None) -> bool:
@@ -227,6 +212,11 @@ class Spool(OperatorMethods):
         :class:`SpoolClosed`.
         """
         return self._appender.append(uuid, body, now, lane)
+
+    @property
+    def full(self) -> bool:
+        """True in a full episode: from its WARNING (on_full acts) until room is back."""
+        return self._appender.full_episode
 
     # -- claim and settle -------------------------------------------------------
 
@@ -348,11 +338,23 @@ class Spool(OperatorMethods):
         ``next_attempt_at``, ``error`` as ``last_error``; ``max_attempts`` ends in
         the dead state), dead-letter (with HTTP ``status``). Rows no longer held by
         ``token`` are untouched. Returns the counts."""
-        settled = settle(
-            self._db,
-            self._leases,
+        settled = self._leases.settle_or_remember(
             token,
             settlement,
+            lambda: self._space.run(
+                lambda: settle(
+                    self._db,
+                    self._leases,
+                    token,
+                    settlement,
+                    now=now,
+                    next_attempt_at=next_attempt_at,
+                    error=error,
+                    max_attempts=max_attempts,
+                    status=status,
+                ),
+                frees=True,
+            ),
             now=now,
             next_attempt_at=next_attempt_at,
             error=error,
@@ -428,8 +430,9 @@ class Spool(OperatorMethods):
         return queries.earliest_due(self._db, now)
 
     def counters(self) -> dict[str, int]:
-        """The persisted totals: delivered, dead, dropped, … (0 when never counted)."""
-        return queries.counters(self._db)
+        """The persisted totals: delivered, dead, dropped, … (0 when never counted),
+        with drops the disk refused to count yet (kept in memory until it takes them)."""
+        return self._disk.counted(queries.counters(self._db))
 
     def stats(self, now: float) -> SpoolStats:
         """A :class:`SpoolStats` snapshot at ``now`` (UTC seconds): one read

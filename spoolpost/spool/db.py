@@ -25,6 +25,8 @@ from typing import Literal
 
 from spoolpost.errors import ConfigError, SpoolClosed, SpoolCorrupt, SpoolLocked
 from spoolpost.spool import files, migrations
+from spoolpost.spool.conditions import refusal
+from spoolpost.spool.switch import BUSY_CODES, CORRUPT_CODES, FileSwitch, is_corrupt, recovering
 
 log = logging.getLogger("spoolpost")
 
@@ -38,14 +40,7 @@ JOURNAL_SIZE_LIMIT = 64 * 1024 * 1024
 #: lock, so it must never hold captures up for a whole ``busy_timeout``.
 CHECKPOINT_BUSY_TIMEOUT = 0.1
 
-CORRUPT_CODES = frozenset({sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB})
-BUSY_CODES = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
-
-
-def is_corrupt(exc: BaseException) -> bool:
-    """True for an SQLite error saying the file is corrupt or not a database."""
-    return isinstance(exc, sqlite3.DatabaseError) and exc.sqlite_errorcode in CORRUPT_CODES
-
+__all__ = ["BUSY_CODES", "CORRUPT_CODES", "Database", "is_corrupt", "recovering"]
 
 # Every open Database, so that one set of fork hooks serves them all without
 # keeping any of them alive.
@@ -74,7 +69,7 @@ os.register_at_fork(
 )
 
 
-class Database:
+class Database(FileSwitch):
     """The connections to the spool file ``path``; thread-safe.
 
     ``durability``: ``"process"`` (``synchronous=NORMAL``) or ``"power"``
@@ -110,6 +105,11 @@ class Database:
         self._failed_conn: sqlite3.Connection | None = None
         self._opening = False
         self._resets: list[weakref.WeakMethod[Callable[[bool], None]]] = []
+        self.generation = 0
+        self.switches: list[str] = []
+        self._next_check = 0.0
+        self._side_ids: set[files.FileId] = set()
+        self._refused: list[files.FileId | None] = []
 
     def on_start_over(self, reset: Callable[[bool], None]) -> None:
         """Call the bound method ``reset(forked)`` whenever state tied to the open
@@ -133,6 +133,8 @@ class Database:
         self._open()
         self._opening = False
         _LIVE.add(self)
+        with self.wlock:
+            self.carry_left_behind()  # rows a killed process was carrying over
 
     def _open(self) -> None:
         files.make_folders(self.path)
@@ -146,16 +148,18 @@ class Database:
             if exc.sqlite_errorcode not in CORRUPT_CODES:
                 why = files.folder_problem(self.path)
                 raise ConfigError(f"cannot open spool {self.path}: {exc}{why}") from exc
+            failed, self._failed_conn = self._failed_conn, None
             try:
-                files.move_aside(self.path, self.file_id, exc)
+                aside = files.move_aside(self.path, self.file_id, exc, logged=False)
+                self._connect_and_migrate()
+                if failed is not None and self.writer_conn is not None:
+                    self._carry(failed, f"moved aside as corrupt to {aside} ({exc})")
             finally:
                 # Closed only now: closing it first would let SQLite delete the
                 # -wal file, which may hold the last commits (and is evidence).
-                if self._failed_conn is not None:
+                if failed is not None:
                     with contextlib.suppress(sqlite3.Error):
-                        self._failed_conn.close()
-                    self._failed_conn = None
-            self._connect_and_migrate()
+                        failed.close()
 
     def _discard(self, conn: sqlite3.Connection, exc: BaseException) -> None:
         """Close a connection that failed while opening, unless the file is corrupt
@@ -174,17 +178,37 @@ class Database:
             self._discard(conn, exc)
             raise
         self.writer_conn = conn
+        # Both connections are opened on the same file now, never later by path:
+        # the file at the path may be another one by then (docs/architecture.md,
+        # "The file replaced, deleted or damaged").
+        if self.reader_conn is None:
+            self.reader_conn = self.connect()
+        # The side files this connection uses: when the spool is deleted they may
+        # be moved aside (files.set_orphans_aside), and are removed once carried.
+        self._side_ids = {i for i in map(files.file_id, files.side_files(self.path)) if i}
 
     def connect(self, first: bool = False) -> sqlite3.Connection:
         """A connection with spoolpost's pragmas set. ``first``: the spool is being
         opened, so refuse another application's database before any pragma (even
-        the journal mode, which is stored in the file) changes it."""
+        the journal mode, which is stored in the file) changes it. A later
+        connection the disk refuses (read-only, permissions, I/O: see
+        spool/conditions.py) raises :class:`SpoolUnwritable`, not an sqlite3 error."""
+        try:
+            return self._connect(first)
+        except sqlite3.Error as exc:
+            refused = None if first else refusal(exc, self.path)
+            if refused is None:
+                raise
+            raise refused from exc
+
+    def _connect(self, first: bool) -> sqlite3.Connection:
         conn = sqlite3.connect(
             self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False
         )
         try:
             if first:
                 self._refuse_foreign(conn)
+                migrations.prepare_new_file(conn)  # auto_vacuum: before WAL writes page 1
             mode = self._enable_wal(conn)
             if str(mode).lower() != "wal":
                 raise SpoolCorrupt(f"spool {self.path} could not be put in WAL mode (got {mode})")
@@ -227,31 +251,6 @@ class Database:
             conn.execute("COMMIT")
         if foreign:
             raise files.foreign_error(f"spool {self.path}", foreign)
-
-    def reopen(self, exc: BaseException | None) -> None:
-        """Start over on the file now at ``path``: after ``exc`` (a corruption found
-        in use) move the corrupt file aside first, unless another process already
-        did. Later captures go to the new spool; nothing already in the old file
-        is deleted (it stays at ``<path>.corrupt-<timestamp>`` for an operator)."""
-        with self.wlock, self.rlock:
-            old = [c for c in (self.writer_conn, self.reader_conn) if c is not None]
-            self.writer_conn = self.reader_conn = None
-            try:
-                if exc is not None:
-                    files.move_aside(self.path, self.file_id, exc)
-            finally:
-                for conn in old:
-                    with contextlib.suppress(sqlite3.Error):
-                        conn.close()
-            self._start_over(False)
-            self._connect_and_migrate()
-
-    def follow_file(self) -> None:
-        """Reopen if the file at ``path`` is no longer the one this spool has open
-        (another process moved a corrupt spool aside and started a new one)."""
-        if files.file_id(self.path) != self.file_id and not self.closed:
-            log.warning("spool %s was replaced by another process; reopening it", self.path)
-            self.reopen(None)
 
     # -- transactions ------------------------------------------------------------
 
@@ -330,13 +329,25 @@ class Database:
     @contextlib.contextmanager
     def snapshot(self) -> Iterator[sqlite3.Connection]:
         """A private read connection holding one WAL snapshot, taken on entry and
-        closed on exit. Raises :class:`SpoolClosed`."""
+        closed on exit. Raises :class:`SpoolClosed`, and :class:`SpoolCorrupt`
+        when the file at the path is not a spool (see :meth:`follow_file`)."""
         if self.closed:
             raise SpoolClosed(f"spool {self.path} is closed")
+        self.follow_file()  # it opens the file at the path: the one open, or a new spool
+        if files.file_id(self.path) != self.file_id:
+            raise SpoolCorrupt(
+                f"spool {self.path}: the file there is not a spool; this process still"
+                " has the spool it had open, but cannot open a snapshot of it"
+            )
         conn = self.connect()
         try:
             conn.execute("BEGIN")
-            conn.execute("SELECT 1 FROM events LIMIT 1").fetchall()  # pins the snapshot
+            try:
+                conn.execute("SELECT 1 FROM events LIMIT 1").fetchall()  # pins the snapshot
+            except sqlite3.DatabaseError as exc:
+                if is_corrupt(exc):
+                    raise SpoolCorrupt(f"spool {self.path} is damaged: {exc}") from None
+                raise
             yield conn
         finally:
             with contextlib.suppress(sqlite3.Error):

@@ -214,8 +214,11 @@ def prepare_file(path: Path) -> FileId:
     new spool started, so the app keeps running. Raises :class:`ConfigError`
     for OS errors.
     """
-    if file_type(path) is FileKind.SPECIAL:
+    kind = file_type(path)
+    if kind is FileKind.SPECIAL:
         raise ConfigError(special_file_message(path))
+    if kind is FileKind.MISSING:
+        set_orphans_aside(path)
     try:
         # O_NONBLOCK: a FIFO swapped in after the check above must not hang the open.
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NONBLOCK, 0o600)
@@ -283,30 +286,81 @@ def file_id(path: Path) -> FileId | None:
     return (st.st_dev, st.st_ino)
 
 
-def move_aside(path: Path, failed: FileId | None, exc: BaseException) -> None:
+def move_aside(
+    path: Path, failed: FileId | None, exc: BaseException, *, logged: bool = True
+) -> Path | None:
     """Move the corrupt spool ``path`` (and its -wal, -shm) to
-    ``<path>.corrupt-<UTC time>``, logged at ERROR with ``exc``.
+    ``<path>.corrupt-<UTC time>``, logged at ERROR with ``exc`` (unless not
+    ``logged``: the caller logs what it carried over); return where.
 
     If the file at ``path`` is no longer ``failed``, the one that failed (another
-    process moved it aside first and started a new spool), leave the new one alone.
+    process moved it aside first and started a new spool), leave the new one
+    alone and return None.
     """
     current = file_id(path)
     if current is None or (failed is not None and current != failed):
-        return
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    aside = path.with_name(f"{path.name}.corrupt-{stamp}")
+        return None
+    when = stamp()
+    aside = path.with_name(f"{path.name}.corrupt-{when}")
     n = 1
     while aside.exists():
-        aside = path.with_name(f"{path.name}.corrupt-{stamp}-{n}")
+        aside = path.with_name(f"{path.name}.corrupt-{when}-{n}")
         n += 1
     os.replace(path, aside)
     for suffix in ("-wal", "-shm"):
         side = Path(str(path) + suffix)
         with contextlib.suppress(FileNotFoundError):
             os.replace(side, Path(str(aside) + suffix))
-    log.error(
-        "spool %s is corrupt (%s); moved it aside to %s and started a new spool", path, exc, aside
-    )
+    if logged:
+        log.error(
+            "spool %s is corrupt (%s); moved it aside to %s and started a new spool",
+            path,
+            exc,
+            aside,
+        )
+    return aside
+
+
+def stamp() -> str:
+    """Now as a UTC time for file names (``20260101T000000Z``)."""
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+
+
+def set_orphans_aside(path: Path, ours: set[FileId] | None = None) -> list[Path]:
+    """Move a ``-wal``/``-shm`` orphaned beside ``path`` to
+    ``<path>.orphaned-<UTC time>-wal``/``-shm`` and return their new paths: with
+    no spool file at ``path``, any there; else only those whose (device, inode)
+    is in ``ours`` (the side files of the file a process just left).
+
+    They belong to a spool that was deleted or moved while a process had it
+    open (that process still writes through them and carries its rows over when
+    it notices; see docs/architecture.md, "The file replaced, deleted or
+    damaged"). A new database opened beside them would read their pages as its
+    own, without an error; renamed, they stay with the process that has them open."""
+    missing = file_type(path) is FileKind.MISSING
+    if not missing and not ours:
+        return []
+    when = stamp()
+    moved = []
+    for side in side_files(path):
+        if not missing and file_id(side) not in (ours or set()):
+            continue
+        suffix = str(side)[len(str(path)) :]
+        aside = path.with_name(f"{path.name}.orphaned-{when}{suffix}")
+        try:
+            os.rename(side, aside)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        moved.append(aside)
+    if moved:
+        log.warning(
+            "spool %s: its %s belong to a spool file gone from the path; moved them aside"
+            " to %s so that a new spool does not read them as its own",
+            path,
+            " and ".join(p.name[len(path.name) + len(".orphaned-") + len(when) :] for p in moved),
+            ", ".join(str(p) for p in moved),
+        )
+    return moved
 
 
 # -- network filesystems ---------------------------------------------------------------

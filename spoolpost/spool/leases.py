@@ -22,6 +22,7 @@ from typing import Any, NamedTuple
 from spoolpost.spool.db import Database
 from spoolpost.spool.due import DueRows
 from spoolpost.spool.owner import Owner, current_owner, owner_alive
+from spoolpost.spool.space import SpaceGuard, delivery_write
 from spoolpost.spool.sql import IN_IDS, add_counter, ids_json
 from spoolpost.spool.stamps import (
     STAMP_RETURNING,
@@ -84,17 +85,21 @@ class Leases:
         self._due = DueRows()
         #: Called with the rows a claim dead-lettered as ``expired``, after the commit.
         self.on_expired: Callable[[list[Row]], None] | None = None
+        #: Runs the writes below on a full disk (set by the Spool; see spool/space.py).
+        self.space: SpaceGuard | None = None
         db.on_start_over(self._start_over)
 
     def _start_over(self, forked: bool) -> None:
         # The cursors point into the file that was open.
         self._due.reset()
 
-    def claim(self, now: float, **options: Any) -> Batch | None:
+    @delivery_write()
+    def claim(self, /, now: float, **options: Any) -> Batch | None:
         """Lease due pending events to one sender; see :meth:`Spool.claim`. Rows it
         dead-letters as ``expired`` are told to :attr:`on_expired` once committed."""
         died: list[Row] = []
-        batch = self._claim(now, died, **options)
+        # Damage met here quarantines the file, its rows carried over (db.guarded).
+        batch = self._db.guarded(lambda: self._claim(now, died, **options))
         if died and self.on_expired is not None:
             self.on_expired(died)
         return batch
@@ -180,6 +185,7 @@ class Leases:
             (token, token),
         )
 
+    @delivery_write(frees=True)
     def ack(self, token: str, ids: Sequence[int]) -> int:
         """Delete delivered rows still leased to ``token``; see :meth:`Spool.ack`."""
         with self._db.write() as conn:
@@ -191,6 +197,7 @@ class Leases:
             self.forget_lease(conn, token)
         return n
 
+    @delivery_write(frees=True)
     def reschedule(
         self,
         token: str,
@@ -237,6 +244,7 @@ class Leases:
             self.kill(conn, dead_ids, None, now, reason, status, error)
         return len(updated) - len(dead_ids), len(dead_ids)
 
+    @delivery_write()
     def stamp_request(
         self, token: str, ids: Sequence[int], request_id: str, created_at: str
     ) -> RequestStamp | None:
@@ -250,6 +258,7 @@ class Leases:
             ).fetchall()
             return stamped_identity(conn, token, ids, stamped, request_id, created_at)
 
+    @delivery_write()
     def release(self, token: str, ids: Sequence[int] | None = None, unstamp: bool = False) -> int:
         """Give leased rows back, due now; see :meth:`Spool.release`."""
         with self._db.write() as conn:
@@ -259,6 +268,7 @@ class Leases:
             self.forget_lease(conn, token)
         return n
 
+    @delivery_write()
     def unstamp(self, token: str, ids: Sequence[int], forget: bool = False) -> None:
         """Take back the request a claim stamped on rows ``token`` holds; see
         :meth:`Spool.unstamp`."""
@@ -279,6 +289,7 @@ class Leases:
             self._due.reset()
         return n
 
+    @delivery_write(frees=True)
     def dead_letter(
         self,
         token: str,
@@ -329,6 +340,7 @@ class Leases:
             log.warning("dead-lettered %d event(s): %s %s", n, reason, status or "")
         return n
 
+    @delivery_write()
     def extend(self, token: str, expires_at: float) -> bool:
         """Extend a lease; see :meth:`Spool.extend`."""
         with self._db.write() as conn:
@@ -341,12 +353,16 @@ class Leases:
             )
         return n > 0
 
+    @delivery_write()
     def reclaim(self, now: float) -> int:
         """Take back abandoned leases; see :meth:`Spool.reclaim`."""
         # Rows that other processes gave back may lie behind the fresh-row
         # cursors; this runs every few seconds, so they wait at most that long.
         self._due.reset()
         self._db.follow_file()
+        return self._db.guarded(lambda: self._reclaim(now))
+
+    def _reclaim(self, now: float) -> int:
         with self._db.read() as conn:
             leases = conn.execute(
                 "SELECT token, host, pid, pid_start, expires_at FROM leases"
@@ -382,9 +398,14 @@ class Leases:
         return n
 
     def due(self, now: float, limit: int) -> tuple[int, float | None, int]:
-        """What a claim would find due; see :meth:`Spool.due`."""
-        with self._db.read() as conn:
-            rows = self._due.peek(conn, now, limit, "next_attempt_at, attempts")
+        """What a claim would find due; see :meth:`Spool.due`. Also notices, at
+        most once a second, a spool file deleted or replaced (``check_file``)."""
+        self._db.check_file()
+        rows = self._db.guarded(lambda: self._read_due(now, limit))
         if not rows:
             return 0, None, 0
         return len(rows), min(float(r[0]) for r in rows), max(int(r[1]) for r in rows)
+
+    def _read_due(self, now: float, limit: int) -> list[Any]:
+        with self._db.read() as conn:
+            return self._due.peek(conn, now, limit, "next_attempt_at, attempts")

@@ -8,8 +8,10 @@ dead letters in ``dead_events`` (``migrations/0001_init.sql``).
 - :class:`Filter` — which events a command applies to;
 - :class:`SpooledEvent` — one stored event with its bookkeeping, as views return it;
 - :func:`select`, :func:`tail`, :func:`count_dead` — reads;
-- :func:`replay`, :func:`purge`, :func:`insert_new` — writes, each counted in a
-  persisted counter (``replayed``, ``purged``, ``imported``).
+- :func:`replay`, :func:`purge`, :func:`insert_new` — writes of one chunk of an
+  operator's job (:mod:`spoolpost.spool.chunks`), each counted in a persisted
+  counter (``replayed``, ``purged``, ``imported``); :func:`dead_ids` and
+  :class:`KnownUuids` read what a job is to do before its first chunk.
 """
 
 from __future__ import annotations
@@ -260,7 +262,9 @@ def count_dead(conn: sqlite3.Connection, where: Filter, now: float) -> int:
     return int(row.fetchone()[0])
 
 
-def _dead_ids(conn: sqlite3.Connection, where: Filter, now: float) -> list[int]:
+def dead_ids(conn: sqlite3.Connection, where: Filter, now: float) -> list[int]:
+    """The ids (in ``dead_events``) of the dead letters matching ``where``, in the
+    order they died."""
     clause = where.dead_where(now)
     if clause is None:
         return []
@@ -268,51 +272,83 @@ def _dead_ids(conn: sqlite3.Connection, where: Filter, now: float) -> list[int]:
     return [int(r[0]) for r in conn.execute(sql, clause[1])]
 
 
-def replay(conn: sqlite3.Connection, where: Filter, now: float) -> int:
-    """Move matching dead letters back to ``events``, pending and due at ``now``,
-    attempts and errors reset, ``captured_at`` = ``now``. Returns how many."""
-    ids = _dead_ids(conn, where, now)
-    if ids:
-        ids_json = json.dumps(ids)
-        conn.execute(
-            "INSERT INTO events (uuid, body, size, captured_at, next_attempt_at, lane)"
-            f" SELECT uuid, body, size, ?, ?, lane FROM dead_events WHERE {IN_IDS} ORDER BY id",
-            (now, now, ids_json),
-        )
+def replay(conn: sqlite3.Connection, ids: Sequence[int], now: float) -> int:
+    """Move the dead letters ``ids`` (those still there) back to ``events``,
+    pending and due at ``now``, attempts and errors reset, ``captured_at`` =
+    ``now``. Returns how many."""
+    ids_json = json.dumps(list(ids))
+    moved = conn.execute(
+        "INSERT INTO events (uuid, body, size, captured_at, next_attempt_at, lane)"
+        f" SELECT uuid, body, size, ?, ?, lane FROM dead_events WHERE {IN_IDS} ORDER BY id",
+        (now, now, ids_json),
+    ).rowcount
+    if moved:
         conn.execute(f"DELETE FROM dead_events WHERE {IN_IDS}", (ids_json,))
-        add_counter(conn, "replayed", len(ids))
-    return len(ids)
+        add_counter(conn, "replayed", moved)
+    return moved
 
 
-def purge(conn: sqlite3.Connection, where: Filter, now: float) -> int:
-    """Delete matching dead letters; return how many."""
-    ids = _dead_ids(conn, where, now)
-    if ids:
-        conn.execute(f"DELETE FROM dead_events WHERE {IN_IDS}", (json.dumps(ids),))
-        add_counter(conn, "purged", len(ids))
-    return len(ids)
+def purge(conn: sqlite3.Connection, ids: Sequence[int]) -> int:
+    """Delete the dead letters ``ids`` (those still there); return how many."""
+    gone = conn.execute(f"DELETE FROM dead_events WHERE {IN_IDS}", (json.dumps(list(ids)),))
+    if gone.rowcount:
+        add_counter(conn, "purged", gone.rowcount)
+    return gone.rowcount
 
 
-def insert_new(conn: sqlite3.Connection, events: Sequence[tuple[str, bytes]], now: float) -> int:
+class KnownUuids:
+    """The uuids an import skips: those of its input that were in the spool (any
+    state) when it began, read once (one scan), those it wrote, and those written
+    since by others, found as rows above the highest ids seen (a range of the
+    primary key, not a scan), so that each chunk of an import stays short."""
+
+    def __init__(self, conn: sqlite3.Connection, uuids: Sequence[str]) -> None:
+        self.wanted = frozenset(uuids)
+        self.seen = {
+            str(r[0])
+            for r in conn.execute(
+                "SELECT uuid FROM events WHERE uuid IN (SELECT value FROM json_each(?1)) UNION"
+                " SELECT uuid FROM dead_events WHERE uuid IN (SELECT value FROM json_each(?1))",
+                (json.dumps(sorted(self.wanted)),),
+            )
+        }
+        self.marks = self._marks(conn)
+
+    @staticmethod
+    def _marks(conn: sqlite3.Connection) -> tuple[int, int]:
+        row = conn.execute(
+            "SELECT (SELECT coalesce(max(id), 0) FROM events),"
+            " (SELECT coalesce(max(id), 0) FROM dead_events)"
+        ).fetchone()
+        return int(row[0]), int(row[1])
+
+    def catch_up(self, conn: sqlite3.Connection) -> None:
+        """Add the wanted uuids of rows written since the last call (or the scan)."""
+        live, dead = self.marks
+        for (uuid,) in conn.execute(
+            "SELECT uuid FROM events WHERE id > ? UNION SELECT uuid FROM dead_events WHERE id > ?",
+            (live, dead),
+        ):
+            if uuid in self.wanted:
+                self.seen.add(str(uuid))
+        self.marks = self._marks(conn)
+
+
+def insert_new(
+    conn: sqlite3.Connection, events: Sequence[tuple[str, bytes]], now: float, known: KnownUuids
+) -> int:
     """Insert ``(uuid, body)`` pairs as pending events due at ``now``, skipping
-    uuids already in the spool in any state or repeated in ``events``. Returns
-    how many were inserted."""
-    uuids = json.dumps([uuid for uuid, _ in events])
-    seen = {
-        str(r[0])
-        for r in conn.execute(
-            "SELECT uuid FROM events WHERE uuid IN (SELECT value FROM json_each(?1)) UNION"
-            " SELECT uuid FROM dead_events WHERE uuid IN (SELECT value FROM json_each(?1))",
-            (uuids,),
-        )
-    }
+    uuids ``known`` (already in the spool in any state, or earlier in the
+    input). Returns how many were inserted."""
+    known.catch_up(conn)
     rows = []
     for uuid, body in events:
-        if uuid not in seen:
-            seen.add(uuid)
+        if uuid not in known.seen:
+            known.seen.add(uuid)
             rows.append((uuid, body, len(body), now, now, None))
     conn.executemany(INSERT_EVENT, rows)
     add_counter(conn, "imported", len(rows))
+    known.marks = KnownUuids._marks(conn)
     return len(rows)
 
 

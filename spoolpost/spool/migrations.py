@@ -86,6 +86,19 @@ def _statements(sql: str) -> list[str]:
     return statements
 
 
+def prepare_new_file(conn: sqlite3.Connection) -> bool:
+    """On a new, empty spool file, before anything writes its first page (even
+    ``PRAGMA journal_mode=WAL`` writes the header): ``PRAGMA
+    auto_vacuum=INCREMENTAL``, so that the file can give space back as it drains
+    (:mod:`spoolpost.spool.vacuum`). SQLite takes the mode only before the first
+    table is created (sqlite.org/pragma.html#pragma_auto_vacuum); an existing
+    file is left alone. Returns True if the file was new."""
+    if int(conn.execute("PRAGMA page_count").fetchone()[0]) != 0:
+        return False
+    conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
+    return True
+
+
 def schema_version(conn: sqlite3.Connection) -> int:
     """The spool's schema version (``PRAGMA user_version``; 0 for a new file)."""
     return int(conn.execute("PRAGMA user_version").fetchone()[0])

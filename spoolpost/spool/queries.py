@@ -2,7 +2,10 @@
 
 Each function runs on a :class:`~spoolpost.spool.db.Database` in one read (or,
 for the bookkeeping writes, one ``BEGIN IMMEDIATE`` transaction); counts are
-derived from the rows themselves. The flush barrier is a :data:`Watermark`.
+derived from the rows themselves. SQLite corruption met by any of them
+quarantines the file with its readable rows carried over and tries once more
+(:func:`~spoolpost.spool.db.recovering`), never a raw ``sqlite3`` error. The
+flush barrier is a :data:`Watermark`.
 :class:`SpoolSnapshot` answers the same questions inside one pinned WAL snapshot.
 """
 
@@ -15,9 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from spoolpost.errors import HostMismatch, KeyMismatch, SpoolClosed
+from spoolpost.errors import HostMismatch, KeyMismatch, SpoolClosed, SpoolCorrupt
 from spoolpost.spool import files, maintenance, migrations
-from spoolpost.spool.db import Database
+from spoolpost.spool.db import Database, is_corrupt, recovering
 from spoolpost.spool.maintenance import Filter, SpooledEvent
 from spoolpost.spool.owner import Owner, current_owner, owner_alive
 from spoolpost.spool.sql import add_counter
@@ -96,8 +99,14 @@ class SpoolSnapshot:
 
     def states_through(self, watermark: Watermark) -> dict[str, int]:
         """:meth:`Spool.states_through`, as of the snapshot. Raises
-        :class:`SpoolClosed` after the snapshot's ``with`` block."""
-        return _states_through(self._open(), watermark)
+        :class:`SpoolClosed` after the snapshot's ``with`` block, and
+        :class:`SpoolCorrupt` when it meets a damaged page."""
+        try:
+            return _states_through(self._open(), watermark)
+        except sqlite3.DatabaseError as exc:
+            if is_corrupt(exc):  # Spool.states_through would quarantine it
+                raise SpoolCorrupt(f"spool {self._path} is damaged: {exc}") from None
+            raise
 
     def events(self, where: Filter, now: float) -> Iterator[SpooledEvent]:
         """:meth:`Spool.events`, as of the snapshot. Raises :class:`SpoolClosed`
@@ -108,6 +117,7 @@ class SpoolSnapshot:
 # -- the flush barrier -------------------------------------------------------------------
 
 
+@recovering
 def watermark(db: Database, now: float) -> Watermark:
     """:meth:`Spool.watermark`: (newest event id, ``now``)."""
     with db.read() as conn:
@@ -115,6 +125,7 @@ def watermark(db: Database, now: float) -> Watermark:
     return (int(row[0] or 0), now)
 
 
+@recovering
 def any_open_through(db: Database, watermark: Watermark) -> bool:
     """:meth:`Spool.any_open_through`: is an event inside ``watermark`` still live?"""
     last_id, at = watermark
@@ -125,6 +136,7 @@ def any_open_through(db: Database, watermark: Watermark) -> bool:
     return row is not None
 
 
+@recovering
 def dead_through(db: Database, watermark: Watermark) -> int:
     """:meth:`Spool.dead_through`: dead letters inside ``watermark``."""
     last_id, at = watermark
@@ -137,6 +149,7 @@ def dead_through(db: Database, watermark: Watermark) -> int:
         )
 
 
+@recovering
 def states_through(db: Database, watermark: Watermark) -> dict[str, int]:
     """:meth:`Spool.states_through`: counts by state inside ``watermark``."""
     with db.read(snapshot=True) as conn:
@@ -146,6 +159,7 @@ def states_through(db: Database, watermark: Watermark) -> dict[str, int]:
 # -- schedule and totals -------------------------------------------------------------------
 
 
+@recovering
 def next_due_at(db: Database) -> float | None:
     """:meth:`Spool.next_due_at`: when the earliest retry becomes due, or None."""
     with db.read() as conn:
@@ -155,6 +169,7 @@ def next_due_at(db: Database) -> float | None:
     return None if row[0] is None else float(row[0])
 
 
+@recovering
 def earliest_due(db: Database, now: float) -> tuple[float, str | None] | None:
     """:meth:`Spool.earliest_due`: (when the first live event can be sent, why not
     before), or None when no event is live."""
@@ -190,12 +205,14 @@ def _counters(conn: sqlite3.Connection) -> dict[str, int]:
     return base | {str(k): int(v) for k, v in found.items()}
 
 
+@recovering
 def counters(db: Database) -> dict[str, int]:
     """:meth:`Spool.counters`: the persisted totals."""
     with db.read() as conn:
         return _counters(conn)
 
 
+@recovering
 def stats(db: Database, now: float) -> SpoolStats:
     """:meth:`Spool.stats`: a :class:`SpoolStats` at ``now`` (UTC seconds)."""
     with db.read(snapshot=True) as conn:
@@ -237,8 +254,11 @@ def stats_on(conn: sqlite3.Connection, path: Path, now: float) -> SpoolStats:
 # -- bookkeeping -----------------------------------------------------------------------------
 
 
+@recovering
 def bind_key(db: Database, fingerprint: str, force: bool) -> None:
     """:meth:`Spool.bind_key`: record or check the project-key ``fingerprint``."""
+    if _meta_value(db, "key_fingerprint") == fingerprint:
+        return  # bound already: no write (a full or read-only disk can still open it)
     with db.write() as conn:
         row = conn.execute("SELECT value FROM meta WHERE key='key_fingerprint'").fetchone()
         if row is not None and row[0] != fingerprint:
@@ -261,30 +281,43 @@ def bind_key(db: Database, fingerprint: str, force: bool) -> None:
             )
 
 
+@recovering
 def count(db: Database, name: str, n: int) -> None:
     """:meth:`Spool.add_counter`: add ``n`` to the counter ``name``, one short write."""
     with db.write() as conn:
         add_counter(conn, name, n)
 
 
+def _meta_value(db: Database, key: str) -> str | None:
+    with db.read() as conn:
+        row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+    return None if row is None else str(row[0])
+
+
+@recovering
 def meta(db: Database) -> dict[str, str]:
     """:meth:`Spool.meta`: the meta table as a dict."""
     with db.read() as conn:
         return dict(conn.execute("SELECT key, value FROM meta").fetchall())
 
 
-def record_bound(db: Database, max_spool_bytes: int) -> None:
-    """:meth:`Spool.record_bound`: keep ``max_spool_bytes`` in the meta table."""
+@recovering
+def record_bound(db: Database, bounds: dict[str, int]) -> None:
+    """:meth:`Spool.record_bound`: keep the ``bounds`` (``max_spool_bytes``,
+    ``min_free_bytes``) in the meta table."""
     with db.write() as conn:
-        conn.execute(
-            "INSERT INTO meta (key, value) VALUES ('max_spool_bytes', ?)"
+        conn.executemany(
+            "INSERT INTO meta (key, value) VALUES (?, ?)"
             " ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-            (str(max_spool_bytes),),
+            [(key, str(value)) for key, value in bounds.items()],
         )
 
 
+@recovering
 def bind_host(db: Database, url: str, force: bool) -> str:
     """:meth:`Spool.bind_host`: record or check the ingestion endpoint ``url``."""
+    if _meta_value(db, "ingestion_host") == url:
+        return url  # bound already: no write
     with db.write() as conn:
         row = conn.execute("SELECT value FROM meta WHERE key = 'ingestion_host'").fetchone()
         if row is not None and row[0] != url:
@@ -309,6 +342,7 @@ ENDPOINT_PREFIX = "endpoint:"
 KEEP_ENDPOINT_RECORDS = 16
 
 
+@recovering
 def save_endpoint(db: Database, key: str, value: str) -> None:
     """:meth:`Spool.save_endpoint_state`: one short write; the oldest records past
     :data:`KEEP_ENDPOINT_RECORDS` are deleted in the same transaction."""

@@ -20,6 +20,7 @@ from typing import Any
 
 from spoolpost.errors import ConfigError, SchemaTooNew, SpoolCorrupt
 from spoolpost.spool import files, migrations
+from spoolpost.spool.conditions import fs_state
 from spoolpost.spool.files import FileKind
 from spoolpost.spool.owner import Owner, owner_alive
 from spoolpost.spool.queries import ENDPOINT_PREFIX, SpoolStats, stats_on
@@ -62,7 +63,9 @@ class Observation:
     ``retrying``: pending events that failed at least once; ``next_retry_at``:
     when the first of them is due; ``last_error``/``last_error_at``: the most
     recent failure stored with an event; ``used_bytes``: the file's used pages
-    (what ``max_spool_bytes`` bounds).
+    (what ``max_spool_bytes`` bounds); ``fs_free_bytes``: free bytes of the
+    filesystem holding it (``statvfs``; what ``min_free_bytes`` bounds), None
+    when unknown.
     """
 
     now: float
@@ -75,6 +78,7 @@ class Observation:
     last_error: str | None = None
     last_error_at: float | None = None
     used_bytes: int = 0
+    fs_free_bytes: int | None = None
 
 
 class SpoolReader:
@@ -174,4 +178,5 @@ class SpoolReader:
             "last_error": None if last is None else last[0],
             "last_error_at": None if last is None else float(last[1]),
             "used_bytes": int((pages - free) * page_size),
+            "fs_free_bytes": None if (fs := fs_state(self.path)) is None else fs[0],
         }
