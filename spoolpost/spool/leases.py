@@ -15,15 +15,19 @@ from __future__ import annotations
 import logging
 import secrets
 import sqlite3
+from bisect import bisect_right
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from functools import partial
+from itertools import accumulate
+from operator import itemgetter
+from typing import Any, NamedTuple, cast
 
 from spoolpost.spool.db import Database
 from spoolpost.spool.due import DueRows
 from spoolpost.spool.owner import Owner, current_owner, owner_alive
 from spoolpost.spool.space import SpaceGuard, delivery_write
-from spoolpost.spool.sql import IN_IDS, add_counter, ids_json
+from spoolpost.spool.sql import IN_IDS, add_counter, ids_json, ids_where
 from spoolpost.spool.stamps import (
     STAMP_RETURNING,
     STAMP_SET,
@@ -76,6 +80,43 @@ class Batch:
         return sum(len(r.body) for r in self.rows)
 
 
+_ID, _BODY, _CAPTURED_AT = itemgetter(0), itemgetter(2), itemgetter(4)
+_as_row = cast("Callable[[Any], Row]", partial(tuple.__new__, Row))
+
+
+def _take(rows: list[Any], oldest: float, max_bytes: int) -> list[Row] | None:
+    """The rows a claim leases of its candidates ``rows`` (:data:`CLAIM_COLUMNS`
+    tuples): the longest prefix within ``max_bytes`` (at least one row), or None
+    when some candidate was captured before ``oldest`` (then
+    :func:`_take_sorting` decides). No Python code runs per row: a claim
+    handles hundreds of rows, under the write lock."""
+    if min(map(_CAPTURED_AT, rows)) < oldest:
+        return None
+    sizes = list(accumulate(map(len, map(_BODY, rows))))
+    stop = len(rows) if sizes[-1] <= max_bytes else max(1, bisect_right(sizes, max_bytes))
+    return list(map(_as_row, rows[:stop]))
+
+
+def _take_sorting(
+    rows: list[Any], oldest: float, max_bytes: int, expired: list[int], died: list[Row]
+) -> tuple[list[Row], int]:
+    """:func:`_take` when some candidates are older than ``oldest``: those go to
+    ``expired`` (ids) and ``died`` (rows); returns the rows taken and the index
+    of the first candidate neither taken nor expired (the byte limit's cut)."""
+    taken: list[Row] = []
+    total = 0
+    for n, row in enumerate(rows):
+        if row[4] < oldest:  # captured_at
+            expired.append(row[0])
+            died.append(Row(*row[:5]))
+            continue
+        total += len(row[2])
+        if taken and total > max_bytes:
+            return taken, n
+        taken.append(Row(*row))
+    return taken, len(rows)
+
+
 class Leases:
     """Leases on the spool ``db``; thread-safe (every call is one transaction)."""
 
@@ -122,21 +163,13 @@ class Leases:
                 found = self._due.for_batch(conn, now, max_events)
                 if not found.rows:
                     return None
-                taken: list[Row] = []
-                expired: list[int] = []
-                total = 0
                 oldest = -1.0 if max_event_age is None else now - max_event_age
-                stop = len(found.rows)  # candidates before this were leased or expired
-                for n, row in enumerate(found.rows):
-                    if row[4] < oldest:  # captured_at
-                        expired.append(row[0])
-                        died.append(Row(*row[:5]))
-                        continue
-                    total += len(row[2])
-                    if taken and total > max_bytes:
-                        stop = n
-                        break
-                    taken.append(Row(*row))
+                expired: list[int] = []
+                fast = _take(found.rows, oldest, max_bytes)
+                if fast is None:  # some candidate is too old: row by row
+                    taken, stop = _take_sorting(found.rows, oldest, max_bytes, expired, died)
+                else:  # candidates before ``stop`` were leased or expired
+                    taken, stop = fast, len(fast)
                 if expired:
                     self.kill(conn, expired, None, now, "expired", None, "older than max_event_age")
                 self._due.claimed(found, stop)
@@ -151,13 +184,14 @@ class Leases:
                 " VALUES (?, ?, ?, ?, ?, ?)",
                 (token, owner.host, owner.pid, owner.start, now, expires_at),
             )
-            ids = [r.id for r in taken]
+            # A fresh batch is usually a run of ids: leased by one range, no JSON.
+            where, params = ids_where(list(map(_ID, taken)))
             identity = None if stamp is None else stamp(taken[0].lane)
             if identity is None:
                 conn.execute(
                     f"UPDATE events SET state = 'leased', lease_token = ?, lease_expires_at = ?"
-                    f" WHERE {IN_IDS}",
-                    (token, expires_at, ids_json(ids)),
+                    f" WHERE {where}",
+                    (token, expires_at, *params),
                 )
                 return Batch(token, tuple(taken), expires_at)
             # The first request's identity, stored with the lease (one UPDATE, no
@@ -166,15 +200,16 @@ class Leases:
                 conn.execute(
                     f"UPDATE events SET state = 'leased', lease_token = ?, lease_expires_at = ?,"
                     f" request_id = ?, request_created_at = ?, request_attempts = 1"
-                    f" WHERE {IN_IDS}",
-                    (token, expires_at, *identity, ids_json(ids)),
+                    f" WHERE {where}",
+                    (token, expires_at, *identity, *params),
                 )
                 return Batch(token, tuple(taken), expires_at, RequestStamp(*identity, 1))
             stamped = conn.execute(
                 f"UPDATE events SET state = 'leased', lease_token = ?, lease_expires_at = ?,"
-                f" {STAMP_SET} WHERE {IN_IDS} RETURNING {STAMP_RETURNING}",
-                (token, expires_at, *identity, ids_json(ids)),
+                f" {STAMP_SET} WHERE {where} RETURNING {STAMP_RETURNING}",
+                (token, expires_at, *identity, *params),
             ).fetchall()
+            ids = [r.id for r in taken]
             request = stamped_identity(conn, token, ids, stamped, *identity)
         return Batch(token, tuple(taken), expires_at, request)
 
@@ -189,9 +224,9 @@ class Leases:
     def ack(self, token: str, ids: Sequence[int]) -> int:
         """Delete delivered rows still leased to ``token``; see :meth:`Spool.ack`."""
         with self._db.write() as conn:
+            where, params = ids_where(ids)
             n = conn.execute(
-                f"DELETE FROM events WHERE {IN_IDS} AND lease_token = ?",
-                (ids_json(ids), token),
+                f"DELETE FROM events WHERE {where} AND lease_token = ?", (*params, token)
             ).rowcount
             add_counter(conn, "delivered", n)
             self.forget_lease(conn, token)

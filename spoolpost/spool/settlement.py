@@ -16,7 +16,7 @@ from typing import NamedTuple
 
 from spoolpost.spool.db import Database
 from spoolpost.spool.leases import Leases
-from spoolpost.spool.sql import IN_IDS, add_counter, ids_json
+from spoolpost.spool.sql import add_counter, ids_where
 
 
 class Doomed(NamedTuple):
@@ -74,9 +74,9 @@ def settle(
     with db.write() as conn:
         delivered = 0
         if settlement.delivered:
+            where, params = ids_where(settlement.delivered)
             delivered = conn.execute(
-                f"DELETE FROM events WHERE {IN_IDS} AND lease_token = ?",
-                (ids_json(settlement.delivered), token),
+                f"DELETE FROM events WHERE {where} AND lease_token = ?", (*params, token)
             ).rowcount
             add_counter(conn, "delivered", delivered)
         rescheduled = dead = 0
