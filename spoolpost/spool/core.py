@@ -36,7 +36,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from spoolpost.errors import ConfigError
-from spoolpost.spool import queries
+from spoolpost.spool import overlay, queries
 from spoolpost.spool.append import (
     DEFAULT_BLOCK_TIMEOUT,
     DEFAULT_MAX_SPOOL_BYTES,
@@ -179,6 +179,7 @@ class Spool(MetaMethods, OperatorMethods):
         file when the last connection to it (in any process) closes."""
         if self._db.closed:
             return
+        self._leases.close()  # read-only delivery's memory written down, or a WARNING
         with self._appender.gc_lock:  # no group of appends is formed meanwhile
             self._db.close()
 
@@ -398,20 +399,20 @@ class Spool(MetaMethods, OperatorMethods):
         return queries.watermark(self._db, now)
 
     def any_open_through(self, watermark: Watermark) -> bool:
-        """True while an event inside ``watermark`` is pending or leased.
-
-        O(log n), unlike :meth:`states_through`: the lowest remaining id answers it.
-        """
-        return queries.any_open_through(self._db, watermark)
+        """True while an event inside ``watermark`` is pending or leased and not settled
+        in this process's memory (overlay.py). O(log n), unlike :meth:`states_through`."""
+        return self._leases.open_through(watermark)
 
     def dead_through(self, watermark: Watermark) -> int:
-        """How many dead letters lie inside ``watermark`` (an index range count)."""
-        return queries.dead_through(self._db, watermark)
+        """How many dead letters lie inside ``watermark`` (an index range count),
+        with those this process's read-only delivery keeps in memory."""
+        return overlay.dead_through(self._db, self._leases.outcomes(), watermark)
 
     def states_through(self, watermark: Watermark) -> dict[str, int]:
         """Counts by state (pending, leased, dead) of the events inside ``watermark``
-        (a scan of the events table, in one read snapshot)."""
-        return queries.states_through(self._db, watermark)
+        (a scan of the events table, in one read snapshot); a row settled in this
+        process's memory counts as delivered (gone) or dead (see overlay.py)."""
+        return overlay.states_through(self._db, self._leases.outcomes(), watermark)
 
     def due(self, now: float, limit: int) -> tuple[int, float | None, int]:
         """For the dispatcher: (how many pending events are due, up to ``limit``;

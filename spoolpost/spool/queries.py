@@ -65,7 +65,8 @@ class SpoolStats:
         }
 
 
-def _states_through(conn: sqlite3.Connection, watermark: Watermark) -> dict[str, int]:
+def states_on(conn: sqlite3.Connection, watermark: Watermark) -> dict[str, int]:
+    """:func:`states_through` on ``conn`` (inside one read transaction)."""
     last_id, at = watermark
     found = dict(
         conn.execute(
@@ -73,11 +74,18 @@ def _states_through(conn: sqlite3.Connection, watermark: Watermark) -> dict[str,
             (last_id, at),
         ).fetchall()
     )
-    found["dead"] = conn.execute(
-        "SELECT count(*) FROM dead_events WHERE event_id <= ? AND captured_at <= ?",
-        (last_id, at),
-    ).fetchone()[0]
+    found["dead"] = dead_on(conn, watermark)
     return {state: int(found.get(state, 0)) for state in ("pending", "leased", "dead")}
+
+
+def dead_on(conn: sqlite3.Connection, watermark: Watermark) -> int:
+    """:func:`dead_through` on ``conn``."""
+    return int(
+        conn.execute(
+            "SELECT count(*) FROM dead_events WHERE event_id <= ? AND captured_at <= ?",
+            watermark,
+        ).fetchone()[0]
+    )
 
 
 class SpoolSnapshot:
@@ -102,7 +110,7 @@ class SpoolSnapshot:
         :class:`SpoolClosed` after the snapshot's ``with`` block, and
         :class:`SpoolCorrupt` when it meets a damaged page."""
         try:
-            return _states_through(self._open(), watermark)
+            return states_on(self._open(), watermark)
         except sqlite3.DatabaseError as exc:
             if is_corrupt(exc):  # Spool.states_through would quarantine it
                 raise SpoolCorrupt(f"spool {self._path} is damaged: {exc}") from None
@@ -139,21 +147,15 @@ def any_open_through(db: Database, watermark: Watermark) -> bool:
 @recovering
 def dead_through(db: Database, watermark: Watermark) -> int:
     """:meth:`Spool.dead_through`: dead letters inside ``watermark``."""
-    last_id, at = watermark
     with db.read() as conn:
-        return int(
-            conn.execute(
-                "SELECT count(*) FROM dead_events WHERE event_id <= ? AND captured_at <= ?",
-                (last_id, at),
-            ).fetchone()[0]
-        )
+        return dead_on(conn, watermark)
 
 
 @recovering
 def states_through(db: Database, watermark: Watermark) -> dict[str, int]:
     """:meth:`Spool.states_through`: counts by state inside ``watermark``."""
     with db.read(snapshot=True) as conn:
-        return _states_through(conn, watermark)
+        return states_on(conn, watermark)
 
 
 # -- schedule and totals -------------------------------------------------------------------

@@ -27,10 +27,12 @@ from __future__ import annotations
 import logging
 import secrets
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from spoolpost.errors import SpoolUnwritable
+from spoolpost.errors import SpoolpostError, SpoolUnwritable
+from spoolpost.spool import overlay, queries
 from spoolpost.spool.db import Database
 from spoolpost.spool.leases import Batch, Leases, Row
 from spoolpost.spool.remembered import MAX_REMEMBERED, Dead, Remembered, write_down
@@ -42,12 +44,7 @@ log = logging.getLogger("spoolpost")
 
 #: Seconds (of the ``now`` passed in) between two tries at writing again.
 PROBE_EVERY = 1.0
-_SCAN = 1000  # ids read at a time while looking past remembered rows
 _PREFIX = "ro-"
-_COLUMNS = (
-    "id, uuid, CAST(body AS BLOB), attempts, captured_at, request_id, lane,"
-    " request_created_at, request_attempts"
-)
 
 
 def _readonly(exc: SpoolUnwritable) -> bool:
@@ -78,6 +75,36 @@ class ReadOnlyLeases(Leases):
         """Rows whose outcome is kept in memory, not written yet."""
         with self._lock:
             return len(self._memory)
+
+    def outcomes(self) -> overlay.Outcomes:
+        """A copy of the rows settled in memory (:meth:`Remembered.outcomes`)."""
+        with self._lock:
+            return self._memory.outcomes()
+
+    def open_through(self, watermark: queries.Watermark) -> bool:
+        """:meth:`Spool.any_open_through`, a row settled in memory counted settled."""
+        with self._lock:
+            if len(self._memory):
+                return overlay.open_through(self._db, self._memory, watermark)
+        return queries.any_open_through(self._db, watermark)
+
+    def close(self) -> None:
+        """Before the spool closes: write down what is remembered if writes work;
+        else one WARNING saying what the next process sends again. Never raises."""
+        with self._lock:
+            memory = self._memory
+            try:
+                self._write_down(time.time())
+            except SpoolpostError as exc:
+                log.warning(
+                    "spool %s: %s event(s) that read-only delivery kept in memory could not"
+                    " be written down (%s); the next process sends them again (same uuids)",
+                    self._db.path,
+                    memory.summary(),
+                    exc,
+                )
+                return
+        self._leave()
 
     def _enter(self) -> None:
         with self._lock:
@@ -182,7 +209,7 @@ class ReadOnlyLeases(Leases):
                         len(self._memory),
                     )
                 return None
-            found = self._db.guarded(lambda: self._fetch(self._pick(now, max_events, True)))
+            found = self._db.guarded(lambda: self._pick(now, max_events, True))
             taken: list[Row] = []
             extra: tuple[Any, Any] = (None, None)
             total = 0
@@ -222,42 +249,14 @@ class ReadOnlyLeases(Leases):
                 self._stamps[token] = request
         return Batch(token, tuple(taken), now + lease_ttl, request)
 
-    def _pick(self, now: float, limit: int, from_cursor: bool) -> list[int]:
-        """Ids of up to ``limit`` rows that may be sent now: pending (or under an
-        expired lease), due, not settled or in flight here; from the in-memory
-        cursor on (``from_cursor``), then once more from the start."""
+    def _pick(self, now: float, limit: int, from_cursor: bool) -> list[Any]:
+        """The rows that may be sent now (:func:`overlay.pick`), from the in-memory
+        cursor on (``from_cursor``) or from the front; the caller holds the lock."""
         flying = {i for rows in self._batches.values() for i in rows}
-        chosen: list[int] = []
         cursor = self._ro_cursor if from_cursor else 0
-        wrapped = cursor == 0
         with self._db.read() as conn:
-            while len(chosen) < limit:
-                ids = conn.execute(
-                    "SELECT id FROM events WHERE id > ?"
-                    " AND (state = 'pending' OR lease_expires_at <= ?)"
-                    " AND (attempts = 0 OR next_attempt_at <= ?) ORDER BY id LIMIT ?",
-                    (cursor, now, now, _SCAN),
-                ).fetchall()
-                if not ids:
-                    if wrapped:
-                        break
-                    cursor, wrapped = 0, True
-                    continue
-                for (row_id,) in ids:
-                    cursor = row_id
-                    if row_id not in flying and not self._memory.held_back(row_id, now):
-                        chosen.append(row_id)
-                        if len(chosen) == limit:
-                            break
-        return chosen
-
-    def _fetch(self, ids: list[int]) -> list[Any]:
-        if not ids:
-            return []
-        with self._db.read() as conn:
-            return conn.execute(
-                f"SELECT {_COLUMNS} FROM events WHERE {IN_IDS} ORDER BY id", (ids_json(ids),)
-            ).fetchall()
+            ids = overlay.pick(conn, self._memory, flying, cursor, now, limit)
+            return overlay.fetch(conn, ids)
 
     def due(self, now: float, limit: int) -> tuple[int, float | None, int]:
         """As :meth:`Leases.due`; while read-only, what :meth:`claim` would find."""
@@ -266,7 +265,7 @@ class ReadOnlyLeases(Leases):
             return super().due(now, limit)
         self._db.check_file()
         with self._lock:
-            rows = self._db.guarded(lambda: self._fetch(self._pick(now, limit, False)))
+            rows = self._db.guarded(lambda: self._pick(now, limit, False))
             if not rows:
                 return 0, None, 0
             tries = max(r[3] + self._memory.tries(r[0]) for r in rows)

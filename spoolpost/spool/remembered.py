@@ -5,9 +5,11 @@ spool").
 :class:`Remembered` holds, per spool row (id and uuid, since ids are reused once a
 spool empties): the rows an answer settled (delivered, or dead with its reason), and
 the retries of rows whose send failed (attempts counted here, due time). Its size is
-bounded (:data:`MAX_REMEMBERED` rows): past it nothing more is sent. :func:`write_down`
-applies all of it in one write transaction once writes work again. Not thread-safe:
-the caller holds a lock.
+bounded (:data:`MAX_REMEMBERED` rows): past it nothing more is sent. Its ``front``
+is a read position: every stored row up to it is settled here
+(:func:`~spoolpost.spool.overlay.advance_front`). :func:`write_down` applies all of
+it in one write transaction once writes work again. Not thread-safe: the caller holds
+a lock.
 """
 
 from __future__ import annotations
@@ -38,6 +40,18 @@ class Dead(NamedTuple):
     tried: int
 
 
+class Front(NamedTuple):
+    """The last row (``id``, ``uuid``) of the stored rows at the start of the events
+    table whose outcome is all settled in memory; ``id`` 0: none."""
+
+    id: int
+    uuid: str
+
+
+#: The front before any row is known settled.
+NO_FRONT = Front(0, "")
+
+
 class Retry(NamedTuple):
     """A row whose sends failed ``tries`` times in memory: due again at ``due_at``
     (UTC seconds); ``error`` and ``at``: the last failure."""
@@ -52,11 +66,12 @@ class Retry(NamedTuple):
 @dataclass
 class Remembered:
     """Outcomes not written yet, by row id. ``delivered``: id → uuid; ``dead``: id
-    → :class:`Dead`; ``retries``: id → :class:`Retry`."""
+    → :class:`Dead`; ``retries``: id → :class:`Retry`; ``front``: see :class:`Front`."""
 
     delivered: dict[int, str] = field(default_factory=dict)
     dead: dict[int, Dead] = field(default_factory=dict)
     retries: dict[int, Retry] = field(default_factory=dict)
+    front: Front = NO_FRONT
 
     def __len__(self) -> int:
         return len(self.delivered) + len(self.dead) + len(self.retries)
@@ -69,6 +84,21 @@ class Remembered:
     def settled(self, row_id: int) -> bool:
         """True if the row's outcome is final (delivered or dead): never sent again."""
         return row_id in self.delivered or row_id in self.dead
+
+    def settled_as(self, row_id: int, uuid: str) -> bool:
+        """True if the stored row ``row_id`` holding ``uuid`` is settled here."""
+        dead = self.dead.get(row_id)
+        return self.delivered.get(row_id) == uuid or (dead is not None and dead.uuid == uuid)
+
+    def summary(self) -> str:
+        """How many rows are delivered, dead and retried, in words."""
+        d, k, r = len(self.delivered), len(self.dead), len(self.retries)
+        return f"{d} delivered, {k} dead and {r} retried"
+
+    def outcomes(self) -> dict[int, tuple[str, bool]]:
+        """A copy of the settled rows: id → (uuid, True if dead, False if delivered)."""
+        found = {i: (u, False) for i, u in self.delivered.items()}
+        return found | {i: (d.uuid, True) for i, d in self.dead.items()}
 
     def held_back(self, row_id: int, now: float) -> bool:
         """True if the row must not be sent at ``now``: settled, or a retry not due."""
