@@ -11,7 +11,8 @@ The surface, each method documented here and implemented in one module:
   :meth:`Spool.reclaim` — take back leases that expired or whose owner died;
   :meth:`Spool.due` — what a claim would find — :mod:`~spoolpost.spool.leases`;
 - :meth:`Spool.watermark`, :meth:`Spool.any_open_through`,
-  :meth:`Spool.dead_through`, :meth:`Spool.states_through` — the flush barrier;
+  :meth:`Spool.dead_through`, :meth:`Spool.states_through` — the flush barrier
+  (:mod:`~spoolpost.spool.barriermethods`);
   :meth:`Spool.stats`, :meth:`Spool.counters`, :meth:`Spool.next_due_at`,
   :meth:`Spool.snapshot`; :meth:`Spool.bind_key`, :meth:`Spool.meta`,
   :meth:`Spool.add_counter` — :mod:`~spoolpost.spool.queries`;
@@ -36,7 +37,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from spoolpost.errors import ConfigError
-from spoolpost.spool import overlay, queries
+from spoolpost.spool import queries
 from spoolpost.spool.append import (
     DEFAULT_BLOCK_TIMEOUT,
     DEFAULT_MAX_SPOOL_BYTES,
@@ -45,6 +46,7 @@ from spoolpost.spool.append import (
     Appender,
     OnFull,
 )
+from spoolpost.spool.barriermethods import BarrierMethods
 from spoolpost.spool.conditions import DiskConditions
 from spoolpost.spool.db import (
     DEFAULT_BUSY_TIMEOUT,
@@ -57,14 +59,14 @@ from spoolpost.spool.leases import Batch, Row
 from spoolpost.spool.metamethods import MetaMethods
 from spoolpost.spool.operator import OperatorMethods
 from spoolpost.spool.owner import Owner
-from spoolpost.spool.queries import SpoolSnapshot, SpoolStats, Watermark
+from spoolpost.spool.queries import SpoolSnapshot, SpoolStats
 from spoolpost.spool.readonly import ReadOnlyLeases
 from spoolpost.spool.settlement import Settled, Settlement, settle
 from spoolpost.spool.space import DEFAULT_MIN_FREE_BYTES, Floor, SpaceGuard
 from spoolpost.spool.stamps import RequestStamp, Stamper
 
 
-class Spool(MetaMethods, OperatorMethods):
+class Spool(BarrierMethods, MetaMethods, OperatorMethods):
     """One spool file. Thread-safe; one instance per process and path is enough.
 
     ``path``: the SQLite file. It is created ``0600``, and an existing file (and
@@ -391,28 +393,6 @@ class Spool(MetaMethods, OperatorMethods):
         return self._leases.reclaim(now)
 
     # -- reading -----------------------------------------------------------------
-
-    def watermark(self, now: float) -> Watermark:
-        """A flush barrier: (newest event id, ``now``). The events "captured before"
-        it are those with ``id <= wm[0]`` and ``captured_at <= wm[1]`` (ids are
-        reused once the spool empties; the time tells those apart)."""
-        return queries.watermark(self._db, now)
-
-    def any_open_through(self, watermark: Watermark) -> bool:
-        """True while an event inside ``watermark`` is pending or leased and not settled
-        in this process's memory (overlay.py). O(log n), unlike :meth:`states_through`."""
-        return self._leases.open_through(watermark)
-
-    def dead_through(self, watermark: Watermark) -> int:
-        """How many dead letters lie inside ``watermark`` (an index range count),
-        with those this process's read-only delivery keeps in memory."""
-        return overlay.dead_through(self._db, self._leases.outcomes(), watermark)
-
-    def states_through(self, watermark: Watermark) -> dict[str, int]:
-        """Counts by state (pending, leased, dead) of the events inside ``watermark``
-        (a scan of the events table, in one read snapshot); a row settled in this
-        process's memory counts as delivered (gone) or dead (see overlay.py)."""
-        return overlay.states_through(self._db, self._leases.outcomes(), watermark)
 
     def due(self, now: float, limit: int) -> tuple[int, float | None, int]:
         """For the dispatcher: (how many pending events are due, up to ``limit``;
